@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, Sequence
 
 from pytest_invarlock.gpus import Gpu, parse_gpu_spec
-from pytest_invarlock.items import BENCHMARK_TEST, CERTIFY_TESTS, Item, build_items, items_for_test
-from pytest_invarlock.memory import MarginRule, ModelProfile, item_memory_gb, required_gpus
+from pytest_invarlock.items import BENCHMARK_TEST, CERTIFY_TESTS, build_items, items_for_test
+from pytest_invarlock.memory import MarginRule, required_gpus
 from pytest_invarlock.phase0 import benchmark_size
 from pytest_invarlock.policy import Assignment, Policy, Task
+from pytest_invarlock.scheduling import tasks_from_items
 from pytest_invarlock.suite import load_suite
 
 WORKLOADS = (("b200", "8x180"), ("full", "8x80"))
@@ -35,31 +36,10 @@ SECONDS_PER_GB = {"calibration": 2.0, "clean": 2.6, "stress": 2.6, "error": 2.4}
 BENCHMARK_SECONDS_PER_GB_PER_ITEM = 2.0 / 10_000  # mmlu (14042 items): 2.8 s per GB of weights
 LOAD_SECONDS, LOAD_GB_PER_S = 10.0, 2.0
 NOISE_SIGMA = 0.15
-AFTER_EDITS = ("clean", "stress", "error")  # items that need the model's calibrated preset
 TARGET_VS_BOUND, TARGET_VS_STATIC = 1.10, 0.80
 
 
 # --------------------------------------------------------------------------- workload
-
-
-def task_id(item: Item) -> str:
-    return f"{item.test}[{item.param_id}]"
-
-
-def tasks_from_items(items: Sequence[Item]) -> list[Task]:
-    """One task per item: memory from the declared model size; edits and errors after their model's calibrations."""
-    calibrations: dict[str, set[str]] = defaultdict(set)
-    for item in items:
-        if item.kind == "calibration":
-            calibrations[item.model.name].add(task_id(item))
-    tasks = []
-    for item in items:
-        model = item.model
-        profile = ModelProfile.from_declared(model.params_b, model.dtype, is_moe=model.size_class == "moe")
-        mem = item_memory_gb(profile, item.kind, seq_len=model.settings.seq_len, batch=model.settings.eval_batch)
-        deps = frozenset(calibrations[model.name]) if item.kind in AFTER_EDITS else frozenset()
-        tasks.append(Task(task_id(item), model.name, item.kind, mem, profile.weights_gb, deps))
-    return tasks
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ DEFAULT_INVARLOCK = {
     "dataset": "wikitext2",
     "acceptance_min": 0.90,
     "acceptance_max": 1.20,
+    "guard_overhead": True,
 }
 SIZE_SETTING_KEYS = (
     "seq_len",
@@ -65,6 +66,7 @@ class Settings:
     dataset: str
     acceptance_min: float
     acceptance_max: float
+    guard_overhead: bool
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ _SUITE_KEYS = ("name", "description", "device", "runs", "errors", "models", "sce
 _MODEL_KEYS = ("name", "source", "revision", "size_class", "dtype", "params_b", "architecture", "invarlock")
 ARCHITECTURE_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab")
 _SCENARIO_KEYS = ("name", "spec", "kind", "gating", "detectors", "runs", "default")
-_INVARLOCK_KEYS = (*SIZE_SETTING_KEYS, "tier", "profile", "dataset", "acceptance")
+_INVARLOCK_KEYS = (*SIZE_SETTING_KEYS, "tier", "profile", "dataset", "acceptance", "guard_overhead")
 _BENCHMARK_KEYS = ("tasks", "num_fewshot", "limit")
 
 
@@ -243,6 +245,10 @@ def _invarlock_block(where: _Where, block: Any, key: str) -> dict[str, Any]:
             out[name] = where.integer(value, f"{key}.{name}", 1)
         elif name == "dataset":
             out[name] = where.choice(value, f"{key}.{name}", DATASETS)
+        elif name == "guard_overhead":
+            if not isinstance(value, bool):
+                raise where.error(f"{key}.{name}", f"expected true or false, got {value!r}", "Write guard_overhead: false to skip the measurement.")
+            out[name] = value
         elif name == "acceptance":
             pair = value if isinstance(value, (list, tuple)) else [value.get("min"), value.get("max")] if isinstance(value, dict) else None
             if not pair or len(pair) != 2:

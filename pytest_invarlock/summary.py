@@ -23,7 +23,7 @@ from .store import write_json_atomic, write_text_atomic
 CERTIFY_KINDS = ("calibration", "clean", "stress", "error")
 RESULT_COLUMNS = (
     "model", "scenario", "kind", "run", "expectation", "outcome", "met", "overall_pass", "flagged", "detected",
-    "signal", "degraded", "ratio", "ci_lo", "ci_hi", "drift", "failed_flags", "failure", "reused", "seconds",
+    "signal", "degraded", "ratio", "ci_lo", "ci_hi", "drift", "failed_gates", "failure", "reused", "seconds",
 )
 EVAL_COLUMNS = ("model", "variant", "task", "accuracy", "stderr", "n", "delta", "se", "regressed", "finite_logits", "seconds")
 
@@ -170,9 +170,9 @@ def result_rows(compiled: Compiled) -> list[dict[str, Any]]:
     for r in sorted(compiled.certify, key=lambda r: (r["model"], CERTIFY_KINDS.index(r["kind"]), r["scenario"], r["run"])):
         ci = r.get("ci") or (None, None)
         rows.append({
-            **{k: r.get(k) for k in RESULT_COLUMNS if k not in ("ci_lo", "ci_hi", "failed_flags", "reused")},
+            **{k: r.get(k) for k in RESULT_COLUMNS if k not in ("ci_lo", "ci_hi", "failed_gates", "reused")},
             "ci_lo": ci[0], "ci_hi": ci[1],
-            "failed_flags": ";".join(sorted(k for k, v in (r.get("flags") or {}).items() if v is False)),
+            "failed_gates": ";".join(r.get("failed_gates") or []),
             "reused": ";".join(r.get("reused") or []),
         })
     return rows

@@ -37,8 +37,10 @@ def test_every_shipped_suite_loads_with_the_seed_shapes() -> None:
     ci = load_suite("ci")
     assert ci.runs["calibration"] == 2 and all(s.kind != "error" for s in ci.scenarios)
     seventy = load_suite("full").model("qwen1.5-72b").settings
-    assert (seventy.seq_len, seventy.stride, seventy.preview_windows, seventy.eval_batch) == (128, 64, 8, 2)
-    assert seventy.bootstrap_replicates == 1000
+    assert (seventy.seq_len, seventy.stride, seventy.eval_batch) == (128, 64, 2)
+    # InvarLock 0.12's balanced-tier floors (180+180 windows, 1200 replicates) bind every size class.
+    for model in load_suite("b200").models:
+        assert model.settings.preview_windows >= 180 and model.settings.bootstrap_replicates >= 1200
 
 
 def test_item_ids_are_readable_and_map_back_from_nodeids() -> None:

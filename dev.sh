@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up (idempotently) and run: the validation suite, or the plugin's own tests.
+#
+#   ./dev.sh suite [pytest args]   # pytest validation/ --suite tiny [args]
+#   ./dev.sh test  [pytest args]   # pytest tests/ [args]
+#   ./dev.sh setup                 # only create .venv and install the pinned set
+#
+# Needs Python >= 3.12 (InvarLock requires it): $PYTHON, python3.12/python3.13 on PATH, or a pyenv install.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+find_python() {
+  local candidate
+  for candidate in "${PYTHON:-}" python3.12 python3.13 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 \
+                   /root/.pyenv/versions/3.12*/bin/python3.12 "$HOME"/.pyenv/versions/3.13*/bin/python3.13; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      command -v "$candidate"
+      return 0
+    fi
+  done
+  echo "dev.sh: Python >= 3.12 not found; install it or set PYTHON=/path/to/python3.12" >&2
+  return 1
+}
+
+setup() {
+  local stamp=.venv/.installed hash
+  hash=$(cat requirements.lock requirements-nodeps.lock pyproject.toml | sha256sum | cut -c1-16)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ] && [ -x .venv/bin/python ]; then
+    return 0
+  fi
+  if [ ! -x .venv/bin/python ]; then
+    "$(find_python)" -m venv .venv
+  fi
+  .venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+  .venv/bin/python -m pip install --quiet -r requirements.lock
+  .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.lock
+  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+  echo "$hash" > "$stamp"
+}
+
+# Offline by construction: nothing here may reach a model hub.
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_EVALUATE_OFFLINE=1
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+  setup) setup ;;
+  suite) setup; exec .venv/bin/python -m pytest validation/ --suite tiny "$@" ;;
+  test)  setup; exec .venv/bin/python -m pytest tests/ "$@" ;;
+  *) echo "usage: ./dev.sh suite|test|setup [pytest args]" >&2; exit 2 ;;
+esac

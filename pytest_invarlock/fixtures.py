@@ -1,0 +1,71 @@
+"""Fixtures the validation suite (and users' own tests) build on.
+
+The factories are session-scoped: each xdist worker is its own session, and the run directory's
+store makes every product once per run directory anyway. This module is imported on the torch-free
+controller, so it defers `pipeline` (torch, invarlock) to the first fixture call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import pytest
+
+from .context import STATE_KEY
+from .items import Item
+from .suite import Model
+
+
+@pytest.fixture(scope="session")
+def invarlock_worker(request: pytest.FixtureRequest):
+    """This process's `pipeline.Worker`: model cache, store access, InvarLock calls."""
+    from .pipeline import Worker
+
+    return Worker(request.config.stash[STATE_KEY], os.environ.get("PYTEST_XDIST_WORKER", "main"))
+
+
+@pytest.fixture(scope="session")
+def invarlock_suite(request: pytest.FixtureRequest):
+    """The suite after command-line overrides."""
+    return request.config.stash[STATE_KEY].suite
+
+
+@pytest.fixture(scope="session")
+def baseline(invarlock_worker) -> Callable[[Model], Any]:
+    """baseline(model) -> the baseline artifact: a neutral local directory plus model_profile.json."""
+    return lambda model: invarlock_worker.baseline(model).path
+
+
+@pytest.fixture(scope="session")
+def preset(invarlock_worker) -> Callable[[Model], Any]:
+    """preset(model) -> path of the calibrated preset YAML (runs missing calibration runs itself)."""
+    return lambda model: invarlock_worker.preset(model)[1]
+
+
+@pytest.fixture(scope="session")
+def edited_model(invarlock_worker) -> Callable[[Item], Any]:
+    """edited_model(item) -> directory of the item's edited or error-injected weights."""
+    return lambda item: invarlock_worker.edited_model(item).path
+
+
+@pytest.fixture
+def invarlock_item() -> Item:
+    """The suite item of the test; the plugin parametrizes it for test_calibration/edit/error/benchmark."""
+    raise pytest.UsageError(
+        "invarlock_item is only available to the validation tests test_calibration, test_edit, test_error "
+        "and test_benchmark, which the plugin parametrizes from --suite."
+    )
+
+
+@pytest.fixture
+def invarlock_result(invarlock_item: Item, invarlock_worker, record_property):
+    """Run (or reuse) the item's certify or benchmark and record its numbers for junit and the verdict."""
+    from .report import RECORD_PROPERTY
+
+    result = invarlock_worker.run(invarlock_item)
+    record_property(RECORD_PROPERTY, json.dumps(result.record, default=str))
+    for name, value in result.properties:
+        record_property(name, value)
+    return result

@@ -1,0 +1,189 @@
+"""Calibrated presets: the seed suite's GENERATE_PRESET math, as pure functions.
+
+Pure module: no torch and no invarlock import, so the controller, the unit tests
+and hypothesis can use it freely. A preset here is a plain JSON-ready dict in our
+own vocabulary (see ``PRESET_KEYS``); ``certifier`` translates it into InvarLock's
+preset YAML, so an InvarLock rename never reaches this file.
+
+Derivation, per family and over the calibration (no-op) runs:
+
+- drift band: mean +- 3 sd of final/preview (rounded outwards to 4 decimals),
+  [0.95, 1.05] with fewer than 2 runs;
+- spectral kappa: max(per-run |z| at the cap budget, existing kappa) + 0.05;
+- rmt epsilon: 0.90 quantile of the observed edge-risk growth, never below the
+  existing epsilon;
+- variance min_effect_lognll: 0.95 quantile of the delta-CI half-widths, floor
+  0.0009 (the existing value when no run measured a delta CI);
+- per-edit copies raise spectral max_caps (15 quantisation, 25 low-rank, 10 other).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PRESET_KEYS = (
+    "drift_band",
+    "spectral_kappa",
+    "spectral_max_caps",
+    "rmt_epsilon",
+    "variance_min_effect_lognll",
+)
+DEFAULT_DRIFT_BAND = (0.95, 1.05)
+SPECTRAL_MARGIN = 0.05
+RMT_QUANTILE = 0.90
+VARIANCE_QUANTILE = 0.95
+VARIANCE_MIN_EFFECT_FLOOR = 0.0009
+EDIT_MAX_CAPS = {"quant_rtn": 15, "fp8": 15, "fp8_quant": 15, "lowrank_svd": 25}
+OTHER_EDIT_MAX_CAPS = 10
+
+
+@dataclass(frozen=True)
+class CalibrationStats:
+    """What one calibration (no-op) evaluation contributes to a preset.
+
+    ``spectral_z_at_budget`` is, per module family, the |z| a family would have to
+    tolerate to stay within its share of the spectral cap budget; ``rmt_epsilon``
+    is the observed relative growth of the activation edge risk; the delta-CI
+    half-width is None when the run measured no delta CI.
+    """
+
+    drift: float
+    spectral_z_at_budget: dict[str, float] = field(default_factory=dict)
+    rmt_epsilon: dict[str, float] = field(default_factory=dict)
+    delta_ci_half_width: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CalibrationStats:
+        return cls(**data)
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default), as the seed suite computes it."""
+    if not values:
+        raise ValueError("quantile() needs at least one value.")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    lower, upper = math.floor(position), math.ceil(position)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+
+def allocate_cap_budget(counts: Mapping[str, int], budget: int) -> dict[str, int]:
+    """Split ``budget`` spectral caps over families in proportion to their module counts.
+
+    Rounding leftovers go to the largest fractional shares (or are taken from the
+    smallest), so the allocation always sums to the budget.
+    """
+    total = sum(counts.values())
+    if budget <= 0 or total <= 0:
+        return dict.fromkeys(counts, 0)
+    raw = {family: budget * count / total for family, count in counts.items()}
+    allocation = {family: round(share) for family, share in raw.items()}
+    surplus = budget - sum(allocation.values())
+    for family in sorted(raw, key=raw.__getitem__, reverse=surplus > 0):
+        if surplus == 0:
+            break
+        if surplus > 0:
+            allocation[family] += 1
+            surplus -= 1
+        elif allocation[family] > 0:
+            allocation[family] -= 1
+            surplus += 1
+    return allocation
+
+
+def z_at_cap_budget(z_by_family: Mapping[str, Sequence[float]], budget: int) -> dict[str, float]:
+    """Per family, the k-th largest |z| where k is the family's share of the cap budget.
+
+    A kappa at or above this value keeps the family within its share of caps; a
+    family with a zero share is judged on its largest |z|.
+    """
+    magnitudes = {family: sorted((abs(z) for z in zs), reverse=True) for family, zs in z_by_family.items() if zs}
+    allocation = allocate_cap_budget({family: len(zs) for family, zs in magnitudes.items()}, budget)
+    return {
+        family: zs[min(max(allocation[family], 1), len(zs)) - 1] for family, zs in magnitudes.items()
+    }
+
+
+def drift_band(drifts: Sequence[float]) -> tuple[float, float]:
+    """mean +- 3 sd of final/preview over the runs; the stock band with fewer than two runs."""
+    finite = [d for d in drifts if math.isfinite(d)]
+    if len(finite) < 2:
+        return DEFAULT_DRIFT_BAND
+    mean, sd = statistics.mean(finite), statistics.stdev(finite)
+    if sd == 0:
+        raise ValueError(
+            f"All {len(finite)} calibration runs measured the same final/preview drift ({mean}), so "
+            "mean +- 3 sd is an empty band that InvarLock rejects. The runs evaluated identical "
+            "windows: give each calibration run its own calibration file."
+        )
+    # Rounded outwards to 4 decimals, so rounding never narrows (or empties) the band.
+    return (math.floor((mean - 3 * sd) * 1e4) / 1e4, math.ceil((mean + 3 * sd) * 1e4) / 1e4)
+
+
+def derive_preset(stats: Sequence[CalibrationStats], base: Mapping[str, Any]) -> dict[str, Any]:
+    """Calibrate ``base`` (the tier's existing thresholds, same keys) from no-op runs.
+
+    Families the runs never observed keep their base values, which is what
+    InvarLock would apply for them anyway.
+    """
+    if not stats:
+        raise ValueError(
+            "derive_preset() got no calibration runs. Run at least one calibration (no-op) "
+            "evaluation of the baseline and pass its CalibrationStats."
+        )
+    missing = [key for key in PRESET_KEYS if key not in base]
+    if missing:
+        raise ValueError(
+            f"derive_preset() base preset lacks {missing}. Start from "
+            "certifier.tier_preset(tier), which fills every key with the tier's thresholds."
+        )
+    return {
+        "drift_band": list(drift_band([s.drift for s in stats])),
+        "spectral_kappa": _spectral_kappa(stats, base["spectral_kappa"]),
+        "spectral_max_caps": int(base["spectral_max_caps"]),
+        "rmt_epsilon": _rmt_epsilon(stats, base["rmt_epsilon"]),
+        "variance_min_effect_lognll": _variance_min_effect(stats, float(base["variance_min_effect_lognll"])),
+    }
+
+
+def edit_preset(preset: Mapping[str, Any], edit_kind: str) -> dict[str, Any]:
+    """A copy of ``preset`` whose spectral cap budget fits the edit kind (never lowered)."""
+    suggested = EDIT_MAX_CAPS.get(edit_kind.strip().lower(), OTHER_EDIT_MAX_CAPS)
+    return {**preset, "spectral_max_caps": max(int(preset["spectral_max_caps"]), suggested)}
+
+
+def _spectral_kappa(stats: Sequence[CalibrationStats], existing: Mapping[str, float]) -> dict[str, float]:
+    kappa = {family: float(value) for family, value in existing.items()}
+    observed: dict[str, list[float]] = {}
+    for run in stats:
+        for family, z in run.spectral_z_at_budget.items():
+            observed.setdefault(family, []).append(z)
+    for family, zs in observed.items():
+        kappa[family] = round(max(max(zs), existing.get(family, 0.0)) + SPECTRAL_MARGIN, 3)
+    return kappa
+
+
+def _rmt_epsilon(stats: Sequence[CalibrationStats], existing: Mapping[str, float]) -> dict[str, float]:
+    epsilon = {family: float(value) for family, value in existing.items()}
+    observed: dict[str, list[float]] = {}
+    for run in stats:
+        for family, eps in run.rmt_epsilon.items():
+            if math.isfinite(eps):
+                observed.setdefault(family, []).append(eps)
+    for family, samples in observed.items():
+        epsilon[family] = max(round(quantile(samples, RMT_QUANTILE), 6), existing.get(family, 0.0))
+    return epsilon
+
+
+def _variance_min_effect(stats: Sequence[CalibrationStats], existing: float) -> float:
+    widths = [s.delta_ci_half_width for s in stats if s.delta_ci_half_width]
+    if not widths:
+        return existing
+    return max(round(quantile(widths, VARIANCE_QUANTILE), 4), VARIANCE_MIN_EFFECT_FLOOR)

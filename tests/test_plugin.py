@@ -1,0 +1,95 @@
+"""The plugin as users meet it: collection, ids, markers, usage errors, and a torch-free controller."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, VALIDATION
+
+
+def run_pytest(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_full_suite_collects_fast_with_readable_ids_and_without_torch() -> None:
+    probe = textwrap.dedent(f"""
+        import sys, time, pytest
+        started = time.perf_counter()
+        rc = pytest.main(["--co", "-q", "-p", "no:cacheprovider", {str(VALIDATION)!r}, "--suite", "full"])
+        print("SECONDS", time.perf_counter() - started)
+        print("TORCH", "torch" in sys.modules, "INVARLOCK", "invarlock" in sys.modules)
+        sys.exit(rc)
+    """)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "TORCH False INVARLOCK False" in result.stdout
+    assert "426 tests collected" in result.stdout
+    assert "test_edit[mistral-7b-quant_rtn_8bit_clean-run2]" in result.stdout
+    assert "test_benchmark[qwen2.5-14b-prune_10pct_clean-hellaswag]" in result.stdout
+    assert "test_error[qwen1.5-72b-nan_injection-run1]" in result.stdout
+    print(f"collection wall time {wall:.2f} s")  # benchmarks/ measures it; not asserted here
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--suite", "nosuch"), "unknown suite 'nosuch'"),
+        (("--models", "no-such-model"), "unknown model 'no-such-model'"),
+        (("--runs-clean", "-1"), "--runs-clean must be >= 0"),
+    ],
+)
+def test_bad_command_lines_are_usage_errors(args: tuple[str, ...], needle: str) -> None:
+    result = run_pytest("--co", str(VALIDATION), *args)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert needle in result.stderr
+
+
+def test_a_bad_edit_spec_in_a_suite_file_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    suite = tmp_path / "bad.yaml"
+    suite.write_text("models: [tiny-kjv]\nscenarios: [{name: q, spec: 'quant_rtn:banana:ffn', kind: clean}]\n")
+    result = run_pytest("--co", str(VALIDATION), "--suite", str(suite))
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert str(suite) in result.stderr and "banana" in result.stderr and "quant_rtn:8:128:ffn" in result.stderr
+
+
+def test_markers_and_selection_options(tmp_path: Path) -> None:
+    stress = run_pytest("--co", "-q", str(VALIDATION), "-m", "stress")
+    assert stress.returncode == 0
+    ids = [line for line in stress.stdout.splitlines() if "::" in line]
+    assert ids and all("_stress-" in line for line in ids)
+    only_cal = run_pytest("--co", "-q", str(VALIDATION), "--calibrate-only")
+    ids = [line for line in only_cal.stdout.splitlines() if "::" in line]
+    assert ids and all("test_calibration[" in line for line in ids)
+    no_bench = run_pytest("--co", "-q", str(VALIDATION), "--no-benchmarks", "--runs-clean", "1", "--no-errors")
+    ids = [line for line in no_bench.stdout.splitlines() if "::" in line]
+    assert not any("test_benchmark[tiny" in line or "test_error[tiny" in line for line in ids)
+    assert not any("_clean-run2" in line for line in ids)
+
+
+def test_models_that_cannot_run_here_are_skipped_with_the_reason() -> None:
+    result = run_pytest("-q", "-rs", str(VALIDATION), "--suite", "subset", "--offline", "--device", "cpu",
+                        "-k", "calibration-run1")
+    assert result.returncode == 0, result.stdout
+    assert "needs a GPU" in result.stdout
+
+
+def test_offline_refuses_hub_models_without_a_pinned_revision() -> None:
+    result = run_pytest("-q", "-rs", str(VALIDATION), "--suite", "ci", "--offline", "--device", "cuda",
+                        "-k", "gpt2-calibration-run1")
+    assert "without a pinned revision" in result.stdout
+
+
+def test_unrelated_test_sessions_are_untouched(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_edit():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-q")
+    result.assert_outcomes(passed=1)
+    assert "InvarLock validation" not in result.stdout.str()

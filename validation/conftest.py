@@ -1,0 +1,3 @@
+"""The validation suite. Everything comes from the pytest-invarlock plugin (installed via its pytest11
+entry point): `--suite` picks the campaign, and the plugin parametrizes the tests below with one item
+per model x scenario x run (and per model x variant x benchmark)."""
