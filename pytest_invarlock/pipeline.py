@@ -69,6 +69,10 @@ class Worker:
         self.invarlock_version = _invarlock_version()
         self._memo: dict[tuple[str, str], Any] = {}
         apply_determinism(state.options.determinism, state.device)
+        _log_to(state.run_dir / "logs" / f"{worker_id}.log")
+        import torch
+
+        torch.set_num_threads(_threads_per_worker())
 
     # ----------------------------------------------------------------- shared artifacts
 
@@ -90,13 +94,16 @@ class Worker:
         return Path(assets.eval_file), tuple(Path(p) for p in assets.calibration_files)
 
     def settings(self, model: Model, *, calibration_run: int | None = None):
+        """InvarLock settings of one evaluate. Calibration runs vary by corpus shard (local) or by seed (hub)."""
         s = model.settings
-        if s.dataset != "local":
-            raise NotImplementedError(f"dataset '{s.dataset}' is not wired to the certifier yet; use dataset: local")
-        eval_file, shards = self.corpus(model)
-        dataset_file = eval_file if calibration_run is None else shards[(calibration_run - 1) % len(shards)]
+        dataset_file, seed = None, 41 + (calibration_run or 1)
+        if s.dataset == "local":
+            eval_file, shards = self.corpus(model)
+            dataset_file = (eval_file if calibration_run is None else shards[(calibration_run - 1) % len(shards)]).resolve()
         return self.certifier.EvaluateSettings(
-            dataset_file=dataset_file.resolve(),
+            dataset_file=dataset_file,
+            hub_dataset=s.dataset,
+            seed=seed,
             seq_len=s.seq_len,
             stride=s.stride,
             preview_n=s.preview_windows,
@@ -105,13 +112,14 @@ class Worker:
             tier=s.tier,
             acceptance_range=(s.acceptance_min, s.acceptance_max),
             device=self.state.device,
-            threads=max(1, (os.cpu_count() or 1) // max(1, _worker_count())),
+            threads=_threads_per_worker(),
             measure_guard_overhead=s.guard_overhead,
         )
 
     def _settings_key(self, settings) -> dict[str, Any]:
         data = {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items() if k != "threads"}
-        data["dataset_sha"] = _file_digest(settings.dataset_file)
+        if settings.dataset_file is not None:
+            data["dataset_sha"] = _file_digest(settings.dataset_file)
         return data
 
     def evaluate_options(self, item: Item | None) -> dict[str, Any]:
@@ -190,9 +198,14 @@ class Worker:
         return self._once("preset", model.name, make)
 
     def edited_model(self, item: Item) -> Artifact:
+        """Edits run where the model fits: on the worker's GPU, or in host RAM for a model sharded over GPUs."""
+        from .scheduling import placement_devices
+
         baseline = self.baseline(item.model)
+        devices = placement_devices(self.state, item)
+        device = "cpu" if devices and len(devices) > 1 else self.state.device
         return self._once("edit", f"{item.model.name}/{item.scenario.name}",
-                          lambda: edit_artifact(item, baseline, self.store, self.cache, self.state.device))
+                          lambda: edit_artifact(item, baseline, self.store, self.cache, device))
 
     # ----------------------------------------------------------------- items
 
@@ -311,8 +324,19 @@ def _file_digest(path: Path) -> str:
     return digest(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-def _worker_count() -> int:
-    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+def _log_to(path: Path) -> None:
+    """The worker's run log (model loads, artifacts built): one file per worker, appended across runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _threads_per_worker() -> int:
+    """The host's cores shared out between xdist workers, so two workers do not fight over each core."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 def apply_determinism(mode: str, device: str) -> None:

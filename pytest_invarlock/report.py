@@ -117,6 +117,12 @@ class RecordCollector:
         reused = _reuse_counts(self.records.values())
         if reused:
             write("reused from the run directory: " + ", ".join(f"{n} {what}" for what, n in sorted(reused.items())))
+        scored = [r for r in self.records.values()
+                  if r.get("kind") == "benchmark" and "model_loaded_from_disk" in r and not r.get("reused")]
+        if scored:
+            loads = sum(bool(r["model_loaded_from_disk"]) for r in scored)
+            write(f"benchmark items that loaded their model from disk: {loads} of {len(scored)} "
+                  "(the others used the model their worker already held)")
         write("")
         write(render_table(compiled))
         benchmarks = render_benchmarks(compiled)

@@ -234,3 +234,18 @@ def test_real_nan_model_is_detected_not_crashed(tmp_path, tiny_assets):
     verdict = certify(baseline, tiny_assets["nan"], tmp_path, settings, edit_label="nan", mode="inprocess")
     assert verdict.failure is not None and verdict.failure.startswith(NON_FINITE_FAILURE)
     assert not verdict.crashed and not verdict.overall_pass
+
+
+def test_hub_dataset_settings_write_the_provider_and_seed(tmp_path):
+    from pytest_invarlock.certifier import _write_invarlock_config
+
+    import yaml
+
+    settings = EvaluateSettings(dataset_file=None, seed=44, seq_len=512, stride=512)
+    settings.check()  # no local file to validate
+    preset_file = tmp_path / "preset.yaml"
+    _write_invarlock_config(tmp_path / "root", preset_file, settings, None)
+    dataset = yaml.safe_load(preset_file.read_text())["dataset"]
+    assert dataset["provider"] == "wikitext2" and dataset["seed"] == 44
+    assert (dataset["seq_len"], dataset["preview_n"], dataset["final_n"]) == (512, 180, 180)
+    assert "file" not in dataset

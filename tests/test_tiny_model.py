@@ -43,8 +43,9 @@ def test_two_builds_give_identical_weights_and_files(twin_builds: tuple[tm.TinyA
     assert first.root != second.root
     assert first.weights_sha256 == second.weights_sha256
     assert first.weights_sha256 == tm.sha256_file(first.model_dir / tm.WEIGHTS_FILE)
-    for relative in ("model/tokenizer.json", "corpus/eval.jsonl", "corpus/train.txt", "corpus/calibration_7.jsonl"):
-        assert (first.root / relative).read_bytes() == (second.root / relative).read_bytes(), relative
+    for path in (first.model_dir / "tokenizer.json", first.eval_file, first.corpus_dir / tm.TRAIN_FILE, *first.calibration_files):
+        relative = path.relative_to(first.root)
+        assert path.read_bytes() == (second.root / relative).read_bytes(), relative
 
 
 def test_second_call_reuses_the_cache_without_building(
@@ -151,11 +152,18 @@ def _passages(n: int) -> list[tm.Passage]:
     return [tm.Passage(f"p{i}", 10) for i in range(n)]
 
 
-def test_passages_are_dealt_round_robin_by_quota() -> None:
+def test_passages_are_dealt_round_robin_by_quota_then_shuffled_by_seed() -> None:
     params = tm.TinyBuildParams(eval_passages=4, calibration_sets=2, calibration_passages=2)
     evaluation, calibration = tm.assign_passages(_passages(9), params)
-    assert [p.text for p in evaluation] == ["p0", "p1", "p4", "p5", "p8"]
-    assert [[p.text for p in s] for s in calibration] == [["p2", "p6"], ["p3", "p7"]]
+    assert sorted(p.text for p in evaluation) == ["p0", "p1", "p4", "p5", "p8"]
+    assert [sorted(p.text for p in s) for s in calibration] == [["p2", "p6"], ["p3", "p7"]]
+    assert (evaluation, calibration) == tm.assign_passages(_passages(9), params)
+
+
+def test_repeated_passages_are_dealt_once() -> None:
+    params = tm.TinyBuildParams(eval_passages=1, calibration_sets=1, calibration_passages=1)
+    evaluation, calibration = tm.assign_passages(_passages(2) + _passages(2), params)
+    assert sorted(p.text for p in [*evaluation, *calibration[0]]) == ["p0", "p1"]
 
 
 def test_too_few_passages_is_an_explained_error() -> None:

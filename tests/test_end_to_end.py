@@ -1,0 +1,103 @@
+"""The tiny suite end to end on CPU: real tiny model, real InvarLock, real lm-eval, real xdist workers.
+
+One campaign per test session (module fixture): the first run certifies everything; the second, with
+-n 2, must reuse every artifact and reach the same verdict; then a cached certificate is tampered with
+(a gate flipped in its report) and the item it belongs to must turn red with a readable message.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, VALIDATION
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+    seconds: float
+
+
+def run_suite(run_dir: Path, *args: str) -> Run:
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", str(VALIDATION), "--suite", "tiny", "--run-dir", str(run_dir),
+         "-p", "no:cacheprovider", "-q", "-rfEs", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=3600,
+    )
+    return Run(result.returncode, result.stdout + result.stderr, time.perf_counter() - started)
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("campaign")
+    run_dir = root / "run"
+    first = run_suite(run_dir, "--junitxml", str(root / "first.xml"))
+    second = run_suite(run_dir, "-n", "2", "--junitxml", str(root / "second.xml"))
+    print(f"tiny suite: first run {first.seconds:.0f} s, second run (-n 2, cached) {second.seconds:.0f} s")
+    return {"root": root, "run_dir": run_dir, "first": first, "second": second}
+
+
+def test_first_run_passes_every_item_and_validates(campaign: dict) -> None:
+    first: Run = campaign["first"]
+    assert first.returncode == 0, first.output[-6000:]
+    assert "PHASE0_VALIDATED" in first.output
+    assert " failed" not in first.output and " error" not in first.output
+    verdict = json.loads((campaign["run_dir"] / "reports" / "final_verdict.json").read_text())
+    assert verdict["phase0"]["status"] == "PHASE0_VALIDATED"
+    assert verdict["phase0"]["truth_source"] == "lm-eval regression"
+    for name in ("invarlock_results.csv", "eval_results.csv", "calibration_summary.json", "correlation_analysis.json"):
+        assert (campaign["run_dir"] / "analysis" / name).is_file()
+
+
+def test_junit_carries_each_items_numbers(campaign: dict) -> None:
+    for xml in ("first.xml", "second.xml"):  # the second comes from xdist workers
+        cases = ET.parse(campaign["root"] / xml).getroot().iter("testcase")
+        certify = [c for c in cases if c.get("name", "").startswith(("test_edit[", "test_calibration["))]
+        assert certify
+        for case in certify:
+            properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+            assert {"ratio", "ci_lo", "ci_hi", "overall_pass", "failed_gates", "invarlock"} <= properties.keys()
+            assert float(properties["ratio"]) > 0
+
+
+def test_second_run_reuses_everything_and_agrees(campaign: dict) -> None:
+    first: Run = campaign["first"]
+    second: Run = campaign["second"]
+    assert second.returncode == 0, second.output[-6000:]
+    assert "reused from the run directory:" in second.output
+    records = [json.loads(p.read_text()) for p in (campaign["run_dir"] / "records").glob("*.json")]
+    assert records and all(r["reused"] for r in records if r["outcome"] == "passed")
+    first_verdict = first.output[first.output.index("Phase 0 verdict"):].splitlines()[:12]
+    second_verdict = second.output[second.output.index("Phase 0 verdict"):].splitlines()[:12]
+    assert first_verdict == second_verdict
+    assert second.seconds * 3 < first.seconds
+
+
+def test_a_tampered_certificate_turns_its_item_red(campaign: dict) -> None:
+    """Flip a gate in a cached clean-edit report: the item must fail and say which gate and the numbers."""
+    from pytest_invarlock.certifier import Verdict
+
+    run_dir = campaign["run_dir"]
+    record = json.loads((run_dir / "records" / "tiny-kjv-quant_rtn_8bit_clean-run1.json").read_text())
+    report_path = Path(record["report"])
+    report = json.loads(report_path.read_text())
+    report["validation"]["primary_metric_acceptable"] = False
+    report_path.write_text(json.dumps(report))
+    verdict_file = report_path.parents[2] / "verdict.json"
+    verdict_file.write_text(json.dumps(Verdict.from_report(report, report_path=str(report_path)).to_dict()))
+    rerun = run_suite(run_dir, "-k", "quant_rtn_8bit_clean-run1 and test_edit")
+    assert rerun.returncode == 1
+    assert "1 failed" in rerun.output
+    assert "NOT as expected" in rerun.output
+    assert "failed gates: primary_metric_acceptable" in rerun.output
+    assert "ratio 1.0" in rerun.output and "acceptance [0.95, 1.10]" in rerun.output
