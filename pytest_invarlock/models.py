@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .items import Item
 from .specs import parse_spec
 from .store import Artifact, Store, digest
-from .suite import Model
+from .suite import Model, Scenario
 
 log = logging.getLogger("pytest_invarlock")
 BASELINE_LAYOUT_VERSION = 1
@@ -75,25 +74,22 @@ def _hub_snapshot(model: Model, *, offline: bool) -> Path:
 
 
 def model_profile(directory: Path, dtype: str) -> dict[str, Any]:
-    """Torch-free facts for memory planning: config shape and bytes of weights on disk."""
+    """model_profile.json: the memory plan's torch-free profile of the config, plus bytes on disk.
+
+    Families the plan cannot count (neither llama-like nor gpt2) keep only the bytes on disk.
+    """
+    from dataclasses import asdict
+
+    from .memory import ModelProfile
+
     config = json.loads((directory / "config.json").read_text())
-    text = config.get("text_config", config)
-    hidden = text.get("hidden_size") or text.get("n_embd")
-    heads = text.get("num_attention_heads") or text.get("n_head")
     weights = sum(p.stat().st_size for p in directory.iterdir() if p.suffix in (".safetensors", ".bin"))
-    return {
-        "model_type": text.get("model_type") or config.get("model_type"),
-        "layers": text.get("num_hidden_layers") or text.get("n_layer"),
-        "hidden_size": hidden,
-        "heads": heads,
-        "kv_heads": text.get("num_key_value_heads") or heads,
-        "head_dim": text.get("head_dim") or (hidden // heads if hidden and heads else None),
-        "vocab_size": text.get("vocab_size"),
-        "experts": text.get("num_local_experts"),
-        "dtype": dtype,
-        "weights_bytes": weights,
-        "weights_gb": weights / 2**30,
-    }
+    try:
+        profile = asdict(ModelProfile.from_config(config.get("text_config", config), dtype))
+    except (ValueError, KeyError) as exc:
+        profile = {"unprofiled": str(exc)}
+    return {"model_type": config.get("model_type"), "dtype": dtype, **profile,
+            "weights_bytes_on_disk": weights, "weights_gb_on_disk": weights / 2**30}
 
 
 def baseline_artifact(model: Model, store: Store, *, offline: bool) -> Artifact:
@@ -126,7 +122,7 @@ class ModelCache:
     """Models a worker holds in host RAM, least recently used first out, bounded in bytes.
 
     Nothing stays on the GPU between items: callers move a model to the device for the duration of
-    one item and back (see `on_device`), so the scheduler's memory plan holds. `loads` counts disk
+    one item and back to host RAM, so the scheduler's memory plan holds. `loads` counts disk
     loads per directory, the figure that model affinity is meant to keep near one per worker.
     """
 
@@ -187,29 +183,30 @@ def _copy_tokenizer_files(source: Path, target: Path) -> None:
             shutil.copyfile(source / name, target / name)
 
 
-def edit_artifact(item: Item, baseline: Artifact, store: Store, cache: ModelCache, device: str) -> Artifact:
-    """The edited (or error-injected) weights of an item's scenario, made once per baseline and spec."""
+def edit_artifact(model: Model, scenario: Scenario, baseline: Artifact, store: Store, cache: ModelCache,
+                  device: str) -> Artifact:
+    """The edited (or error-injected) weights of a scenario, made once per baseline and spec."""
     import copy
 
     import torch
 
     from .edits import apply_spec
 
-    spec = parse_spec(item.scenario.spec)
-    key = digest("edit", EDIT_CODE_VERSION, baseline.path.name, str(spec), item.model.dtype)
+    spec = parse_spec(scenario.spec)
+    key = digest("edit", EDIT_CODE_VERSION, baseline.path.name, str(spec), model.dtype)
 
     def build(tmp: Path) -> dict[str, Any]:
-        base_model, tokenizer, _ = cache.get(baseline.path, item.model.dtype)
-        model = copy.deepcopy(base_model).to(device)
+        base_model, tokenizer, _ = cache.get(baseline.path, model.dtype)
+        edited = copy.deepcopy(base_model).to(device)
         with torch.no_grad():
-            metadata = apply_spec(model, spec)
-        model.to("cpu")
-        model.save_pretrained(tmp)
+            metadata = apply_spec(edited, spec)
+        edited.to("cpu")
+        edited.save_pretrained(tmp)
         _copy_tokenizer_files(baseline.path, tmp)
         name = "error_metadata.json" if spec.family == "error" else "edit_metadata.json"
-        (tmp / name).write_text(json.dumps({"spec": str(spec), "scenario": item.scenario.name, **metadata},
+        (tmp / name).write_text(json.dumps({"spec": str(spec), "scenario": scenario.name, **metadata},
                                            indent=2, default=str) + "\n")
-        cache.put(store.path("edits", key), model, tokenizer)
-        return {"model": item.model.name, "scenario": item.scenario.name, "spec": str(spec)}
+        cache.put(store.path("edits", key), edited, tokenizer)
+        return {"model": model.name, "scenario": scenario.name, "spec": str(spec)}
 
     return store.produce("edits", key, build)

@@ -25,7 +25,7 @@ from .models import ModelCache, baseline_artifact, default_cache_bytes, edit_art
 from .report import base_record
 from .specs import parse_spec
 from .store import Artifact, digest, write_json_atomic
-from .suite import Model
+from .suite import Model, Scenario
 
 log = logging.getLogger("pytest_invarlock")
 RESULT_FILE = "verdict.json"
@@ -197,15 +197,16 @@ class Worker:
 
         return self._once("preset", model.name, make)
 
-    def edited_model(self, item: Item) -> Artifact:
-        """Edits run where the model fits: on the worker's GPU, or in host RAM for a model sharded over GPUs."""
+    def edited_model(self, model: Model, scenario: Scenario, item: Item | None = None) -> Artifact:
+        """The scenario's edited weights. Edits run where the model fits: on the worker's GPU, or in host
+        RAM when the item's placement shards the model over several GPUs."""
         from .scheduling import placement_devices
 
-        baseline = self.baseline(item.model)
-        devices = placement_devices(self.state, item)
+        baseline = self.baseline(model)
+        devices = placement_devices(self.state, item) if item is not None else None
         device = "cpu" if devices and len(devices) > 1 else self.state.device
-        return self._once("edit", f"{item.model.name}/{item.scenario.name}",
-                          lambda: edit_artifact(item, baseline, self.store, self.cache, device))
+        return self._once("edit", f"{model.name}/{scenario.name}",
+                          lambda: edit_artifact(model, scenario, baseline, self.store, self.cache, device))
 
     # ----------------------------------------------------------------- items
 
@@ -237,7 +238,7 @@ class Worker:
             report, report_reused = self.baseline_report(model, item)
             if report_reused:
                 reused.append(f"baseline-report:{model.name}")
-            edited = self.edited_model(item)
+            edited = self.edited_model(model, item.scenario, item)
             if edited.reused:
                 reused.append(f"edit:{model.name}/{item.scenario.name}")
             spec = parse_spec(item.scenario.spec)
@@ -289,7 +290,7 @@ class Worker:
 
         model = item.model
         baseline = self.baseline(model)
-        directory = baseline.path if item.variant == "baseline" else self.edited_model(item).path
+        directory = baseline.path if item.variant == "baseline" else self.edited_model(model, item.scenario, item).path
         suite = self.state.suite
         key = digest("benchmark", directory.name, item.benchmark, suite.benchmarks.num_fewshot, suite.benchmarks.limit)
         loaded = False

@@ -127,24 +127,21 @@ def format_plan_table(rows: Sequence[PlanRow], gpus: Sequence[Gpu]) -> list[str]
 
 # --------------------------------------------------------------------------- inventory and devices
 
-_INVENTORIES: dict[str, list[Gpu]] = {}  # session token -> the node's GPUs (empty: CPU run)
-_UNFIT: dict[str, dict[str, str]] = {}  # session token -> task id -> why no set of GPUs holds it
 
 
 def register_inventory(state: ConfigState, gpus: Sequence[Gpu]) -> None:
     """The node's GPUs for `unfit_reason`; the xdist plugin registers them in every process at configure."""
-    _INVENTORIES[state.session] = list(gpus)
-    _UNFIT.pop(state.session, None)
+    state.gpus = list(gpus)
+    state.unfit = None
 
 
 def unfit_reason(state: ConfigState, item: Item) -> str | None:
     """Why no set of this node's GPUs can hold the item (the policy's own rule), or None; None without GPUs."""
-    gpus = _INVENTORIES.get(state.session)
-    if not gpus:
+    if not state.gpus:
         return None
-    if state.session not in _UNFIT:
-        _UNFIT[state.session] = Policy(tasks_from_items(state.items), gpus).unplaceable
-    return _UNFIT[state.session].get(task_id(item))
+    if state.unfit is None:
+        state.unfit = Policy(tasks_from_items(state.items), state.gpus).unplaceable
+    return state.unfit.get(task_id(item))
 
 
 def scheduling_devices(gpus: Sequence[Gpu], workers: int) -> list[Gpu]:

@@ -44,6 +44,7 @@ from pytest_invarlock.suite import load_suite
 SUITE = """
 name: sched
 device: cpu
+invarlock: {dataset: local}
 runs: {calibration: 2, clean: 2, stress: 0, error: 0}
 errors: false
 models:
