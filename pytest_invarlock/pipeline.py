@@ -114,6 +114,7 @@ class Worker:
             device=self.state.device,
             threads=_threads_per_worker(),
             measure_guard_overhead=s.guard_overhead,
+            min_tokens=s.min_tokens,
         )
 
     def _settings_key(self, settings) -> dict[str, Any]:

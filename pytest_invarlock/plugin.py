@@ -103,6 +103,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state: ConfigState = config.stash[STATE_KEY]
+    _skip_opt_in_tests(config, items)
     keep, drop = [], []
     for test_item in items:
         kind = _item_kind(test_item)
@@ -114,6 +115,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def _skip_opt_in_tests(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests need a GPU that NVML sees (not a --gpus simulation); `slow` ones run only under -m slow."""
+    slow_selected = "slow" in (config.getoption("markexpr") or "")
+    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    if gpu_items:
+        from .gpus import probe_gpus
+
+        if not probe_gpus():
+            for test_item in gpu_items:
+                test_item.add_marker(pytest.mark.skip(reason="gpu test: NVML sees no CUDA GPU on this machine"))
+    if not slow_selected:
+        for test_item in items:
+            if test_item.get_closest_marker("slow"):
+                test_item.add_marker(pytest.mark.skip(reason="slow test (minutes of CPU): opt in with -m slow"))
 
 
 def _item_kind(test_item: pytest.Item) -> str | None:

