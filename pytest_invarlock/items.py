@@ -52,11 +52,6 @@ class Item:
         return f"{self.model.name}-{self.scenario.name}-run{self.run}"
 
     @property
-    def seed(self) -> int:
-        """The seed suite's convention: 41 + run."""
-        return 41 + self.run
-
-    @property
     def definition_key(self) -> str:
         """Digest of everything in the suite that defines this item; records from an older definition are stale."""
         payload = {"model": asdict(self.model), "scenario": asdict(self.scenario) if self.scenario else None,

@@ -94,7 +94,8 @@ class Worker:
         return Path(assets.eval_file), tuple(Path(p) for p in assets.calibration_files)
 
     def settings(self, model: Model, *, calibration_run: int | None = None):
-        """InvarLock settings of one evaluate. Calibration runs vary by corpus shard (local) or by seed (hub)."""
+        """InvarLock settings of one evaluate. Calibration runs vary by corpus shard (local) or by seed (hub),
+        the seed suite's 41 + run."""
         s = model.settings
         dataset_file, seed = None, 41 + (calibration_run or 1)
         if s.dataset == "local":

@@ -5,17 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
 VALIDATION = REPO / "validation"
-
-
-@pytest.fixture
-def validation_dir() -> Path:
-    return VALIDATION
 
 
 GATES = [
