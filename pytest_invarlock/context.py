@@ -45,7 +45,7 @@ class ConfigState:
     run_dir: Path
     device: str
     session: str
-    index: dict[tuple[str, str], Item] = field(default_factory=dict)
+    index: dict[tuple[str, str], Item] = field(init=False)  # (test, param id) -> item, derived from items
     warnings: list[str] = field(default_factory=list)
     gpus: list[Gpu] = field(default_factory=list)  # the node's GPUs (NVML or --gpus); empty on a CPU run
     unfit: dict[str, str] | None = None  # task id -> why no set of those GPUs holds it (computed once)

@@ -275,17 +275,7 @@ class Worker:
             "preset": str(preset_path) if preset_path else None,
             "reused": reused,
         }
-        properties = [
-            ("ratio", verdict.ratio_vs_baseline),
-            ("ci_lo", verdict.display_ci[0] if verdict.display_ci else None),
-            ("ci_hi", verdict.display_ci[1] if verdict.display_ci else None),
-            ("overall_pass", verdict.overall_pass),
-            ("failed_gates", ",".join(verdict.failed_gates)),
-            ("flagged", judgement.flagged),
-            ("degraded", verdict.degraded),
-            ("reused", ",".join(reused)),
-        ]
-        return ItemResult(record, judgement.met, judgement.explanation, properties)
+        return ItemResult(record, judgement.met, judgement.explanation, junit_properties(record))
 
     def _benchmark(self, item: Item) -> ItemResult:
         from .benchmarks import run_benchmark
@@ -318,8 +308,19 @@ class Worker:
         record = {**base_record(item), **result, "met": met, "model_loaded_from_disk": loaded, "reused": reused}
         explanation = (f"lm-eval {item.benchmark} on {item.variant}: accuracy {accuracy} (stderr {result['stderr']}, n {result['n']})"
                        + ("" if result["finite_logits"] else "; the model's logits are not finite"))
-        properties = [("accuracy", accuracy), ("stderr", result["stderr"]), ("n", result["n"]), ("reused", ",".join(reused))]
-        return ItemResult(record, met, explanation, properties)
+        return ItemResult(record, met, explanation, junit_properties(record))
+
+
+JUNIT_FIELDS = ("ratio", "ci_lo", "ci_hi", "overall_pass", "failed_gates", "flagged", "degraded",
+                "accuracy", "stderr", "n", "reused")
+
+
+def junit_properties(record: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The record's headline numbers as junit properties: lists comma-joined, the CI split in two."""
+    ci = record.get("ci") or (None, None)
+    flat = {**record, "ci_lo": ci[0], "ci_hi": ci[1]} if "ci" in record else record
+    return [(name, ",".join(flat[name]) if isinstance(flat[name], list) else flat[name])
+            for name in JUNIT_FIELDS if name in flat]
 
 
 def _file_digest(path: Path) -> str:
