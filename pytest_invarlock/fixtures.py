@@ -13,40 +13,49 @@ from typing import Any, Callable
 
 import pytest
 
-from .context import STATE_KEY
-from .items import Item
-from .suite import Model, Scenario
+from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.suite import Model, Scenario
+from pytest_invarlock.state import STATE_KEY, ConfigState
+
+
+def session_state(request: pytest.FixtureRequest) -> ConfigState:
+    """The validation session's state; a plain session has none, and these fixtures say how to get one."""
+    state = request.config.stash.get(STATE_KEY, None)
+    if state is None:
+        pytest.fail("the invarlock fixtures need a validation session: run with --suite NAME "
+                    "(or set the invarlock_suite ini option)", pytrace=False)
+    return state
 
 
 @pytest.fixture(scope="session")
 def invarlock_worker(request: pytest.FixtureRequest):
     """This process's `pipeline.Worker`: model cache, store access, InvarLock calls."""
-    from .pipeline import Worker
+    from pytest_invarlock.worker.pipeline import Worker
 
-    return Worker(request.config.stash[STATE_KEY], os.environ.get("PYTEST_XDIST_WORKER", "main"))
+    return Worker(session_state(request), os.environ.get("PYTEST_XDIST_WORKER", "main"))
 
 
 @pytest.fixture(scope="session")
 def invarlock_suite(request: pytest.FixtureRequest):
     """The suite after command-line overrides."""
-    return request.config.stash[STATE_KEY].suite
+    return session_state(request).suite
 
 
 @pytest.fixture(scope="session")
-def baseline(invarlock_worker) -> Callable[[Model], Any]:
-    """baseline(model) -> the baseline artifact: a neutral local directory plus model_profile.json."""
+def invarlock_baseline(invarlock_worker) -> Callable[[Model], Any]:
+    """invarlock_baseline(model) -> the baseline artifact: a neutral local directory plus model_profile.json."""
     return lambda model: invarlock_worker.baseline(model).path
 
 
 @pytest.fixture(scope="session")
-def preset(invarlock_worker) -> Callable[[Model], Any]:
-    """preset(model) -> path of the calibrated preset YAML (runs missing calibration runs itself)."""
+def invarlock_preset(invarlock_worker) -> Callable[[Model], Any]:
+    """invarlock_preset(model) -> path of the calibrated preset YAML (runs missing calibration runs itself)."""
     return lambda model: invarlock_worker.preset(model)[1]
 
 
 @pytest.fixture(scope="session")
-def edited_model(invarlock_worker) -> Callable[[Model, Scenario], Any]:
-    """edited_model(model, scenario) -> directory of the scenario's edited or error-injected weights."""
+def invarlock_edited_model(invarlock_worker) -> Callable[[Model, Scenario], Any]:
+    """invarlock_edited_model(model, scenario) -> directory of the scenario's edited or error-injected weights."""
     return lambda model, scenario: invarlock_worker.edited_model(model, scenario).path
 
 
@@ -67,7 +76,7 @@ def invarlock_result(invarlock_item: Item, invarlock_worker, request: pytest.Fix
     --junitxml writes as <property> elements of the testcase (what the `record_property` fixture
     does, without its warning under the default junit_family).
     """
-    from .report import RECORD_PROPERTY
+    from pytest_invarlock.records import RECORD_PROPERTY
 
     result = invarlock_worker.run(invarlock_item)
     properties = request.node.user_properties

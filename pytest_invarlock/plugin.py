@@ -1,38 +1,47 @@
-"""The pytest plugin: options, markers, parametrization from the suite, and the verdict report.
+"""The pytest11 entry point: options, and the pieces of a validation session, registered only in one.
 
-This module is loaded on the xdist controller, which must never import torch: everything here is
-torch-free. Worker-side work (models, edits, InvarLock) lives in `pipeline` and is imported lazily
-by the fixtures in `fixtures`.
+A pytest11 plugin is loaded into every pytest session of its environment, so this one stays
+passive until used. A session is a *validation session* when
+
+1. `--suite` is given on the command line, or
+2. the `invarlock_suite` ini option is set, or
+3. an initial conftest (one pytest loads before configuring, e.g. `validation/conftest.py` for
+   `pytest validation/`) sets the module attribute `INVARLOCK_SUITE = "<suite>"`, or
+4. a collected test requests the `invarlock_item` fixture (the suite's own tests): the session
+   then activates at collection with the default suite. Under xdist the controller activates
+   when a worker reports such tests; GPU scheduling needs rule 1-3, since xdist picks its
+   scheduler before any collection.
+
+Everywhere else the plugin adds its options and fixtures and does nothing: no header, no suite
+loading, no markers or skips, no scheduler, no `-n auto` override, no environment change, no file.
+This module is loaded on the xdist controller, which never imports torch.
 """
 
 from __future__ import annotations
 
-import uuid
+from types import ModuleType
+from typing import Any
 
 import pytest
 
-from .context import ConfigState, STATE_KEY, build_state
-from .items import BENCHMARK_TEST, CERTIFY_TESTS, Item, items_for_test
-from .report import RecordCollector
-from .suite import SuiteError
+from pytest_invarlock import collection
+from pytest_invarlock.campaign.kinds import KIND_HELP, SCENARIO_KINDS
+from pytest_invarlock.campaign.suite import SuiteError
+from pytest_invarlock.state import STATE_KEY, ConfigState, build_state
 
-pytest_plugins = ["pytest_invarlock.fixtures", "pytest_invarlock.xdist_plugin"]
+pytest_plugins = ["pytest_invarlock.fixtures", "pytest_invarlock.distribution"]
 
-KIND_MARKERS = {
-    "calibration": "calibration runs: the baseline against itself; must pass and feed the preset",
-    "clean": "clean edits: must pass",
-    "stress": "stress edits: must be flagged (gating) or record a signal (informational)",
-    "error": "error injections: must be detected",
-    "benchmark": "lm-eval benchmark items on the baseline and on each edit",
-}
-SIZE_MARKER_PREFIX = "size_"
+DEFAULT_SUITE = "tiny"
+SUITE_INI = "invarlock_suite"
+CONFTEST_ATTRIBUTE = "INVARLOCK_SUITE"
+SIZE_MARKER_PREFIX = collection.SIZE_MARKER_PREFIX
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("invarlock", "InvarLock edit-detection validation")
-    group.addoption("--suite", default="tiny", help="suite name (tiny, smol, ci, subset, showcase, workshop3, full, b200) or path to a suite YAML; default: tiny")
+    group.addoption("--suite", default=None, help="suite name (tiny, smol, ci, subset, showcase, workshop3, full, b200) or path to a suite YAML; naming it makes this a validation session (default suite: tiny)")
     group.addoption("--models", action="append", default=[], help="override the suite's models: catalogue names, hub ids or local dirs, comma-separated or repeated")
-    for kind in ("calibration", "clean", "stress", "error"):
+    for kind in SCENARIO_KINDS:
         group.addoption(f"--runs-{kind}", type=int, default=None, metavar="N", help=f"override the number of {kind} runs per scenario")
     group.addoption("--no-errors", action="store_true", help="drop the error-injection scenarios")
     group.addoption("--benchmarks", default=None, help="override the lm-eval tasks, comma-separated")
@@ -46,101 +55,63 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--recompute", action="store_true", help="recompute presets, edits, baseline reports and results instead of reusing them")
     group.addoption("--certify-mode", choices=("auto", "subprocess", "inprocess"), default="auto", help="run invarlock evaluate in the worker process (faster) or a subprocess (isolated); auto: in-process unless an item spans several GPUs")
     group.addoption("--device", choices=("auto", "cpu", "cuda"), default=None, help="override the suite's device")
+    group.addoption("--gpus", default=None, metavar="SPEC",
+                    help="simulate this node's GPUs instead of asking NVML: 8x180, 80,80,24 or 2x80,24 (sizes in GB)")
+    group.addoption("--gpu-plan", action="store_true",
+                    help="print each item's memory plan (weights, KV cache, peak GB, GPUs) and write "
+                         "<run-dir>/analysis/memory_plan.csv; works with --co")
+    parser.addini(SUITE_INI, "make every session of this project a validation session with this suite (name or YAML path)", default=None)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    for name, help_text in KIND_MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {help_text}")
-    config.addinivalue_line("markers", "informational: stress scenarios that record a signal and never fail")
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped where none is visible")
-    config.addinivalue_line("markers", "slow: minutes of CPU time; opt in with -m slow")
-    config.addinivalue_line("markers", f"{SIZE_MARKER_PREFIX}<class>: model size class (size_tiny, size_7b, ..., size_70b)")
+def declared_suite(config: pytest.Config) -> str | None:
+    """The suite this session names (rules 1-3 of the module docstring), or None: then it is passive so far."""
+    suite = config.getoption("suite", None) or config.getini(SUITE_INI)
+    if suite:
+        return str(suite)
+    for plugin in config.pluginmanager.get_plugins():
+        if isinstance(plugin, ModuleType) and plugin.__name__.endswith("conftest"):
+            declared = getattr(plugin, CONFTEST_ATTRIBUTE, None)
+            if isinstance(declared, str) and declared:
+                return declared
+    return None
+
+
+def state_of(config: pytest.Config) -> ConfigState | None:
+    """The validation state, or None in a passive session."""
+    return config.stash.get(STATE_KEY, None)
+
+
+def activate(config: pytest.Config, suite_name: str) -> ConfigState:
+    """Build the state (once) and register the session's pieces. Bad input is a usage error (exit 4)."""
+    state = state_of(config)
+    if state is not None:
+        return state
     try:
-        state = build_state(config, session=_session_token(config))
+        state = build_state(config, suite_name)
     except SuiteError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[STATE_KEY] = state
-    for size_class in {m.size_class for m in state.suite.models}:
+    for kind, help_text in KIND_HELP.items():
+        config.addinivalue_line("markers", f"{kind}: {help_text}")
+    config.addinivalue_line("markers", "informational: stress scenarios that record a signal and never fail")
+    for size_class in sorted({m.size_class for m in state.suite.models}):
         config.addinivalue_line("markers", f"{SIZE_MARKER_PREFIX}{size_class}: model size class {size_class}")
-    if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(RecordCollector(state), "invarlock-records")
+    from pytest_invarlock.distribution import register_session_pieces
+
+    register_session_pieces(config, state)
+    return state
 
 
-def _session_token(config: pytest.Config) -> str:
-    """One token per pytest session, shared with xdist workers: artifacts made under it are fresh."""
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput and "invarlock_session" in workerinput:
-        return workerinput["invarlock_session"]
-    return uuid.uuid4().hex
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node) -> None:  # xdist controller hook
-    node.workerinput["invarlock_session"] = node.config.stash[STATE_KEY].session
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "invarlock_item" not in metafunc.fixturenames:
-        return
-    state: ConfigState = metafunc.config.stash[STATE_KEY]
-    name = metafunc.function.__name__
-    if name not in CERTIFY_TESTS and name != BENCHMARK_TEST:
-        raise pytest.UsageError(
-            f"{metafunc.definition.nodeid}: test functions that use `invarlock_item` must be named "
-            f"{', '.join([*CERTIFY_TESTS, BENCHMARK_TEST])}."
-        )
-    params = []
-    for item in items_for_test(state.items, name):
-        marks = [getattr(pytest.mark, item.kind), getattr(pytest.mark, f"{SIZE_MARKER_PREFIX}{item.model.size_class}")]
-        if item.scenario is not None and item.kind == "stress" and not item.scenario.gating:
-            marks.append(pytest.mark.informational)
-        reason = state.skip_reason(item)
-        if reason:
-            marks.append(pytest.mark.skip(reason=reason))
-        params.append(pytest.param(item, id=item.param_id, marks=marks))
-    metafunc.parametrize("invarlock_item", params)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    state: ConfigState = config.stash[STATE_KEY]
-    _skip_opt_in_tests(config, items)
-    keep, drop = [], []
-    for test_item in items:
-        kind = _item_kind(test_item)
-        excluded = kind is not None and (
-            (state.options.calibrate_only and kind != "calibration")
-            or (state.options.no_benchmarks and kind == "benchmark")
-        )
-        (drop if excluded else keep).append(test_item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
-
-
-def _skip_opt_in_tests(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests need a GPU that NVML sees (not a --gpus simulation); `slow` ones run only under -m slow."""
-    slow_selected = "slow" in (config.getoption("markexpr") or "")
-    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
-    if gpu_items:
-        from .gpus import probe_gpus
-
-        if not probe_gpus():
-            for test_item in gpu_items:
-                test_item.add_marker(pytest.mark.skip(reason="gpu test: NVML sees no CUDA GPU on this machine"))
-    if not slow_selected:
-        for test_item in items:
-            if test_item.get_closest_marker("slow"):
-                test_item.add_marker(pytest.mark.skip(reason="slow test (minutes of CPU): opt in with -m slow"))
-
-
-def _item_kind(test_item: pytest.Item) -> str | None:
-    callspec = getattr(test_item, "callspec", None)
-    item = callspec.params.get("invarlock_item") if callspec else None
-    return item.kind if isinstance(item, Item) else None  # an empty parameter set gives NOTSET
+def pytest_configure(config: pytest.Config) -> None:
+    suite = declared_suite(config)
+    if suite is not None:
+        activate(config, suite)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    state: ConfigState = config.stash[STATE_KEY]
+    state = state_of(config)
+    if state is None:
+        return []
     suite = state.suite
     return [
         f"invarlock suite: {suite.name} ({suite.path}), {len(suite.models)} model(s), "
@@ -148,3 +119,23 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"{'offline' if state.options.offline else 'online'}, device {state.device}"
     ]
 
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "invarlock_item" not in metafunc.fixturenames:
+        return
+    state = state_of(metafunc.config) or activate(metafunc.config, DEFAULT_SUITE)
+    collection.parametrize(metafunc, state)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = state_of(config)
+    if state is not None:
+        collection.deselect(config, items, state)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Rule 4 on the controller: a worker collected the suite's tests."""
+    config = node.config
+    if state_of(config) is None and any(collection.is_suite_nodeid(nodeid) for nodeid in ids):
+        activate(config, DEFAULT_SUITE)

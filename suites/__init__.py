@@ -1,1 +1,1 @@
-"""Shipped suite files, the tiny model and corpus builder, and the tiny benchmark tasks."""
+"""Shipped suite YAML files and lm-eval task data (data only)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, VALIDATION
+from helpers import REPO, VALIDATION
 
 
 def run_items(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

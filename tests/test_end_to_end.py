@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, VALIDATION
+from helpers import REPO, VALIDATION
 
 
 @dataclass
@@ -86,15 +86,15 @@ def test_second_run_reuses_everything_and_agrees(campaign: dict) -> None:
 
 
 def test_user_tests_get_the_campaigns_artifacts_from_the_fixtures(campaign: dict, tmp_path: Path) -> None:
-    """baseline(model), preset(model) and edited_model(model, scenario) serve users' own tests from the store."""
+    """invarlock_baseline/preset/edited_model serve users' own tests from the store."""
     test_file = tmp_path / "test_mine.py"
     test_file.write_text(
-        "def test_fixtures(baseline, preset, edited_model, invarlock_suite):\n"
+        "def test_fixtures(invarlock_baseline, invarlock_preset, invarlock_edited_model, invarlock_suite):\n"
         "    model = invarlock_suite.models[0]\n"
         "    scenario = next(s for s in invarlock_suite.scenarios if s.name == 'prune_70pct_stress')\n"
-        "    assert (baseline(model) / 'model_profile.json').is_file()\n"
-        "    assert preset(model).name == 'preset.yaml'\n"
-        "    assert (edited_model(model, scenario) / 'edit_metadata.json').is_file()\n"
+        "    assert (invarlock_baseline(model) / 'model_profile.json').is_file()\n"
+        "    assert invarlock_preset(model).name == 'preset.yaml'\n"
+        "    assert (invarlock_edited_model(model, scenario) / 'edit_metadata.json').is_file()\n"
     )
     store = campaign["run_dir"] / "store"
     before = sorted(p.name for p in store.glob("*/*") if p.is_dir())
@@ -108,7 +108,7 @@ def test_user_tests_get_the_campaigns_artifacts_from_the_fixtures(campaign: dict
 
 def test_a_tampered_certificate_turns_its_item_red(campaign: dict) -> None:
     """Flip a gate in a cached clean-edit report: the item must fail and say which gate and the numbers."""
-    from pytest_invarlock.certifier import Verdict
+    from pytest_invarlock.worker.certifier import Verdict
 
     run_dir = campaign["run_dir"]
     record = json.loads((run_dir / "records" / "tiny-kjv-quant_rtn_8bit_clean-run1.json").read_text())

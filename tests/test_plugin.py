@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, VALIDATION
+from helpers import REPO, VALIDATION
 
 
 def run_pytest(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

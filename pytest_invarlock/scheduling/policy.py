@@ -1,0 +1,461 @@
+"""Scheduling policy: which worker runs which task next. Pure: no pytest, no xdist, no torch.
+
+One class serves the xdist adapter, the discrete-event simulator and the property tests, so it only
+sees task ids, GPUs and workers. Its contract with whoever drives it:
+
+- a worker is one process bound to one home GPU; it runs the tasks it is given one at a time, in
+  the order given, and the head of its queue is the task running now. (xdist starts an item only
+  once the next one has arrived or a shutdown, so when the policy leaves a worker with a single
+  task the adapter must send a spacer item behind it, or a shutdown once `done`.)
+- `schedule()` returns every assignment to make now; `finished()` and `worker_lost()` report back.
+
+The choices, in order: dependencies (a task waits until each of its deps has finished); memory fit
+against the home GPU's usable memory (safety margin, live free memory when observed); model
+affinity (a worker keeps to the model it holds, so each model is loaded about once per worker);
+then work stealing by the seed's small_first priority, preferring models the worker has not held
+before. A task larger than every single GPU runs sharded on a set of GPUs owned by one worker:
+the other GPUs of the set are idle when it is placed and take no work until it ends. When no such
+set is idle the worker gathers one: it lends itself and the GPUs that will drain soonest, which
+take nothing new until the set is complete.
+
+Failure handling: a dependency that failed, crashed or could not be placed still releases its
+dependents (the fixtures recompute what is missing, and the result says what went wrong); a task
+that was running when its worker died is reported crashed and never retried; the tasks queued
+behind it had not started and are scheduled again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from pytest_invarlock.scheduling.inventory import Gpu
+from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
+
+# The seed's small_first priorities (verdict.md, "Priorities"), keyed by item kind.
+BASE_PRIORITY = {"setup": 90, "calibration": 85, "edit": 65, "clean": 65, "stress": 65, "benchmark": 65, "error": 55}
+SIZE_BOOSTS = ((30.0, 30), (70.0, 20), (100.0, 10))  # model weights below this many GB -> boost
+UNBLOCK_BOOST, UNBLOCK_CAP = 2, 40
+AGE_STEP_S, AGE_CAP = 300.0, 10
+FAIRNESS_PENALTY, FAIRNESS_CAP = 3, 15
+
+
+@dataclass(frozen=True)
+class Task:
+    """One schedulable unit; deps are ids of tasks that must have finished first."""
+
+    id: str
+    model: str
+    kind: str
+    mem_gb: float
+    model_size_gb: float
+    deps: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Run `task` on `worker`; devices starts with the worker's home GPU and lists every GPU it may use."""
+
+    worker: str
+    task: Task
+    devices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Lost:
+    """What a dead worker leaves: the task it was running (crashed) and those queued behind it (rescheduled)."""
+
+    crashed: Task | None
+    requeued: tuple[Task, ...]
+
+
+@dataclass(frozen=True)
+class PolicyStats:
+    loads: dict[str, dict[str, int]]  # model -> worker -> times the worker switched to that model
+    failed: int
+    crashed: int
+    unplaceable: int
+
+
+def _index_tasks(tasks: Iterable[Task]) -> dict[str, Task]:
+    indexed: dict[str, Task] = {}
+    for task in tasks:
+        if task.id in indexed:
+            raise ValueError(f"task id {task.id!r} appears twice; every task needs its own id.")
+        if task.kind not in BASE_PRIORITY:
+            raise ValueError(f"task {task.id!r} has unknown kind {task.kind!r}; use one of {', '.join(BASE_PRIORITY)}.")
+        indexed[task.id] = task
+    return indexed
+
+
+class _Ranked:
+    """Ready tasks of one scheduling round, per model, best first; sharded ones apart."""
+
+    def __init__(self) -> None:
+        self.score: dict[str, float] = {}
+        self.single: dict[str, list[Task]] = defaultdict(list)
+        self.sharded: dict[str, list[Task]] = defaultdict(list)
+
+    def take(self, task: Task) -> None:
+        for lists in (self.single, self.sharded):
+            if task in lists.get(task.model, ()):
+                lists[task.model].remove(task)
+
+
+def priority(task: Task, *, dependents: int, waited_s: float, in_flight_same_model: int) -> float:
+    """small_first: kind base + size boost + unblock boost + age boost - fairness penalty (all capped)."""
+    size_boost = next((boost for limit, boost in SIZE_BOOSTS if task.model_size_gb < limit), 0)
+    return (
+        BASE_PRIORITY[task.kind]
+        + size_boost
+        + min(UNBLOCK_CAP, UNBLOCK_BOOST * dependents)
+        + min(AGE_CAP, waited_s // AGE_STEP_S)
+        - min(FAIRNESS_CAP, FAIRNESS_PENALTY * in_flight_same_model)
+    )
+
+
+class Policy:
+    def __init__(
+        self,
+        tasks: Iterable[Task],
+        gpus: Sequence[Gpu],
+        *,
+        queue_depth: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+        margin: MarginRule = MarginRule(),
+        affinity: bool = True,
+    ) -> None:
+        """`affinity=False` is the seed's plain small_first greedy, kept to benchmark against."""
+        if queue_depth < 1:
+            raise ValueError(f"queue_depth must be at least 1, got {queue_depth}.")
+        if not gpus:
+            raise ValueError("the policy needs at least one GPU; pass the probed inventory or a --gpus spec such as 8x80.")
+        self._tasks = _index_tasks(tasks)
+        self._gpus = {gpu.index: gpu for gpu in gpus}
+        self._free = {gpu.index: gpu.free_gb for gpu in gpus}
+        self._margin, self._depth, self._clock, self._affinity = margin, queue_depth, clock, affinity
+        self._queues: dict[str, list[Assignment]] = {}
+        self._home: dict[str, int] = {}
+        self._holding: dict[str, str] = {}
+        self._history: dict[str, set[str]] = defaultdict(set)
+        self._gathers: dict[str, tuple[str, tuple[int, ...]]] = {}  # primary worker -> (task id, devices)
+        self._in_flight: Counter[str] = Counter()  # model -> tasks queued on workers
+        self._loads: dict[str, Counter[str]] = defaultdict(Counter)
+        self._failed: set[str] = set()
+        self._crashed: set[str] = set()
+        self._unplaceable: dict[str, str] = {}
+        self._settled: set[str] = set()
+        self._dependents: dict[str, list[str]] = defaultdict(list)
+        self._waiting: dict[str, set[str]] = {}  # blocked task -> its unsettled dependencies
+        self._link_dependencies()
+        self._ready: set[str] = set()
+        self._since: dict[str, float] = {}
+        now = clock()
+        for task_id in [t for t, deps in self._waiting.items() if not deps]:
+            self._make_ready(task_id, now)
+        largest = max(self._budget(d, live=False) for d in self._gpus)
+        self._wide = {t.id for t in self._tasks.values() if t.mem_gb > largest}  # no single GPU holds them
+        node_capacity = sum(self._budget(d, live=False) for d in self._gpus)
+        for task in self._tasks.values():
+            if task.mem_gb > node_capacity:
+                self._give_up(task.id, self._shortfall(task, live=False))
+
+    # ------------------------------------------------------------------ driver API
+
+    def add_worker(self, worker: str, gpu_index: int) -> None:
+        if worker in self._queues:
+            raise ValueError(f"worker {worker!r} is already known; a replacement needs a new id.")
+        if gpu_index not in self._gpus:
+            raise ValueError(f"worker {worker!r} asks for GPU {gpu_index}, which is not in the inventory ({sorted(self._gpus)}).")
+        self._queues[worker] = []
+        self._home[worker] = gpu_index
+
+    def schedule(self) -> list[Assignment]:
+        """Every assignment to make now; queues are filled up to queue_depth."""
+        made: list[Assignment] = []
+        while True:
+            made += self._complete_gathers()
+            made += self._fill_queues()
+            if any(self._queues.values()) or not self._queues or self.done:
+                return made
+            # Nothing runs anywhere, yet work is ready: it cannot fit in the memory free now.
+            self._give_up_on_ready()
+
+    def finished(self, worker: str, task_id: str, ok: bool = True) -> None:
+        queue = self._queue_of(worker)
+        position = next((i for i, a in enumerate(queue) if a.task.id == task_id), None)
+        if position is None:
+            raise ValueError(f"worker {worker!r} reports task {task_id!r}, which is not queued on it.")
+        task = queue.pop(position).task
+        self._in_flight[task.model] -= 1
+        if not ok:
+            self._failed.add(task_id)
+        self._settle(task_id)
+
+    def worker_lost(self, worker: str) -> Lost:
+        queue = self._queue_of(worker)
+        del self._queues[worker], self._home[worker]
+        self._holding.pop(worker, None)
+        gather = self._gathers.pop(worker, None)
+        if gather:
+            self._ready.add(gather[0])
+        for assignment in queue:
+            self._in_flight[assignment.task.model] -= 1
+        crashed = queue[0].task if queue else None
+        if crashed:
+            self._failed.add(crashed.id)
+            self._crashed.add(crashed.id)
+            self._settle(crashed.id)
+        requeued = tuple(a.task for a in queue[1:])
+        self._ready.update(t.id for t in requeued)
+        return Lost(crashed, requeued)
+
+    def observe_free(self, gpu_index: int, free_gb: float) -> None:
+        """Live free memory on a GPU; taken into account only while none of our tasks use the GPU."""
+        if gpu_index not in self._gpus:
+            raise ValueError(f"GPU {gpu_index} is not in the inventory ({sorted(self._gpus)}).")
+        if self._idle(gpu_index):
+            self._free[gpu_index] = free_gb
+
+    @property
+    def done(self) -> bool:
+        """Nothing is left to dispatch (workers may still be running their queues)."""
+        return not self._ready and not self._gathers and not self._waiting
+
+    @property
+    def unplaceable(self) -> dict[str, str]:
+        """Task id -> why it can never run here."""
+        return dict(self._unplaceable)
+
+    @property
+    def stats(self) -> PolicyStats:
+        return PolicyStats(
+            loads={model: dict(per_worker) for model, per_worker in self._loads.items()},
+            failed=len(self._failed),
+            crashed=len(self._crashed),
+            unplaceable=len(self._unplaceable),
+        )
+
+    # ------------------------------------------------------------------ task states
+
+    def _link_dependencies(self) -> None:
+        """Index who waits on whom; refuse cycles, which would block their tasks forever."""
+        for task in self._tasks.values():
+            known = {dep for dep in task.deps if dep in self._tasks}  # deselected deps: the fixtures cover them
+            for dep in known:
+                self._dependents[dep].append(task.id)
+            self._waiting[task.id] = known
+        indegree = {t: len(deps) for t, deps in self._waiting.items()}
+        frontier = [t for t, n in indegree.items() if n == 0]
+        while frontier:
+            for dependent in self._dependents[frontier.pop()]:
+                indegree[dependent] -= 1
+                if indegree[dependent] == 0:
+                    frontier.append(dependent)
+        cycle = sorted(t for t, n in indegree.items() if n > 0)
+        if cycle:
+            raise ValueError(f"task dependencies form a cycle through {', '.join(cycle[:5])}; no order can satisfy them.")
+
+    def _make_ready(self, task_id: str, now: float) -> None:
+        del self._waiting[task_id]
+        self._ready.add(task_id)
+        self._since[task_id] = now
+
+    def _settle(self, task_id: str) -> None:
+        self._settled.add(task_id)
+        now = self._clock()
+        for dependent in self._dependents[task_id]:
+            waiting = self._waiting.get(dependent)
+            if waiting is not None:
+                waiting.discard(task_id)
+                if not waiting:
+                    self._make_ready(dependent, now)
+
+    def _give_up(self, task_id: str, reason: str) -> None:
+        self._waiting.pop(task_id, None)
+        self._ready.discard(task_id)
+        self._unplaceable[task_id] = reason
+        self._settle(task_id)
+
+    def _give_up_on_ready(self) -> None:
+        for primary, (task_id, _) in list(self._gathers.items()):
+            del self._gathers[primary]
+            self._ready.add(task_id)
+        for task_id in sorted(self._ready):
+            self._give_up(task_id, self._shortfall(self._tasks[task_id], live=True))
+
+    def _queue_of(self, worker: str) -> list[Assignment]:
+        try:
+            return self._queues[worker]
+        except KeyError:
+            raise ValueError(f"unknown worker {worker!r}; add it with add_worker() first.") from None
+
+    # ------------------------------------------------------------------ devices
+
+    def _budget(self, device: int, *, live: bool = True) -> float:
+        return self._margin.usable_gb(self._gpus[device].total_gb, self._free[device] if live else None)
+
+    def _workers_on(self, device: int) -> list[str]:
+        return [w for w, home in self._home.items() if home == device]
+
+    def _claim_owner(self, device: int) -> str | None:
+        """The worker whose queued sharded task uses `device`, if any."""
+        for worker, queue in self._queues.items():
+            if any(len(a.devices) > 1 and device in a.devices for a in queue):
+                return worker
+        return None
+
+    def _lender_to(self, device: int) -> str | None:
+        """The gathering worker `device` is lent to, if any."""
+        return next((p for p, (_, devices) in self._gathers.items() if device in devices), None)
+
+    def _idle(self, device: int) -> bool:
+        return not any(self._queues[w] for w in self._workers_on(device)) and self._claim_owner(device) is None
+
+    def _single_load(self, device: int, *, besides: str) -> float:
+        """Worst-case GB the other workers on `device` may be running: the largest task in each queue."""
+        return sum(max((a.task.mem_gb for a in self._queues[w]), default=0.0) for w in self._workers_on(device) if w != besides)
+
+    def _fits_alone(self, worker: str, task: Task) -> bool:
+        home = self._home[worker]
+        return task.mem_gb <= self._budget(home) - self._single_load(home, besides=worker)
+
+    def _grow_set(self, home: int, candidates: Iterable[int], mem_gb: float, *, live: bool) -> tuple[int, ...] | None:
+        """Home plus as few of `candidates` (taken in the order given) as reach mem_gb, or None."""
+        chosen, total = [home], self._budget(home, live=live)
+        for device in candidates:
+            if total >= mem_gb:
+                break
+            chosen.append(device)
+            total += self._budget(device, live=live)
+        return tuple(chosen) if total >= mem_gb else None
+
+    def _shortfall(self, task: Task, *, live: bool) -> str:
+        budgets = sorted((self._budget(d, live=live) for d in self._gpus), reverse=True)
+        largest = max(self._budget(d, live=False) for d in self._gpus)
+        sizes = Counter(round(b, 1) for b in budgets)
+        offer = " + ".join(f"{n} x {size:.1f} GB" for size, n in sorted(sizes.items(), reverse=True))
+        state = "free now, with nothing of ours running" if live else "usable after the safety margin"
+        return (
+            f"needs {task.mem_gb:.1f} GB on {required_gpus(task.mem_gb, largest)} GPU(s); "
+            f"this node offers {offer} {state} ({sum(budgets):.1f} GB in all)"
+        )
+
+    # ------------------------------------------------------------------ placement
+
+    def _can_receive(self, worker: str) -> bool:
+        home = self._home[worker]
+        return (
+            len(self._queues[worker]) < self._depth
+            and worker not in self._gathers
+            and self._lender_to(home) is None
+            and self._claim_owner(home) in (None, worker)
+        )
+
+    def _place_sharded(self, worker: str, task: Task) -> tuple[int, ...] | None:
+        """A set of GPUs for a sharded task on `worker`: the set it already holds, or idle GPUs."""
+        queue, home = self._queues[worker], self._home[worker]
+        if queue and len(queue[-1].devices) > 1 and sum(map(self._budget, queue[-1].devices)) >= task.mem_gb:
+            return queue[-1].devices
+        if any(self._queues[w] for w in self._workers_on(home) if w != worker):
+            return None
+        idle = [d for d in self._gpus if d != home and self._idle(d) and self._lender_to(d) is None]
+        idle.sort(key=lambda d: (bool(self._workers_on(d)), -self._budget(d), d))
+        return self._grow_set(home, idle, task.mem_gb, live=True)
+
+    def _open_gather(self, worker: str, task: Task) -> bool:
+        """Reserve the GPUs that drain soonest for `task`; they take nothing new until it is placed."""
+        home = self._home[worker]
+        spare = [d for d in self._gpus if d != home and self._lender_to(d) is None and self._claim_owner(d) is None]
+        spare.sort(key=lambda d: (sum(len(self._queues[w]) for w in self._workers_on(d)), -self._budget(d, live=False), d))
+        devices = self._grow_set(home, spare, task.mem_gb, live=False)
+        if devices is None:
+            return False
+        self._ready.discard(task.id)
+        self._gathers[worker] = (task.id, devices)
+        return True
+
+    def _complete_gathers(self) -> list[Assignment]:
+        made = []
+        for primary, (task_id, devices) in list(self._gathers.items()):
+            home, task = self._home[primary], self._tasks[task_id]
+            others_idle = all(self._idle(d) for d in devices[1:])
+            home_free = not any(self._queues[w] for w in self._workers_on(home) if w != primary)
+            if others_idle and home_free and sum(map(self._budget, devices)) >= task.mem_gb:
+                del self._gathers[primary]
+                made.append(self._assign(primary, task, devices))
+        return made
+
+    def _fill_queues(self) -> list[Assignment]:
+        """Round-robin over workers, emptiest queue first, one task each per pass."""
+        ready = self._rank_ready()
+        made: list[Assignment] = []
+        progress = True
+        while progress:
+            progress = False
+            for worker in sorted(self._queues, key=lambda w: (len(self._queues[w]), w)):
+                if not self._can_receive(worker):
+                    continue
+                choice = self._pick(worker, ready)
+                if choice:
+                    task, devices = choice
+                    ready.take(task)
+                    made.append(self._assign(worker, task, devices))
+                    progress = True
+        return made
+
+    def _rank_ready(self) -> _Ranked:
+        """Ready tasks per model, best first, scored without the fairness term (which moves as we assign)."""
+        now = self._clock()
+        ranked = _Ranked()
+        for task_id in self._ready:
+            ranked.score[task_id] = priority(
+                self._tasks[task_id],
+                dependents=sum(1 for d in self._dependents[task_id] if d not in self._settled),
+                waited_s=now - self._since[task_id],
+                in_flight_same_model=0,
+            )
+        for task_id in sorted(self._ready, key=lambda t: (-ranked.score[t], self._tasks[t].model_size_gb, t)):
+            task = self._tasks[task_id]
+            (ranked.sharded if task.id in self._wide else ranked.single)[task.model].append(task)
+        return ranked
+
+    def _tier(self, worker: str, model: str) -> int:
+        """0: the model the worker holds; 1: a model new to it; 2: one it held before (a reload)."""
+        if not self._affinity or self._holding.get(worker) == model:
+            return 0
+        return 2 if model in self._history[worker] else 1
+
+    def _pick(self, worker: str, ready: _Ranked) -> tuple[Task, tuple[int, ...]] | None:
+        """The best task for `worker` and its GPUs; None when it has nothing to take or starts gathering."""
+        options = []
+        for model in {*ready.single, *ready.sharded}:
+            fairness = min(FAIRNESS_CAP, FAIRNESS_PENALTY * self._in_flight[model])
+            single = next((t for t in ready.single[model] if self._fits_alone(worker, t)), None)
+            sharded = next(iter(ready.sharded[model]), None)
+            for task in filter(None, (single, sharded)):
+                key = (self._tier(worker, model), fairness - ready.score[task.id], task.model_size_gb, task.id)
+                options.append((key, task))
+        for _, task in sorted(options, key=lambda option: option[0]):
+            if task.id not in self._wide:
+                return task, (self._home[worker],)
+            devices = self._place_sharded(worker, task)
+            if devices:
+                return task, devices
+            if self._open_gather(worker, task):
+                ready.take(task)
+                return None
+        return None
+
+    def _assign(self, worker: str, task: Task, devices: tuple[int, ...]) -> Assignment:
+        self._ready.discard(task.id)
+        assignment = Assignment(worker, task, devices)
+        self._queues[worker].append(assignment)
+        self._in_flight[task.model] += 1
+        if self._holding.get(worker) != task.model:
+            self._loads[task.model][worker] += 1
+            self._holding[worker] = task.model
+            self._history[worker].add(task.model)
+        return assignment

@@ -1,0 +1,233 @@
+"""pytest-xdist's scheduler protocol around `Policy`: suite items become tasks, assignments become sends.
+
+Free of xdist imports (the fallback scheduler comes in from `distribution`), so the controller
+stays light and the adapter is tested with fake nodes. The controller only receives nodeids:
+every item's needs come from the suite through the item index, never from markers.
+
+Held items: an xdist worker runs an item only once the next one (or a shutdown) has arrived. When
+the policy leaves a worker with a single item (its model's last calibration, say, with every edit
+waiting on it), the adapter sends a *spacer* behind it: the index one past the collection, which
+workers append to their items and run as a silent no-op (`distribution.WorkerSpacer`). Workers
+are never shut down one by one: a crash can hand work back to the policy at any time, so shutdown
+comes for all of them at once, from xdist, when `tests_finished` says nothing real is left.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from pytest_invarlock.campaign.items import Item, item_from_nodeid
+from pytest_invarlock.scheduling.inventory import Gpu
+from pytest_invarlock.scheduling.placement import GpuHomes
+from pytest_invarlock.scheduling.policy import Policy, Task
+from pytest_invarlock.scheduling.tasks import FREE_KIND, FREE_MODEL, tasks_from_items
+
+
+class Node(Protocol):
+    """What the adapter uses of xdist's WorkerController."""
+
+    gateway: Any
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    def send_runtest_some(self, indices: Sequence[int]) -> None: ...
+
+
+class GpuScheduling:
+    """pytest-xdist's scheduler protocol around `Policy`; xdist's own scheduler where there is no suite item.
+
+    The decision waits for the collection: a session without suite items (the plugin's own tests,
+    say), or whose workers collected differently, goes to `fallback` untouched.
+    """
+
+    def __init__(
+        self,
+        index: dict[tuple[str, str], Item],
+        skip_reason: Callable[[Item], str | None],
+        on_placed: Callable[[Item, str, Sequence[int]], None],
+        devices: Sequence[Gpu],
+        homes: GpuHomes,
+        *,
+        numnodes: int,
+        fallback: Any,
+        on_unplaceable: Callable[[str, str], None],
+        log: Callable[..., None] = lambda *args: None,
+    ) -> None:
+        self._index_of, self._skip_reason, self._on_placed = index, skip_reason, on_placed
+        self._devices, self._homes = list(devices), homes
+        self._numnodes, self._fallback, self._on_unplaceable, self._log = numnodes, fallback, on_unplaceable, log
+        self._delegate: Any = None
+        self._collections: dict[Node, list[str]] = {}
+        self._pending: dict[Node, list[int]] = {}  # indices sent and not completed, spacers included
+        self._admitted: dict[str, Node] = {}  # worker id -> node the policy knows
+        self._collection: list[str] = []
+        self._items: list[Item | None] = []  # suite item per index
+        self._ids: list[str] = []  # task id per index
+        self._index: dict[str, int] = {}
+        self._policy: Policy | None = None
+        self._failed: set[str] = set()
+        self._reported: set[str] = set()
+        self._replacements = 0  # workers lost and not yet replaced
+
+    @property
+    def _spacer(self) -> int:
+        return len(self._collection)
+
+    # ------------------------------------------------------------------ xdist protocol
+
+    @property
+    def nodes(self) -> list[Node]:
+        return self._delegate.nodes if self._delegate else list(self._pending)
+
+    @property
+    def collection_is_completed(self) -> bool:
+        return self._delegate.collection_is_completed if self._delegate else len(self._collections) >= self._numnodes
+
+    @property
+    def tests_finished(self) -> bool:
+        if self._delegate:
+            return self._delegate.tests_finished
+        return self._policy is not None and self._policy.done and not any(map(self._holds_work, self._pending.values()))
+
+    @property
+    def has_pending(self) -> bool:
+        if self._delegate:
+            return self._delegate.has_pending
+        return any(map(self._holds_work, self._pending.values())) or (self._policy is not None and not self._policy.done)
+
+    def add_node(self, node: Node) -> None:
+        if self._delegate:
+            return self._delegate.add_node(node)
+        self._pending[node] = []
+
+    def add_node_collection(self, node: Node, collection: Sequence[str]) -> None:
+        if self._delegate:
+            return self._delegate.add_node_collection(node, collection)
+        self._collections[node] = list(collection)
+        if self._policy is not None:  # a replacement for a crashed worker
+            self._admit(node)
+
+    def mark_test_complete(self, node: Node, item_index: int, duration: float = 0) -> None:
+        if self._delegate:
+            return self._delegate.mark_test_complete(node, item_index, duration)
+        self._pending[node].remove(item_index)
+        if item_index != self._spacer:
+            ok = self._collection[item_index] not in self._failed
+            self._policy.finished(node.gateway.id, self._ids[item_index], ok=ok)
+        self._dispatch()
+
+    def mark_test_pending(self, item: str) -> None:
+        if self._delegate:
+            return self._delegate.mark_test_pending(item)
+        raise NotImplementedError(
+            f"cannot rerun {item}: the GPU scheduler never retries an item whose worker crashed. "
+            "Rerun the failures with --lf, or pass --dist load to use xdist's own scheduler."
+        )
+
+    def remove_pending_tests_from_node(self, node: Node, indices: Sequence[int]) -> None:
+        if self._delegate:
+            return self._delegate.remove_pending_tests_from_node(node, indices)
+        raise NotImplementedError("the GPU scheduler never steals items, so no worker gives any back.")
+
+    def remove_node(self, node: Node) -> str | None:
+        """Forget a finished or crashed worker; return the item it was running, if any."""
+        if self._delegate:
+            return self._delegate.remove_node(node)
+        worker = node.gateway.id
+        self._homes.release(worker)
+        pending = self._pending.pop(node)  # KeyError for a node never added, which xdist expects
+        if self._admitted.pop(worker, None) is None:
+            return None
+        self._policy.worker_lost(worker)
+        self._replacements += 1  # xdist starts one, unless its restart limit is reached and the session ends
+        self._dispatch()
+        running = next((index for index in pending if index != self._spacer), None)
+        return None if running is None else self._collection[running]
+
+    def schedule(self) -> None:
+        if self._delegate is None and self._policy is None:
+            self._start()
+        if self._delegate:
+            return self._delegate.schedule()
+        self._dispatch()
+
+    # ------------------------------------------------------------------ controller-side reports
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        """Failed items reach the policy as not ok (reports arrive before their completion)."""
+        if report.failed:
+            self._failed.add(report.nodeid)
+
+    # ------------------------------------------------------------------ internals
+
+    def _holds_work(self, pending: list[int]) -> bool:
+        return any(index != self._spacer for index in pending)
+
+    def _start(self) -> None:
+        collections = list(self._collections.values())
+        collection = collections[0] if collections else []
+        items = [item_from_nodeid(nodeid, self._index_of) for nodeid in collection]
+        if not any(items) or any(other != collection for other in collections):
+            self._log("no suite items or differing collections: handing over to", type(self._fallback).__name__)
+            self._delegate = self._fallback
+            for node in self._pending:
+                self._delegate.add_node(node)
+                if node in self._collections:
+                    self._delegate.add_node_collection(node, self._collections[node])
+            return
+        self._collection, self._items = collection, items
+        seen: Counter[str] = Counter()
+        for index, nodeid in enumerate(collection):
+            seen[nodeid] += 1
+            self._ids.append(nodeid if seen[nodeid] == 1 else f"{nodeid}#{index}")
+        self._index = {tid: index for index, tid in enumerate(self._ids)}
+        self._policy = Policy(self._tasks(), self._devices)
+        for node in self._collections:
+            self._admit(node)
+
+    def _tasks(self) -> list[Task]:
+        """Planned tasks for the suite items that will run here; free tasks for the rest."""
+        runs = [(tid, item) for tid, item in zip(self._ids, self._items) if item is not None and self._skip_reason(item) is None]
+        planned = {tid for tid, _ in runs}
+        free = [Task(tid, FREE_MODEL, FREE_KIND, 0.0, 0.0) for tid in self._ids if tid not in planned]
+        return tasks_from_items([item for _, item in runs], [tid for tid, _ in runs]) + free
+
+    def _admit(self, node: Node) -> None:
+        worker = node.gateway.id
+        self._replacements = max(0, self._replacements - 1)
+        if self._collections[node] != self._collection:
+            self._log(f"worker {worker} collected other items than the first workers; it gets no work")
+            return
+        self._policy.add_worker(worker, self._homes.home(worker))
+        self._admitted[worker] = node
+
+    def _dispatch(self) -> None:
+        """Send what the policy assigns; report what it gives up on; keep no worker holding a lone item."""
+        if self._replacements and not any(map(self._holds_work, self._pending.values())):
+            return  # nothing runs, so the policy would give up on work that only the coming replacement can take
+        batches: dict[Node, list[int]] = defaultdict(list)
+        for assignment in self._policy.schedule():
+            node = self._admitted[assignment.worker]
+            if node.shutting_down:  # the session is stopping (-x, Ctrl-C): nothing new starts
+                continue
+            index = self._index[assignment.task.id]
+            item = self._items[index]
+            if item is not None:
+                self._on_placed(item, assignment.worker, assignment.devices)
+            batches[node].append(index)
+        for tid, reason in self._policy.unplaceable.items():
+            if tid not in self._reported:
+                self._reported.add(tid)
+                self._on_unplaceable(self._collection[self._index[tid]], reason)
+        for node, pending in self._pending.items():
+            if node.shutting_down:
+                continue
+            batch = batches.get(node, [])
+            if len(pending) + len(batch) == 1 and self._holds_work(pending + batch):
+                batch.append(self._spacer)
+            if batch:
+                pending.extend(batch)
+                node.send_runtest_some(batch)

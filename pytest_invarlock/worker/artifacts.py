@@ -1,0 +1,212 @@
+"""Worker side: baseline copies, edited models, and the host-RAM model cache.
+
+Imports torch/transformers lazily, inside functions: the module is imported by the fixtures module,
+which the torch-free controller also loads. Every model directory handed to InvarLock is a store
+artifact with a neutral hex name (InvarLock infers model family from substrings of the path), so a
+baseline and its edits are always read the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_invarlock.edits.catalogue import parse_spec
+from pytest_invarlock.store import Artifact, Store, digest
+from pytest_invarlock.campaign.suite import Model, Scenario
+
+log = logging.getLogger("pytest_invarlock")
+BASELINE_LAYOUT_VERSION = 1
+EDIT_CODE_VERSION = 1
+WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "chat_template.jinja")
+
+
+class ModelUnavailable(RuntimeError):
+    """A model's weights cannot be obtained here; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def source_directory(model: Model, *, offline: bool) -> Path:
+    """A local directory holding the model's weights, config and tokenizer."""
+    if model.source == "builtin:tiny":
+        from pytest_invarlock.assets.tiny_model import build_tiny_assets
+
+        return Path(build_tiny_assets().model_dir)
+    if model.source == "builtin:smollm2-135m":
+        from pytest_invarlock.assets.smol_model import SmolUnavailable, build_smol_model
+
+        try:
+            return build_smol_model()
+        except SmolUnavailable as exc:
+            raise ModelUnavailable(str(exc)) from None
+    if model.is_builtin:
+        raise ModelUnavailable(f"unknown builtin model '{model.source}'; builtins are builtin:tiny and builtin:smollm2-135m")
+    local = Path(model.source).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelUnavailable(f"local model directory '{local}' has no config.json; point the suite at a Hugging Face model folder")
+        return local.resolve()
+    return _hub_snapshot(model, offline=offline)
+
+
+def _hub_snapshot(model: Model, *, offline: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model.source, revision=model.revision, allow_patterns=list(WEIGHT_PATTERNS),
+                                      local_files_only=offline))
+    except LocalEntryNotFoundError:
+        raise ModelUnavailable(
+            f"hub model {model.source}@{model.revision or 'main'} is not in the local Hugging Face cache and this run is "
+            "offline; download it once with network access (or run with --online)"
+        ) from None
+
+
+def model_profile(directory: Path, dtype: str) -> dict[str, Any]:
+    """model_profile.json: the memory plan's torch-free profile of the config, plus bytes on disk.
+
+    Families the plan cannot count (neither llama-like nor gpt2) keep only the bytes on disk.
+    """
+    from dataclasses import asdict
+
+    from pytest_invarlock.scheduling.memory import ModelProfile
+
+    config = json.loads((directory / "config.json").read_text())
+    weights = sum(p.stat().st_size for p in directory.iterdir() if p.suffix in (".safetensors", ".bin"))
+    try:
+        profile = asdict(ModelProfile.from_config(config.get("text_config", config), dtype))
+    except (ValueError, KeyError) as exc:
+        profile = {"unprofiled": str(exc)}
+    return {"model_type": config.get("model_type"), "dtype": dtype, **profile,
+            "weights_bytes_on_disk": weights, "weights_gb_on_disk": weights / 2**30}
+
+
+def baseline_artifact(model: Model, store: Store, *, offline: bool) -> Artifact:
+    """The baseline as a neutral directory of links to the source files, plus model_profile.json."""
+    source = source_directory(model, offline=offline)
+    key = digest("baseline", BASELINE_LAYOUT_VERSION, str(source), model.revision, model.dtype)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        for entry in sorted(source.iterdir()):
+            if entry.is_file():
+                os.symlink(entry.resolve(), tmp / entry.name)
+        profile = model_profile(tmp, model.dtype)
+        (tmp / "model_profile.json").write_text(json.dumps(profile, indent=2) + "\n")
+        return {"model": model.name, "source": model.source, "resolved": str(source), "revision": model.revision}
+
+    return store.produce("baselines", key, build)
+
+
+# --------------------------------------------------------------------------- model cache
+
+
+@dataclass
+class _Entry:
+    model: Any
+    tokenizer: Any
+    nbytes: int
+
+
+class ModelCache:
+    """Models a worker holds in host RAM, least recently used first out, bounded in bytes.
+
+    Nothing stays on the GPU between items: callers move a model to the device for the duration of
+    one item and back to host RAM, so the scheduler's memory plan holds. `loads` counts disk
+    loads per directory, the figure that model affinity is meant to keep near one per worker.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.loads: dict[str, int] = {}
+
+    def get(self, directory: Path, dtype: str) -> tuple[Any, Any, bool]:
+        """(model, tokenizer, loaded_from_disk)."""
+        key = str(directory)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            entry = self._entries[key]
+            return entry.model, entry.tokenizer, False
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        started = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=_torch_dtype(dtype))
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        self.loads[key] = self.loads.get(key, 0) + 1
+        log.info("model load from disk: %s (%.1f s)", directory, time.perf_counter() - started)
+        self.put(directory, model, tokenizer)
+        return model, tokenizer, True
+
+    def put(self, directory: Path, model: Any, tokenizer: Any) -> None:
+        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        self._entries[str(directory)] = _Entry(model, tokenizer, nbytes)
+        self._entries.move_to_end(str(directory))
+        while len(self._entries) > 1 and sum(e.nbytes for e in self._entries.values()) > self.max_bytes:
+            self._entries.popitem(last=False)
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def default_cache_bytes() -> int:
+    """A third of host RAM: the seed's lesson is that host memory, not the GPU, limits small nodes."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 3
+    except (ValueError, OSError):
+        return 8 * 2**30
+
+
+# --------------------------------------------------------------------------- edits
+
+
+def _copy_tokenizer_files(source: Path, target: Path) -> None:
+    """The baseline's tokenizer files, byte for byte: a re-saved tokenizer could tokenise differently."""
+    import shutil
+
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+
+
+def edit_artifact(model: Model, scenario: Scenario, baseline: Artifact, store: Store, cache: ModelCache,
+                  device: str) -> Artifact:
+    """The edited (or error-injected) weights of a scenario, made once per baseline and spec."""
+    import copy
+
+    import torch
+
+    from pytest_invarlock.edits.kernels import apply_spec
+
+    spec = parse_spec(scenario.spec)
+    key = digest("edit", EDIT_CODE_VERSION, baseline.path.name, str(spec), model.dtype)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        base_model, tokenizer, _ = cache.get(baseline.path, model.dtype)
+        edited = copy.deepcopy(base_model).to(device)
+        with torch.no_grad():
+            metadata = apply_spec(edited, spec)
+        edited.to("cpu")
+        edited.save_pretrained(tmp)
+        _copy_tokenizer_files(baseline.path, tmp)
+        name = "error_metadata.json" if spec.family == "error" else "edit_metadata.json"
+        (tmp / name).write_text(json.dumps({"spec": str(spec), "scenario": scenario.name, **metadata},
+                                           indent=2, default=str) + "\n")
+        cache.put(store.path("edits", key), edited, tokenizer)
+        return {"model": model.name, "scenario": scenario.name, "spec": str(spec)}
+
+    return store.produce("edits", key, build)

@@ -1,0 +1,248 @@
+"""Score a model a worker already holds on an lm-eval multiple-choice benchmark.
+
+The Phase 0 verdict asks whether an edit costs benchmark accuracy. Workers
+have the baseline or edited model in memory, so lm-eval's HFLM wraps that very
+object: nothing is reloaded from disk. Local tasks (the tiny suite's, shipped
+in `pytest_invarlock.suites/tasks`) run fully offline through a TaskManager
+that indexes only them; hub tasks (mmlu, hellaswag, ...) go through lm-eval's
+default TaskManager and need a network or a warm HF datasets cache.
+
+torch and lm_eval are imported inside functions; the task table itself lives in
+`campaign.lm_eval_tasks`, which the controller reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from importlib.resources import files
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from pytest_invarlock.campaign.lm_eval_tasks import DEFAULT_METRIC, LOCAL_TASKS, TASK_METRICS
+
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE")
+TASK_TEMPLATE = "multiple_choice.yaml"
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """One task's score. finite_logits=False means the model produced NaN/Inf and
+    `accuracy` is meaningless (argmax over NaN picks choice 0): treat it as broken."""
+
+    task: str
+    accuracy: float
+    stderr: float
+    n: int
+    metric: str
+    seconds: float
+    finite_logits: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def local_task_data_dir() -> Path:
+    """Directory holding the shipped task template and JSONL data."""
+    return Path(str(files("pytest_invarlock.suites").joinpath("tasks"))).resolve()
+
+
+def prepare_local_tasks(dest_dir: Path) -> Path:
+    """Render one lm-eval YAML per local task into `dest_dir`; returns it, absolute.
+
+    lm-eval resolves relative `data_files` against the working directory, so the
+    rendered YAMLs name the shipped data by absolute path. Output depends only on
+    where the package lives and on TASK_METRICS, and each file is replaced
+    atomically, so workers sharing a directory never read a half-written YAML.
+    """
+    data_dir = local_task_data_dir()
+    template = Template((data_dir / TASK_TEMPLATE).read_text(encoding="utf-8"))
+    dest = Path(dest_dir).resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    for task in LOCAL_TASKS:
+        data_file = json.dumps(str(data_dir / f"{task}.jsonl"))  # a JSON string is a valid YAML scalar
+        rendered = template.substitute(task=task, data_file=data_file, metric=TASK_METRICS[task])
+        target = dest / f"{task}.yaml"
+        if not target.is_file() or target.read_text(encoding="utf-8") != rendered:
+            staging = dest / f".{task}.yaml.{os.getpid()}"
+            staging.write_text(rendered, encoding="utf-8")
+            staging.replace(target)
+    return dest
+
+
+@contextmanager
+def offline_mode(enabled: bool = True) -> Iterator[None]:
+    """Keep the HF libraries off the network for the duration, then restore.
+
+    huggingface_hub, datasets and evaluate read their offline variables once, at
+    import, and a worker has imported them long before it scores a model, so
+    setting the environment alone is too late: the loaded flags are set too.
+    """
+    if not enabled:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants
+
+    flags = [
+        (huggingface_hub.constants, "HF_HUB_OFFLINE"),
+        (datasets.config, "HF_HUB_OFFLINE"),
+        (datasets.config, "HF_DATASETS_OFFLINE"),
+    ]
+    if "evaluate.config" in sys.modules:
+        flags.append((sys.modules["evaluate.config"], "HF_EVALUATE_OFFLINE"))
+    saved_flags = [(module, name, getattr(module, name)) for module, name in flags]
+    saved_env = {name: os.environ.get(name) for name in OFFLINE_VARIABLES}
+    os.environ.update(dict.fromkeys(OFFLINE_VARIABLES, "1"))
+    for module, name, _ in saved_flags:
+        setattr(module, name, True)
+    try:
+        yield
+    finally:
+        for module, name, value in saved_flags:
+            setattr(module, name, value)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class FiniteLogitsWatch:
+    """Forward hook noting whether every batch the model scored had finite logits.
+
+    Only the last position of each row is checked: in a causal model it attends
+    to every earlier token, so a NaN or Inf anywhere upstream reaches it, and
+    the check costs one batch x vocab slice instead of a copy of all logits.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._handle: Any = None
+        self.all_finite = True
+        self.batches = 0
+
+    def __enter__(self) -> FiniteLogitsWatch:
+        self._handle = self._model.register_forward_hook(self._check)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def _check(self, module: Any, args: Any, output: Any) -> None:
+        import torch
+
+        logits = output.logits if hasattr(output, "logits") else output[0]
+        self.batches += 1
+        self.all_finite = self.all_finite and bool(torch.isfinite(logits[:, -1]).all())
+
+
+@contextmanager
+def _ties_left_alone(model: Any) -> Iterator[None]:
+    """Stop HFLM's `model.tie_weights()` from re-tying an lm_head an edit untied.
+
+    Re-tying would score a repaired model (hiding weight_tying_break) and change
+    the caller's model behind its back.
+    """
+    model.tie_weights = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del model.tie_weights
+
+
+@functools.lru_cache(maxsize=1)
+def _default_task_manager() -> Any:
+    """lm-eval's full task index; built once per process (it takes ~8 s)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def _task_manager(task: str, task_dir: Path | None, stack: ExitStack) -> Any:
+    if task not in LOCAL_TASKS:
+        return _default_task_manager()
+    from lm_eval.tasks import TaskManager
+
+    include_dir = task_dir if task_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    return TaskManager(include_path=str(prepare_local_tasks(include_dir)), include_defaults=False)
+
+
+def run_benchmark(
+    model: Any,
+    tokenizer: Any,
+    task: str,
+    *,
+    num_fewshot: int = 0,
+    batch_size: int | str = 16,
+    limit: int | None = None,
+    device: str | None = None,
+    task_dir: Path | None = None,
+    offline: bool = True,
+) -> BenchmarkResult:
+    """Score the in-memory `model` on `task` with lm-eval; nothing is loaded from disk.
+
+    `device` moves the model there first (in place, as `Module.to` does); None
+    scores it where it is. `task_dir` is where local task YAMLs are rendered
+    (a temporary directory when None). `offline` keeps the HF libraries off the
+    network, which local tasks need and hub tasks tolerate once cached.
+    The worker's global RNGs are left unseeded by lm-eval.
+
+    One task per call, on purpose: lm-eval 0.4.13's logits cache mis-scores
+    requests of different tasks that share a token sequence (run together with
+    kjv_next_verse, 51 of 400 kjv_cloze items got wrong log-likelihoods).
+    """
+    metric = TASK_METRICS.get(task, DEFAULT_METRIC)
+    with offline_mode(offline), ExitStack() as stack:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+
+        task_manager = _task_manager(task, task_dir, stack)
+        if device is not None:
+            model.to(device)
+        watch = stack.enter_context(FiniteLogitsWatch(model))
+        started = time.perf_counter()
+        with _ties_left_alone(model):
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        output = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[task],
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=task_manager,
+            log_samples=False,
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+        )
+        seconds = time.perf_counter() - started
+    return _result(output, task, metric, seconds, watch.all_finite)
+
+
+def _result(output: dict[str, Any], task: str, metric: str, seconds: float, finite_logits: bool) -> BenchmarkResult:
+    scores = output["results"][task]
+    if f"{metric},none" not in scores:
+        reported = sorted(key.split(",")[0] for key in scores if "," in key and "_stderr" not in key)
+        raise ValueError(
+            f"lm-eval task {task!r} reported no {metric!r} metric (it reported {reported}). "
+            "Add the task with one of those metrics to pytest_invarlock.campaign.lm_eval_tasks.TASK_METRICS."
+        )
+    stderr = scores.get(f"{metric}_stderr,none")
+    return BenchmarkResult(
+        task=task,
+        accuracy=float(scores[f"{metric},none"]),
+        stderr=float(stderr) if isinstance(stderr, int | float) else float("nan"),
+        n=sum(int(counts["effective"]) for counts in output["n-samples"].values()),
+        metric=metric,
+        seconds=round(seconds, 3),
+        finite_logits=finite_logits,
+    )

@@ -1,0 +1,342 @@
+"""The scheduling policy: unit cases by hand, then properties over random task sets, GPUs and crashes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter, deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_invarlock.scheduling.inventory import Gpu, parse_gpu_spec
+from pytest_invarlock.scheduling.memory import MarginRule
+from pytest_invarlock.scheduling.policy import BASE_PRIORITY, Policy, Task, priority
+
+
+def task(task_id: str, model: str = "m", kind: str = "calibration", mem: float = 10.0, size: float = 10.0, deps=()) -> Task:
+    return Task(task_id, model, kind, mem, size, frozenset(deps))
+
+
+def policy(tasks, spec: str = "1x80", workers: int | None = None, **options) -> Policy:
+    """A policy with one worker per GPU named w0, w1, ... (or only the first `workers` GPUs)."""
+    gpus = parse_gpu_spec(spec)
+    made = Policy(tasks, gpus, **options)
+    for gpu in gpus[:workers]:
+        made.add_worker(f"w{gpu.index}", gpu.index)
+    return made
+
+
+def placed(assignments) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(a.worker, a.task.id, a.devices) for a in assignments]
+
+
+# --------------------------------------------------------------------------- dependencies
+
+
+def test_a_task_waits_for_its_dependencies():
+    p = policy([task("cal"), task("edit", kind="clean", deps=["cal"])])
+    assert placed(p.schedule()) == [("w0", "cal", (0,))]
+    p.finished("w0", "cal")
+    assert placed(p.schedule()) == [("w0", "edit", (0,))]
+    p.finished("w0", "edit")
+    assert p.done and p.schedule() == []
+
+
+def test_a_failed_dependency_releases_its_dependents():
+    p = policy([task("cal"), task("edit", kind="clean", deps=["cal"])])
+    p.schedule()
+    p.finished("w0", "cal", ok=False)
+    assert placed(p.schedule()) == [("w0", "edit", (0,))]
+    assert p.stats.failed == 1
+
+
+def test_dependencies_outside_the_task_set_are_ignored():
+    """Deselected calibration items: the preset fixture runs what is missing itself."""
+    p = policy([task("edit", kind="clean", deps=["deselected"])])
+    assert placed(p.schedule()) == [("w0", "edit", (0,))]
+
+
+@pytest.mark.parametrize(
+    ("tasks", "message"),
+    [
+        ([task("a", deps=["b"]), task("b", deps=["a"])], "cycle through a, b"),
+        ([task("a"), task("a")], "'a' appears twice"),
+        ([task("a", kind="warmup")], "unknown kind 'warmup'"),
+    ],
+)
+def test_bad_task_sets_are_refused(tasks, message):
+    with pytest.raises(ValueError, match=message):
+        Policy(tasks, parse_gpu_spec("1x80"))
+
+
+def test_bad_driver_calls_are_refused():
+    with pytest.raises(ValueError, match="at least one GPU"):
+        Policy([task("a")], [])
+    with pytest.raises(ValueError, match="queue_depth"):
+        Policy([task("a")], parse_gpu_spec("1x80"), queue_depth=0)
+    p = policy([task("a")])
+    with pytest.raises(ValueError, match="GPU 3.*inventory"):
+        p.add_worker("w9", 3)
+    with pytest.raises(ValueError, match="already known"):
+        p.add_worker("w0", 0)
+    with pytest.raises(ValueError, match="not queued"):
+        p.finished("w0", "a")
+    with pytest.raises(ValueError, match="unknown worker 'w7'"):
+        p.worker_lost("w7")
+
+
+def test_without_workers_nothing_is_dispatched_and_nothing_is_given_up():
+    p = policy([task("a")], workers=0)
+    assert p.schedule() == [] and not p.done and p.unplaceable == {}
+
+
+# --------------------------------------------------------------------------- priority
+
+
+def test_priority_adds_the_seed_boosts_and_caps_them():
+    small_calibration = task("a", kind="calibration", size=14)
+    # 85 base + 30 (< 30 GB) + 40 (30 dependents, capped) + 3 (1000 s waited) - 15 (6 running, capped)
+    assert priority(small_calibration, dependents=30, waited_s=1000, in_flight_same_model=6) == 143
+    large_benchmark = task("b", kind="benchmark", size=140)
+    # 65 base + 0 (>= 100 GB) + 2 (1 dependent) + 10 (age, capped) - 3 (1 running)
+    assert priority(large_benchmark, dependents=1, waited_s=99_999, in_flight_same_model=1) == 74
+    assert BASE_PRIORITY["calibration"] > BASE_PRIORITY["clean"] > BASE_PRIORITY["error"]
+
+
+def test_small_models_go_first():
+    p = policy([task("big", model="big", size=140, mem=150), task("small", model="small", size=14)], "1x180", queue_depth=1)
+    assert placed(p.schedule()) == [("w0", "small", (0,))]
+
+
+# --------------------------------------------------------------------------- affinity and stealing
+
+
+def affinity_case(affinity: bool) -> list[str]:
+    """a1 runs first; then a's error item competes with b's higher-priority calibration."""
+    p = policy(
+        [task("a1", model="a", size=60), task("a2", model="a", kind="error", size=60), task("b1", model="b", size=10, deps=["a1"])],
+        queue_depth=1,
+        affinity=affinity,
+    )
+    order = []
+    while not p.done:
+        (assignment,) = p.schedule()
+        order.append(assignment.task.id)
+        p.finished("w0", assignment.task.id)
+    return order
+
+
+def test_a_worker_keeps_to_the_model_it_holds():
+    assert affinity_case(affinity=True) == ["a1", "a2", "b1"]
+
+
+def test_without_affinity_priority_alone_decides():
+    assert affinity_case(affinity=False) == ["a1", "b1", "a2"]
+
+
+def test_a_dry_worker_steals_a_model_new_to_it_before_going_back():
+    tasks = [task("a1", model="a"), task("b1", model="b", deps=["a1"]),
+             task("a2", model="a", deps=["b1"]), task("c1", model="c", kind="error", deps=["b1"])]
+    p = policy(tasks, queue_depth=1)
+    for expected in ("a1", "b1", "c1", "a2"):
+        (assignment,) = p.schedule()
+        assert assignment.task.id == expected
+        p.finished("w0", expected)
+    assert p.stats.loads == {"a": {"w0": 2}, "b": {"w0": 1}, "c": {"w0": 1}}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_each_task_goes_to_a_gpu_that_holds_it():
+    p = policy([task("big", mem=50), task("small", mem=10, kind="error")], "80,24")
+    assert sorted(placed(p.schedule())) == [("w0", "big", (0,)), ("w1", "small", (1,))]
+
+
+def test_queue_depth_bounds_what_a_worker_holds():
+    tasks = [task(f"t{i}") for i in range(10)]
+    assert Counter(a.worker for a in policy(tasks, "2x80").schedule()) == {"w0": 2, "w1": 2}
+    assert Counter(a.worker for a in policy(tasks, "2x80", queue_depth=3).schedule()) == {"w0": 3, "w1": 3}
+
+
+def test_workers_sharing_a_gpu_share_its_memory():
+    p = Policy([task("a", mem=50), task("b", mem=50), task("c", mem=20)], parse_gpu_spec("1x80"), queue_depth=1)
+    p.add_worker("x", 0)
+    p.add_worker("y", 0)
+    assert sorted(a.task.id for a in p.schedule()) == ["a", "c"]  # 50 + 50 > 76 usable
+
+
+def test_live_free_memory_limits_placement():
+    p = policy([task("t1", mem=20), task("t2", mem=20), task("huge", mem=40, kind="error")], queue_depth=1)
+    p.observe_free(0, 30)  # another process holds 50 GB: 30 - 4 (margin) = 26 GB usable
+    assert placed(p.schedule()) == [("w0", "t1", (0,))]
+    p.observe_free(0, 5)  # read while our own task runs: ignored
+    p.finished("w0", "t1")
+    assert placed(p.schedule()) == [("w0", "t2", (0,))]
+    p.finished("w0", "t2")
+    assert p.schedule() == [] and p.done
+    assert p.unplaceable["huge"] == (
+        "needs 40.0 GB on 1 GPU(s); this node offers 1 x 26.0 GB free now, with nothing of ours running (26.0 GB in all)"
+    )
+
+
+def test_too_large_for_the_node_is_reported_with_the_numbers():
+    p = policy([task("huge", mem=300), task("after", kind="clean", deps=["huge"])], "2x80")
+    assert p.unplaceable == {
+        "huge": "needs 300.0 GB on 4 GPU(s); this node offers 2 x 76.0 GB usable after the safety margin (152.0 GB in all)"
+    }
+    assert [a.task.id for a in p.schedule()] == ["after"]  # its dependency will never run: released
+
+
+# --------------------------------------------------------------------------- sharded tasks
+
+
+def test_a_sharded_task_owns_its_set_until_it_ends():
+    tasks = [task("big", model="y", mem=150, size=75), task("small", model="y", kind="error", mem=10, size=75)]
+    p = policy(tasks, "2x80")
+    assert placed(p.schedule()) == [("w0", "big", (0, 1)), ("w0", "small", (0,))]
+    p.finished("w0", "big")
+    p.finished("w0", "small")
+    assert p.done and p.stats.loads == {"y": {"w0": 1}}
+
+
+def test_consecutive_sharded_tasks_keep_their_set():
+    tasks = [task(f"big{i}", model="y", mem=150, size=75) for i in range(3)]
+    p = policy(tasks, "2x80")
+    assert placed(p.schedule()) == [("w0", "big0", (0, 1)), ("w0", "big1", (0, 1))]
+    p.finished("w0", "big0")
+    assert placed(p.schedule()) == [("w0", "big2", (0, 1))]
+
+
+def test_a_worker_gathers_gpus_for_a_sharded_task():
+    tasks = [task("s1", model="x", size=10), task("big", model="y", mem=150, size=75), task("s2", model="x", kind="error", size=10)]
+    p = policy(tasks, "2x80", queue_depth=1)
+    assert placed(p.schedule()) == [("w0", "s1", (0,))]  # w1 chose big and now waits for GPU 0
+    p.finished("w0", "s1")
+    assert placed(p.schedule()) == [("w1", "big", (1, 0))]  # GPU 0 took nothing new meanwhile
+    p.finished("w1", "big")
+    assert [a.task.id for a in p.schedule()] == ["s2"]
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def test_a_lost_worker_reports_its_crash_and_gives_back_its_queue():
+    tasks = [task("a"), task("b"), task("c"), task("d", kind="clean", deps=["a"])]
+    p = policy(tasks, queue_depth=3)
+    assert [a.task.id for a in p.schedule()] == ["a", "b", "c"]
+    lost = p.worker_lost("w0")
+    assert lost.crashed.id == "a" and [t.id for t in lost.requeued] == ["b", "c"]
+    p.add_worker("w0-again", 0)
+    assert sorted(a.task.id for a in p.schedule()) == ["b", "c", "d"]  # a is never retried
+    assert p.stats.crashed == 1
+
+
+def test_the_controller_stays_free_of_torch():
+    code = "import sys, pytest_invarlock.scheduling.policy, pytest_invarlock.scheduling.inventory, pytest_invarlock.scheduling.memory; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- properties
+
+KINDS = sorted(BASE_PRIORITY)
+
+
+@st.composite
+def scenarios(draw):
+    sizes = draw(st.lists(st.sampled_from([24, 48, 80, 180]), min_size=1, max_size=4))
+    gpus = [Gpu(i, size, size, 0, "simulated") for i, size in enumerate(sizes)]
+    tasks = []
+    for i in range(draw(st.integers(1, 14))):
+        deps = draw(st.sets(st.integers(0, i - 1), max_size=3)) if i else set()
+        tasks.append(Task(
+            f"t{i}",
+            f"m{draw(st.integers(0, 2))}",
+            draw(st.sampled_from(KINDS)),
+            draw(st.floats(1, 500)),
+            draw(st.sampled_from([5.0, 50.0, 150.0])),
+            frozenset(f"t{d}" for d in deps),
+        ))
+    workers_per_gpu = draw(st.lists(st.integers(1, 2), min_size=len(gpus), max_size=len(gpus)))
+    live = draw(st.booleans())  # also feed live free-memory readings
+    return gpus, tasks, workers_per_gpu, draw(st.integers(1, 3)), live, draw(st.randoms(use_true_random=False))
+
+
+def check_running(gpus, queues) -> None:
+    """The heads of the queues run now: no GPU over its usable memory, sharded sets exclusive."""
+    usable = {g.index: MarginRule().usable_gb(g.total_gb) for g in gpus}
+    heads = [q[0] for q in queues.values() if q]
+    for device in usable:
+        users = [a for a in heads if device in a.devices]
+        if any(len(a.devices) > 1 for a in users):
+            assert len(users) == 1, f"GPU {device} shared by a sharded task: {users}"
+        else:
+            assert sum(a.task.mem_gb for a in users) <= usable[device] + 1e-9
+    for a in heads:
+        assert a.task.mem_gb <= sum(usable[d] for d in a.devices) + 1e-9
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios())
+def test_any_run_respects_memory_and_dependencies_and_ends(scenario):
+    gpus, tasks, workers_per_gpu, queue_depth, live, rng = scenario
+    now = [0.0]
+    p = Policy(tasks, gpus, queue_depth=queue_depth, clock=lambda: now[0])
+    queues: dict[str, deque] = {}
+    home: dict[str, int] = {}
+    for gpu, count in zip(gpus, workers_per_gpu):
+        for n in range(count):
+            home[f"g{gpu.index}w{n}"] = gpu.index
+    for worker, gpu_index in home.items():
+        queues[worker] = deque()
+        p.add_worker(worker, gpu_index)
+    by_id = {t.id: t for t in tasks}
+    settled, crashed, dispatched, requeued = set(), set(), Counter(), Counter()
+    for _ in range(10 * len(tasks) + 10):
+        made = p.schedule()
+        settled |= set(p.unplaceable)  # given up on during this call, before anything it dispatched
+        for a in made:
+            assert a.task.deps & set(by_id) <= settled, f"{a.task.id} dispatched before its dependencies ended"
+            assert a.devices[0] == home[a.worker], "a task runs on its worker's home GPU"
+            dispatched[a.task.id] += 1
+            queues[a.worker].append(a)
+        assert all(len(q) <= queue_depth for q in queues.values())
+        check_running(gpus, queues)
+        busy = sorted(w for w, q in queues.items() if q)
+        if not busy:
+            break
+        now[0] += rng.uniform(0, 600)
+        if live and rng.random() < 0.3:
+            gpu = rng.choice(gpus)
+            p.observe_free(gpu.index, rng.uniform(0, gpu.total_gb))
+        worker = rng.choice(busy)
+        if rng.random() < 0.1:
+            lost = p.worker_lost(worker)
+            queue = list(queues.pop(worker))
+            assert lost.crashed == queue[0].task and list(lost.requeued) == [a.task for a in queue[1:]]
+            crashed.add(lost.crashed.id)
+            settled.add(lost.crashed.id)
+            requeued.update(t.id for t in lost.requeued)
+            home[f"{worker}r"] = home[worker]  # a replacement on the same GPU, with a new id
+            queues[f"{worker}r"] = deque()
+            p.add_worker(f"{worker}r", home[worker])
+        else:
+            done = queues[worker].popleft().task.id
+            p.finished(worker, done, ok=rng.random() < 0.8)
+            settled.add(done)
+    else:
+        pytest.fail("the run did not end")
+    assert p.done
+    capacity = sum(MarginRule().usable_gb(g.total_gb) for g in gpus)
+    too_large = {t.id for t in tasks if t.mem_gb > capacity}
+    if live:  # other processes' memory may also have left tasks without room
+        assert too_large <= set(p.unplaceable)
+    else:
+        assert set(p.unplaceable) == too_large
+    assert settled == set(by_id)
+    for t in tasks:  # once, plus once more each time a crash gave it back unstarted; never after being given up
+        assert dispatched[t.id] == requeued[t.id] + (t.id not in p.unplaceable)
+    assert p.stats.crashed == len(crashed)

@@ -1,0 +1,432 @@
+"""The xdist adapter around the policy, driven by fake xdist nodes; plus the memory plan, homes and placements.
+
+`Cluster` plays pytest-xdist: the DSession (shutdown of every node once `tests_finished`, a
+replacement node after a crash) and the workers (a worker starts the head of its queue only once a
+second entry or a shutdown has arrived, and runs it to the end).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_invarlock.state import ConfigState, Options
+from pytest_invarlock.scheduling.inventory import Gpu, parse_gpu_spec
+from pytest_invarlock.campaign.items import build_items
+from pytest_invarlock.scheduling.memory import MarginRule
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, placement_devices, write_placement
+from pytest_invarlock.scheduling.plan_table import format_plan_table, plan_rows, write_plan_csv
+from pytest_invarlock.scheduling.tasks import item_need_gb, scheduling_devices, task_id, tasks_from_items
+from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
+
+from helpers import SCHED_SUITE
+
+# Three float32 models of 0.5 B parameters (1.86 GB of weights) whose KV caches make their items
+# need about 10, 30 and 140 GB: KV = 2 x layers x batch x seq_len x kv_heads x head_dim x 4 bytes.
+SUITE = SCHED_SUITE
+WEIGHTS_GB = 0.5e9 * 4 / 2**30
+PLAIN = "tests/test_other.py::test_plain"
+
+
+def make_state(directory: Path, session: str, gpus: list[Gpu] | None = None) -> ConfigState:
+    path = directory / "suite.yaml"
+    path.write_text(SUITE)
+    suite = load_suite(str(path))
+    options = Options(calibrate_only=False, no_benchmarks=False, offline=True, recompute=False,
+                      certify_mode="subprocess", determinism="throughput")
+    return ConfigState(suite=suite, items=build_items(suite), options=options, run_dir=directory / "run",
+                       device="cpu", session=session, gpus=list(gpus or []))
+
+
+def unfit_reason(state: ConfigState, item) -> str | None:
+    return state.unfit.get(task_id(item))
+
+
+def scheduler_for(state: ConfigState, devices, homes, **kwargs) -> GpuScheduling:
+    """The adapter wired to the state as `distribution` wires it."""
+    return GpuScheduling(state.index, state.skip_reason, lambda item, worker, placed: write_placement(
+        state.run_dir, state.session, item, worker, placed), devices, homes, **kwargs)
+
+
+def nodeid(item) -> str:
+    return f"validation/test_certify.py::{item.test}[{item.param_id}]"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("scheduling")
+
+
+# --------------------------------------------------------------------------- fake xdist
+
+
+@dataclass(eq=False)
+class FakeNode:
+    worker: str
+    queue: list[int] = field(default_factory=list)
+    shutting_down: bool = False
+    running: int | None = None
+
+    @property
+    def gateway(self) -> SimpleNamespace:
+        return SimpleNamespace(id=self.worker)
+
+    def send_runtest_some(self, indices) -> None:
+        assert not self.shutting_down, f"{self.worker} was sent {indices} after its shutdown"
+        self.queue.extend(indices)
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+    def can_start(self) -> bool:
+        return self.running is None and bool(self.queue) and (len(self.queue) >= 2 or self.shutting_down)
+
+
+class FakeFallback:
+    """Stands for xdist's LoadScheduling: records what reaches it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.tests_finished = True
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+@dataclass
+class Event:
+    what: str  # start | end | crash
+    index: int
+    worker: str
+    devices: tuple[int, ...] = ()
+    home: int | None = None
+
+
+class Cluster:
+    def __init__(self, state: ConfigState, gpus: list[Gpu], collection: list[str], workers: int | None = None) -> None:
+        self.state, self.collection = state, collection
+        self.devices = scheduling_devices(gpus, workers or len(gpus))
+        self.homes = GpuHomes([d.index for d in self.devices])
+        self.skipped: dict[str, str] = {}
+        self.fallback = FakeFallback()
+        self.sched = scheduler_for(state, self.devices, self.homes, numnodes=workers or len(gpus), fallback=self.fallback,
+                                   on_unplaceable=self.skipped.__setitem__)
+        self.nodes: list[FakeNode] = []
+        self.events: list[Event] = []
+        self.crashed: list[str] = []
+        self.arriving: list[FakeNode] = []  # replacements started, their collection not yet in
+        self.spawned = 0
+        for _ in range(workers or len(gpus)):
+            self.spawn()
+        for node in self.nodes:
+            self.sched.add_node_collection(node, collection)
+        self.sched.schedule()
+
+    def spawn(self) -> FakeNode:
+        node = FakeNode(f"gw{self.spawned}")
+        self.spawned += 1
+        self.homes.assign(node.worker)  # what pytest_configure_node does
+        self.nodes.append(node)
+        self.sched.add_node(node)
+        return node
+
+    def start_heads(self) -> None:
+        for node in self.nodes:
+            if node.can_start():
+                node.running = node.queue[0]
+                devices = ()
+                if node.running < len(self.collection):
+                    item = self.sched._items[node.running]
+                    devices = tuple(placement_devices(self.state.run_dir, self.state.session, item) or ()) if item else ()
+                self.events.append(Event("start", node.running, node.worker, devices, self.homes.home(node.worker)))
+
+    def finish(self, node: FakeNode) -> None:
+        index, node.running = node.queue.pop(0), None
+        self.events.append(Event("end", index, node.worker))
+        self.sched.mark_test_complete(node, index)
+
+    def crash(self, node: FakeNode) -> None:
+        """The worker dies mid-item; xdist asks for the crash item, then starts a replacement."""
+        self.nodes.remove(node)
+        self.events.append(Event("crash", node.running, node.worker))
+        self.crashed.append(self.sched.remove_node(node))
+        self.arriving.append(self.spawn())
+
+    def arrive(self, node: FakeNode) -> None:
+        self.arriving.remove(node)
+        self.sched.add_node_collection(node, self.collection)
+        self.sched.schedule()
+
+    def run(self, rng: random.Random, crash_at: int | None = None) -> None:
+        """Finish (or crash) running items in random order; replacements arrive at random moments."""
+        for step in range(10_000):
+            if self.sched.tests_finished:
+                for node in self.sched.nodes:
+                    node.shutdown()
+            self.start_heads()
+            busy = [n for n in self.nodes if n.running is not None]
+            if self.arriving and (not busy or rng.random() < 0.3):
+                self.arrive(self.arriving[0])
+            elif not busy:
+                break
+            elif step == crash_at:
+                self.crash(rng.choice(busy))
+            else:
+                self.finish(rng.choice(busy))
+        stuck = {n.worker: n.queue for n in self.nodes if n.queue}
+        assert not stuck, f"workers still hold items they will never run: {stuck}"
+
+    def started(self) -> list[tuple[str, Event]]:
+        return [(self.collection[e.index], e) for e in self.events if e.what == "start" and e.index < len(self.collection)]
+
+    def ran(self) -> list[int]:
+        return [e.index for e in self.events if e.what == "end" and e.index < len(self.collection)]
+
+
+def suite_collection(state: ConfigState) -> list[str]:
+    return [PLAIN, *map(nodeid, state.items)]
+
+
+# --------------------------------------------------------------------------- memory plan
+
+
+def test_kv_cache_comes_from_the_declared_architecture(workdir):
+    """Hand-computed: 2 x 32 layers x 88 x 1024 tokens x 8 x 128 x 4 bytes = 22 GiB on the mid model."""
+    state = make_state(workdir, "kv")
+    need = {(i.model.name, i.kind): item_need_gb(i) for i in state.items}
+    assert need["mid", "calibration"] == pytest.approx(WEIGHTS_GB + 22.0 + 6.0)
+    assert need["wide", "clean"] == pytest.approx(WEIGHTS_GB + 132.0 + 6.0)
+    assert need["small", "clean"] == pytest.approx(WEIGHTS_GB + 8.0)  # editing outweighs a tiny KV cache
+
+
+def test_edits_wait_for_their_own_models_calibrations(workdir):
+    state = make_state(workdir, "deps")
+    tasks = {t.id: t for t in tasks_from_items(state.items)}
+    edit = tasks["test_edit[mid-quant_rtn_8bit_clean-run1]"]
+    assert edit.deps == {"test_calibration[mid-calibration-run1]", "test_calibration[mid-calibration-run2]"}
+    assert tasks["test_calibration[mid-calibration-run1]"].deps == frozenset()
+    renamed = tasks_from_items(state.items, [f"n{i}" for i in range(len(state.items))])
+    assert all(dep.startswith("n") for t in renamed for dep in t.deps)
+
+
+def test_items_no_two_gpus_hold_are_unfit_with_the_reason(workdir):
+    state = make_state(workdir, "unfit-small", parse_gpu_spec("80,24,24"))
+    wide = next(i for i in state.items if i.model.name == "wide")
+    reason = unfit_reason(state, wide)
+    assert reason.startswith("needs 139.9 GB on 2 GPU(s)") and "1 x 76.0 GB + 2 x 21.6 GB" in reason
+    assert state.skip_reason(wide) == reason
+    assert unfit_reason(state, next(i for i in state.items if i.model.name == "mid")) is None
+    assert unfit_reason(make_state(workdir, "unfit-big", parse_gpu_spec("80,80,24")), wide) is None
+    assert unfit_reason(make_state(workdir, "unfit-cpu"), wide) is None
+
+
+def test_plan_rows_table_and_csv(workdir):
+    state = make_state(workdir, "plan", parse_gpu_spec("80,24"))
+    rows = plan_rows(state.index, parse_gpu_spec("80,24"), suite_collection(state), state.skip_reason)
+    assert len(rows) == len(state.items)  # the plain test has no plan
+    by_model = {r.model: r for r in rows if r.kind == "calibration"}
+    assert (by_model["small"].gpus, by_model["mid"].gpus, by_model["wide"].gpus) == (1, 1, 2)
+    assert by_model["wide"].note.startswith("needs 139.9 GB") and by_model["mid"].note == ""
+    lines = format_plan_table(rows, parse_gpu_spec("80,24"))
+    assert lines[0] == f"GPUs: 1 x 80 GB + 1 x 24 GB; {len(rows)} item(s)"
+    assert lines[1].split()[:3] == ["item", "kind", "weights"] and len(lines) == len(rows) + 2
+    write_plan_csv(rows, workdir / "plan.csv")
+    with (workdir / "plan.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["nodeid"] for r in table] == [r.nodeid for r in rows]
+    assert float(table[0]["need_gb"]) == pytest.approx(rows[0].need_gb, abs=1e-3)
+
+
+# --------------------------------------------------------------------------- homes, placements, env
+
+
+def test_homes_spread_workers_and_give_a_freed_gpu_to_the_replacement():
+    homes = GpuHomes([0, 1, 2])
+    assert [homes.assign(w) for w in ("gw0", "gw1", "gw2", "gw3")] == [0, 1, 2, 0]
+    homes.release("gw1")
+    assert homes.assign("gw4") == 1
+    homes.release("gw3")
+    assert homes.assign("gw5") == 0  # GPU 0 has gw0 left, like GPU 1 and 2, but it is the freed one
+
+
+def test_placement_is_read_back_only_in_its_own_session(workdir):
+    state = make_state(workdir, "placed")
+    item = state.items[0]
+    assert placement_devices(state.run_dir, state.session, item) is None
+    write_placement(state.run_dir, state.session, item, "gw0", (1, 0))
+    assert placement_devices(state.run_dir, state.session, item) == [1, 0]
+    later = make_state(workdir, "later-session")
+    assert placement_devices(later.run_dir, later.session, item) is None
+
+
+def test_cuda_env_pins_pci_order():
+    assert cuda_env([3, 1]) == {"CUDA_VISIBLE_DEVICES": "3,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+def test_a_lone_last_calibration_gets_a_spacer_and_runs(workdir):
+    """One worker, one model: the policy holds the edits back until the calibrations end, so the
+    worker's queue would be a single item that xdist never starts without the spacer."""
+    state = make_state(workdir, "lone", parse_gpu_spec("80"))
+    small = [nodeid(i) for i in state.items if i.model.name == "small"]
+    cluster = Cluster(state, parse_gpu_spec("80"), small)
+    (node,) = cluster.nodes
+    spacer = len(small)
+    assert node.queue == [0, 1]  # two calibrations, nothing else is ready
+    cluster.finish(node)
+    assert node.queue == [1, spacer]
+    cluster.run(random.Random(0))
+    assert sorted(cluster.ran()) == list(range(len(small)))
+
+
+def test_memory_fit_multi_gpu_placement_and_dependencies(workdir):
+    gpus = parse_gpu_spec("80,80,24")
+    state = make_state(workdir, "fit", gpus)
+    collection = suite_collection(state)
+    cluster = Cluster(state, gpus, collection)
+    cluster.run(random.Random(1))
+    assert sorted(cluster.ran()) == list(range(len(collection)))
+    check_events(cluster, gpus)
+    on_small_gpu = {name for name, e in cluster.started() if e.devices == (2,)}
+    assert on_small_gpu and all("small" in name for name in on_small_gpu)
+    wide = [e.devices for name, e in cluster.started() if "wide" in name]
+    assert wide and all({0, 1} <= set(d) for d in wide)  # both 80 GB GPUs (a gathered set may add the 24)
+
+
+def check_events(cluster: Cluster, gpus: list[Gpu], margin: MarginRule = MarginRule()) -> None:
+    """Each item started once; edits after their model's calibrations ended; no device over-committed."""
+    items = cluster.sched._items
+    ended: set[int] = set()
+    running: dict[int, tuple[int, ...]] = {}
+    usable = {g.index: margin.usable_gb(g.total_gb) for g in gpus}
+    for event in cluster.events:
+        if event.index == len(cluster.collection):
+            continue  # a spacer
+        if event.what in ("end", "crash"):  # a crashed dependency releases its dependents too
+            ended.add(event.index)
+            running.pop(event.index, None)
+            continue
+        item = items[event.index]
+        if item is None or cluster.state.skip_reason(item):
+            continue
+        if item.kind == "clean":
+            calibrations = {i for i, other in enumerate(items) if other and other.model == item.model and other.kind == "calibration"}
+            assert calibrations <= ended, f"{item.param_id} started before its model's calibrations ended"
+        assert event.devices[0] == event.home
+        assert sum(usable[d] for d in event.devices) >= item_need_gb(item)
+        busy = {d for devices in running.values() for d in devices}
+        assert not busy & set(event.devices), f"{item.param_id} placed on busy GPUs {event.devices}"
+        running[event.index] = event.devices
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=st.sampled_from(["80,80,24", "2x80", "180,24", "80,24,24", "4x80"]), seed=st.integers(0, 10**6),
+       crash=st.none() | st.integers(0, 20))
+def test_every_item_runs_once_in_any_completion_order(workdir, spec, seed, crash):
+    gpus = parse_gpu_spec(spec)
+    state = make_state(workdir, f"prop-{spec}-{seed}-{crash}", gpus)
+    collection = suite_collection(state)
+    cluster = Cluster(state, gpus, collection)
+    cluster.run(random.Random(seed), crash_at=crash)
+    crashed = {collection.index(c) for c in cluster.crashed if c}
+    ran = cluster.ran()
+    assert len(ran) == len(set(ran)), "an item ran twice"
+    assert set(ran) | crashed == set(range(len(collection))) and not set(ran) & crashed
+    assert cluster.skipped == {}  # nothing fits in less memory than the static plan says
+    check_events(cluster, gpus)
+
+
+def test_a_crash_reports_the_running_item_and_its_gpu_goes_to_the_replacement(workdir):
+    gpus = parse_gpu_spec("2x80")
+    state = make_state(workdir, "crash", gpus)
+    collection = suite_collection(state)
+    cluster = Cluster(state, gpus, collection)
+    cluster.start_heads()
+    victim = next(n for n in cluster.nodes if n.running is not None and n.running < len(collection))
+    running, home = collection[victim.running], cluster.homes.home(victim.worker)
+    cluster.crash(victim)
+    cluster.arrive(cluster.arriving[0])
+    assert cluster.crashed == [running]
+    assert cluster.homes.home("gw2") == home
+    cluster.run(random.Random(2))
+    assert sorted(cluster.ran() + [collection.index(running)]) == list(range(len(collection)))
+
+
+def test_items_that_fit_in_no_free_memory_are_reported_skipped_not_sent(workdir):
+    busy = [Gpu(0, 80.0, 25.0, 1, "busy"), Gpu(1, 80.0, 80.0, 0, "idle")]  # someone else holds 55 GB of GPU 0
+    state = make_state(workdir, "busy", busy)
+    collection = [nodeid(i) for i in state.items if i.model.name == "wide"]
+    cluster = Cluster(state, busy, collection)
+    cluster.run(random.Random(3))
+    assert set(cluster.skipped) == set(collection) and cluster.ran() == []
+    assert all("free now" in reason for reason in cluster.skipped.values())
+
+
+def test_failed_items_reach_the_policy_as_failed(workdir):
+    gpus = parse_gpu_spec("80")
+    state = make_state(workdir, "failed", gpus)
+    collection = [nodeid(i) for i in state.items if i.model.name == "small"]
+    cluster = Cluster(state, gpus, collection)
+    cluster.sched.pytest_runtest_logreport(SimpleNamespace(nodeid=collection[0], failed=True))
+    cluster.run(random.Random(4))
+    assert cluster.sched._policy.stats.failed == 1
+
+
+def test_skipped_and_plain_items_are_free_tasks(workdir):
+    """Workers skip unfit items at setup, so they need no memory and go out first, like plain tests."""
+    gpus = parse_gpu_spec("24")
+    state = make_state(workdir, "free", gpus)
+    collection = suite_collection(state)
+    cluster = Cluster(state, gpus, collection)
+    cluster.run(random.Random(5))
+    assert sorted(cluster.ran()) == list(range(len(collection)))
+    assert cluster.skipped == {}  # the worker reports the skip, with the reason from skip_reason
+
+
+def test_a_session_without_suite_items_goes_to_xdists_scheduler(workdir):
+    state = make_state(workdir, "plain")
+    cluster = Cluster(state, parse_gpu_spec("2x80"), [PLAIN, "tests/test_other.py::test_more"])
+    assert [call[0] for call in cluster.fallback.calls] == ["add_node", "add_node_collection"] * 2 + ["schedule"]
+    assert all(node.queue == [] for node in cluster.nodes)
+    assert cluster.sched.tests_finished  # answered by the fallback from now on
+
+
+def test_workers_that_collected_differently_go_to_xdists_scheduler(workdir):
+    state = make_state(workdir, "differ")
+    fallback = FakeFallback()
+    sched = scheduler_for(state, parse_gpu_spec("2x80"), GpuHomes([0, 1]), numnodes=2, fallback=fallback,
+                          on_unplaceable=lambda *_: None)
+    first, second = FakeNode("gw0"), FakeNode("gw1")
+    for node in (first, second):
+        sched.add_node(node)
+    sched.add_node_collection(first, suite_collection(state))
+    sched.add_node_collection(second, suite_collection(state)[1:])
+    sched.schedule()
+    assert ("schedule",) in fallback.calls and first.queue == second.queue == []
+
+
+def test_nothing_is_sent_after_shutdown(workdir):
+    """-x: xdist shuts every node down mid-run; completions after that must send nothing."""
+    gpus = parse_gpu_spec("2x80")
+    state = make_state(workdir, "stop", gpus)
+    cluster = Cluster(state, gpus, suite_collection(state))
+    cluster.start_heads()
+    for node in cluster.nodes:
+        node.shutdown()
+    for node in [n for n in cluster.nodes if n.running is not None]:
+        cluster.finish(node)  # FakeNode asserts on any send
+    assert not cluster.sched.tests_finished  # work was left undone; xdist ends the session on its own
+
+
+def test_task_ids_match_the_simulator():
+    assert task_id(SimpleNamespace(test="test_edit", param_id="m-s-run1")) == "test_edit[m-s-run1]"
