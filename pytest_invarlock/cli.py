@@ -1,0 +1,27 @@
+"""`python -m pytest_invarlock COMMAND`: work on a run directory after (or beside) a pytest session.
+
+Each command lives in its own module, named here lazily so `--help` imports nothing heavy: the
+module defines `add_arguments(parser)` and `run(args) -> int` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> (one-line help, module that implements it)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_invarlock", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, module_name) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(module_name=module_name)
+        if name in (argv if argv is not None else sys.argv[1:])[:1]:
+            importlib.import_module(module_name).add_arguments(sub)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(args.module_name).run(args))
