@@ -3,6 +3,7 @@
 #
 #   ./dev.sh suite [pytest args]   # pytest validation/ --suite tiny [args]
 #   ./dev.sh test  [pytest args]   # pytest tests/ [args]
+#   ./dev.sh lint                  # ruff check, ruff format --check, mypy (pure packages), import contracts
 #   ./dev.sh setup                 # only create .venv and install the pinned set
 #
 # Needs Python >= 3.12 (InvarLock requires it): $PYTHON, python3.12/python3.13 on PATH, or a pyenv install.
@@ -39,6 +40,20 @@ setup() {
   echo "$hash" > "$stamp"
 }
 
+lint() {
+  # Each check runs even when an earlier one fails; the exit status says whether all passed.
+  local status=0 started elapsed check
+  for check in "ruff check --output-format concise ." "ruff format --check --output-format concise ." "mypy" "lint-imports --no-logo"; do
+    started=${EPOCHREALTIME/./}
+    echo "lint: $check"
+    # shellcheck disable=SC2086  # word splitting wanted: "ruff check ." is a command and its arguments
+    .venv/bin/$check || status=1
+    elapsed=$(( (${EPOCHREALTIME/./} - started) / 100000 ))
+    echo "lint: $check took $((elapsed / 10)).$((elapsed % 10)) s"
+  done
+  return "$status"
+}
+
 # Offline by construction: nothing here may reach a model hub.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_EVALUATE_OFFLINE=1
 command=${1:-}
@@ -47,5 +62,6 @@ case "$command" in
   setup) setup ;;
   suite) setup; exec .venv/bin/python -m pytest validation/ --suite tiny "$@" ;;
   test)  setup; exec .venv/bin/python -m pytest tests/ "$@" ;;
-  *) echo "usage: ./dev.sh suite|test|setup [pytest args]" >&2; exit 2 ;;
+  lint)  setup; lint ;;
+  *) echo "usage: ./dev.sh suite|test|lint|setup [pytest args]" >&2; exit 2 ;;
 esac

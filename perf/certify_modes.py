@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_invarlock.worker import certifier
-from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.assets.tiny_model import build_tiny_assets
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.worker import certifier
 
 
 def make_edit(model_dir: Path, out: Path) -> Path:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 
 from pytest_invarlock.campaign.items import BENCHMARK_TEST, CERTIFY_TESTS, Item, Kind, items_for_test
+from pytest_invarlock.scheduling.cost import REFERENCE_GPU_GB
+from pytest_invarlock.scheduling.shards import parse_shard, split_items
 from pytest_invarlock.state import ConfigState
 
 SIZE_MARKER_PREFIX = "size_"
@@ -46,15 +48,43 @@ def suite_item(test_item: pytest.Item) -> Item | None:
     return item if isinstance(item, Item) else None  # an empty parameter set gives NOTSET
 
 
+def _excluded_by_options(item: Item, state: ConfigState) -> bool:
+    return (state.options.calibrate_only and item.kind != Kind.CALIBRATION) or (
+        state.options.no_benchmarks and item.kind == Kind.BENCHMARK)
+
+
+def shard_of(config: pytest.Config, state: ConfigState) -> tuple[int, dict[str, int]] | None:
+    """With --shard K/N: (K - 1, param_id -> 0-based shard) over the suite items the options keep; else None.
+
+    The split (`scheduling.shards.split_items`) depends only on the suite, the options and the GPUs'
+    total size, so every shard process computes the same one (run all shards on one GPU model).
+    """
+    spec = config.getoption("shard", None)
+    if not spec:
+        return None
+    try:
+        k, n = parse_shard(spec)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    gpu_gb = round(max(g.total_gb for g in state.gpus)) if state.gpus else REFERENCE_GPU_GB
+    kept = [item for item in state.items if not _excluded_by_options(item, state)]
+    return k - 1, split_items(kept, n, gpu_gb)
+
+
 def deselect(config: pytest.Config, items: list[pytest.Item], state: ConfigState) -> None:
-    """--calibrate-only and --no-benchmarks deselect (not skip) the other items."""
-    keep, drop = [], []
+    """--calibrate-only and --no-benchmarks deselect (not skip) the other items; --shard K/N those of other shards.
+
+    With --shard, tests that are not suite items run in shard 1 only, so the shards together run every test once.
+    """
+    shard = shard_of(config, state)
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for test_item in items:
         item = suite_item(test_item)
-        excluded = item is not None and (
-            (state.options.calibrate_only and item.kind != Kind.CALIBRATION)
-            or (state.options.no_benchmarks and item.kind == Kind.BENCHMARK)
-        )
+        excluded = item is not None and _excluded_by_options(item, state)
+        if shard is not None and not excluded:
+            mine, assignment = shard
+            excluded = assignment.get(item.param_id, 0) != mine if item is not None else mine != 0
         (drop if excluded else keep).append(test_item)
     if drop:
         config.hook.pytest_deselected(items=drop)

@@ -1,7 +1,8 @@
 """pytest-xdist integration of a validation session: one home GPU per worker, and the GPU scheduler.
 
-Controller: gives every worker a home GPU through `workerinput` (a replacement for a crashed worker
-gets the GPU its predecessor freed), and schedules with `GpuScheduling` unless the user chose a
+Controller: gives every worker a home GPU and its share of the node-wide host-RAM model-cache budget
+(`ConfigState.host_cache_bytes`) through `workerinput` (a replacement for a crashed worker gets the GPU
+its predecessor freed), re-reads NVML's free memory while dispatching, and schedules with `GpuScheduling` unless the user chose a
 `--dist` mode: an explicit `--dist` (even `--dist load`) gets xdist's own scheduler, and `-n` alone
 gets ours. `--gpu-plan` prints the per-item memory plan and writes it as CSV, with or without `-n`,
 and with `--co`.
@@ -12,7 +13,7 @@ so they may import torch but must not touch CUDA at import time. It also adds th
 scheduler uses to release a held item.
 
 Passive outside a validation session: the module-level hooks act only on what an active controller
-put in `workerinput`, or when `plugin.declared_suite` names a suite; the rest is registered by
+put in `workerinput`, or when `state.declared_suite` names a suite; the rest is registered by
 `register_session_pieces`. Torch-free: this module is loaded on the controller.
 """
 
@@ -26,11 +27,12 @@ from typing import Any
 import pytest
 from _pytest.runner import runtestprotocol  # the protocol without reports; pytest exports no public alias
 
+from pytest_invarlock.scheduling.inventory import host_cache_share, probe_gpus
 from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, write_placement
 from pytest_invarlock.scheduling.plan_table import PLAN_CSV, PlanRow, format_plan_table, plan_rows, write_plan_csv
 from pytest_invarlock.scheduling.tasks import scheduling_devices
 from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
-from pytest_invarlock.state import GPUS_INPUT, SESSION_INPUT, ConfigState, node_gpus
+from pytest_invarlock.state import GPUS_INPUT, HOST_CACHE_INPUT, SESSION_INPUT, ConfigState, declared_suite, node_gpus
 from pytest_invarlock.terminal import VerdictReporter
 
 HOME_INPUT, SPACER_INPUT = "invarlock_home_gpu", "invarlock_spacer"
@@ -55,8 +57,6 @@ def pytest_cmdline_main(config: pytest.Config):
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """`-n auto` in a validation session: one worker per GPU where there are GPUs (xdist counts CPUs otherwise)."""
-    from pytest_invarlock.plugin import declared_suite
-
     if declared_suite(config) is None:
         return None
     return len(node_gpus(config)) or None
@@ -67,9 +67,17 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
         config.pluginmanager.register(VerdictReporter(state), "invarlock-verdict")
+        from pytest_invarlock.preflight import StorePreflight
+
+        config.pluginmanager.register(StorePreflight(config, state), "invarlock-preflight")
         config.pluginmanager.register(ControllerDistribution(config, state), "invarlock-distribution")
+        from pytest_invarlock import progress
+        from pytest_invarlock.report.pytest_html import register_pytest_html
+
+        progress.register(config, state)
+        register_pytest_html(config, state)
         if config.getoption("gpu_plan"):
-            config.pluginmanager.register(MemoryPlanReporter(state), "invarlock-memory-plan")
+            config.pluginmanager.register(MemoryPlanReporter(state, config.getoption("shard", None)), "invarlock-memory-plan")
     elif workerinput.get(SPACER_INPUT):
         config.pluginmanager.register(WorkerSpacer(), "invarlock-spacer")
 
@@ -100,6 +108,7 @@ class ControllerDistribution:
         node.workerinput[HOME_INPUT] = home if self.state.gpus else None
         node.workerinput[GPUS_INPUT] = [asdict(gpu) for gpu in self.state.gpus]
         node.workerinput[SPACER_INPUT] = not self.config.stash.get(DIST_CHOSEN_KEY, False)
+        node.workerinput[HOST_CACHE_INPUT] = host_cache_share(_worker_count(self.config))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> GpuScheduling | None:
@@ -111,16 +120,25 @@ class ControllerDistribution:
         scheduler = GpuScheduling(
             state.index,
             state.skip_reason,
-            partial(write_placement, state.run_dir, state.session),
+            _on_placed(config, partial(write_placement, state.run_dir, state.session)),
             scheduling_devices(state.gpus, workers),
             self.homes(),
             numnodes=workers,
             fallback=LoadScheduling(config, log),
             on_unplaceable=partial(report_unplaceable, config),
             log=log.gpusched,
+            probe=probe_gpus if state.gpus and not config.getoption("gpus") else None,  # NVML, never a simulation
         )
         config.pluginmanager.register(scheduler, "invarlock-scheduler")
         return scheduler
+
+
+def _on_placed(config: pytest.Config, write: Any) -> Any:
+    """Write the placement; the progress display (when on) also learns which worker runs the item."""
+    from pytest_invarlock.progress import PROGRESS_PLUGIN
+
+    progress = config.pluginmanager.get_plugin(PROGRESS_PLUGIN)
+    return write if progress is None else progress.wrap_placed(write)
 
 
 def report_unplaceable(config: pytest.Config, nodeid: str, reason: str) -> None:
@@ -160,8 +178,11 @@ class WorkerSpacer:
 class MemoryPlanReporter:
     """--gpu-plan on the controller (or the single process): the collected suite items' plan."""
 
-    def __init__(self, state: ConfigState) -> None:
+    def __init__(self, state: ConfigState, shard: str | None = None) -> None:
         self.state = state
+        # Shards share the run directory: each writes its own plan (analysis/memory_plan.shard-2-of-4.csv).
+        k_of_n = shard.replace(" ", "").replace("/", "-of-") if shard else None
+        self.path = state.run_dir / (PLAN_CSV.with_suffix(f".shard-{k_of_n}.csv") if k_of_n else PLAN_CSV)
         self.rows: list[PlanRow] | None = None
 
     @pytest.hookimpl
@@ -175,7 +196,7 @@ class MemoryPlanReporter:
 
     def _plan(self, nodeids: list[str]) -> None:
         self.rows = plan_rows(self.state.index, self.state.gpus, nodeids, self.state.skip_reason)
-        write_plan_csv(self.rows, self.state.run_dir / PLAN_CSV)
+        write_plan_csv(self.rows, self.path)
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -184,4 +205,4 @@ class MemoryPlanReporter:
         terminalreporter.write_sep("=", "invarlock memory plan")
         for line in format_plan_table(self.rows, self.state.gpus):
             terminalreporter.write_line(line)
-        terminalreporter.write_line(f"plan written to {self.state.run_dir / PLAN_CSV}")
+        terminalreporter.write_line(f"plan written to {self.path}")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -78,8 +79,13 @@ def invarlock_result(invarlock_item: Item, invarlock_worker, request: pytest.Fix
     """
     from pytest_invarlock.records import RECORD_PROPERTY
 
-    result = invarlock_worker.run(invarlock_item)
     properties = request.node.user_properties
+    try:
+        result = invarlock_worker.run(invarlock_item)
+    except Exception as error:  # an item error (OOM after retries, time limit) still reports what happened
+        if isinstance(getattr(error, "record", None), dict):
+            properties.append((RECORD_PROPERTY, json.dumps(error.record, default=str)))
+        raise
     properties.append((RECORD_PROPERTY, json.dumps(result.record, default=str)))
     properties.extend(result.properties)
     return result

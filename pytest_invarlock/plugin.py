@@ -19,7 +19,6 @@ This module is loaded on the xdist controller, which never imports torch.
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -27,14 +26,14 @@ import pytest
 from pytest_invarlock import collection
 from pytest_invarlock.campaign.kinds import KIND_HELP, SCENARIO_KINDS
 from pytest_invarlock.campaign.suite import SuiteError
-from pytest_invarlock.state import STATE_KEY, ConfigState, build_state
+from pytest_invarlock.state import STATE_KEY, SUITE_INI, ConfigState, build_state, declared_suite
 
 pytest_plugins = ["pytest_invarlock.fixtures", "pytest_invarlock.distribution"]
 
 DEFAULT_SUITE = "tiny"
-SUITE_INI = "invarlock_suite"
-CONFTEST_ATTRIBUTE = "INVARLOCK_SUITE"
 SIZE_MARKER_PREFIX = collection.SIZE_MARKER_PREFIX
+USAGE_ERROR_KEY = pytest.StashKey[pytest.UsageError]()  # bad input met while activating at collection (rule 4)
+USAGE_ERROR_OUTPUT = "invarlock_usage_error"  # the same, in an xdist worker's workeroutput
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,28 +51,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--determinism", choices=("throughput", "strict"), default="throughput", help="throughput: TF32 and cuDNN benchmark on; strict: off, deterministic cuBLAS")
     group.addoption("--offline", action="store_true", default=None, help="never touch a model hub (default when no network is reachable)")
     group.addoption("--online", action="store_false", dest="offline", help="allow hub downloads (default when the hub is reachable)")
+    group.addoption("--revisions", default=None, metavar="FILE",
+                    help="pinned hub commits (model_revisions.json from an online run); default <run-dir>/state/model_revisions.json")
+    group.addoption("--evidence-pack", default=None, metavar="DIR",
+                    help="at the end of the run, write a signed evidence pack to DIR and DIR.tar.gz (see --signing-key)")
+    group.addoption("--signing-key", default=None, metavar="FILE",
+                    help="Ed25519 private key (PEM) that signs the evidence pack's manifest; make one with "
+                         "`python -m pytest_invarlock keygen`")
     group.addoption("--recompute", action="store_true", help="recompute presets, edits, baseline reports and results instead of reusing them")
+    group.addoption("--no-disk-preflight", action="store_true", help="start even when the run directory's filesystem looks too small for the selected items (the preflight estimate is skipped)")
     group.addoption("--certify-mode", choices=("auto", "subprocess", "inprocess"), default="auto", help="run invarlock evaluate in the worker process (faster) or a subprocess (isolated); auto: in-process unless an item spans several GPUs")
     group.addoption("--device", choices=("auto", "cpu", "cuda"), default=None, help="override the suite's device")
     group.addoption("--gpus", default=None, metavar="SPEC",
-                    help="simulate this node's GPUs instead of asking NVML: 8x180, 80,80,24 or 2x80,24 (sizes in GB)")
+                    help="simulate this node's GPUs instead of asking NVML: 8x180, 80,80,24 or 2x80,24 (sizes in GB), "
+                         "with the free memory NVML would report after a colon: 8x80:78.5, 80:79,80:79,24:23. "
+                         "With --device auto on a host without GPUs, the plan is that node's (no CPU-size skip)")
+    group.addoption("--shard", default=None, metavar="K/N",
+                    help="run shard K of N (1-based) of the suite's items: a deterministic split balanced on the "
+                         "memory plan's cost, each model's items kept together where balance allows; "
+                         "non-suite tests run in shard 1")
+    group.addoption("--progress-interval", type=float, default=30.0, metavar="SECONDS",
+                    help="without a terminal (CI logs, | tee): print a progress line at most this often and at "
+                         "every further 10%% of the items (default 30); on a terminal the status updates in place; "
+                         "0 turns progress off (so does -q)")
     group.addoption("--gpu-plan", action="store_true",
                     help="print each item's memory plan (weights, KV cache, peak GB, GPUs) and write "
                          "<run-dir>/analysis/memory_plan.csv; works with --co")
     parser.addini(SUITE_INI, "make every session of this project a validation session with this suite (name or YAML path)", default=None)
-
-
-def declared_suite(config: pytest.Config) -> str | None:
-    """The suite this session names (rules 1-3 of the module docstring), or None: then it is passive so far."""
-    suite = config.getoption("suite", None) or config.getini(SUITE_INI)
-    if suite:
-        return str(suite)
-    for plugin in config.pluginmanager.get_plugins():
-        if isinstance(plugin, ModuleType) and plugin.__name__.endswith("conftest"):
-            declared = getattr(plugin, CONFTEST_ATTRIBUTE, None)
-            if isinstance(declared, str) and declared:
-                return declared
-    return None
 
 
 def state_of(config: pytest.Config) -> ConfigState | None:
@@ -123,14 +127,36 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "invarlock_item" not in metafunc.fixturenames:
         return
-    state = state_of(metafunc.config) or activate(metafunc.config, DEFAULT_SUITE)
+    if USAGE_ERROR_KEY in metafunc.config.stash:
+        return
+    try:
+        state = state_of(metafunc.config) or activate(metafunc.config, DEFAULT_SUITE)
+    except pytest.UsageError as exc:
+        # Rule 4 activates inside a module's collection, where pytest would report any exception as a
+        # collection error with a traceback; raised again after collection it is a usage error (exit 4).
+        # An xdist worker also hands the message to the controller (see pytest_testnodedown).
+        metafunc.config.stash[USAGE_ERROR_KEY] = exc
+        workeroutput: dict[str, Any] | None = getattr(metafunc.config, "workeroutput", None)
+        if workeroutput is not None:
+            workeroutput[USAGE_ERROR_OUTPUT] = str(exc)
+        return
     collection.parametrize(metafunc, state)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if USAGE_ERROR_KEY in config.stash:
+        raise config.stash[USAGE_ERROR_KEY]
     state = state_of(config)
     if state is not None:
         collection.deselect(config, items, state)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """A worker met bad input while activating at collection (rule 4): the controller exits with its usage error."""
+    message = (getattr(node, "workeroutput", None) or {}).get(USAGE_ERROR_OUTPUT)
+    if message:
+        raise pytest.UsageError(message)
 
 
 @pytest.hookimpl(optionalhook=True)

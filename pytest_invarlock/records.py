@@ -35,6 +35,7 @@ def base_record(item: Item) -> dict[str, Any]:
         "benchmark": item.benchmark,
         "expectation": item.scenario.expectation if item.scenario and not item.benchmark else None,
         "definition_key": item.definition_key,
+        "acceptance": [item.model.settings.acceptance_min, item.model.settings.acceptance_max],
     }
 
 
@@ -62,7 +63,7 @@ def record_from_report(item: Item, report: pytest.TestReport, *, has_record: boo
     `has_record`: the item already has a record this session (a teardown error then keeps the call's).
     """
     properties = dict(report.user_properties)
-    record = {**base_record(item), **json.loads(properties.get(RECORD_PROPERTY, "{}"))}
+    record = {**base_record(item), **json.loads(str(properties.get(RECORD_PROPERTY, "{}")))}
     if report.when == "call":
         record["outcome"] = report.outcome
     elif report.failed:
@@ -82,16 +83,30 @@ def record_path(run_dir: Path, item: Item) -> Path:
     return run_dir / RECORDS_DIR / f"{item.param_id}.json"
 
 
-def earlier_records(run_dir: Path, items: list[Item], skip: set[str]) -> list[dict[str, Any]]:
-    """Records of earlier sessions for the items not in `skip`, where the item's definition is unchanged."""
+def earlier_records(run_dir: Path, items: list[Item], skip: set[str],
+                    warnings: list[str] | None = None) -> list[dict[str, Any]]:
+    """Records of earlier sessions for the items not in `skip`, where the item's definition is unchanged.
+
+    A record that is cut short, does not parse or fails its checksum is never used: one line per such
+    record goes to `warnings`, and the item counts as not run (rerunning it rebuilds the record from the
+    store, which is cheap).
+    """
+    from pytest_invarlock.store import DamagedError, read_json_sealed
+
     found = []
     for item in items:
         if item.param_id in skip:
             continue
+        path = record_path(run_dir, item)
         try:
-            old = json.loads(record_path(run_dir, item).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            old = read_json_sealed(path)
+        except FileNotFoundError:
             continue
-        if isinstance(old, dict) and old.get("definition_key") == item.definition_key:
+        except DamagedError as exc:
+            if warnings is not None:
+                warnings.append(f"record of {item.param_id} not trusted: {exc}; the verdict leaves the item out "
+                                f"until it runs again (pytest ... -k '{item.param_id}', reusing the store)")
+            continue
+        if old.get("definition_key") == item.definition_key:
             found.append(old)
     return found

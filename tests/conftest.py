@@ -1,1 +1,39 @@
 """Puts this directory on sys.path (pytest's prepend import mode), so every test module imports `helpers`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from helpers import Run, restore_run_dir, run_suite
+
+
+@dataclass(frozen=True)
+class WarmCampaign:
+    """One uninterrupted tiny-suite run, made once per test session and shared by e2e and fault tests.
+
+    `run_dir` is where tests work (always the same absolute path: InvarLock's baseline report pins the
+    baseline's path); `pristine` a copy of it right after the first run; `restore()` puts that copy back.
+    """
+
+    root: Path
+    run_dir: Path
+    pristine: Path
+    first: Run
+
+    def restore(self) -> Path:
+        return restore_run_dir(self.pristine, self.run_dir)
+
+
+@pytest.fixture(scope="session")
+def warm_campaign(tmp_path_factory: pytest.TempPathFactory) -> WarmCampaign:
+    """The tiny suite run once from scratch (minutes on 2 cores), then kept as a pristine copy."""
+    root = tmp_path_factory.mktemp("campaign")
+    run_dir = root / "run"
+    first = run_suite(run_dir, "--junitxml", str(root / "first.xml"))
+    print(f"tiny suite, first run from scratch: {first.seconds:.0f} s")
+    pristine = root / "pristine"
+    restore_run_dir(run_dir, pristine)
+    return WarmCampaign(root, run_dir, pristine, first)

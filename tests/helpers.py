@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
 
 REPO = Path(__file__).resolve().parent.parent
 VALIDATION = REPO / "validation"
@@ -65,3 +72,104 @@ models:
 scenarios: [calibration, quant_rtn_8bit_clean]
 benchmarks: {tasks: []}
 """
+
+
+# --------------------------------------------------------------------------- running the tiny suite (e2e, faults)
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+    seconds: float
+
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_EVALUATE_OFFLINE": "1"}
+
+
+def suite_command(run_dir: Path, *args: str) -> list[str]:
+    """`pytest validation/ --suite tiny --run-dir RUN_DIR ...` as an argv for this interpreter."""
+    return [sys.executable, "-m", "pytest", str(VALIDATION), "--suite", "tiny", "--run-dir", str(run_dir),
+            "-p", "no:cacheprovider", "-q", "-rfEs", *args]
+
+
+def run_suite(run_dir: Path, *args: str, timeout: float = 3600) -> Run:
+    started = time.perf_counter()
+    result = subprocess.run(suite_command(run_dir, *args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **OFFLINE_ENV})
+    return Run(result.returncode, result.stdout + result.stderr, time.perf_counter() - started)
+
+
+def restore_run_dir(pristine: Path, run_dir: Path) -> Path:
+    """Make `run_dir` a fresh copy of the warmed `pristine` one (same absolute path every time: InvarLock
+    checks the baseline path stored in the baseline report, so a warmed run directory cannot move)."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.copytree(pristine, run_dir, symlinks=True)
+    return run_dir
+
+
+@contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A size-limited tmpfs mounted at `path` (needs root, as in CI); skips the test with the reason otherwise."""
+    import pytest
+
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a {size} tmpfs to test a full disk ({(result.stderr or result.stdout).strip()}); "
+                    "this needs root (CI runs as root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def synthetic_records(suite: str = "tiny", *, lanes: int = 2, seed: int = 0, start: float = 1.7e9,
+                      session: str = "s1") -> list[dict[str, Any]]:
+    """One plausible record per item of a shipped suite (no model runs): timing, placement and numbers.
+
+    Clean edits and calibrations pass near ratio 1, gating stress edits and error injections are flagged
+    (nan_injection has no report), one clean run per model fails a gate, benchmark edits of stress
+    scenarios regress; items are laid out greedily on `lanes` GPUs so the timeline has no overlaps.
+    """
+    import random
+
+    from pytest_invarlock.campaign.items import build_items
+    from pytest_invarlock.campaign.suite import load_suite
+    from pytest_invarlock.records import base_record
+
+    rng = random.Random(seed)
+    free = [start] * lanes
+    records = []
+    for item in build_items(load_suite(suite)):
+        record = base_record(item)
+        kind = str(item.kind)
+        lane = min(range(lanes), key=free.__getitem__)
+        seconds = rng.uniform(2, 6) * (3 if kind == "calibration" else 1)
+        record.update(started=free[lane], ended=free[lane] + seconds, worker=f"gw{lane}", devices=[lane],
+                      host="node1", session=session, seconds=round(seconds, 2), outcome="passed", met=True,
+                      acceptance=[0.95, 1.10])
+        free[lane] += seconds + 0.05
+        if kind == "benchmark":
+            stress = item.scenario is not None and item.scenario.kind == "stress"
+            base = 0.6 if "cloze" in str(item.benchmark) else 0.55
+            accuracy = base - (rng.uniform(0.07, 0.19) if stress else rng.uniform(-0.01, 0.01)) * (item.variant != "baseline")
+            record.update(accuracy=accuracy, stderr=0.024, n=400, finite_logits=True)
+        else:
+            gating = kind == "error" or (kind == "stress" and item.scenario is not None and item.scenario.gating)
+            ratio = rng.uniform(1.3, 40) if gating else rng.uniform(1.0, 1.02)
+            lo, hi = ratio * 0.99, ratio * 1.01
+            failed = ["primary_metric_acceptable"] if gating else []
+            if kind == "clean" and item.run == 1 and item.scenario is not None and item.scenario.name.startswith("svd"):
+                failed, record["met"], record["outcome"] = ["spectral_stable"], False, "failed"
+            record.update(ratio=ratio, ci=[lo, hi], drift=1.0, failed_gates=failed, flagged=bool(failed),
+                          overall_pass=not failed, degraded=False, detected=kind == "error", signal=bool(failed),
+                          caps_applied=1 if kind == "clean" and item.run == 2 else 0, failure=None,
+                          report=f"/runs/x/store/results/r-{item.param_id}/reports/eval/evaluation.report.json")
+            if item.scenario is not None and item.scenario.name == "nan_injection":
+                record.update(ratio=None, ci=None, failure="non-finite model output (detected)", report=None)
+        records.append(record)
+    return records

@@ -1,8 +1,9 @@
 """The tiny suite end to end on CPU: real tiny model, real InvarLock, real lm-eval, real xdist workers.
 
-One campaign per test session (module fixture): the first run certifies everything; the second, with
--n 2, must reuse every artifact and reach the same verdict; then a cached certificate is tampered with
-(a gate flipped in its report) and the item it belongs to must turn red with a readable message.
+One campaign per test session (the `warm_campaign` fixture of tests/conftest.py, shared with tests/faults):
+the first run certifies everything; the second, with -n 2, must reuse every artifact and reach the same
+verdict; then a cached certificate is rewritten (a gate flipped in its report, and resealed as InvarLock
+would have written it) and the item it belongs to must turn red with a readable message.
 """
 
 from __future__ import annotations
@@ -11,41 +12,20 @@ import json
 import re
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, VALIDATION
-
-
-@dataclass
-class Run:
-    returncode: int
-    output: str
-    seconds: float
-
-
-def run_suite(run_dir: Path, *args: str) -> Run:
-    started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(VALIDATION), "--suite", "tiny", "--run-dir", str(run_dir),
-         "-p", "no:cacheprovider", "-q", "-rfEs", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=3600,
-    )
-    return Run(result.returncode, result.stdout + result.stderr, time.perf_counter() - started)
+from helpers import Run, run_suite
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("campaign")
-    run_dir = root / "run"
-    first = run_suite(run_dir, "--junitxml", str(root / "first.xml"))
+def campaign(warm_campaign) -> dict:
+    root, run_dir = warm_campaign.root, warm_campaign.restore()
     second = run_suite(run_dir, "-n", "2", "--junitxml", str(root / "second.xml"))
-    print(f"tiny suite: first run {first.seconds:.0f} s, second run (-n 2, cached) {second.seconds:.0f} s")
-    return {"root": root, "run_dir": run_dir, "first": first, "second": second}
+    print(f"tiny suite: first run {warm_campaign.first.seconds:.0f} s, second run (-n 2, cached) {second.seconds:.0f} s")
+    return {"root": root, "run_dir": run_dir, "first": warm_campaign.first, "second": second}
 
 
 def test_first_run_passes_every_item_and_validates(campaign: dict) -> None:
@@ -108,6 +88,7 @@ def test_user_tests_get_the_campaigns_artifacts_from_the_fixtures(campaign: dict
 
 def test_a_tampered_certificate_turns_its_item_red(campaign: dict) -> None:
     """Flip a gate in a cached clean-edit report: the item must fail and say which gate and the numbers."""
+    from pytest_invarlock.store import seal
     from pytest_invarlock.worker.certifier import Verdict
 
     run_dir = campaign["run_dir"]
@@ -118,6 +99,7 @@ def test_a_tampered_certificate_turns_its_item_red(campaign: dict) -> None:
     report_path.write_text(json.dumps(report))
     verdict_file = report_path.parents[2] / "verdict.json"
     verdict_file.write_text(json.dumps(Verdict.from_report(report, report_path=str(report_path)).to_dict()))
+    seal(verdict_file.parent)  # a certificate InvarLock could have written: resealed, so the store trusts it
     rerun = run_suite(run_dir, "-k", "quant_rtn_8bit_clean-run1 and test_edit")
     assert rerun.returncode == 1
     assert "1 failed" in rerun.output

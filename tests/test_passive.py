@@ -1,7 +1,7 @@
 """A pytest11 plugin loads into every session of its environment: outside a validation session it does nothing.
 
 Each case runs an unrelated project twice in real subprocesses, with the plugin and with `-p no:invarlock`,
-and compares what a user sees and gets: outcomes, the header (less pytest's own "plugins:" list), xdist's
+and compares what a user sees and gets: outcomes, the header (less pytest's own "plugins:" list and pytest-metadata's, which names them too), xdist's
 scheduling, worker count under `-n auto`, each test's environment, and the files left behind.
 """
 
@@ -45,7 +45,7 @@ def test_calibration(run):
     "pyproject.toml": "[tool.pytest.ini_options]\nmarkers = ['slow: slow', 'gpu: gpu']\n",
 }
 # Lines that differ between any two runs whatever the plugin does: timings, pids, paths of the dump.
-VOLATILE = re.compile(r"\d+\.\d+s|in \d+\.\d+|rootdir:|cachedir:|plugins:|^platform |\[gw\d\] .*[Pp]ython")
+VOLATILE = re.compile(r"\d+\.\d+s|in \d+\.\d+|rootdir:|cachedir:|plugins:|^metadata: |^platform |\[gw\d\] .*[Pp]ython")
 # xdist interleaves workers at random: compare its lines as a sorted list, without worker and progress tags.
 XDIST_TAG = re.compile(r"^\[gw\d+\] \[\s*\d+%\] ")
 
@@ -61,7 +61,7 @@ def _run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp: Path, 
     dump.mkdir()
     monkeypatch.setenv("ENV_DUMP", str(dump))
     extra = () if plugin else ("-p", "no:invarlock")
-    before = {p for p in pytester.path.rglob("*")}
+    before = set(pytester.path.rglob("*"))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *extra, *args, timeout=120)
     created = sorted(str(p.relative_to(pytester.path)) for p in set(pytester.path.rglob("*")) - before
                      if not _pytester_own(p.relative_to(pytester.path)))

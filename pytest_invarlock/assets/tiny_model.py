@@ -179,6 +179,23 @@ def split_chapters(chapters: list[list[str]], params: TinyBuildParams) -> tuple[
     return train, heldout
 
 
+def heldout_documents(params: TinyBuildParams | None = None) -> list[list[str]]:
+    """The held-out chapters (lists of verses): the documents every local-corpus suite packs its windows from.
+
+    The training split never sees them; `worker.windows` joins verses with a space (as training did) and
+    chapters with the tokenizer's separator, then cuts full seq_len windows per tokenizer.
+    """
+    params = params or TinyBuildParams()
+    return split_chapters(load_chapters(params.chapter_limit), params)[1]
+
+
+def heldout_identity(params: TinyBuildParams | None = None) -> str:
+    """What determines `heldout_documents`: the KJV file's sha256 and the split parameters (a cache key part)."""
+    params = params or TinyBuildParams()
+    split = (params.heldout_modulus, params.heldout_residues, params.chapter_limit)
+    return f"kjv-{sha256_file(kjv_path())[:16]}-heldout-{split}"
+
+
 def pack_passages(chapters: list[list[str]], tokenizer: Any, seq_len: int) -> list[Passage]:
     """Greedily join consecutive verses of a chapter while BOS + tokens <= seq_len.
 

@@ -54,7 +54,8 @@ class Item:
     def param_id(self) -> str:
         if self.benchmark:
             return f"{self.model.name}-{self.variant}-{self.benchmark}"
-        return f"{self.model.name}-{self.scenario.name}-run{self.run}"
+        scenario = self.scenario.name if self.scenario else BASELINE  # a certify item always has one
+        return f"{self.model.name}-{scenario}-run{self.run}"
 
     @property
     def definition_key(self) -> str:
@@ -73,8 +74,8 @@ def build_items(suite: Suite) -> list[Item]:
                 if scenario.kind in kinds:
                     items.extend(Item(test, model, scenario, run) for run in range(1, suite.runs_for(scenario) + 1))
         edits = [s for s in suite.scenarios if s.kind in EDIT_KINDS and suite.runs_for(s) > 0]
-        for scenario in [None, *edits]:
-            items.extend(Item(BENCHMARK_TEST, model, scenario, 1, task) for task in suite.benchmarks.tasks)
+        for edited in [None, *edits]:
+            items.extend(Item(BENCHMARK_TEST, model, edited, 1, task) for task in suite.benchmarks.tasks)
     return items
 
 

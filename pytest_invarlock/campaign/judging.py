@@ -2,7 +2,7 @@
 
 Pure: it reads a `Verdict` (the certifier's plain dataclass) and a `Scenario`. The rules are the
 seed suite's per-certificate rules (shared/reference/verdict.md): a run is flagged when overall pass
-is false or the primary metric is degraded; an error is detected when flagged or invariants fail;
+is false or the primary metric is degraded or invalid (the suite's stricter overall pass); an error is detected when flagged or invariants fail;
 a gating stress edit must be flagged by one of its detectors (any gate when none are listed); an
 informational one records a signal (a gate flip, or a remediation such as spectral caps applied).
 """
@@ -34,12 +34,13 @@ def remediations(verdict: Verdict) -> int:
 
 def judge(scenario: Scenario, verdict: Verdict) -> Judgement:
     failed = list(verdict.failed_gates)
-    flagged = verdict.failure is not None or not verdict.overall_pass or verdict.degraded
+    # The reference's stricter overall pass also requires a primary metric that is not invalid.
+    flagged = verdict.failure is not None or not verdict.overall_pass or verdict.degraded or verdict.invalid
     detected = flagged or verdict.flags.get("invariants_pass") is False
     signal = flagged or remediations(verdict) > 0
     expectation = scenario.expectation
     if expectation == "pass":
-        met = verdict.failure is None and verdict.overall_pass and not verdict.degraded
+        met = verdict.failure is None and verdict.overall_pass and not verdict.degraded and not verdict.invalid
     elif expectation == "detect":
         met = detected
     elif expectation == "fail":

@@ -13,8 +13,9 @@ Derivation, per family and over the calibration (no-op) runs:
 - rmt epsilon: 0.90 quantile of the observed edge-risk growth, never below the
   existing epsilon;
 - variance min_effect_lognll: 0.95 quantile of the delta-CI half-widths, floor
-  0.0009 (the existing value when no run measured a delta CI);
-- per-edit copies raise spectral max_caps (15 quantisation, 25 low-rank, 10 other).
+  0.0009 (the existing value, floored the same way, when no run measured a delta CI);
+- per-edit copies raise spectral max_caps to the edit type's ``max_caps`` in
+  ``edits.catalogue`` (15 quantisation, 25 low-rank, 10 other).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pytest_invarlock.edits.catalogue import max_caps_for
 
 PRESET_KEYS = (
     "drift_band",
@@ -37,8 +40,6 @@ SPECTRAL_MARGIN = 0.05
 RMT_QUANTILE = 0.90
 VARIANCE_QUANTILE = 0.95
 VARIANCE_MIN_EFFECT_FLOOR = 0.0009
-EDIT_MAX_CAPS = {"quant_rtn": 15, "fp8": 15, "fp8_quant": 15, "lowrank_svd": 25}
-OTHER_EDIT_MAX_CAPS = 10
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def derive_preset(stats: Sequence[CalibrationStats], base: Mapping[str, Any]) ->
 
 def edit_preset(preset: Mapping[str, Any], edit_kind: str) -> dict[str, Any]:
     """A copy of ``preset`` whose spectral cap budget fits the edit kind (never lowered)."""
-    suggested = EDIT_MAX_CAPS.get(edit_kind.strip().lower(), OTHER_EDIT_MAX_CAPS)
+    suggested = max_caps_for(edit_kind)
     return {**preset, "spectral_max_caps": max(int(preset["spectral_max_caps"]), suggested)}
 
 
@@ -183,7 +184,10 @@ def _rmt_epsilon(stats: Sequence[CalibrationStats], existing: Mapping[str, float
 
 
 def _variance_min_effect(stats: Sequence[CalibrationStats], existing: float) -> float:
-    widths = [s.delta_ci_half_width for s in stats if s.delta_ci_half_width]
+    """q95 of the measured delta-CI half-widths, never below the floor 0.0009; without any measured
+    half-width the tier's value, still never below the floor (the seed applies it either way)."""
+    widths = [s.delta_ci_half_width for s in stats
+              if s.delta_ci_half_width is not None and math.isfinite(s.delta_ci_half_width)]
     if not widths:
-        return existing
+        return max(existing, VARIANCE_MIN_EFFECT_FLOOR)
     return max(round(quantile(widths, VARIANCE_QUANTILE), 4), VARIANCE_MIN_EFFECT_FLOOR)

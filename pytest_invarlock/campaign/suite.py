@@ -9,19 +9,23 @@ the fix.
 from __future__ import annotations
 
 import difflib
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from pytest_invarlock.campaign.kinds import SCENARIO_KINDS, Kind
+from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
+from pytest_invarlock.campaign.task_index import installed_tasks
 from pytest_invarlock.edits.catalogue import SpecError, parse_spec
 
 KINDS = SCENARIO_KINDS
-DEFAULT_RUNS = {Kind.CALIBRATION: 5, Kind.CLEAN: 3, Kind.STRESS: 2, Kind.ERROR: 1}
+DEFAULT_RUNS: dict[str, int] = {Kind.CALIBRATION: 5, Kind.CLEAN: 3, Kind.STRESS: 2, Kind.ERROR: 1}
 DEFAULT_BENCHMARKS = ("mmlu", "hellaswag", "arc_challenge", "winogrande")
 DEFAULT_INVARLOCK = {
     "tier": "balanced",
@@ -30,6 +34,7 @@ DEFAULT_INVARLOCK = {
     "acceptance_max": 1.20,
     "guard_overhead": True,
     "min_tokens": None,
+    "windows": None,
 }
 SIZE_SETTING_KEYS = (
     "seq_len",
@@ -45,6 +50,35 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _PINNED_REVISION = re.compile(r"^[0-9a-f]{40}$")
+_LM_EVAL_BATCH = re.compile(r"^(auto(:[1-9][0-9]{0,5})?|[1-9][0-9]{0,5})$")
+MAX_SUITE_BYTES = 4 * 1024 * 1024
+MAX_RUNS = 1000  # per scenario kind: more would collect millions of items
+MAX_INT = 2**31 - 1  # any other count: beyond this it is a typo, not a setting
+# InvarLock 0.12's tiers (runtime/tiers.yaml) and the bootstrap floors its ci profile enforces per tier
+# (invarlock.core.runner_pairing.BOOTSTRAP_COVERAGE_REQUIREMENTS; a test checks both against the installed package).
+TIERS = ("balanced", "conservative", "aggressive")
+TIER_FLOORS = {
+    "conservative": {"preview": 220, "final": 220, "replicates": 1500},
+    "balanced": {"preview": 180, "final": 180, "replicates": 1200},
+    "aggressive": {"preview": 140, "final": 140, "replicates": 800},
+}
+# InvarLock 0.12's gate flags (its console labels, as `validation` keys): what a stress scenario may name as detectors.
+DETECTORS = (
+    "primary_metric_acceptable",
+    "preview_final_drift_acceptable",
+    "guard_overhead_acceptable",
+    "invariants_pass",
+    "spectral_stable",
+    "rmt_stable",
+)
+# Per-item time limits (seconds) when the suite's `timeouts:` names none for the kind; an item's limit
+# is never below its size class's `timeout_floor_s` (suites/size_classes.yaml). A limit covers the
+# whole item, including the shared work it triggers (baseline, missing calibration runs, the edit).
+DEFAULT_TIMEOUT_S = 7200.0
+TIMEOUT_KEYS = (*(str(k) for k in Kind), "default")
+# Informational scenarios are judged only by a minimum signal fraction (the reference names no value;
+# this default is verdict.phase0.DEFAULT_MIN_SIGNAL_FRACTION, repeated here to keep campaign/ free of verdict/).
+DEFAULT_MIN_SIGNAL_FRACTION = 0.5
 
 
 class SuiteError(ValueError):
@@ -68,6 +102,8 @@ class Settings:
     acceptance_max: float
     guard_overhead: bool
     min_tokens: int | None  # InvarLock's primary-metric token floor; None keeps the tier's (50,000 for balanced)
+    timeout_floor_s: float | None = None  # no item of this size class gets less time (size_classes.yaml)
+    windows: str | None = None  # "auto": preview/final counts from campaign.window_planner (local corpora)
 
 
 @dataclass(frozen=True)
@@ -133,6 +169,14 @@ class Suite:
     models: tuple[Model, ...]
     scenarios: tuple[Scenario, ...]
     benchmarks: Benchmarks
+    min_signal_fraction: float = DEFAULT_MIN_SIGNAL_FRACTION  # informational scenarios: signal in at least this share of runs
+    invarlock: Mapping[str, Any] = field(default_factory=dict)  # the suite's own `invarlock:` layer, for --models
+    timeouts: Mapping[str, float] = field(default_factory=dict)  # `timeouts:` kind (or "default") -> seconds
+
+    def timeout_s(self, kind: str, model: Model) -> float:
+        """An item's time limit: the suite's figure for its kind (else its default), at least the size-class floor."""
+        chosen = self.timeouts.get(str(kind), self.timeouts.get("default", DEFAULT_TIMEOUT_S))
+        return max(float(chosen), float(model.settings.timeout_floor_s or 0.0))
 
     def runs_for(self, scenario: Scenario) -> int:
         return scenario.runs if scenario.runs is not None else self.runs[scenario.kind]
@@ -159,14 +203,68 @@ def shipped_suites() -> list[str]:
 
 
 def _read_yaml(path: Path, what: str) -> Any:
+    """The file's YAML; every way it can be unreadable is a SuiteError naming the file and the fix."""
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.stat().st_size > MAX_SUITE_BYTES:
+            raise SuiteError(
+                f"{what} '{path}' is {path.stat().st_size:,} bytes, more than a suite file can be "
+                f"({MAX_SUITE_BYTES:,}). Check that the path names the suite YAML, not a data file."
+            )
+        raw = path.read_bytes()
     except OSError as exc:
-        raise SuiteError(f"cannot read {what} '{path}': {exc.strerror}. Check the path.") from None
+        raise SuiteError(f"cannot read {what} '{path}': {exc.strerror or exc}. Check the path and its permissions.") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SuiteError(f"{what} '{path}' is UTF-16 text. Save it as UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`).")
     try:
-        return yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(
+            f"{what} '{path}' is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}). "
+            "Save it as UTF-8, and check that the path names the suite YAML, not a binary file."
+        ) from None
+    if "\x00" in text:
+        raise SuiteError(f"{what} '{path}' contains NUL bytes: it is not a text file. Check the path.")
+    try:
+        return yaml.load(text, Loader=_SuiteLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise SuiteError(f"{what} '{path}' is not valid YAML: {exc}. Fix the syntax at the line shown.") from None
+    except RecursionError:
+        raise SuiteError(f"{what} '{path}' nests too deeply to read. Flatten the YAML structure.") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a date such as 2024-13-45, which YAML reads as a timestamp
+        raise SuiteError(f"{what} '{path}' holds a value YAML cannot convert: {exc}. Quote the value.") from None
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found key {key!r} twice", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def user_path(text: str, what: str) -> Path:
+    """`text` as a path with `~` expanded; a SuiteError naming `what` where `~user` names no one."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~nosuchuser, or no home directory at all
+        raise SuiteError(f"{what} '{text}': cannot expand '~' (no such user, or no home directory). Write the full path.") from None
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _catalogue(name: str) -> dict[str, Any]:
@@ -201,38 +299,69 @@ class _Where:
                     f"{suggestion}Allowed keys: {', '.join(allowed)}.",
                 )
 
-    def integer(self, value: Any, key: str, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.error(key, f"expected an integer >= {minimum}, got {value!r}", f"Use a whole number >= {minimum}.")
+    def integer(self, value: Any, key: str, minimum: int, maximum: int = MAX_INT) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise self.error(
+                key, f"expected an integer >= {minimum} and <= {maximum}, got {_show(value)}", f"Use a whole number from {minimum} to {maximum}."
+            )
         return value
 
     def number(self, value: Any, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, f"expected a number, got {value!r}", "Use a number such as 1.2.")
-        return float(value)
+        number = math.nan
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float range
+                number = math.inf
+        if not math.isfinite(number):
+            raise self.error(key, f"expected a finite number, got {_show(value)}", "Use a number such as 1.2.")
+        return number
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_show(value)}", f"Write {key.rsplit('.', 1)[-1]}: true or false.")
+        return value
+
+    def text(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or "\x00" in value:
+            raise self.error(key, f"expected a string, got {_show(value)}", "Write it as plain text (quote it if YAML reads it as something else).")
+        return value
 
     def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
-        if value not in choices:
-            raise self.error(key, f"{value!r} is not one of {', '.join(choices)}", "Pick one of the listed values.")
-        return str(value)
-
-    def slug(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not _SLUG.match(value):
+        if not isinstance(value, str) or value not in choices:
+            hint = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
             raise self.error(
                 key,
-                f"name {value!r} is not a lowercase slug",
+                f"{_show(value)} is not one of {', '.join(choices)}",
+                (f"Did you mean '{hint[0]}'? " if hint else "") + "Pick one of the listed values.",
+            )
+        return value
+
+    def slug(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not _SLUG.match(value) or len(value) > 100:
+            raise self.error(
+                key,
+                f"name {_show(value)} is not a lowercase slug of at most 100 characters",
                 "Use lowercase letters, digits, '.', '_' and '-' (it becomes part of test ids).",
             )
         return value
 
 
+class _CommandLine(_Where):
+    """Error messages for command-line overrides: they name the option rather than a key of the suite file."""
+
+    def error(self, key: str, problem: str, fix: str) -> SuiteError:
+        return SuiteError(f"command-line option {key}: {problem}. {fix}")
+
+
 # --------------------------------------------------------------------------- sections
 
-_SUITE_KEYS = ("name", "description", "device", "runs", "errors", "models", "scenarios", "invarlock", "benchmarks")
+_SUITE_KEYS = ("name", "description", "device", "runs", "errors", "models", "scenarios", "invarlock", "benchmarks",
+               "min_signal_fraction", "timeouts")
 _MODEL_KEYS = ("name", "source", "revision", "size_class", "dtype", "params_b", "architecture", "invarlock")
 ARCHITECTURE_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab")
 _SCENARIO_KEYS = ("name", "spec", "kind", "gating", "detectors", "runs", "default")
-_INVARLOCK_KEYS = (*SIZE_SETTING_KEYS, "tier", "dataset", "acceptance", "guard_overhead", "min_tokens")
+_INVARLOCK_KEYS = (*SIZE_SETTING_KEYS, "tier", "dataset", "acceptance", "guard_overhead", "min_tokens", "windows")
 _BENCHMARK_KEYS = ("tasks", "num_fewshot", "limit")
 
 
@@ -247,18 +376,26 @@ def _invarlock_block(where: _Where, block: Any, key: str) -> dict[str, Any]:
         elif name == "dataset":
             out[name] = where.choice(value, f"{key}.{name}", DATASETS)
         elif name == "guard_overhead":
-            if not isinstance(value, bool):
-                raise where.error(f"{key}.{name}", f"expected true or false, got {value!r}", "Write guard_overhead: false to skip the measurement.")
-            out[name] = value
+            out[name] = where.boolean(value, f"{key}.{name}")
+        elif name == "windows":
+            if value != "auto":
+                raise where.error(f"{key}.windows", f"expected auto, got {_show(value)}",
+                                  "Write windows: auto (the window planner picks the counts), or set "
+                                  "preview_windows and final_windows explicitly.")
+            out[name] = "auto"
+        elif name == "tier":
+            out[name] = where.choice(value, f"{key}.{name}", TIERS)
         elif name == "acceptance":
             pair = value if isinstance(value, (list, tuple)) else [value.get("min"), value.get("max")] if isinstance(value, dict) else None
             if not pair or len(pair) != 2:
-                raise where.error(f"{key}.acceptance", f"expected [min, max], got {value!r}", "Write e.g. acceptance: [0.90, 1.20].")
+                raise where.error(f"{key}.acceptance", f"expected [min, max], got {_show(value)}", "Write e.g. acceptance: [0.90, 1.20].")
             lo, hi = (where.number(v, f"{key}.acceptance") for v in pair)
             if not 0 < lo < 1 < hi:
                 raise where.error(f"{key}.acceptance", f"range [{lo}, {hi}] must satisfy 0 < min < 1 < max", "Write e.g. [0.90, 1.20].")
             out["acceptance_min"], out["acceptance_max"] = lo, hi
-        else:
+        else:  # lm_eval_batch: lm-eval's --batch_size
+            if isinstance(value, bool) or not isinstance(value, (str, int)) or not _LM_EVAL_BATCH.match(str(value)):
+                raise where.error(f"{key}.{name}", f"expected a batch size, got {_show(value)}", "Write a number such as 16, auto or auto:8.")
             out[name] = str(value)
     return out
 
@@ -307,7 +444,7 @@ def _model(where: _Where, entry: Any, key: str, suite_invarlock: Mapping[str, An
     if isinstance(entry, str):
         if entry in catalogue:
             entry = {"name": entry, **catalogue[entry]}
-        elif "/" in entry or Path(entry).expanduser().exists():
+        elif "/" in entry or user_path(entry, f"suite file '{where.path}': key '{key}'").exists():
             entry = model_from_source(entry)
         else:
             hint = difflib.get_close_matches(entry, list(catalogue), n=1)
@@ -323,20 +460,25 @@ def _model(where: _Where, entry: Any, key: str, suite_invarlock: Mapping[str, An
         if required not in entry:
             raise where.error(f"{key}.{required}", "missing", f"Every model needs `{required}`.")
     name = where.slug(entry["name"], f"{key}.name")
-    params_b = where.number(entry.get("params_b", _params_from_name(str(entry["source"])) or 1.0), f"{key}.params_b")
+    source = where.text(entry["source"], f"{key}.source")
+    if not source.strip():
+        raise where.error(f"{key}.source", "is empty", "Give a hub id (org/name), a local directory or builtin:<name>.")
+    params_b = where.number(entry.get("params_b", _params_from_name(source) or 1.0), f"{key}.params_b")
     if params_b <= 0:
         raise where.error(f"{key}.params_b", f"must be positive, got {params_b}", "Give the parameter count in billions.")
     size_class = where.choice(entry.get("size_class", infer_size_class(params_b, str(entry["source"]))), f"{key}.size_class", _size_classes())
     dtype = where.choice(entry.get("dtype", "bfloat16"), f"{key}.dtype", DTYPES)
     own = _invarlock_block(where, entry.get("invarlock", {}), f"{key}.invarlock")
     revision = entry.get("revision")
+    if revision is not None and (isinstance(revision, bool) or not isinstance(revision, (str, int))):
+        raise where.error(f"{key}.revision", f"expected a commit hash or branch name, got {_show(revision)}", "Write revision: <40-hex commit>.")
     architecture = where.mapping(entry.get("architecture", {}), f"{key}.architecture")
     where.known_keys(architecture, ARCHITECTURE_KEYS, f"{key}.architecture")
     for field_name, value in architecture.items():
         where.integer(value, f"{key}.architecture.{field_name}", 1)
-    return Model(
+    model = Model(
         name=name,
-        source=str(entry["source"]),
+        source=source,
         revision=None if revision is None else str(revision),
         size_class=size_class,
         dtype=dtype,
@@ -344,6 +486,31 @@ def _model(where: _Where, entry: Any, key: str, suite_invarlock: Mapping[str, An
         settings=_settings(size_class, suite_invarlock, own),
         architecture=dict(architecture),
     )
+    problem = tier_floor_problem(model)
+    if problem:
+        raise where.error(f"{key}.invarlock", problem, _FLOOR_FIX)
+    return model
+
+
+_FLOOR_FIX = "Raise them in the suite's (or the model's) `invarlock:` block, or pick another tier."
+
+
+def tier_floor_problem(model: Model) -> str | None:
+    """Why InvarLock's ci profile would abort this model's runs at once (too few windows or replicates), or None."""
+    settings, floors = model.settings, TIER_FLOORS.get(model.settings.tier)
+    if floors is None:
+        return None
+    if (
+        settings.preview_windows < floors["preview"]
+        or settings.final_windows < floors["final"]
+        or settings.bootstrap_replicates < floors["replicates"]
+    ):
+        return (
+            f"model {model.name}: tier '{settings.tier}' needs at least {floors['preview']}+{floors['final']} windows and "
+            f"{floors['replicates']} bootstrap replicates (InvarLock's ci profile aborts below), got "
+            f"{settings.preview_windows}+{settings.final_windows} and {settings.bootstrap_replicates}"
+        )
+    return None
 
 
 def _scenario(where: _Where, entry: Any, key: str) -> Scenario:
@@ -366,7 +533,7 @@ def _scenario(where: _Where, entry: Any, key: str) -> Scenario:
     name = where.slug(entry["name"], f"{key}.name")
     kind = where.choice(entry["kind"], f"{key}.kind", KINDS)
     try:
-        spec = parse_spec(str(entry["spec"]))
+        spec = parse_spec(where.text(entry["spec"], f"{key}.spec"))
     except SpecError as exc:
         raise where.error(f"{key}.spec", str(exc), "Fix the spec string.") from None
     expected_family = {"calibration": "noop", "error": "error"}.get(kind, "edit")
@@ -377,17 +544,37 @@ def _scenario(where: _Where, entry: Any, key: str) -> Scenario:
             f"A {kind} scenario needs a {expected_family} spec.",
         )
     detectors = entry.get("detectors", [])
-    if not isinstance(detectors, list) or not all(isinstance(d, str) for d in detectors):
-        raise where.error(f"{key}.detectors", f"expected a list of flag names, got {detectors!r}", "e.g. [spectral_stable, rmt_stable].")
+    if not isinstance(detectors, list):
+        raise where.error(f"{key}.detectors", f"expected a list of flag names, got {_show(detectors)}", "e.g. [spectral_stable, rmt_stable].")
+    for i, detector in enumerate(detectors):
+        where.choice(detector, f"{key}.detectors[{i}]", DETECTORS)
+    where.boolean(entry.get("default", True), f"{key}.default")
     runs = entry.get("runs")
     return Scenario(
         name=name,
         spec=str(spec),
         kind=kind,
-        gating=bool(entry.get("gating", True)),
+        gating=where.boolean(entry.get("gating", True), f"{key}.gating"),
         detectors=tuple(detectors),
-        runs=None if runs is None else where.integer(runs, f"{key}.runs", 0),
+        runs=None if runs is None else where.integer(runs, f"{key}.runs", 0, MAX_RUNS),
     )
+
+
+_TASK_FIX = (
+    f"Use one of the shipped offline tasks ({', '.join(LOCAL_TASKS)}) or an lm-eval task name "
+    "(`lm-eval ls tasks` lists them)."
+)
+
+
+def unknown_task_problem(task: str) -> str | None:
+    """Why `task` is no lm-eval task here (checked against the installed lm-eval's task files), or None."""
+    if task in LOCAL_TASKS:
+        return None
+    known = installed_tasks()
+    if known is None or task in known:  # without lm-eval installed there is nothing to check against
+        return None
+    hint = difflib.get_close_matches(task, [*LOCAL_TASKS, *known], n=1)
+    return f"unknown lm-eval task '{task}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
 
 
 def _default_scenarios() -> list[str]:
@@ -407,8 +594,10 @@ def _unique(where: _Where, names: list[str], key: str) -> None:
 
 def resolve_suite_path(name_or_path: str) -> Path:
     """A shipped suite name or a path to a YAML file."""
-    candidate = Path(name_or_path).expanduser()
+    candidate = user_path(name_or_path, "--suite")
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if candidate.is_dir():
+            raise SuiteError(f"suite file '{candidate}' is a directory. Pass the suite YAML file inside it, or a shipped suite: {', '.join(shipped_suites())}.")
         if not candidate.is_file():
             raise SuiteError(f"suite file '{candidate}' does not exist. Check the path, or use a shipped suite: {', '.join(shipped_suites())}.")
         return candidate
@@ -430,7 +619,7 @@ def load_suite(name_or_path: str) -> Suite:
     where.known_keys(data, _SUITE_KEYS, "")
     runs = dict(DEFAULT_RUNS)
     for kind, count in where.mapping(data.get("runs", {}), "runs").items():
-        runs[where.choice(kind, f"runs.{kind}", KINDS)] = where.integer(count, f"runs.{kind}", 0)
+        runs[where.choice(kind, f"runs.{kind}", KINDS)] = where.integer(count, f"runs.{kind}", 0, MAX_RUNS)
     suite_invarlock = _invarlock_block(where, data.get("invarlock", {}), "invarlock")
     raw_models = data.get("models")
     if not isinstance(raw_models, list) or not raw_models:
@@ -442,17 +631,21 @@ def load_suite(name_or_path: str) -> Suite:
         raise where.error("scenarios", "must be a non-empty list", "List scenario names or inline {name, spec, kind} entries.")
     scenarios = [_scenario(where, entry, f"scenarios[{i}]") for i, entry in enumerate(raw_scenarios)]
     _unique(where, [s.name for s in scenarios], "scenarios")
-    errors = data.get("errors", True)
-    if not isinstance(errors, bool):
-        raise where.error("errors", f"expected true or false, got {errors!r}", "Write errors: true or errors: false.")
-    if not errors:
+    if not where.boolean(data.get("errors", True), "errors"):
         scenarios = [s for s in scenarios if s.kind != "error"]
     bench = where.mapping(data.get("benchmarks", {}), "benchmarks")
     where.known_keys(bench, _BENCHMARK_KEYS, "benchmarks")
     tasks = bench.get("tasks", list(DEFAULT_BENCHMARKS))
     if not isinstance(tasks, list) or not all(isinstance(t, str) and _SLUG.match(t) for t in tasks):
-        raise where.error("benchmarks.tasks", f"expected a list of task names, got {tasks!r}", "e.g. tasks: [hellaswag, arc_challenge].")
+        raise where.error("benchmarks.tasks", f"expected a list of task names, got {_show(tasks)}", "e.g. tasks: [hellaswag, arc_challenge].")
+    for i, task in enumerate(tasks):
+        problem = unknown_task_problem(task)
+        if problem:
+            raise where.error(f"benchmarks.tasks[{i}]", problem, _TASK_FIX)
     limit = bench.get("limit")
+    min_signal = where.number(data.get("min_signal_fraction", DEFAULT_MIN_SIGNAL_FRACTION), "min_signal_fraction")
+    if not 0 <= min_signal <= 1:
+        raise where.error("min_signal_fraction", f"{min_signal} is not a fraction", "Use a number between 0 and 1, e.g. 0.5.")
     benchmarks = Benchmarks(
         tasks=tuple(tasks),
         num_fewshot=where.integer(bench.get("num_fewshot", 5), "benchmarks.num_fewshot", 0),
@@ -461,13 +654,29 @@ def load_suite(name_or_path: str) -> Suite:
     return Suite(
         name=where.slug(data.get("name", path.stem), "name"),
         path=path,
-        description=str(data.get("description", "")),
+        description=where.text(data.get("description", ""), "description"),
         device=where.choice(data.get("device", "auto"), "device", DEVICES),
         runs=runs,
         models=tuple(models),
         scenarios=tuple(scenarios),
         benchmarks=benchmarks,
+        min_signal_fraction=min_signal,
+        invarlock=dict(suite_invarlock),
+        timeouts=_timeouts(where, data.get("timeouts", {})),
     )
+
+
+def _timeouts(where: _Where, block: Any) -> dict[str, float]:
+    """`timeouts: {clean: 1800, benchmark: 3600, default: 7200}`: seconds per item kind."""
+    block = where.mapping(block, "timeouts")
+    where.known_keys(block, TIMEOUT_KEYS, "timeouts")
+    out = {}
+    for kind, value in block.items():
+        seconds = where.number(value, f"timeouts.{kind}")
+        if seconds <= 0:
+            raise where.error(f"timeouts.{kind}", f"must be positive, got {value!r}", "Give the limit in seconds, e.g. 3600.")
+        out[str(kind)] = seconds
+    return out
 
 
 def override_suite(
@@ -480,27 +689,83 @@ def override_suite(
     tier: str | None = None,
 ) -> Suite:
     """Command-line overrides (--models, --runs-*, --no-errors, --benchmarks, --tier), like the seed's MODEL_1..MODEL_8."""
-    where = _Where(suite.path)
+    where = _CommandLine(suite.path)
     if models:
-        suite_layer: dict[str, Any] = {}
+        # A replacement model keeps the suite's `invarlock:` block; one whose id names no size (a local
+        # directory, say) also keeps the size class and dtype the suite's models share.
+        classes = {(m.size_class, m.dtype) for m in suite.models}
         resolved = []
         for i, entry in enumerate(models):
             known = next((m for m in suite.models if m.name == entry or m.source == entry), None)
-            resolved.append(known or _model(where, entry, f"--models[{i}]", suite_layer))
+            if known is None:
+                _check_model_argument(entry, i)
+            if known is None and len(classes) == 1 and entry not in _catalogue("models.yaml") and _params_from_name(entry) is None:
+                size_class, dtype = next(iter(classes))
+                known = _model(where, {**model_from_source(entry), "size_class": size_class, "dtype": dtype},
+                               f"--models[{i}]", suite.invarlock)
+            resolved.append(known or _model(where, entry, f"--models[{i}]", suite.invarlock))
         _unique(where, [m.name for m in resolved], "--models")
         suite = replace(suite, models=tuple(resolved))
     if runs:
         merged = dict(suite.runs)
         for kind, count in runs.items():
             if count is not None:
-                if count < 0:
-                    raise SuiteError(f"--runs-{kind} must be >= 0, got {count}. Pass a whole number of runs.")
+                if not 0 <= count <= MAX_RUNS:
+                    raise SuiteError(f"--runs-{kind} must be >= 0 and <= {MAX_RUNS}, got {count}. Pass a whole number of runs.")
                 merged[kind] = count
         suite = replace(suite, runs=merged)
     if not errors:
         suite = replace(suite, scenarios=tuple(s for s in suite.scenarios if s.kind != "error"))
     if benchmarks is not None:
+        for task in benchmarks:
+            problem = None if _SLUG.match(task) else f"'{task}' is not a task name"
+            problem = problem or unknown_task_problem(task)
+            if problem:
+                raise SuiteError(f"--benchmarks {_show(','.join(benchmarks))}: {problem}. {_TASK_FIX}")
         suite = replace(suite, benchmarks=replace(suite.benchmarks, tasks=tuple(benchmarks)))
     if tier:
+        if tier not in TIERS:
+            hint = difflib.get_close_matches(tier, TIERS, n=1)
+            raise SuiteError(
+                f"--tier {_show(tier)} is not an InvarLock tier. "
+                + (f"Did you mean '{hint[0]}'? " if hint else "")
+                + f"Use one of {', '.join(TIERS)}."
+            )
         suite = replace(suite, models=tuple(replace(m, settings=replace(m.settings, tier=tier)) for m in suite.models))
+        for model in suite.models:
+            problem = tier_floor_problem(model)
+            if problem:
+                raise SuiteError(f"--tier {tier}: {problem}. {_FLOOR_FIX}")
     return suite
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def _check_model_argument(entry: str, i: int) -> None:
+    """A `--models` value names a catalogue model, a hub id (org/name) or an existing local directory."""
+    option = f"--models {_show(entry)}"
+    if "\x00" in entry or not entry.strip():
+        raise SuiteError(f"{option}: not a model name. Give a catalogue name, a hub id (org/name) or a local directory.")
+    catalogue = _catalogue("models.yaml")
+    if entry in catalogue:
+        return
+    path = user_path(entry, option)
+    looks_local = entry.startswith((".", "/", "~")) or entry.count("/") > 1 or "\\" in entry
+    if looks_local or path.exists():
+        if not path.exists():
+            raise SuiteError(
+                f"{option}: local model directory '{path}' does not exist. "
+                "Check the path (relative paths start from the current directory), or give a hub id as org/name."
+            )
+        if not path.is_dir():
+            raise SuiteError(f"{option}: '{path}' is not a directory. Pass the model's directory (with its config.json).")
+        return
+    if _HUB_ID.match(entry):
+        return
+    hint = difflib.get_close_matches(entry, list(catalogue), n=1)
+    raise SuiteError(
+        f"{option}: unknown model '{entry}'. "
+        + (f"Did you mean '{hint[0]}'? " if hint else "")
+        + f"Use a catalogue name ({', '.join(catalogue)}), a hub id such as org/name, or an existing local directory."
+    )

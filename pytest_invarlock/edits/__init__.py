@@ -1,1 +1,2 @@
-"""Edits: a pure catalogue (spec grammar, lazy kernel registry) and the torch kernels that apply them (worker side only)."""
+"""Edits: ``catalogue`` (pure: one entry per edit type, the spec grammar, kernels named lazily as
+``"module:function"``) and ``kernels/`` (torch, worker side only: ``apply_spec`` and the kernels by family)."""

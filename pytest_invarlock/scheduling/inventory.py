@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Sequence
 
 from pytest_invarlock.scheduling.memory import GIB
 
-_TERM = re.compile(r"^(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)$")
-_SPEC_HELP = "Write COUNTxGB (e.g. 8x180), a comma-separated list of sizes in GB (e.g. 80,80,24), or a mix (2x80,24)."
+_TERM = re.compile(r"^(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)(?:\s*:\s*(\d+(?:\.\d+)?))?$")
+MAX_SIMULATED_GPUS, MAX_SIMULATED_GB = 1024, 100_000.0  # beyond these a --gpus spec is a typo
+_SPEC_HELP = (
+    "Write COUNTxGB (e.g. 8x180), a comma-separated list of sizes in GB (e.g. 80,80,24) or a mix (2x80,24); "
+    "add :FREE to give the free memory NVML would report (e.g. 8x80:78.5 or 80:79,80:79,24:23)."
+)
 
 
 @dataclass(frozen=True)
@@ -30,17 +34,77 @@ class Gpu:
 
 
 def parse_gpu_spec(spec: str) -> list[Gpu]:
-    """Simulated GPUs for --gpus: '8x180' is eight idle 180 GB devices, '80,80,24' three devices."""
+    """Simulated GPUs for --gpus: '8x180' is eight idle 180 GB devices, '80,80,24' three devices.
+
+    A term may end in ':FREE', the free memory NVML would report on the idle device ('8x80:79'):
+    a real GPU always reports less than its total (the driver's and the context's reserve), and a
+    simulation without it plans on memory no real node has. Without ':FREE' the device is ideal.
+    """
     gpus: list[Gpu] = []
     for term in spec.split(","):
-        match = _TERM.match(term.strip().lower())
+        text = term.strip()
+        match = _TERM.match(text.lower())
         if not match:
-            raise ValueError(f"--gpus {spec!r}: cannot read {term.strip()!r} as a GPU count and size. {_SPEC_HELP}")
+            raise ValueError(f"--gpus {spec!r}: cannot read {text!r} as a GPU count, size and free memory. {_SPEC_HELP}")
         count, size = int(match.group(1) or 1), float(match.group(2))
+        free = size if match.group(3) is None else float(match.group(3))
         if count < 1 or size <= 0:
-            raise ValueError(f"--gpus {spec!r}: {term.strip()!r} asks for {count} GPU(s) of {size:g} GB; both must be positive. {_SPEC_HELP}")
-        gpus += [Gpu(len(gpus) + i, size, size, 0, "simulated") for i in range(count)]
+            raise ValueError(f"--gpus {spec!r}: {text!r} asks for {count} GPU(s) of {size:g} GB; both must be positive. {_SPEC_HELP}")
+        if count + len(gpus) > MAX_SIMULATED_GPUS or size > MAX_SIMULATED_GB:
+            raise ValueError(f"--gpus {spec!r}: {text!r} asks for {count} GPU(s) of {size:g} GB; a node simulates at most "
+                             f"{MAX_SIMULATED_GPUS} GPUs of at most {MAX_SIMULATED_GB:g} GB. {_SPEC_HELP}")
+        if free > size:
+            raise ValueError(f"--gpus {spec!r}: {text!r} gives {free:g} GB free on a {size:g} GB GPU; free memory "
+                             f"cannot exceed the total. {_SPEC_HELP}")
+        gpus += [Gpu(len(gpus) + i, size, free, 0, "simulated") for i in range(count)]
     return gpus
+
+
+def format_gpu_spec(gpus: Sequence[Gpu]) -> str:
+    """The --gpus spec that `parse_gpu_spec` reads back as these devices (their sizes and free memory)."""
+    terms: list[tuple[float, float, int]] = []
+    for gpu in gpus:
+        if terms and terms[-1][:2] == (gpu.total_gb, gpu.free_gb):
+            terms[-1] = (gpu.total_gb, gpu.free_gb, terms[-1][2] + 1)
+        else:
+            terms.append((gpu.total_gb, gpu.free_gb, 1))
+    return ",".join(
+        f"{f'{n}x' if n > 1 else ''}{total:g}{'' if free == total else f':{free:g}'}" for total, free, n in terms
+    )
+
+
+HOST_CACHE_FRACTION = 0.5  # of the node's RAM, shared by all workers' model caches
+FALLBACK_HOST_RAM = 16 * 2**30
+
+
+def host_ram_bytes() -> int:
+    """Physical RAM of this host (sysconf, else /proc/meminfo's MemTotal, else 16 GiB)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return FALLBACK_HOST_RAM
+
+
+def host_cache_share(workers: int, total_bytes: int | None = None, fraction: float = HOST_CACHE_FRACTION) -> int:
+    """Bytes of host RAM one worker's model cache may hold: a node-wide budget split evenly.
+
+    The seed's lesson: host memory while loading, not GPU concurrency, limited small nodes. Half the
+    RAM goes to the caches of all workers together; the rest is for loading (a from_pretrained peak
+    is about twice the weights), the page cache and the controller. Per-worker fractions of RAM
+    (8 workers x a third each) overcommitted the node.
+    """
+    if workers < 1:
+        raise ValueError(f"the host-RAM budget needs at least one worker, got {workers}.")
+    total = host_ram_bytes() if total_bytes is None else total_bytes
+    return int(total * fraction) // workers
 
 
 def visible_indices(cuda_visible_devices: str | None, uuids: Sequence[str]) -> list[int]:

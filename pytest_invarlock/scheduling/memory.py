@@ -9,8 +9,9 @@ GB means 2**30 bytes throughout, the unit NVML totals are converted with.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -135,7 +136,7 @@ def _decoder_parameters(config: Mapping[str, Any]) -> int:
     per_layer = attention + mlp + 2 * hidden  # two RMSNorm weights
     tied = config.get("tie_word_embeddings", DECODER_FAMILIES[config["model_type"]])
     embeddings = vocab * hidden * (1 if tied else 2)
-    return config["num_hidden_layers"] * per_layer + embeddings + hidden  # + final norm
+    return int(config["num_hidden_layers"] * per_layer + embeddings + hidden)  # + final norm
 
 
 def _gpt2_parameters(config: Mapping[str, Any]) -> int:
@@ -145,7 +146,7 @@ def _gpt2_parameters(config: Mapping[str, Any]) -> int:
     mlp = width * inner + inner + inner * width + width  # c_fc, c_proj (with biases)
     per_layer = attention + mlp + 4 * width  # ln_1, ln_2 (weight and bias)
     embeddings = config["vocab_size"] * width + config["n_positions"] * width  # lm_head is tied
-    return config["n_layer"] * per_layer + embeddings + 2 * width  # + ln_f
+    return int(config["n_layer"] * per_layer + embeddings + 2 * width)  # + ln_f
 
 
 def kv_cache_gb(profile: ModelProfile, *, seq_len: int, batch: int) -> float:
@@ -182,8 +183,20 @@ def required_gpus(mem_gb: float, device_capacity_gb: float) -> int:
 
 @dataclass(frozen=True)
 class MarginRule:
-    """The live safety margin: a fraction of each device kept free, larger on smaller devices.
+    """How much of a GPU an item may plan for: one rule for planning and dispatch, from what the GPU reports.
 
+    The budget of a device is its *free* memory as last read (NVML's `free`, or the `:FREE` part of a
+    `--gpus` spec; never more than its total) less
+
+    - a safety margin: a fraction of the total, larger on smaller devices (the seed's 2% / 5% / 10%),
+      for fragmentation and for readings that move while items start;
+    - the allocator residue: what an idle worker process keeps on its home GPU between models (CUDA
+      context ~0.5 GB, cuBLAS workspaces and what the caching allocator cannot return after
+      `torch.cuda.empty_cache()`). A reading taken before the workers started does not show it;
+      one taken later does, so it is counted twice there: at most `residue_gb`, on the safe side.
+
+    The driver's own reserve (an idle 80 GB H100 reports ~79.2 GB free) is in the reading, so it is
+    never planned for: planning on the total made multi-GPU gathers that no reading could complete.
     A device with less than min_free_gb free (other processes hold it) takes no new work at all.
     """
 
@@ -193,15 +206,24 @@ class MarginRule:
     medium: float = 0.05
     small: float = 0.10
     min_free_gb: float = 10.0
+    residue_gb: float = 1.0
 
     def fraction(self, total_gb: float) -> float:
         if total_gb >= self.large_gb:
             return self.large
         return self.medium if total_gb >= self.medium_gb else self.small
 
+    def reserve_gb(self, total_gb: float) -> float:
+        """What the rule keeps back on a device besides what its reading already excludes."""
+        return total_gb * self.fraction(total_gb) + self.residue_gb
+
     def usable_gb(self, total_gb: float, free_gb: float | None = None) -> float:
-        """GB an item may plan for on a device: capacity (or live free memory) less the margin."""
+        """GB an item may plan for on a device: its free memory (the total when unknown) less the reserve."""
         if free_gb is not None and free_gb < self.min_free_gb:
             return 0.0
         available = total_gb if free_gb is None else min(free_gb, total_gb)
-        return max(0.0, available - total_gb * self.fraction(total_gb))
+        return max(0.0, available - self.reserve_gb(total_gb))
+
+    def describe(self) -> str:
+        return (f"free memory less a {self.large:.0%}-{self.small:.0%} safety margin "
+                f"and {self.residue_gb:g} GB worker residue per GPU")

@@ -10,13 +10,21 @@ sees task ids, GPUs and workers. Its contract with whoever drives it:
 - `schedule()` returns every assignment to make now; `finished()` and `worker_lost()` report back.
 
 The choices, in order: dependencies (a task waits until each of its deps has finished); memory fit
-against the home GPU's usable memory (safety margin, live free memory when observed); model
+against the home GPU's budget (`MarginRule`: its free memory as last read while none of our tasks
+ran there, less the safety margin and the allocator residue; the same rule plans and dispatches,
+so a plan made on a node whose free memory is below its total holds when dispatching); model
 affinity (a worker keeps to the model it holds, so each model is loaded about once per worker);
 then work stealing by the seed's small_first priority, preferring models the worker has not held
 before. A task larger than every single GPU runs sharded on a set of GPUs owned by one worker:
 the other GPUs of the set are idle when it is placed and take no work until it ends. When no such
 set is idle the worker gathers one: it lends itself and the GPUs that will drain soonest, which
-take nothing new until the set is complete.
+take nothing new until the set is complete. A gather whose set no longer holds its task (a
+later reading came in lower) is dissolved and the task picks a set again.
+
+Giving up: a task larger than the whole node's budget is unplaceable from the start. When nothing
+of ours runs, every reading is of an idle GPU: a ready task that the node's budget cannot hold
+then is given up, alone and with its numbers; every other ready task stays and is tried again. A
+GPU whose worker was lost keeps its tasks waiting for the replacement.
 
 Failure handling: a dependency that failed, crashed or could not be placed still releases its
 dependents (the fixtures recompute what is missing, and the result says what went wrong); a task
@@ -28,18 +36,26 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 from pytest_invarlock.scheduling.inventory import Gpu
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
 
 # The seed's small_first priorities (verdict.md, "Priorities"), keyed by item kind.
-BASE_PRIORITY = {"setup": 90, "calibration": 85, "edit": 65, "clean": 65, "stress": 65, "benchmark": 65, "error": 55}
+# Our kinds map onto the seed's tasks: setup (free tasks) = SETUP 90; calibration = CALIBRATION_RUN 85;
+# eval_baseline (an lm-eval benchmark of the baseline) = EVAL_BASELINE 80; clean/stress (create +
+# certify an edit) and benchmark (of an edit) = EVAL/CERTIFY_EDIT 65; error (create + certify an
+# injected fault) = CERTIFY_ERROR 55. GENERATE_PRESET has no task here (the preset fixture makes it),
+# and neither has CREATE_EDITS_BATCH: an item edits a device copy of the baseline kept in host RAM,
+# so its peak is weights + 8 GB (memory.item_memory_gb), not the batch's 2 x weights + 8.
+BASE_PRIORITY = {"setup": 90, "calibration": 85, "eval_baseline": 80, "edit": 65, "clean": 65, "stress": 65,
+                 "benchmark": 65, "error": 55}
 SIZE_BOOSTS = ((30.0, 30), (70.0, 20), (100.0, 10))  # model weights below this many GB -> boost
 UNBLOCK_BOOST, UNBLOCK_CAP = 2, 40
 AGE_STEP_S, AGE_CAP = 300.0, 10
 FAIRNESS_PENALTY, FAIRNESS_CAP = 3, 15
+LAGGING_BOOST, LAGGING_RATIO = 15, 0.5  # a model whose settled share is below half the node's gets +15
 
 
 @dataclass(frozen=True)
@@ -104,16 +120,26 @@ class _Ranked:
                 lists[task.model].remove(task)
 
 
-def priority(task: Task, *, dependents: int, waited_s: float, in_flight_same_model: int) -> float:
-    """small_first: kind base + size boost + unblock boost + age boost - fairness penalty (all capped)."""
+def priority(task: Task, *, dependents: int, waited_s: float, in_flight_same_model: int, lagging: bool = False) -> float:
+    """small_first: kind base + size boost + unblock boost + age boost + lagging boost - fairness penalty (capped)."""
     size_boost = next((boost for limit, boost in SIZE_BOOSTS if task.model_size_gb < limit), 0)
     return (
         BASE_PRIORITY[task.kind]
         + size_boost
         + min(UNBLOCK_CAP, UNBLOCK_BOOST * dependents)
         + min(AGE_CAP, waited_s // AGE_STEP_S)
+        + (LAGGING_BOOST if lagging else 0)
         - min(FAIRNESS_CAP, FAIRNESS_PENALTY * in_flight_same_model)
     )
+
+
+def lagging_models(settled: Counter[str], totals: Counter[str]) -> set[str]:
+    """Models whose share of settled tasks is below LAGGING_RATIO x the node-wide share (none before any settles)."""
+    done, total = sum(settled.values()), sum(totals.values())
+    if not done or not total:
+        return set()
+    overall = done / total
+    return {model for model, n in totals.items() if settled[model] / n < LAGGING_RATIO * overall}
 
 
 class Policy:
@@ -152,12 +178,14 @@ class Policy:
         self._link_dependencies()
         self._ready: set[str] = set()
         self._since: dict[str, float] = {}
+        self._orphaned: set[int] = set()  # GPUs whose workers were all lost: their replacement is coming
+        self._model_totals: Counter[str] = Counter(t.model for t in self._tasks.values())
+        self._model_settled: Counter[str] = Counter()
         now = clock()
         for task_id in [t for t, deps in self._waiting.items() if not deps]:
             self._make_ready(task_id, now)
-        largest = max(self._budget(d, live=False) for d in self._gpus)
-        self._wide = {t.id for t in self._tasks.values() if t.mem_gb > largest}  # no single GPU holds them
-        node_capacity = sum(self._budget(d, live=False) for d in self._gpus)
+        self._wide: set[str] = set()  # ready tasks no single home GPU holds now; recomputed each round
+        node_capacity = sum(map(self._budget, self._gpus))
         for task in self._tasks.values():
             if task.mem_gb > node_capacity:
                 self._give_up(task.id, self._shortfall(task, live=False))
@@ -171,6 +199,7 @@ class Policy:
             raise ValueError(f"worker {worker!r} asks for GPU {gpu_index}, which is not in the inventory ({sorted(self._gpus)}).")
         self._queues[worker] = []
         self._home[worker] = gpu_index
+        self._orphaned.discard(gpu_index)
 
     def schedule(self) -> list[Assignment]:
         """Every assignment to make now; queues are filled up to queue_depth."""
@@ -178,10 +207,15 @@ class Policy:
         while True:
             made += self._complete_gathers()
             made += self._fill_queues()
+            made += self._complete_gathers()  # a gather opened on idle GPUs completes at once
             if any(self._queues.values()) or not self._queues or self.done:
                 return made
-            # Nothing runs anywhere, yet work is ready: it cannot fit in the memory free now.
-            self._give_up_on_ready()
+            # Nothing of ours runs: the readings are of idle GPUs. Give up on what they cannot hold, alone.
+            if self._give_up_on_unfit():
+                continue
+            if self._orphaned:
+                return made  # what is left waits for the worker replacing a lost one
+            self._give_up_on_ready()  # cannot happen by the rules above; ends the run rather than hang it
 
     def finished(self, worker: str, task_id: str, ok: bool = True) -> None:
         queue = self._queue_of(worker)
@@ -194,30 +228,41 @@ class Policy:
             self._failed.add(task_id)
         self._settle(task_id)
 
-    def worker_lost(self, worker: str) -> Lost:
+    def worker_lost(self, worker: str, *, running: bool = True) -> Lost:
+        """Forget a dead worker. `running`: whether the head of its queue had started (False when the
+        worker died between items, e.g. in the spacer): then nothing crashed and its whole queue is given back."""
         queue = self._queue_of(worker)
+        home = self._home[worker]
         del self._queues[worker], self._home[worker]
+        if not self._workers_on(home):
+            self._orphaned.add(home)
         self._holding.pop(worker, None)
         gather = self._gathers.pop(worker, None)
         if gather:
             self._ready.add(gather[0])
         for assignment in queue:
             self._in_flight[assignment.task.model] -= 1
-        crashed = queue[0].task if queue else None
+        crashed = queue[0].task if queue and running else None
         if crashed:
             self._failed.add(crashed.id)
             self._crashed.add(crashed.id)
             self._settle(crashed.id)
-        requeued = tuple(a.task for a in queue[1:])
+        requeued = tuple(a.task for a in queue[1 if crashed else 0:])
         self._ready.update(t.id for t in requeued)
         return Lost(crashed, requeued)
 
-    def observe_free(self, gpu_index: int, free_gb: float) -> None:
-        """Live free memory on a GPU; taken into account only while none of our tasks use the GPU."""
+    def observe_free(self, gpu_index: int, free_gb: float) -> bool:
+        """Live free memory on a GPU; taken into account (True) only while none of our tasks use the GPU."""
         if gpu_index not in self._gpus:
             raise ValueError(f"GPU {gpu_index} is not in the inventory ({sorted(self._gpus)}).")
-        if self._idle(gpu_index):
-            self._free[gpu_index] = free_gb
+        if not self._idle(gpu_index):
+            return False
+        self._free[gpu_index] = min(max(0.0, free_gb), self._gpus[gpu_index].total_gb)
+        return True
+
+    def budget_gb(self, gpu_index: int) -> float:
+        """What an item may plan for on this GPU now (`MarginRule.usable_gb` of its last idle reading)."""
+        return self._budget(gpu_index)
 
     @property
     def done(self) -> bool:
@@ -265,6 +310,7 @@ class Policy:
 
     def _settle(self, task_id: str) -> None:
         self._settled.add(task_id)
+        self._model_settled[self._tasks[task_id].model] += 1
         now = self._clock()
         for dependent in self._dependents[task_id]:
             waiting = self._waiting.get(dependent)
@@ -279,12 +325,25 @@ class Policy:
         self._unplaceable[task_id] = reason
         self._settle(task_id)
 
+    def _give_up_on_unfit(self) -> bool:
+        """With nothing of ours running: give up on each ready task the node's budget cannot hold; True if any.
+
+        Open gathers were completed or dissolved just before (`_complete_gathers`), so none holds a
+        GPU here; the ready tasks that fit stay ready, and the caller tries them again.
+        """
+        capacity = sum(map(self._budget, self._gpus))
+        unfit = sorted(t for t in self._ready if self._tasks[t].mem_gb > capacity)
+        for task_id in unfit:
+            self._give_up(task_id, self._shortfall(self._tasks[task_id], live=True))
+        return bool(unfit)
+
     def _give_up_on_ready(self) -> None:
         for primary, (task_id, _) in list(self._gathers.items()):
             del self._gathers[primary]
             self._ready.add(task_id)
         for task_id in sorted(self._ready):
-            self._give_up(task_id, self._shortfall(self._tasks[task_id], live=True))
+            self._give_up(task_id, "the scheduler found no placement although the node's budget holds it "
+                                   f"(a scheduler bug: please report it): {self._shortfall(self._tasks[task_id], live=True)}")
 
     def _queue_of(self, worker: str) -> list[Assignment]:
         try:
@@ -294,8 +353,8 @@ class Policy:
 
     # ------------------------------------------------------------------ devices
 
-    def _budget(self, device: int, *, live: bool = True) -> float:
-        return self._margin.usable_gb(self._gpus[device].total_gb, self._free[device] if live else None)
+    def _budget(self, device: int) -> float:
+        return self._margin.usable_gb(self._gpus[device].total_gb, self._free[device])
 
     def _workers_on(self, device: int) -> list[str]:
         return [w for w, home in self._home.items() if home == device]
@@ -322,25 +381,25 @@ class Policy:
         home = self._home[worker]
         return task.mem_gb <= self._budget(home) - self._single_load(home, besides=worker)
 
-    def _grow_set(self, home: int, candidates: Iterable[int], mem_gb: float, *, live: bool) -> tuple[int, ...] | None:
+    def _grow_set(self, home: int, candidates: Iterable[int], mem_gb: float) -> tuple[int, ...] | None:
         """Home plus as few of `candidates` (taken in the order given) as reach mem_gb, or None."""
-        chosen, total = [home], self._budget(home, live=live)
+        chosen, total = [home], self._budget(home)
         for device in candidates:
             if total >= mem_gb:
                 break
             chosen.append(device)
-            total += self._budget(device, live=live)
+            total += self._budget(device)
         return tuple(chosen) if total >= mem_gb else None
 
     def _shortfall(self, task: Task, *, live: bool) -> str:
-        budgets = sorted((self._budget(d, live=live) for d in self._gpus), reverse=True)
-        largest = max(self._budget(d, live=False) for d in self._gpus)
+        budgets = sorted(map(self._budget, self._gpus), reverse=True)
         sizes = Counter(round(b, 1) for b in budgets)
         offer = " + ".join(f"{n} x {size:.1f} GB" for size, n in sorted(sizes.items(), reverse=True))
-        state = "free now, with nothing of ours running" if live else "usable after the safety margin"
+        state = "free now, with nothing of ours running" if live else "usable"
+        gpus = f" on {required_gpus(task.mem_gb, budgets[0])} GPU(s)" if budgets[0] > 0 else ""
         return (
-            f"needs {task.mem_gb:.1f} GB on {required_gpus(task.mem_gb, largest)} GPU(s); "
-            f"this node offers {offer} {state} ({sum(budgets):.1f} GB in all)"
+            f"needs {task.mem_gb:.1f} GB{gpus}; this node offers {offer} {state} "
+            f"({self._margin.describe()}; {sum(budgets):.1f} GB in all)"
         )
 
     # ------------------------------------------------------------------ placement
@@ -363,14 +422,14 @@ class Policy:
             return None
         idle = [d for d in self._gpus if d != home and self._idle(d) and self._lender_to(d) is None]
         idle.sort(key=lambda d: (bool(self._workers_on(d)), -self._budget(d), d))
-        return self._grow_set(home, idle, task.mem_gb, live=True)
+        return self._grow_set(home, idle, task.mem_gb)
 
     def _open_gather(self, worker: str, task: Task) -> bool:
         """Reserve the GPUs that drain soonest for `task`; they take nothing new until it is placed."""
         home = self._home[worker]
         spare = [d for d in self._gpus if d != home and self._lender_to(d) is None and self._claim_owner(d) is None]
-        spare.sort(key=lambda d: (sum(len(self._queues[w]) for w in self._workers_on(d)), -self._budget(d, live=False), d))
-        devices = self._grow_set(home, spare, task.mem_gb, live=False)
+        spare.sort(key=lambda d: (sum(len(self._queues[w]) for w in self._workers_on(d)), -self._budget(d), d))
+        devices = self._grow_set(home, spare, task.mem_gb)
         if devices is None:
             return False
         self._ready.discard(task.id)
@@ -381,6 +440,10 @@ class Policy:
         made = []
         for primary, (task_id, devices) in list(self._gathers.items()):
             home, task = self._home[primary], self._tasks[task_id]
+            if sum(map(self._budget, devices)) < task.mem_gb:  # a reading came in lower: pick a set again
+                del self._gathers[primary]
+                self._ready.add(task_id)
+                continue
             others_idle = all(self._idle(d) for d in devices[1:])
             home_free = not any(self._queues[w] for w in self._workers_on(home) if w != primary)
             if others_idle and home_free and sum(map(self._budget, devices)) >= task.mem_gb:
@@ -407,15 +470,24 @@ class Policy:
         return made
 
     def _rank_ready(self) -> _Ranked:
-        """Ready tasks per model, best first, scored without the fairness term (which moves as we assign)."""
+        """Ready tasks per model, best first, scored without the fairness term (which moves as we assign).
+
+        A task is sharded when no home GPU (nor one whose replacement worker is coming) holds it by the
+        current readings, so a task the readings no longer fit on one GPU still runs, on a set.
+        """
         now = self._clock()
         ranked = _Ranked()
+        homes = set(self._home.values()) | self._orphaned or set(self._gpus)
+        largest = max(map(self._budget, homes))
+        self._wide = {t for t in self._ready if self._tasks[t].mem_gb > largest}
+        lagging = lagging_models(self._model_settled, self._model_totals)
         for task_id in self._ready:
             ranked.score[task_id] = priority(
                 self._tasks[task_id],
                 dependents=sum(1 for d in self._dependents[task_id] if d not in self._settled),
                 waited_s=now - self._since[task_id],
                 in_flight_same_model=0,
+                lagging=self._tasks[task_id].model in lagging,
             )
         for task_id in sorted(self._ready, key=lambda t: (-ranked.score[t], self._tasks[t].model_size_gb, t)):
             task = self._tasks[task_id]

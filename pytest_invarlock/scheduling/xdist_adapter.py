@@ -10,10 +10,15 @@ waiting on it), the adapter sends a *spacer* behind it: the index one past the c
 workers append to their items and run as a silent no-op (`distribution.WorkerSpacer`). Workers
 are never shut down one by one: a crash can hand work back to the policy at any time, so shutdown
 comes for all of them at once, from xdist, when `tests_finished` says nothing real is left.
+
+Live memory: with `probe` (NVML's `inventory.probe_gpus` on a real node; none for a --gpus
+simulation) the adapter re-reads every GPU's free memory when it dispatches, at most once per
+`probe_interval_s`, and hands the readings to the policy, which keeps those of idle GPUs.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -23,6 +28,8 @@ from pytest_invarlock.scheduling.inventory import Gpu
 from pytest_invarlock.scheduling.placement import GpuHomes
 from pytest_invarlock.scheduling.policy import Policy, Task
 from pytest_invarlock.scheduling.tasks import FREE_KIND, FREE_MODEL, tasks_from_items
+
+PROBE_INTERVAL_S = 5.0  # NVML reads take ~10 ms; dispatches come every few seconds on a busy node
 
 
 class Node(Protocol):
@@ -34,6 +41,36 @@ class Node(Protocol):
     def shutting_down(self) -> bool: ...
 
     def send_runtest_some(self, indices: Sequence[int]) -> None: ...
+
+
+class Scheduling(Protocol):
+    """xdist's `xdist.scheduler.protocol.Scheduling`, against `Node`: what the fallback and this adapter provide."""
+
+    @property
+    def nodes(self) -> list[Node]: ...
+
+    @property
+    def collection_is_completed(self) -> bool: ...
+
+    @property
+    def tests_finished(self) -> bool: ...
+
+    @property
+    def has_pending(self) -> bool: ...
+
+    def add_node(self, node: Node) -> None: ...
+
+    def add_node_collection(self, node: Node, collection: Sequence[str]) -> None: ...
+
+    def mark_test_complete(self, node: Node, item_index: int, duration: float = 0) -> None: ...
+
+    def mark_test_pending(self, item: str) -> None: ...
+
+    def remove_pending_tests_from_node(self, node: Node, indices: Sequence[int]) -> None: ...
+
+    def remove_node(self, node: Node) -> str | None: ...
+
+    def schedule(self) -> None: ...
 
 
 class GpuScheduling:
@@ -52,14 +89,17 @@ class GpuScheduling:
         homes: GpuHomes,
         *,
         numnodes: int,
-        fallback: Any,
+        fallback: Scheduling,
         on_unplaceable: Callable[[str, str], None],
         log: Callable[..., None] = lambda *args: None,
+        probe: Callable[[], Sequence[Gpu]] | None = None,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._index_of, self._skip_reason, self._on_placed = index, skip_reason, on_placed
         self._devices, self._homes = list(devices), homes
         self._numnodes, self._fallback, self._on_unplaceable, self._log = numnodes, fallback, on_unplaceable, log
-        self._delegate: Any = None
+        self._delegate: Scheduling | None = None
         self._collections: dict[Node, list[str]] = {}
         self._pending: dict[Node, list[int]] = {}  # indices sent and not completed, spacers included
         self._admitted: dict[str, Node] = {}  # worker id -> node the policy knows
@@ -70,7 +110,15 @@ class GpuScheduling:
         self._policy: Policy | None = None
         self._failed: set[str] = set()
         self._reported: set[str] = set()
-        self._replacements = 0  # workers lost and not yet replaced
+        self._probe, self._probe_interval_s, self._clock = probe, probe_interval_s, clock
+        self._probed_at: float | None = None
+
+    @property
+    def _started(self) -> Policy:
+        """The policy; every caller runs after `_start` made it (work is only sent, finished or lost after that)."""
+        if self._policy is None:
+            raise RuntimeError("GpuScheduling: the policy is used before the collection started it")
+        return self._policy
 
     @property
     def _spacer(self) -> int:
@@ -116,7 +164,7 @@ class GpuScheduling:
         self._pending[node].remove(item_index)
         if item_index != self._spacer:
             ok = self._collection[item_index] not in self._failed
-            self._policy.finished(node.gateway.id, self._ids[item_index], ok=ok)
+            self._started.finished(node.gateway.id, self._ids[item_index], ok=ok)
         self._dispatch()
 
     def mark_test_pending(self, item: str) -> None:
@@ -141,10 +189,12 @@ class GpuScheduling:
         pending = self._pending.pop(node)  # KeyError for a node never added, which xdist expects
         if self._admitted.pop(worker, None) is None:
             return None
-        self._policy.worker_lost(worker)
-        self._replacements += 1  # xdist starts one, unless its restart limit is reached and the session ends
+        # A worker runs its pending items in order: the head is what ran, unless it was the spacer.
+        running = pending[0] if pending and pending[0] != self._spacer else None
+        self._started.worker_lost(worker, running=running is not None)
+        # xdist starts a replacement (unless its restart limit ends the session); until it arrives the
+        # policy keeps the lost GPU's work waiting and the idle workers keep receiving theirs.
         self._dispatch()
-        running = next((index for index in pending if index != self._spacer), None)
         return None if running is None else self._collection[running]
 
     def schedule(self) -> None:
@@ -197,19 +247,28 @@ class GpuScheduling:
 
     def _admit(self, node: Node) -> None:
         worker = node.gateway.id
-        self._replacements = max(0, self._replacements - 1)
         if self._collections[node] != self._collection:
             self._log(f"worker {worker} collected other items than the first workers; it gets no work")
             return
-        self._policy.add_worker(worker, self._homes.home(worker))
+        self._started.add_worker(worker, self._homes.home(worker))
         self._admitted[worker] = node
+
+    def _observe_free(self) -> None:
+        """Hand the policy fresh free-memory readings, at most once per probe interval."""
+        now = self._clock()
+        if self._probe is None or (self._probed_at is not None and now - self._probed_at < self._probe_interval_s):
+            return
+        self._probed_at = now
+        known = {device.index for device in self._devices}
+        for gpu in self._probe():
+            if gpu.index in known:
+                self._started.observe_free(gpu.index, gpu.free_gb)
 
     def _dispatch(self) -> None:
         """Send what the policy assigns; report what it gives up on; keep no worker holding a lone item."""
-        if self._replacements and not any(map(self._holds_work, self._pending.values())):
-            return  # nothing runs, so the policy would give up on work that only the coming replacement can take
+        self._observe_free()
         batches: dict[Node, list[int]] = defaultdict(list)
-        for assignment in self._policy.schedule():
+        for assignment in self._started.schedule():
             node = self._admitted[assignment.worker]
             if node.shutting_down:  # the session is stopping (-x, Ctrl-C): nothing new starts
                 continue
@@ -218,7 +277,7 @@ class GpuScheduling:
             if item is not None:
                 self._on_placed(item, assignment.worker, assignment.devices)
             batches[node].append(index)
-        for tid, reason in self._policy.unplaceable.items():
+        for tid, reason in self._started.unplaceable.items():
             if tid not in self._reported:
                 self._reported.add(tid)
                 self._on_unplaceable(self._collection[self._index[tid]], reason)

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_invarlock.campaign.suite import Model, Scenario
 from pytest_invarlock.edits.catalogue import parse_spec
 from pytest_invarlock.store import Artifact, Store, digest
-from pytest_invarlock.campaign.suite import Model, Scenario
 
 log = logging.getLogger("pytest_invarlock")
 BASELINE_LAYOUT_VERSION = 1
-EDIT_CODE_VERSION = 1
 WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "chat_template.jinja")
@@ -140,6 +139,10 @@ class ModelCache:
             return entry.model, entry.tokenizer, False
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from pytest_invarlock.worker.resources import release_memory
+
+        self._make_room(_bytes_on_disk(directory))
+        release_memory()  # what the evicted models and the last item held goes back before the next load
         started = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=_torch_dtype(dtype))
         model.eval()
@@ -155,6 +158,22 @@ class ModelCache:
         self._entries.move_to_end(str(directory))
         while len(self._entries) > 1 and sum(e.nbytes for e in self._entries.values()) > self.max_bytes:
             self._entries.popitem(last=False)
+
+    def _make_room(self, incoming: int) -> None:
+        """Evict least recently used models until `incoming` more bytes fit the budget (or none is left)."""
+        while self._entries and self.used_bytes() + incoming > self.max_bytes:
+            self._entries.popitem(last=False)
+
+    def used_bytes(self) -> int:
+        """Host RAM the cached models' parameters take."""
+        return sum(e.nbytes for e in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _bytes_on_disk(directory: Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).glob("*") if p.suffix in (".safetensors", ".bin"))
 
 
 def _torch_dtype(name: str) -> Any:
@@ -193,7 +212,8 @@ def edit_artifact(model: Model, scenario: Scenario, baseline: Artifact, store: S
     from pytest_invarlock.edits.kernels import apply_spec
 
     spec = parse_spec(scenario.spec)
-    key = digest("edit", EDIT_CODE_VERSION, baseline.path.name, str(spec), model.dtype)
+    # The edit type's own code version (edits.catalogue): a changed kernel rebuilds only its edits.
+    key = digest("edit", spec.edit_type.code_version, baseline.path.name, str(spec), model.dtype)
 
     def build(tmp: Path) -> dict[str, Any]:
         base_model, tokenizer, _ = cache.get(baseline.path, model.dtype)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -65,6 +66,7 @@ _TUPLE_FIELDS = frozenset(
     {"failed_gates", "display_ci", "acceptance_range", "drift_band", "rmt_violations", "invariants_failures"}
 )
 _FAILURE_TAIL_CHARS = 600
+TIMED_OUT_RETURNCODE = -1  # what _run_subprocess returns for a killed evaluate
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,9 @@ class EvaluateSettings:
     line (the first ``preview_n + final_n`` lines, each cut to ``seq_len`` tokens; the
     ``stride`` is recorded but local_jsonl does not use it). ``dataset_file=None`` uses
     InvarLock's hub provider ``hub_dataset`` (wikitext2, the GPU suites' dataset), whose
-    window selection follows ``seed``: that is the calibration runs' source of variation. ``min_tokens`` overrides the
+    window selection follows ``seed``. Local files come from ``worker.windows``: packed full windows, one
+    random draw per run (exchangeable preview/final halves). ``bootstrap_seed`` seeds InvarLock's
+    bootstrap (``None``: its default, the dataset seed). ``min_tokens`` overrides the
     tier's token floor of the primary-metric gate (50,000 for balanced, summed over preview
     and final windows); ``None`` keeps it. ``threads`` is the torch thread count InvarLock
     pins (its ci profile forces deterministic, single-threaded CPU runs by default).
@@ -98,6 +102,7 @@ class EvaluateSettings:
     measure_guard_overhead: bool = True
     hub_dataset: str = "wikitext2"
     seed: int = 42
+    bootstrap_seed: int | None = None
 
     def check(self) -> None:
         """Fail early, with a fix, on settings that would make evaluate die half-way."""
@@ -284,6 +289,8 @@ def run_baseline(
     *,
     mode: EvaluateMode = "inprocess",
     env: Mapping[str, str] | None = None,
+    load_kwargs: Mapping[str, Any] | None = None,
+    timeout_s: float | None = None,
 ) -> Path:
     """Evaluate ``model`` against itself once and return its reusable baseline ``report.json``.
 
@@ -291,7 +298,8 @@ def run_baseline(
     settings; InvarLock then skips the baseline side (it checks model path, profile,
     tier and window plan strictly).
     """
-    verdict = certify(model, model, workdir, settings, edit_label="noop", mode=mode, env=env)
+    verdict = certify(model, model, workdir, settings, edit_label="noop", mode=mode, env=env, load_kwargs=load_kwargs,
+                      timeout_s=timeout_s)
     reports = sorted((workdir / "runs" / "source").glob("*/report.json"))
     if verdict.failure is not None or not reports:
         raise RuntimeError(
@@ -313,6 +321,7 @@ def certify(
     mode: EvaluateMode = "inprocess",
     timeout_s: float | None = None,
     env: Mapping[str, str] | None = None,
+    load_kwargs: Mapping[str, Any] | None = None,
 ) -> Verdict:
     """Run ``invarlock evaluate`` (baseline vs subject) in ``workdir`` and read its verdict.
 
@@ -326,6 +335,10 @@ def certify(
     thread-safe (it changes the working directory and environment). ``"subprocess"``
     isolates crashes, returns all GPU memory, and honours ``timeout_s``. ``env`` adds
     variables for the evaluate (e.g. CUDA_VISIBLE_DEVICES of a multi-GPU placement).
+    ``load_kwargs`` (e.g. ``device_map``/``max_memory`` from ``scheduling.device_map``) reach
+    ``from_pretrained`` through the preset's ``model:`` block, which InvarLock merges into both
+    runs' configs; user kwargs win over its own loading defaults. A subprocess that runs past
+    ``timeout_s`` is killed and the verdict's failure says "timed out after N s".
     """
     if mode not in ("subprocess", "inprocess"):
         raise ValueError(f"mode must be 'subprocess' or 'inprocess', got {mode!r}.")
@@ -338,7 +351,7 @@ def certify(
         shutil.rmtree(workdir / sub, ignore_errors=True)
     (workdir / "tmp").mkdir(parents=True)
     preset_file = workdir / "invarlock-config" / "preset.yaml"
-    _write_invarlock_config(workdir / "invarlock-config", preset_file, settings, preset)
+    _write_invarlock_config(workdir / "invarlock-config", preset_file, settings, preset, load_kwargs)
     options = {
         "baseline": str(baseline),
         "subject": str(subject),
@@ -365,7 +378,10 @@ def certify(
         returncode = _run_subprocess(options, env, workdir, timeout_s)
     else:
         returncode = _run_inprocess(options, env, workdir)
-    return read_verdict(workdir, returncode, elapsed_s=round(time.perf_counter() - started, 2))
+    elapsed = round(time.perf_counter() - started, 2)
+    if returncode == TIMED_OUT_RETURNCODE:
+        return Verdict.from_failure(f"invarlock evaluate timed out after {timeout_s:g} s", crashed=True, elapsed_s=elapsed)
+    return read_verdict(workdir, returncode, elapsed_s=elapsed)
 
 
 def read_verdict(workdir: Path, returncode: int, *, elapsed_s: float | None = None) -> Verdict:
@@ -416,13 +432,16 @@ def _checked_model_dir(model: Path) -> Path:
 
 
 def _write_invarlock_config(
-    config_root: Path, preset_file: Path, settings: EvaluateSettings, preset: Mapping[str, Any] | None
+    config_root: Path, preset_file: Path, settings: EvaluateSettings, preset: Mapping[str, Any] | None,
+    load_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
     """Write the preset YAML and the INVARLOCK_CONFIG_ROOT overrides for one evaluate."""
     profiles = config_root / "runtime" / "profiles"
     profiles.mkdir(parents=True)
     windows = {"preview_n": settings.preview_n, "final_n": settings.final_n}
     bootstrap = {"replicates": settings.bootstrap_replicates, "alpha": 0.05}
+    if settings.bootstrap_seed is not None:  # else InvarLock seeds its bootstrap with the dataset seed
+        bootstrap["seed"] = settings.bootstrap_seed
     profile = {"dataset": windows, "eval": {"bootstrap": bootstrap}}
     (profiles / f"{PROFILE}.yaml").write_text(yaml.safe_dump(profile), encoding="utf-8")
     if settings.min_tokens is not None:
@@ -445,6 +464,8 @@ def _write_invarlock_config(
         },
         "context": {"run": {"skip_overhead_check": not settings.measure_guard_overhead}},
     }
+    if load_kwargs:
+        content["model"] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in load_kwargs.items()}
     if preset:
         content["guards"] = {
             "spectral": {
@@ -458,7 +479,8 @@ def _write_invarlock_config(
 
 
 def _command_line(options: Mapping[str, Any]) -> list[str]:
-    argv = [sys.executable, "-m", "invarlock", "evaluate", "--no-color", "--no-progress"]
+    # InvarLock's own CLI, run through a launcher that logs an OOM InvarLock's message would hide
+    argv = [sys.executable, "-m", "pytest_invarlock.worker.evaluate_child", "evaluate", "--no-color", "--no-progress"]
     for key, value in options.items():
         if value is not None:
             argv += [f"--{key.replace('_', '-')}", str(value)]
@@ -470,13 +492,28 @@ def _run_subprocess(
 ) -> int:
     with (workdir / LOG_FILE).open("w", encoding="utf-8") as log:
         try:
+            # Same process group, so Ctrl-C reaches it; subprocess.run kills it when this process is interrupted;
+            # and the kernel kills it when this process dies (SIGKILL, OOM), so it never outlives its worker.
             return subprocess.run(
                 _command_line(options), cwd=workdir, env={**os.environ, **env}, stdout=log,
-                stderr=subprocess.STDOUT, timeout=timeout_s, check=False,
+                stderr=subprocess.STDOUT, timeout=timeout_s, check=False, preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             ).returncode
         except subprocess.TimeoutExpired:
             log.write(f"\ninvarlock evaluate timed out after {timeout_s} s\n")
-            return -1
+            return TIMED_OUT_RETURNCODE
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: SIGKILL me when my parent dies (Linux prctl PR_SET_PDEATHSIG); no-op elsewhere."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _run_inprocess(options: Mapping[str, Any], env: Mapping[str, str], workdir: Path) -> int:
@@ -484,9 +521,11 @@ def _run_inprocess(options: Mapping[str, Any], env: Mapping[str, str], workdir: 
     import typer
     from invarlock.cli.commands.evaluate import evaluate_command
 
+    from pytest_invarlock.worker.resources import OOM_MARKER, OomWatch
+
     clear_tier_policies_cache()  # cached per INVARLOCK_CONFIG_ROOT path; a rerun may change tiers.yaml
     with (workdir / LOG_FILE).open("w", encoding="utf-8") as log, _preserved_process_state(env, workdir):
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), _oom_noted(OomWatch(), log, OOM_MARKER):
             try:
                 given = {k: v for k, v in options.items() if v is not None}
                 evaluate_command(**given, progress=False, no_color=True)
@@ -498,6 +537,17 @@ def _run_inprocess(options: Mapping[str, Any], env: Mapping[str, str], workdir: 
                 log.write(f"\n{type(error).__name__}: {error}\n")
                 return 1
     return 0
+
+
+@contextlib.contextmanager
+def _oom_noted(watch: Any, log: Any, marker: str) -> Iterator[None]:
+    """Write `marker` to the log when a torch.OutOfMemoryError was raised inside (InvarLock may hide it)."""
+    with watch:
+        try:
+            yield
+        finally:
+            if watch.seen:
+                log.write(f"\n{marker}: {watch.seen[0]}\n")
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from string import Template
 from typing import Any
 
 from pytest_invarlock.campaign.lm_eval_tasks import DEFAULT_METRIC, LOCAL_TASKS, TASK_METRICS
-
+from pytest_invarlock.scheduling.device_map import hflm_kwargs
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE")
 TASK_TEMPLATE = "multiple_choice.yaml"
@@ -212,7 +212,7 @@ def run_benchmark(
         watch = stack.enter_context(FiniteLogitsWatch(model))
         started = time.perf_counter()
         with _ties_left_alone(model):
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            lm = HFLM(**hflm_kwargs(model, tokenizer, batch_size))
         output = lm_eval.simple_evaluate(
             model=lm,
             tasks=[task],
@@ -246,3 +246,109 @@ def _result(output: dict[str, Any], task: str, metric: str, seconds: float, fini
         seconds=round(seconds, 3),
         finite_logits=finite_logits,
     )
+
+
+# --------------------------------------------------------------------------- subprocess (multi-GPU placements)
+
+OOM_EXIT = 3
+
+
+class BenchmarkOutOfMemory(RuntimeError):
+    """The benchmark subprocess ran out of device memory; the message keeps torch's."""
+
+
+def run_benchmark_subprocess(
+    directory: Path,
+    dtype: str,
+    task: str,
+    *,
+    num_fewshot: int,
+    batch_size: int | str,
+    limit: int | None,
+    load_kwargs: dict[str, Any],
+    env: dict[str, str] | None,
+    workdir: Path,
+    offline: bool = True,
+    timeout_s: float | None = None,
+) -> tuple[BenchmarkResult, dict[str, Any]]:
+    """Score the model in `directory` in a child process that sees exactly the placement's GPUs.
+
+    The child loads the weights with `load_kwargs` (a device map over its visible GPUs, see
+    `scheduling.device_map`) and hands the object to HFLM. Returns the result and what the child
+    reports about the load (`load_kwargs`, `devices`: the devices of `hf_device_map`). Raises
+    `BenchmarkOutOfMemory` on a device OOM, `TimeoutError` past `timeout_s`, RuntimeError otherwise.
+    """
+    import subprocess
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    request = {"directory": str(directory), "dtype": dtype, "task": task, "num_fewshot": num_fewshot,
+               "batch_size": batch_size, "limit": limit, "load_kwargs": _json_keys(load_kwargs),
+               "offline": offline, "task_dir": str(workdir / "tasks")}
+    (workdir / "request.json").write_text(json.dumps(request), encoding="utf-8")
+    out, log_path = workdir / "result.json", workdir / "benchmark.log"
+    out.unlink(missing_ok=True)
+    with log_path.open("w", encoding="utf-8") as log:
+        try:
+            code = subprocess.run([sys.executable, "-m", "pytest_invarlock.worker.lm_eval_scoring", str(workdir)],
+                                  env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout_s, check=False).returncode
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"lm-eval {task} timed out after {timeout_s:g} s (log: {log_path})") from None
+    payload = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    if code == OOM_EXIT:
+        raise BenchmarkOutOfMemory(payload.get("error") or f"out of memory (log: {log_path})")
+    if code != 0 or "result" not in payload:
+        tail = " ".join(log_path.read_text(encoding="utf-8", errors="replace").split())[-600:]
+        raise RuntimeError(f"lm-eval subprocess exited {code}: {tail}")
+    return BenchmarkResult(**payload["result"]), payload["load"]
+
+
+def _json_keys(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """JSON object keys are strings: mark integer device keys of max_memory so the child restores them."""
+    out = dict(kwargs)
+    if isinstance(out.get("max_memory"), dict):
+        out["max_memory"] = {f"int:{k}" if isinstance(k, int) else k: v for k, v in out["max_memory"].items()}
+    return out
+
+
+def _from_json_keys(kwargs: dict[str, Any]) -> dict[str, Any]:
+    out = dict(kwargs)
+    if isinstance(out.get("max_memory"), dict):
+        out["max_memory"] = {int(k[4:]) if k.startswith("int:") else k: v for k, v in out["max_memory"].items()}
+    return out
+
+
+def _subprocess_main(workdir: Path) -> int:
+    """The child of `run_benchmark_subprocess`: load with the device map, score, write result.json."""
+    import traceback
+
+    request = json.loads((workdir / "request.json").read_text(encoding="utf-8"))
+    out = workdir / "result.json"
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        load_kwargs = _from_json_keys(request["load_kwargs"])
+        model = AutoModelForCausalLM.from_pretrained(request["directory"], dtype=dtypes[request["dtype"]], **load_kwargs)
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(request["directory"])
+        device_map = getattr(model, "hf_device_map", None) or {}  # set by transformers when it spans devices
+        devices = sorted({str(p.device) for p in model.parameters()})
+        device = None if device_map or "device_map" in load_kwargs else ("cuda" if torch.cuda.is_available() else "cpu")
+        result = run_benchmark(model, tokenizer, request["task"], num_fewshot=request["num_fewshot"],
+                               batch_size=request["batch_size"], limit=request["limit"], device=device,
+                               task_dir=Path(request["task_dir"]), offline=request["offline"])
+    except Exception as error:  # noqa: BLE001 - classified for the parent, traceback kept in the log
+        traceback.print_exc()
+        from pytest_invarlock.worker.resources import is_oom
+
+        out.write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}), encoding="utf-8")
+        return OOM_EXIT if is_oom(error) else 1
+    load = {"load_kwargs": request["load_kwargs"], "devices": devices}
+    out.write_text(json.dumps({"result": result.to_dict(), "load": load}), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_subprocess_main(Path(sys.argv[1])))

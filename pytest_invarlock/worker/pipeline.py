@@ -18,14 +18,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_invarlock.state import ConfigState
 from pytest_invarlock.campaign.items import Item
 from pytest_invarlock.campaign.judging import Judgement, judge
-from pytest_invarlock.worker.artifacts import ModelCache, baseline_artifact, default_cache_bytes, edit_artifact
-from pytest_invarlock.records import base_record, junit_properties
-from pytest_invarlock.edits.catalogue import parse_spec
-from pytest_invarlock.store import Artifact, digest, write_json_atomic
 from pytest_invarlock.campaign.suite import Model, Scenario
+from pytest_invarlock.edits.catalogue import parse_spec
+from pytest_invarlock.records import base_record, junit_properties
+from pytest_invarlock.state import ConfigState
+from pytest_invarlock.store import Artifact, StoreError, digest, disk_full_message, is_disk_full, write_json_atomic
+from pytest_invarlock.worker import execution
+from pytest_invarlock.worker.artifacts import ModelCache, baseline_artifact, default_cache_bytes, edit_artifact
 
 log = logging.getLogger("pytest_invarlock")
 RESULT_FILE = "verdict.json"
@@ -59,13 +60,16 @@ def _invarlock_version() -> str:
 
 class Worker:
     def __init__(self, state: ConfigState, worker_id: str) -> None:
-        from pytest_invarlock import certifier  # imports invarlock: worker side only
+        from pytest_invarlock.worker import certifier  # imports invarlock: worker side only
 
         self.certifier = certifier
         self.state = state
         self.store = state.store
         self.worker_id = worker_id
-        self.cache = ModelCache(default_cache_bytes())
+        self.cache = ModelCache(execution.cache_budget_bytes(state, default_cache_bytes()))
+        self.stats = execution.ItemStats()  # the running item's retries and placement (execution.py)
+        self._item: Item | None = None  # the running item: shared work it triggers runs on its placement
+        self._item_deadline: float | None = None
         self.invarlock_version = _invarlock_version()
         self._memo: dict[tuple[str, str], Any] = {}
         apply_determinism(state.options.determinism, state.device)
@@ -93,22 +97,84 @@ class Worker:
         assets = self._once("corpus", "tiny", build_tiny_assets)
         return Path(assets.eval_file), tuple(Path(p) for p in assets.calibration_files)
 
-    def settings(self, model: Model, *, calibration_run: int | None = None):
-        """InvarLock settings of one evaluate. Calibration runs vary by corpus shard (local) or by seed (hub),
-        the seed suite's 41 + run."""
+    def window_pool(self, model: Model):
+        """The local corpus packed into full windows for the model's tokenizer (worker.windows)."""
+        from pytest_invarlock.assets.tiny_model import heldout_documents, heldout_identity
+        from pytest_invarlock.worker import windows
+
+        baseline = self.baseline(model)
+        return self._once("window-pool", model.name, lambda: windows.pool(
+            self.store, baseline.path, heldout_identity(), heldout_documents, seq_len=model.settings.seq_len))
+
+    def window_plan(self, model: Model):
+        """The model's window counts: planned (`windows: auto`) or assessed from a pilot pass of the baseline;
+        written to state/window_plan.json; explicit counts that are underpowered warn with the numbers."""
+        import warnings
+
+        from pytest_invarlock.campaign.window_planner import UnderpoweredWindows
+        from pytest_invarlock.worker import windows
+
+        def make():
+            source, baseline = self.window_pool(model), self.baseline(model)
+
+            def load():
+                hf_model = self.cache.get(baseline.path, model.dtype)[0]
+                return hf_model.to(self.state.device)
+
+            try:
+                pilot = windows.pilot(self.store, source, baseline.path.name, load, self.state.device)
+            finally:
+                if self.state.device != "cpu":
+                    self.cache.get(baseline.path, model.dtype)[0].to("cpu")
+            runs = max((self.state.suite.runs_for(s) for s in self.state.suite.scenarios), default=1)
+            plan = windows.plan(model.settings, pilot, source.windows, runs)
+            windows.record_plan(self.state.run_dir, model.name, plan)
+            log.info("window plan of %s: %s", model.name, plan.summary())
+            if plan.underpowered:
+                warnings.warn(UnderpoweredWindows(f"{model.name}: {plan.preview_n}+{plan.final_n} windows are underpowered: "
+                                                  + "; ".join(plan.problems) + f" [{plan.summary()}]"), stacklevel=2)
+            return plan
+
+        return self._once("window-plan", model.name, make)
+
+    def windows(self, model: Model, run: int):
+        """Run `run`'s evaluation windows of a local-corpus model: its own random draw from the packed pool."""
+        from pytest_invarlock.worker import windows
+
+        plan = self.window_plan(model)
+        return self._once("windows", f"{model.name}/{run}", lambda: windows.draw(
+            self.store, self.window_pool(model), plan.preview_n, plan.final_n, run))
+
+    def window_fields(self, model: Model, run: int) -> dict[str, Any]:
+        """What a record stores about run `run`'s windows and seeds (Phase 0 dedupes on weights + window_digest)."""
+        from pytest_invarlock.worker.windows import bootstrap_seed
+
+        fields: dict[str, Any] = {"bootstrap_seed": bootstrap_seed(run)}
+        if model.settings.dataset == "local":
+            return {**fields, **self.windows(model, run).record_fields()}
+        return {**fields, "window_digest": None, "window_seed": 41 + run}  # the hub provider draws by seed
+
+    def settings(self, model: Model, *, calibration_run: int | None = None, run: int | None = None):
+        """InvarLock settings of one evaluate. Run k (calibration or not) draws its own windows: a random block of
+        the packed local corpus (worker.windows), or the hub dataset's seed 41 + k as the seed suite; its own
+        bootstrap seed too."""
+        from pytest_invarlock.worker.windows import bootstrap_seed
+
         s = model.settings
-        dataset_file, seed = None, 41 + (calibration_run or 1)
+        run = calibration_run or run or 1
+        dataset_file, seed, preview_n, final_n = None, 41 + run, s.preview_windows, s.final_windows
         if s.dataset == "local":
-            eval_file, shards = self.corpus(model)
-            dataset_file = (eval_file if calibration_run is None else shards[(calibration_run - 1) % len(shards)]).resolve()
+            draw = self.windows(model, run)
+            dataset_file, preview_n, final_n = draw.dataset_file, draw.preview_n, draw.final_n
         return self.certifier.EvaluateSettings(
             dataset_file=dataset_file,
             hub_dataset=s.dataset,
             seed=seed,
+            bootstrap_seed=bootstrap_seed(run),
             seq_len=s.seq_len,
-            stride=s.stride,
-            preview_n=s.preview_windows,
-            final_n=s.final_windows,
+            stride=s.seq_len if calibration_run is not None else s.stride,  # the seed: no window overlap in calibration
+            preview_n=preview_n,
+            final_n=final_n,
             bootstrap_replicates=s.bootstrap_replicates,
             tier=s.tier,
             acceptance_range=(s.acceptance_min, s.acceptance_max),
@@ -126,28 +192,37 @@ class Worker:
 
     def evaluate_options(self, item: Item | None) -> dict[str, Any]:
         """How to run evaluate for an item: in-process unless isolation is needed (a multi-GPU placement)."""
-        from pytest_invarlock.scheduling.placement import cuda_env, placement_devices
+        from pytest_invarlock.scheduling.device_map import load_kwargs
+        from pytest_invarlock.scheduling.placement import cuda_env
 
-        devices = placement_devices(self.state.run_dir, self.state.session, item) if item is not None else None
+        item = item or self._item
+        plan = execution.item_device_plan(self.state, item) if item is not None else None
+        devices = list(plan.devices) if plan else None
         mode = self.state.options.certify_mode
         if mode == "auto":
-            mode = "subprocess" if devices and len(devices) > 1 else "inprocess"
-        return {"mode": mode, "env": cuda_env(devices) if devices and mode == "subprocess" else None}
+            mode = "subprocess" if plan and plan.multi_gpu else "inprocess"
+        options: dict[str, Any] = {"mode": mode, "env": cuda_env(devices) if devices and mode == "subprocess" else None,
+                                   "load_kwargs": load_kwargs(plan) if mode == "subprocess" else {}}
+        if mode == "subprocess" and self._item_deadline is not None:  # in-process work is bounded by run()'s deadline
+            options["timeout_s"] = max(1.0, round(self._item_deadline - time.monotonic(), 1))
+        return options
 
     def baseline_report(self, model: Model, item: Item | None = None) -> tuple[Path, bool]:
+        """The baseline's own report on the item's run's windows (InvarLock checks the window plan strictly)."""
         baseline = self.baseline(model)
-        settings = self.settings(model)
+        run = item.run if item is not None else 1
+        settings = self.settings(model, run=run)
         key = digest("baseline-report", baseline.path.name, self._settings_key(settings), self.invarlock_version)
 
         def build(tmp: Path) -> dict[str, Any]:
             report = self.certifier.run_baseline(baseline.path, tmp, settings, **self.evaluate_options(item))
             return {"report": str(report.relative_to(tmp))}
 
-        artifact = self._once("baseline-report", model.name, lambda: self.store.produce("reports", key, build))
+        artifact = self._once("baseline-report", f"{model.name}/{run}", lambda: self.store.produce("reports", key, build))
         return artifact.path / self.store.metadata(artifact.path)["report"], artifact.reused
 
     def calibration(self, model: Model, run: int, item: Item | None = None) -> tuple[Any, Artifact]:
-        """One calibration run: the baseline against itself on calibration shard `run`."""
+        """One calibration run: the baseline against itself on run `run`'s windows."""
         baseline = self.baseline(model)
         settings = self.settings(model, calibration_run=run)
         key = digest("calibration", baseline.path.name, run, self._settings_key(settings), self.invarlock_version)
@@ -156,8 +231,10 @@ class Worker:
 
     def _verdict_artifact(self, key: str, evaluate) -> tuple[Any, Artifact]:
         def build(tmp: Path) -> dict[str, Any]:
-            verdict = evaluate(tmp)
+            verdict = execution.evaluate_with_oom_retries(evaluate, tmp, self.certifier.LOG_FILE, self._item, self.stats)
             if verdict.crashed:  # the pipeline broke: an error of the item, never cached as a verdict
+                if _log_says_disk_full(tmp / self.certifier.LOG_FILE):  # InvarLock could not write its outputs
+                    raise StoreError(disk_full_message(tmp))
                 kept = self.state.run_dir / "logs" / f"crashed-evaluate-{key}.log"
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(tmp / self.certifier.LOG_FILE, kept)
@@ -176,7 +253,7 @@ class Worker:
         from pytest_invarlock.campaign.presets import derive_preset
 
         def make() -> tuple[dict[str, Any], Path, bool]:
-            runs = max(1, self.state.suite.runs["calibration"])
+            runs = max(1, calibration_runs(self.state.suite))
             results = [self.calibration(model, run) for run in range(1, runs + 1)]
             stats = []
             for verdict, artifact in results:
@@ -213,13 +290,36 @@ class Worker:
     # ----------------------------------------------------------------- items
 
     def run(self, item: Item) -> ItemResult:
-        started = time.perf_counter()
-        if item.benchmark:
-            result = self._benchmark(item)
-        else:
-            result = self._certify(item)
+        """One item under its suite time limit, with OOM retries; an error carries its record (`ItemError.record`)."""
+        from pytest_invarlock.worker.resources import ItemTimeout, deadline, release_memory, timeout_note
+
+        started, warned = time.perf_counter(), len(self.store.warnings)
+        limit = self.state.suite.timeout_s(item.kind, item.model)
+        self._item, self._item_deadline = item, time.monotonic() + limit
+        plan = execution.item_device_plan(self.state, item)
+        self.stats = execution.ItemStats(placement=list(plan.devices) if plan else None,
+                                         device_plan_gb=list(plan.max_memory_gb) if plan and plan.multi_gpu else None)
+        failure: str | None = None
+        try:
+            with deadline(limit, f"{item.kind} item {item.param_id}", note=timeout_note(self.state.run_dir, item.param_id)):
+                result = self._benchmark(item) if item.benchmark else self._certify(item)
+        except ItemTimeout as timeout:
+            failure = f"{timeout} (the suite's limit for {item.kind} items of size class {item.model.size_class})"
+        except (PipelineError, execution.ItemError) as error:
+            failure = str(error)
+        finally:
+            self._item, self._item_deadline = None, None
+            release_memory()
+        if failure is not None:
+            extra = {"seconds": round(time.perf_counter() - started, 2), "worker": self.worker_id, "timeout_s": limit,
+                     "timed_out": "timed out after" in failure, **execution.memory_fields(self.cache)}
+            log.error("item %s: %s", item.param_id, failure)
+            raise execution.ItemError(failure, execution.error_record(item, failure, self.stats, extra))
+        result.record.update({**self.stats.fields(), **execution.memory_fields(self.cache), "timeout_s": limit})
         result.record["seconds"] = round(time.perf_counter() - started, 2)
         result.record["worker"] = self.worker_id
+        if self.store.warnings[warned:]:  # damaged artifacts found and rebuilt: the controller prints them
+            result.record["store_warnings"] = self.store.warnings[warned:]
         return result
 
     def _certify(self, item: Item) -> ItemResult:
@@ -230,9 +330,17 @@ class Worker:
         baseline = self.baseline(model)
         if baseline.reused:
             reused.append(f"baseline:{model.name}")
+        extra: dict[str, Any] = {"weights": baseline.path.name, "revision": model.revision}
         if item.kind == "calibration":
             verdict, artifact = self.calibration(model, item.run, item)
             preset_path = None
+            if item.run >= calibration_runs(self.state.suite):
+                # The last calibration run derives the preset (pure math over the runs' reports), so a
+                # --calibrate-only session leaves it in the store; runs still missing are made here.
+                try:
+                    preset_path = self.preset(model)[1]
+                except (RuntimeError, ValueError) as exc:
+                    extra["preset_error"] = str(exc)
         else:
             preset, preset_path, preset_reused = self.preset(model)
             if preset_reused:
@@ -243,9 +351,10 @@ class Worker:
             edited = self.edited_model(model, item.scenario, item)
             if edited.reused:
                 reused.append(f"edit:{model.name}/{item.scenario.name}")
+            extra["weights"] = edited.path.name
             spec = parse_spec(item.scenario.spec)
             preset = edit_preset(preset, spec.kind)
-            settings = self.settings(model)
+            settings = self.settings(model, run=item.run)
             key = digest("certify", baseline.path.name, edited.path.name, preset, self._settings_key(settings),
                          report.parent.name, item.run, self.invarlock_version)
             verdict, artifact = self._verdict_artifact(key, lambda tmp: self.certifier.certify(
@@ -253,12 +362,15 @@ class Worker:
                 **self.evaluate_options(item)))
         if artifact.reused:
             reused.append(f"result:{item.param_id}")
+        extra.update(self.window_fields(model, item.run))
         judgement = judge(item.scenario, verdict)
-        return self._result(item, verdict, judgement, reused, preset_path)
+        return self._result(item, verdict, judgement, reused, preset_path, extra)
 
-    def _result(self, item: Item, verdict, judgement: Judgement, reused: list[str], preset_path: Path | None) -> ItemResult:
+    def _result(self, item: Item, verdict, judgement: Judgement, reused: list[str], preset_path: Path | None,
+                extra: dict[str, Any] | None = None) -> ItemResult:
         record = {
             **base_record(item),
+            "invalid": verdict.invalid,
             "met": judgement.met,
             "flagged": judgement.flagged,
             "detected": judgement.detected,
@@ -270,10 +382,12 @@ class Worker:
             "drift": verdict.drift,
             "flags": verdict.flags,
             "failed_gates": list(verdict.failed_gates),
+            "caps_applied": verdict.spectral_caps_applied,  # the spectral guard remediated (report heatmap)
             "failure": verdict.failure,
             "report": verdict.report_path,
             "preset": str(preset_path) if preset_path else None,
             "reused": reused,
+            **(extra or {}),  # weights: the store key of the evaluated weights; revision: the pinned commit
         }
         return ItemResult(record, judgement.met, judgement.explanation, junit_properties(record))
 
@@ -289,14 +403,22 @@ class Worker:
 
         def build(tmp: Path) -> dict[str, Any]:
             nonlocal loaded
-            hf_model, tokenizer, loaded = self.cache.get(directory, model.dtype)
-            hf_model.to(self.state.device)
-            try:
-                result = run_benchmark(hf_model, tokenizer, item.benchmark, num_fewshot=suite.benchmarks.num_fewshot,
-                                       batch_size=model.settings.lm_eval_batch, limit=suite.benchmarks.limit,
-                                       device=self.state.device, offline=self.state.options.offline)
-            finally:
-                hf_model.to("cpu")
+            plan = execution.item_device_plan(self.state, item)
+            if plan is not None and plan.multi_gpu:  # this process sees only its home GPU: score in a child that sees all
+                loaded = True
+                score = lambda batch: self._score_placed(item, directory, plan, batch, tmp)  # noqa: E731
+            else:
+                hf_model, tokenizer, loaded = self.cache.get(directory, model.dtype)
+
+                def score(batch):
+                    hf_model.to(self.state.device)
+                    try:
+                        return run_benchmark(hf_model, tokenizer, item.benchmark, num_fewshot=suite.benchmarks.num_fewshot,
+                                             batch_size=batch, limit=suite.benchmarks.limit,
+                                             device=self.state.device, offline=self.state.options.offline)
+                    finally:
+                        hf_model.to("cpu")
+            result = execution.benchmark_with_oom_retries(score, model.settings.lm_eval_batch, item, self.stats)
             write_json_atomic(tmp / "benchmark.json", result.to_dict())
             return {}
 
@@ -304,16 +426,66 @@ class Worker:
         result = json.loads((artifact.path / "benchmark.json").read_text())
         reused = [f"benchmark:{item.param_id}"] if artifact.reused else []
         accuracy = result["accuracy"]
-        met = isinstance(accuracy, (int, float)) and accuracy == accuracy
-        record = {**base_record(item), **result, "met": met, "model_loaded_from_disk": loaded, "reused": reused}
+        met = isinstance(accuracy, (int, float)) and accuracy == accuracy and bool(result.get("finite_logits", True))
+        record = {**base_record(item), **result, "met": met, "model_loaded_from_disk": loaded, "reused": reused,
+                  "weights": directory.name, "revision": model.revision}
         explanation = (f"lm-eval {item.benchmark} on {item.variant}: accuracy {accuracy} (stderr {result['stderr']}, n {result['n']})"
                        + ("" if result["finite_logits"] else "; the model's logits are not finite"))
         return ItemResult(record, met, explanation, junit_properties(record))
 
 
+    def _score_placed(self, item: Item, directory: Path, plan, batch, tmp: Path):
+        """lm-eval in a child process that sees exactly the placed GPUs and loads with their device map."""
+        from pytest_invarlock.scheduling.device_map import load_kwargs
+        from pytest_invarlock.scheduling.placement import cuda_env
+        from pytest_invarlock.worker.lm_eval_scoring import BenchmarkOutOfMemory, run_benchmark_subprocess
+
+        suite = self.state.suite
+        remaining = None if self._item_deadline is None else max(1.0, self._item_deadline - time.monotonic())
+        try:
+            result, load = run_benchmark_subprocess(
+                directory, item.model.dtype, item.benchmark, num_fewshot=suite.benchmarks.num_fewshot, batch_size=batch,
+                limit=suite.benchmarks.limit, load_kwargs=load_kwargs(plan), env=cuda_env(list(plan.devices)),
+                workdir=tmp / "subprocess", offline=self.state.options.offline, timeout_s=remaining)
+        except TimeoutError as error:
+            raise PipelineError(str(error)) from None
+        except BenchmarkOutOfMemory:  # benchmark_with_oom_retries halves the batch and calls again
+            raise
+        self.stats.device_map_devices = load["devices"]
+        return result
+
+
+def _log_says_disk_full(log_file: Path) -> bool:
+    try:
+        text = log_file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return is_disk_full(OSError(text[-20000:])) or "ENOSPC" in text
+
+
+_CONTENT_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def _file_digest(path: Path) -> str:
+    """sha256 of the file's bytes (memoised per path, size and mtime): a copied or touched corpus keeps
+    its digest, and an edited one changes it."""
+    import hashlib
+
     stat = path.stat()
-    return digest(str(path), stat.st_size, stat.st_mtime_ns)
+    memo = (str(path), stat.st_size, stat.st_mtime_ns)
+    if memo not in _CONTENT_DIGESTS:
+        sha = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        _CONTENT_DIGESTS[memo] = sha.hexdigest()
+    return _CONTENT_DIGESTS[memo]
+
+
+def calibration_runs(suite) -> int:
+    """Calibration runs of a model: the calibration scenario's own run count (suite default otherwise)."""
+    scenario = next((s for s in suite.scenarios if s.kind == "calibration"), None)
+    return suite.runs_for(scenario) if scenario is not None else int(suite.runs["calibration"])
 
 
 def _log_to(path: Path) -> None:

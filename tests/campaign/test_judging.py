@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from helpers import synthetic_report
-from pytest_invarlock.worker.certifier import Verdict
 from pytest_invarlock.campaign.judging import judge
 from pytest_invarlock.campaign.suite import Scenario
+from pytest_invarlock.worker.certifier import Verdict
 
 CLEAN = Scenario("quant_rtn_8bit_clean", "quant_rtn:8:128:ffn", "clean")
 STRESS = Scenario("prune_70pct_stress", "magnitude_prune:0.7:all", "stress", detectors=("primary_metric_acceptable",))
@@ -56,3 +56,11 @@ def test_an_error_is_detected_by_a_gate_or_by_a_non_finite_abort() -> None:
     judgement = judge(ERROR, aborted)
     assert judgement.met and judgement.detected
     assert "InvarLock produced no report: non-finite model output" in judgement.explanation
+
+
+def test_an_invalid_primary_metric_is_flagged_and_fails_a_clean_edit() -> None:
+    # Issue 12: the reference's stricter overall pass is not (degraded or invalid); `invalid` was ignored.
+    report = synthetic_report()
+    report["primary_metric"]["invalid"] = True
+    judgement = judge(CLEAN, Verdict.from_report(report))
+    assert judgement.flagged and not judgement.met

@@ -153,3 +153,9 @@ def test_edit_preset_never_lowers_the_cap_budget():
 
 def test_calibration_stats_round_trip():
     assert CalibrationStats.from_dict(RUN_1.to_dict()) == RUN_1
+
+
+def test_min_effect_floor_applies_without_measured_half_widths():
+    # Issue 12: the old derivation returned the base value (here 0.0) untouched when no run measured
+    # a delta CI; the seed's floor 0.0009 applies either way.
+    assert derive_preset([CalibrationStats(drift=1.0), CalibrationStats(drift=1.01)], BASE)["variance_min_effect_lognll"] == 0.0009

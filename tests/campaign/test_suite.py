@@ -91,13 +91,13 @@ def test_unknown_suite_names_the_shipped_ones() -> None:
 def test_overrides_replace_models_runs_errors_and_tier() -> None:
     suite = load_suite("full")
     custom = override_suite(
-        suite, models=["mistral-7b", "someorg/Other-13B-v2"], runs={"clean": 1, "stress": None}, errors=False, tier="conservative"
+        suite, models=["mistral-7b", "someorg/Other-13B-v2"], runs={"clean": 1, "stress": None}, errors=False, tier="aggressive"
     )
     assert [m.name for m in custom.models] == ["mistral-7b", "other-13b-v2"]
     assert custom.models[1].size_class == "13b" and custom.models[1].params_b == 13
     assert custom.runs["clean"] == 1 and custom.runs["stress"] == DEFAULT_RUNS["stress"]
     assert not any(s.kind == "error" for s in custom.scenarios)
-    assert {m.settings.tier for m in custom.models} == {"conservative"}
+    assert {m.settings.tier for m in custom.models} == {"aggressive"}
     with pytest.raises(SuiteError, match="--runs-clean must be >= 0"):
         override_suite(suite, runs={"clean": -2})
 

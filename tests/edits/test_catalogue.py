@@ -1,4 +1,4 @@
-"""Spec grammar: canonical round trip, families, and error messages that name the bad field."""
+"""The catalogue: one entry per edit type; spec grammar, canonical round trip, caps, versions, error messages."""
 
 from __future__ import annotations
 
@@ -11,7 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_invarlock.edits.catalogue import ERROR_KINDS, SCOPES, EditSpec, SpecError, parse_spec
+from pytest_invarlock.edits.catalogue import (
+    CATALOGUE,
+    DEFAULT_MAX_CAPS,
+    ERROR_KINDS,
+    FAMILIES,
+    SCOPES,
+    EditSpec,
+    EditType,
+    SpecError,
+    max_caps_for,
+    parse_spec,
+)
 
 scopes = st.sampled_from(SCOPES)
 valid_specs = st.one_of(
@@ -29,9 +40,85 @@ valid_specs = st.one_of(
 )
 
 
-def test_specs_module_does_not_import_torch() -> None:
-    code = "import sys, pytest_invarlock.edits.catalogue; sys.exit('torch' in sys.modules)"
+def test_catalogue_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from pytest_invarlock.edits.catalogue import CATALOGUE, max_caps_for, parse_spec\n"
+        "for entry in CATALOGUE.values():\n"
+        "    spec = parse_spec(entry.example_spec)\n"
+        "    spec.family, spec.edit_type.code_version, max_caps_for(entry.kind)\n"
+        "sys.exit('torch' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("kind", CATALOGUE)
+def test_every_entry_is_complete_and_its_example_parses_to_it(kind: str) -> None:
+    entry = CATALOGUE[kind]
+    assert entry.kind == kind and entry.family in FAMILIES and entry.summary
+    assert entry.kernel.count(":") == 1 and entry.code_version >= 1 and entry.max_caps >= 1
+    spec = parse_spec(entry.example_spec)
+    assert spec.kind == kind and spec.edit_type is entry and spec.family == entry.family
+    assert [name for name, _ in spec.params] == [p.name for p in entry.params]
+    assert entry.form.count(":") == len(entry.params)
+
+
+def test_the_ten_error_injections_and_the_noop_are_catalogued() -> None:
+    assert len(ERROR_KINDS) == 10 and "nan_injection" in ERROR_KINDS and "weight_tying_break" in ERROR_KINDS
+    assert [kind for kind, entry in CATALOGUE.items() if entry.family == "noop"] == ["noop"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "caps"),
+    [
+        ("quant_rtn", 15),
+        ("fp8", 15),
+        ("lowrank_svd", 25),
+        ("fp4", 10),
+        ("magnitude_prune", 10),
+        ("noop", 10),
+        ("extreme_quant", 10),
+        (" Quant_RTN ", 15),
+        ("not_a_kind", DEFAULT_MAX_CAPS),
+    ],
+)
+def test_max_caps_come_from_the_entry(kind: str, caps: int) -> None:
+    assert max_caps_for(kind) == caps
+
+
+def test_edit_type_refuses_a_bad_family_or_kernel_name() -> None:
+    with pytest.raises(ValueError, match="family must be one of"):
+        EditType("x", "clean", "m:f", "x")
+    with pytest.raises(ValueError, match="module:function"):
+        EditType("x", "edit", "pytest_invarlock.edits.kernels.quant.quant_rtn", "x")
+
+
+def test_edit_spec_is_an_immutable_hashable_value() -> None:
+    spec = EditSpec("quant_rtn", bits=4, group=32, scope="all")
+    assert spec == parse_spec("quant_rtn:4:32:all") and hash(spec) == hash(parse_spec("quant_rtn:4:32:all"))
+    assert spec != EditSpec("quant_rtn", bits=4, group=32, scope="ffn")
+    assert (spec.bits, spec.group, spec.scope) == (4, 32, "all")
+    assert spec.arguments == {"bits": 4, "group": 32, "scope": "all"}
+    assert repr(spec) == "EditSpec('quant_rtn', bits=4, group=32, scope='all')"
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    with pytest.raises(AttributeError, match="immutable"):
+        spec.bits = 8  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="no parameter 'rank'"):
+        _ = spec.rank
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [("quant_rtn", {"bits": 4, "group": 32}), ("noop", {"scope": "ffn"}), ("fp8", {"format": "e4m3", "scope": "ffn"})],
+)
+def test_edit_spec_needs_exactly_the_entry_parameters(kind: str, params: dict[str, object]) -> None:
+    with pytest.raises(TypeError, match="takes parameters"):
+        EditSpec(kind, **params)
+
+
+def test_edit_spec_of_an_unknown_kind_suggests_one() -> None:
+    with pytest.raises(SpecError, match="Did you mean 'lowrank_svd'"):
+        EditSpec("lowrank_sdv")
 
 
 @settings(max_examples=300, deadline=None)

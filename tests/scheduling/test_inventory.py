@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-from pytest_invarlock.scheduling.inventory import Gpu, parse_gpu_spec, probe_gpus, visible_indices
+from pytest_invarlock.scheduling.inventory import (
+    Gpu,
+    format_gpu_spec,
+    host_cache_share,
+    host_ram_bytes,
+    parse_gpu_spec,
+    probe_gpus,
+    visible_indices,
+)
 from pytest_invarlock.scheduling.memory import GIB
 
 
@@ -130,3 +139,32 @@ def test_probe_on_this_machine_without_a_driver():
     else:
         pynvml.nvmlShutdown()
         pytest.skip("an NVIDIA driver is present: the no-driver path cannot be exercised here")
+
+
+def test_free_memory_after_a_colon():
+    gpus = parse_gpu_spec("8x80:78.5")
+    assert len(gpus) == 8 and {(g.total_gb, g.free_gb) for g in gpus} == {(80.0, 78.5)}
+    mixed = parse_gpu_spec("80:79, 80:79,24:23,2x180")
+    assert [(g.total_gb, g.free_gb) for g in mixed] == [(80, 79), (80, 79), (24, 23), (180, 180), (180, 180)]
+    assert format_gpu_spec(mixed) == "2x80:79,24:23,2x180"
+    assert parse_gpu_spec(format_gpu_spec(mixed)) == mixed
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("80:81", "81 GB free on a 80 GB GPU; free memory cannot exceed the total"),
+    ("8x80:", "cannot read '8x80:'"),
+    ("80:-1", "cannot read '80:-1'"),
+    ("80:79:78", "cannot read '80:79:78'"),
+])
+def test_bad_free_memory_is_refused_with_the_syntax(spec, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as excinfo:
+        parse_gpu_spec(spec)
+    assert "8x80:78.5" in str(excinfo.value)
+
+
+def test_host_cache_budget_is_node_wide():
+    assert host_cache_share(8, total_bytes=2**40) == 2**40 // 2 // 8
+    assert host_cache_share(1, total_bytes=64 * 2**30) == 32 * 2**30
+    assert 0 < host_cache_share(2) <= host_ram_bytes() // 4
+    with pytest.raises(ValueError, match="at least one worker"):
+        host_cache_share(0)

@@ -130,14 +130,16 @@ def test_required_gpus_rejects_an_empty_device():
 def test_safety_margin_defaults():
     rule = MarginRule()
     assert [rule.fraction(total) for total in (180, 160, 80, 79.9, 24)] == [0.02, 0.02, 0.05, 0.10, 0.10]
-    assert rule.usable_gb(80) == pytest.approx(76.0)
-    assert rule.usable_gb(80, free_gb=50) == pytest.approx(46.0)  # the margin comes off live free memory too
+    assert rule.usable_gb(80) == pytest.approx(75.0)  # 80 - 4 (5%) - 1 (worker residue)
+    assert rule.usable_gb(80, free_gb=79) == pytest.approx(74.0)  # the driver's reserve is in the reading
+    assert rule.usable_gb(80, free_gb=50) == pytest.approx(45.0)  # the margin comes off live free memory too
     assert rule.usable_gb(80, free_gb=9.9) == 0.0  # under GPU_MIN_FREE_GB: takes no work
-    assert rule.usable_gb(24, free_gb=30) == pytest.approx(21.6)  # free memory never exceeds the device
+    assert rule.usable_gb(24, free_gb=30) == pytest.approx(20.6)  # free memory never exceeds the device
+    assert rule.reserve_gb(180) == pytest.approx(4.6)
 
 
 def test_safety_margin_is_configurable():
-    rule = MarginRule(large_gb=100, large=0.0, min_free_gb=1)
+    rule = MarginRule(large_gb=100, large=0.0, min_free_gb=1, residue_gb=0.0)
     assert rule.usable_gb(120) == 120
     assert rule.usable_gb(80, free_gb=20) == pytest.approx(16.0)
     assert rule.usable_gb(80, free_gb=2) == 0.0  # above min_free_gb, but the margin eats it all

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,17 +17,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_invarlock.state import ConfigState, Options
-from pytest_invarlock.scheduling.inventory import Gpu, parse_gpu_spec
+from helpers import SCHED_SUITE
 from pytest_invarlock.campaign.items import build_items
-from pytest_invarlock.scheduling.memory import MarginRule
 from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.distribution import ControllerDistribution
+from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, parse_gpu_spec
+from pytest_invarlock.scheduling.memory import MarginRule
 from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, placement_devices, write_placement
 from pytest_invarlock.scheduling.plan_table import format_plan_table, plan_rows, write_plan_csv
 from pytest_invarlock.scheduling.tasks import item_need_gb, scheduling_devices, task_id, tasks_from_items
 from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
-
-from helpers import SCHED_SUITE
+from pytest_invarlock.state import HOST_CACHE_INPUT, ConfigState, Options, node_host_cache_bytes
 
 # Three float32 models of 0.5 B parameters (1.86 GB of weights) whose KV caches make their items
 # need about 10, 30 and 140 GB: KV = 2 x layers x batch x seq_len x kv_heads x head_dim x 4 bytes.
@@ -221,7 +221,7 @@ def test_items_no_two_gpus_hold_are_unfit_with_the_reason(workdir):
     state = make_state(workdir, "unfit-small", parse_gpu_spec("80,24,24"))
     wide = next(i for i in state.items if i.model.name == "wide")
     reason = unfit_reason(state, wide)
-    assert reason.startswith("needs 139.9 GB on 2 GPU(s)") and "1 x 76.0 GB + 2 x 21.6 GB" in reason
+    assert reason.startswith("needs 139.9 GB on 2 GPU(s)") and "1 x 75.0 GB + 2 x 20.6 GB" in reason
     assert state.skip_reason(wide) == reason
     assert unfit_reason(state, next(i for i in state.items if i.model.name == "mid")) is None
     assert unfit_reason(make_state(workdir, "unfit-big", parse_gpu_spec("80,80,24")), wide) is None
@@ -236,8 +236,13 @@ def test_plan_rows_table_and_csv(workdir):
     assert (by_model["small"].gpus, by_model["mid"].gpus, by_model["wide"].gpus) == (1, 1, 2)
     assert by_model["wide"].note.startswith("needs 139.9 GB") and by_model["mid"].note == ""
     lines = format_plan_table(rows, parse_gpu_spec("80,24"))
-    assert lines[0] == f"GPUs: 1 x 80 GB + 1 x 24 GB; {len(rows)} item(s)"
-    assert lines[1].split()[:3] == ["item", "kind", "weights"] and len(lines) == len(rows) + 2
+    assert lines[0] == f"GPUs: 1 x 80 GB, 75.0 GB usable each + 1 x 24 GB, 20.6 GB usable each; {len(rows)} item(s)"
+    assert lines[1].split()[:3] == ["item", "kind", "weights"] and len(lines) == len(rows) + 3
+    assert lines[-1] == "placement: 8 of 12 item(s) placed (8 on 1 GPU); 4 unplaceable"
+    real = format_plan_table(plan_rows(state.index, parse_gpu_spec("2x80:79"), suite_collection(state), lambda item: None),
+                             parse_gpu_spec("2x80:79"))
+    assert real[0].startswith("GPUs: 2 x 80 GB (79 GB free), 74.0 GB usable each;")
+    assert real[-1] == "placement: 12 of 12 item(s) placed (8 on 1 GPU, 4 on 2 GPUs); 0 unplaceable; across GPUs: wide"
     write_plan_csv(rows, workdir / "plan.csv")
     with (workdir / "plan.csv").open() as handle:
         table = list(csv.DictReader(handle))
@@ -359,17 +364,32 @@ def test_a_crash_reports_the_running_item_and_its_gpu_goes_to_the_replacement(wo
     assert cluster.crashed == [running]
     assert cluster.homes.home("gw2") == home
     cluster.run(random.Random(2))
-    assert sorted(cluster.ran() + [collection.index(running)]) == list(range(len(collection)))
+    assert sorted([*cluster.ran(), collection.index(running)]) == list(range(len(collection)))
 
 
-def test_items_that_fit_in_no_free_memory_are_reported_skipped_not_sent(workdir):
+def test_items_the_free_memory_cannot_hold_are_skipped_by_the_plan(workdir):
+    """One rule for plan and dispatch: the plan already reads free memory, so the workers skip them."""
     busy = [Gpu(0, 80.0, 25.0, 1, "busy"), Gpu(1, 80.0, 80.0, 0, "idle")]  # someone else holds 55 GB of GPU 0
     state = make_state(workdir, "busy", busy)
     collection = [nodeid(i) for i in state.items if i.model.name == "wide"]
+    assert all("1 x 75.0 GB + 1 x 20.0 GB usable" in state.skip_reason(i) for i in state.items if i.model.name == "wide")
     cluster = Cluster(state, busy, collection)
     cluster.run(random.Random(3))
-    assert set(cluster.skipped) == set(collection) and cluster.ran() == []
-    assert all("free now" in reason for reason in cluster.skipped.values())
+    assert cluster.skipped == {} and sorted(cluster.ran()) == list(range(len(collection)))  # free tasks, skipped at setup
+
+
+def test_items_that_fit_in_no_free_memory_read_later_are_reported_skipped_not_sent(workdir):
+    """Readings taken while the node is idle count: a drop below the plan skips only what no longer fits."""
+    gpus = parse_gpu_spec("2x80")
+    state = make_state(workdir, "dropped", gpus)
+    collection = [nodeid(i) for i in state.items if i.model.name in ("wide", "small")]
+    cluster = Cluster(state, gpus, collection)
+    cluster.sched._started.observe_free(1, 50.0)  # another process took 30 GB of the idle GPU 1
+    cluster.sched.schedule()
+    cluster.run(random.Random(3))
+    wide = {n for n in collection if "wide" in n}
+    assert set(cluster.skipped) == wide and all("free now" in reason for reason in cluster.skipped.values())
+    assert sorted(collection[i] for i in cluster.ran()) == sorted(set(collection) - wide)
 
 
 def test_failed_items_reach_the_policy_as_failed(workdir):
@@ -430,3 +450,78 @@ def test_nothing_is_sent_after_shutdown(workdir):
 
 def test_task_ids_match_the_simulator():
     assert task_id(SimpleNamespace(test="test_edit", param_id="m-s-run1")) == "test_edit[m-s-run1]"
+
+
+def test_idle_workers_keep_receiving_work_while_a_crashed_worker_is_replaced(workdir):
+    """The replacement for gw1 never arrives until gw0 has run everything: gw0 is not left idle meanwhile."""
+    gpus = parse_gpu_spec("2x80")
+    state = make_state(workdir, "replace", gpus)
+    collection = suite_collection(state)
+    cluster = Cluster(state, gpus, collection)
+    cluster.start_heads()
+    victim = next(n for n in cluster.nodes if n.worker == "gw1")
+    assert victim.running is not None
+    cluster.crash(victim)
+    survivor = next(n for n in cluster.nodes if n.worker == "gw0")  # gw2, the replacement, has not arrived
+    while survivor.running is not None or survivor.can_start():
+        cluster.start_heads()
+        cluster.finish(survivor)
+    crashed = {collection.index(c) for c in cluster.crashed if c}
+    assert set(cluster.ran()) | crashed == set(range(len(collection)))  # wide items borrowed the lost worker's GPU
+    cluster.arrive(cluster.arriving[0])
+    assert cluster.sched.tests_finished
+
+
+def test_free_memory_is_re_read_at_dispatch_at_most_once_per_interval(workdir):
+    gpus = parse_gpu_spec("2x80")
+    state = make_state(workdir, "probe", gpus)
+    now, reads = [0.0], []
+
+    def probe():
+        reads.append(now[0])
+        return [Gpu(0, 80.0, 79.0, 0, "nvml"), Gpu(1, 80.0, 40.0, 0, "nvml"), Gpu(7, 80.0, 1.0, 0, "not ours")]
+
+    homes = GpuHomes([0, 1])
+    sched = scheduler_for(state, gpus, homes, numnodes=2, fallback=FakeFallback(), on_unplaceable=lambda *_: None,
+                          probe=probe, probe_interval_s=5.0, clock=lambda: now[0])
+    nodes = [FakeNode("gw0"), FakeNode("gw1")]
+    for node in nodes:
+        homes.assign(node.worker)
+        sched.add_node(node)
+    for node in nodes:
+        sched.add_node_collection(node, suite_collection(state))
+    sched.schedule()
+    assert reads == [0.0]
+    policy = sched._started
+    assert policy.budget_gb(0) == pytest.approx(74.0) and policy.budget_gb(1) == pytest.approx(35.0)
+    now[0] = 3.0
+    node = next(n for n in nodes if n.queue)
+    sched.mark_test_complete(node, node.queue.pop(0))
+    assert reads == [0.0]  # throttled
+    now[0] = 6.0
+    node = next(n for n in nodes if n.queue)
+    sched.mark_test_complete(node, node.queue.pop(0))
+    assert reads == [0.0, 6.0]
+
+
+def test_a_gpus_simulation_plans_as_that_node_but_device_cpu_keeps_the_cpu_size_skip(workdir):
+    state = make_state(workdir, "simulated", parse_gpu_spec("8x80:79"))
+    large = replace(state.items[0].model, params_b=72.0)
+    assert "needs a GPU and none is visible" in state._model_unavailable(large)  # device cpu, no simulation
+    state.simulated_gpu_node = True  # --gpus with --device auto on a host without NVML GPUs
+    assert state._model_unavailable(large) is None
+
+
+def test_workers_get_a_share_of_a_node_wide_host_ram_budget(workdir):
+    state = make_state(workdir, "ram")
+    config = SimpleNamespace(getoption=lambda name, default=None: {"gpus": None}.get(name, default),
+                             stash={}, option=SimpleNamespace(numprocesses=4, tx=[], dist="no"))
+    distribution = ControllerDistribution(config, state)
+    distribution._homes = GpuHomes([0, 1, 2, 3])
+    node = SimpleNamespace(gateway=SimpleNamespace(id="gw0"), workerinput={})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pytest_invarlock.distribution._worker_count", lambda config: 4)
+        distribution.pytest_configure_node(node)
+    assert node.workerinput[HOST_CACHE_INPUT] == host_cache_share(4) == host_cache_share(1) // 4
+    worker = SimpleNamespace(workerinput=node.workerinput)
+    assert node_host_cache_bytes(worker) == host_cache_share(4)

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 
 from pytest_invarlock.verdict.phase0 import (
     BENCHMARK_SIZES,
+    Accounting,
     Confusion,
     EditOutcome,
     ErrorOutcome,
+    NoopOutcome,
     benchmark_size,
     confidence_level,
     confidence_score,
@@ -44,6 +46,7 @@ def edit(
         expected_regression=expected,
         degraded=degraded,
         informational=informational,
+        signal=flagged,
     )
 
 
@@ -269,7 +272,9 @@ def test_validated_low_below_score_60() -> None:
 def test_failed_on_error_detection_below_08() -> None:
     verdict = phase0_verdict(cells(tp=32, tn=32), errors(12, 16))
     assert verdict.error_detection_rate == 0.75
-    assert (verdict.status, verdict.verdict_confidence) == ("PHASE0_FAILED", "HIGH")
+    # The reference names a confidence only for VALIDATED; the old code invented HIGH here.
+    assert (verdict.status, verdict.verdict_confidence) == ("PHASE0_FAILED", None)
+    assert verdict.status_line == f"PHASE0_FAILED (score {verdict.score:.1f}/100)"
 
 
 def test_failed_on_accuracy_below_06() -> None:
@@ -278,10 +283,10 @@ def test_failed_on_accuracy_below_06() -> None:
     assert verdict.status == "PHASE0_FAILED"
 
 
-def test_nothing_run_fails_with_low_confidence() -> None:
+def test_nothing_run_fails_without_a_confidence_qualifier() -> None:
     verdict = phase0_verdict([], [])
     assert verdict.score == 0.0
-    assert (verdict.status, verdict.verdict_confidence, verdict.level) == ("PHASE0_FAILED", "LOW", "VERY_LOW")
+    assert (verdict.status, verdict.verdict_confidence, verdict.level) == ("PHASE0_FAILED", None, "VERY_LOW")
 
 
 def test_degraded_edit_overrides_a_passing_run() -> None:
@@ -290,7 +295,7 @@ def test_degraded_edit_overrides_a_passing_run() -> None:
     verdict = phase0_verdict(outcomes, errors(16, 16))
     assert verdict.degraded_count == 1
     assert not verdict.passed
-    assert (verdict.status, verdict.verdict_confidence) == ("PHASE0_DEGRADED", "LOW")
+    assert (verdict.status, verdict.verdict_confidence) == ("PHASE0_DEGRADED", None)
 
 
 def test_degraded_calibration_counts_but_degraded_error_does_not() -> None:
@@ -304,17 +309,19 @@ def test_negative_degraded_other_is_rejected() -> None:
         phase0_verdict([], [], degraded_other=-1)
 
 
-def test_truth_switches_to_regression_when_any_result_exists() -> None:
-    # Flagged clean edit that lm-eval says regressed: FP by expectation, TP by regression.
+def test_truth_is_chosen_per_edit() -> None:
+    # A flagged clean edit that lm-eval says regressed is a TP; an unscored stress edit that was not
+    # flagged is judged by its expectation (FN), not dropped. The old code let the one lm-eval result
+    # switch the whole campaign to regression truth and excluded the unscored edit.
     disputed = edit(True, False, regressed=True)
-    unjudged = edit(False, False, regressed=None)
-    by_expectation = phase0_verdict([edit(True, False), unjudged], [])
-    by_regression = phase0_verdict([disputed, unjudged], [])
-    assert by_expectation.truth_source == "scenario expectation"
-    assert (by_expectation.confusion.fp, by_expectation.confusion.tn) == (1, 1)
-    assert by_regression.truth_source == "lm-eval regression"
-    assert (by_regression.confusion.tp, by_regression.confusion.total) == (1, 1)
-    assert by_regression.confusion.excluded == 1
+    unscored = edit(False, True, regressed=None)
+    verdict = phase0_verdict([disputed, unscored], [])
+    assert (verdict.confusion.tp, verdict.confusion.fn, verdict.confusion.excluded) == (1, 1, 0)
+    assert verdict.truth_counts == {"regression": {"runs": 1, "edits": 1}, "expectation": {"runs": 1, "edits": 1}}
+    assert verdict.truth_source == "lm-eval regression + scenario expectation"
+    text = verdict.render_text()
+    assert "lm-eval regression for 1 run(s) of 1 edit(s); scenario expectation for 1 run(s) of 1 edit(s)" in text
+    assert phase0_verdict([edit(True, False)], []).truth_source == "scenario expectation"
 
 
 def test_informational_edits_stay_out_of_the_matrix() -> None:
@@ -324,7 +331,7 @@ def test_informational_edits_stay_out_of_the_matrix() -> None:
     ]
     verdict = phase0_verdict(cells(tp=2, tn=2) + informational, [])
     assert verdict.confusion == Confusion(tp=2, fp=0, tn=2, fn=0)
-    assert verdict.truth_source == "scenario expectation"  # informational results do not switch truth
+    assert verdict.truth_source == "scenario expectation"  # informational results do not enter the truth counts
     assert verdict.signal_fraction == 0.5
     assert phase0_verdict(cells(tn=1), []).signal_fraction is None
 
@@ -332,7 +339,7 @@ def test_informational_edits_stay_out_of_the_matrix() -> None:
 def test_to_dict_is_json_ready_in_stable_order() -> None:
     verdict = phase0_verdict(cells(tp=3, fp=1, tn=4, fn=2), errors(16, 16))
     data = verdict.to_dict()
-    assert list(data)[:4] == ["status", "verdict_confidence", "passed", "truth_source"]
+    assert list(data)[:5] == ["status", "verdict_confidence", "passed", "truth_source", "truth_counts"]
     assert json.loads(json.dumps(data)) == data
     assert data["confusion"] == {"tp": 3, "fp": 1, "tn": 4, "fn": 2, "total": 10, "excluded": 0}
     assert data["accuracy_ci"] == pytest.approx([0.39677, 0.89221], abs=1e-5)
@@ -341,9 +348,10 @@ def test_to_dict_is_json_ready_in_stable_order() -> None:
 def test_render_text_shows_the_verdict_compactly() -> None:
     verdict = phase0_verdict(cells(tp=3, fp=1, tn=4, fn=2), errors(16, 16))
     text = verdict.render_text()
-    assert len(text.splitlines()) <= 15
+    assert len(text.splitlines()) <= 16
     for fragment in ("TP 3", "FP 1", "FN 2", "TN 4", "70.0%", "39.7% - 89.2%", "16/16 (100.0%)",
-                     "F1 66.7%", "truth: scenario expectation",
+                     "F1 66.7%", "truth per edit: scenario expectation for 10 run(s) of 2 edit(s)",
+                     "no-op false alarms: 0 of 0",
                      "PHASE0_VALIDATED (confidence MEDIUM, score 68.6/100)"):
         assert fragment in text
     assert text.splitlines()[-1].strip() == verdict.status_line
@@ -364,4 +372,76 @@ def test_verdict_invariants(edits: list[EditOutcome], detections: list[bool], de
     assert verdict.passed == (verdict.status == "PHASE0_VALIDATED")
     low, high = verdict.accuracy_ci
     assert low <= verdict.accuracy <= high or verdict.confusion.total == 0
-    assert math.isclose(verdict.error_detection_rate * len(detections), sum(detections))
+    if detections:
+        assert verdict.error_detection_rate is not None
+        assert math.isclose(verdict.error_detection_rate * len(detections), sum(detections))
+    else:
+        assert verdict.error_detection_rate is None and not verdict.error_measured
+
+
+# ---------------------------------------------------------------- completeness (issue 12)
+
+
+def test_errored_edits_count_against_their_expectation() -> None:
+    # A clean edit and a stress edit whose pipeline crashed: no verdict, so each lands in the wrong
+    # cell (FP, FN). The old verdict dropped them and read 4/4 correct.
+    crashed_clean = EditOutcome("m", "clean", 9, False, None, False, False, False, errored=True)
+    crashed_stress = EditOutcome("m", "stress", 9, False, None, True, False, False, errored=True)
+    verdict = phase0_verdict([*cells(tp=2, tn=2), crashed_clean, crashed_stress], errors(16, 16))
+    assert (verdict.confusion.tp, verdict.confusion.fp, verdict.confusion.tn, verdict.confusion.fn) == (2, 1, 2, 1)
+    assert "(2 errored, counted against their expectation)" in verdict.render_text()
+
+
+def test_a_crashed_error_injection_is_not_detected() -> None:
+    crashed = ErrorOutcome("m", "nan", 1, detected=True, degraded=False, errored=True)
+    verdict = phase0_verdict(cells(tp=32, tn=32), [*errors(3, 3), crashed])
+    assert (verdict.error_detected, verdict.error_total) == (3, 4)
+    assert verdict.status == "PHASE0_FAILED"  # 75% < 80%
+    assert "3/4 (75.0%), 1 errored = not detected" in verdict.render_text()
+
+
+def test_without_error_runs_detection_is_not_measured_and_not_applied() -> None:
+    # The ci suite has no error injections: the old rule read 0% detection and always FAILED.
+    verdict = phase0_verdict(cells(tp=32, tn=32), [])
+    assert verdict.error_detection_rate is None and not verdict.error_measured
+    assert verdict.status == "PHASE0_VALIDATED"
+    assert verdict.score == pytest.approx(98.584 - 25, abs=1e-3)  # the error part of the score stays 0
+    assert "error detection not measured" in verdict.render_text()
+    assert verdict.to_dict()["error_detection_rate"] is None
+
+
+def test_informational_scenarios_are_judged_by_the_minimum_signal_fraction() -> None:
+    def info(scenario: str, run: int, signal: bool) -> EditOutcome:
+        return EditOutcome("m", scenario, run, False, None, True, False, True, signal=signal)
+
+    runs = [info("a", 1, True), info("a", 2, False), info("b", 1, False), info("b", 2, False)]
+    verdict = phase0_verdict(cells(tp=1, tn=1) + runs, [], min_signal_fraction=0.5)
+    assert verdict.signal_by_scenario["m/a"]["met"] and not verdict.signal_by_scenario["m/b"]["met"]
+    assert verdict.informational_met is False
+    text = verdict.render_text()
+    assert "signal 1/4 (25.0%); minimum 50.0% per scenario: NOT met" in text
+    assert "m/b: 0/2 (below minimum)" in text
+    assert phase0_verdict(runs, [], min_signal_fraction=0.0).informational_met is True
+    with pytest.raises(ValueError, match="min_signal_fraction"):
+        phase0_verdict([], [], min_signal_fraction=1.5)
+
+
+def test_noop_false_alarms_are_reported_with_their_gates() -> None:
+    noops = [NoopOutcome("m", 1, False), NoopOutcome("m", 2, True, ("preview_final_drift_acceptable",)),
+             NoopOutcome("m", 3, False)]
+    verdict = phase0_verdict(cells(tp=1, tn=1), [], noops=noops)
+    assert (verdict.noop_false_alarms, verdict.noop_total) == (1, 3)
+    assert "no-op false alarms: 1 of 3 (gate preview_final_drift_acceptable: 1)" in verdict.render_text()
+
+
+def test_accounting_is_rendered_and_serialised() -> None:
+    accounting = Accounting(suite_items=5, with_verdict=2, errored=(("m-x-run1", "boom"),),
+                            skipped=(("m-y-run1", "needs a GPU"),), not_run=("m-z-run1",),
+                            merged=(("m-c-run2", "m-c-run1"),), merge_key="model, weights, window digest")
+    verdict = phase0_verdict(cells(tp=1, tn=1), [], accounting=accounting)
+    text = verdict.render_text()
+    for fragment in ("suite items     5: 2 with a verdict, 1 errored, 1 skipped, 1 not run",
+                     "1 merged (key: model, weights, window digest)", "m-x-run1: boom", "m-y-run1: needs a GPU",
+                     "not run (no record in the run directory): m-z-run1"):
+        assert fragment in text
+    assert json.loads(json.dumps(verdict.to_dict()))["accounting"]["merged"] == [["m-c-run2", "m-c-run1"]]

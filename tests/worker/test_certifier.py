@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from helpers import GATES, synthetic_report
+from pytest_invarlock.campaign.presets import PRESET_KEYS, derive_preset, edit_preset
 from pytest_invarlock.worker.certifier import (
     NON_FINITE_FAILURE,
     REPORT_FILE,
@@ -23,9 +25,7 @@ from pytest_invarlock.worker.certifier import (
     run_baseline,
     tier_preset,
 )
-from pytest_invarlock.campaign.presets import PRESET_KEYS, derive_preset, edit_preset
 
-from helpers import GATES, synthetic_report
 
 def test_from_report_reads_the_numbers():
     verdict = Verdict.from_report(synthetic_report(guard_warnings_present=False), report_path="r.json")
@@ -237,9 +237,9 @@ def test_real_nan_model_is_detected_not_crashed(tmp_path, tiny_assets):
 
 
 def test_hub_dataset_settings_write_the_provider_and_seed(tmp_path):
-    from pytest_invarlock.worker.certifier import _write_invarlock_config
-
     import yaml
+
+    from pytest_invarlock.worker.certifier import _write_invarlock_config
 
     settings = EvaluateSettings(dataset_file=None, seed=44, seq_len=512, stride=512)
     settings.check()  # no local file to validate

@@ -11,6 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pytest_invarlock.assets import build_tasks
 from pytest_invarlock.worker import lm_eval_scoring as benchmarks
 from pytest_invarlock.worker.lm_eval_scoring import (
     LOCAL_TASKS,
@@ -21,7 +22,6 @@ from pytest_invarlock.worker.lm_eval_scoring import (
     prepare_local_tasks,
     run_benchmark,
 )
-from pytest_invarlock.assets import build_tasks
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -1,145 +1,29 @@
-"""Compile item records into the verdict: tables, the Phase 0 block and the analysis files.
+"""Render a compiled verdict: the terminal tables, final_verdict.{json,txt} and the analysis files.
 
-Pure and torch-free: it runs on the controller over the records that xdist forwards (or that the
-single process produced), so the verdict is the same with and without -n. A record is the plain
-dict each item stores through `record_property("invarlock", ...)`.
+Pure and torch-free, like `verdict.compile`. `write_reports` writes every file a run leaves under
+`reports/` and `analysis/`; the evidence pack includes them and its verifier recompiles the
+Phase 0 block from the records to check `final_verdict.json`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_invarlock.verdict.phase0 import EditOutcome, ErrorOutcome, Phase0, is_regression, phase0_verdict, regressed_tasks, regression_se
 from pytest_invarlock.store import write_json_atomic, write_text_atomic
+from pytest_invarlock.verdict.compile import CERTIFY_KINDS, Compiled, finite
 
-CERTIFY_KINDS = ("calibration", "clean", "stress", "error")
 RESULT_COLUMNS = (
     "model", "scenario", "kind", "run", "expectation", "outcome", "met", "overall_pass", "flagged", "detected",
-    "signal", "degraded", "ratio", "ci_lo", "ci_hi", "drift", "failed_gates", "failure", "reused", "seconds",
+    "signal", "degraded", "invalid", "ratio", "ci_lo", "ci_hi", "drift", "window_digest", "revision", "failed_gates",
+    "failure", "reused", "seconds",
 )
 EVAL_COLUMNS = ("model", "variant", "task", "accuracy", "stderr", "n", "delta", "se", "regressed", "finite_logits", "seconds")
-
-
-@dataclass(frozen=True)
-class Compiled:
-    """Everything the terminal summary and the report files show."""
-
-    phase0: Phase0
-    table: list[dict[str, Any]]
-    certify: list[dict[str, Any]]
-    benchmarks: list[dict[str, Any]]
-    regressions: dict[tuple[str, str], bool | None]
-    pipeline_errors: list[dict[str, Any]]
-    skipped: list[dict[str, Any]]
-
-
-def _certify(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [dict(r) for r in records if r.get("kind") in CERTIFY_KINDS]
-
-
-def benchmark_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per finished benchmark item, with its delta against the model's baseline."""
-    done = [r for r in records if r.get("kind") == "benchmark" and r.get("outcome") == "passed" and r.get("accuracy") is not None]
-    baseline = {(r["model"], r["benchmark"]): r for r in done if r["variant"] == "baseline"}
-    rows = []
-    for r in sorted(done, key=lambda r: (r["model"], r["variant"] != "baseline", r["variant"], r["benchmark"])):
-        base = baseline.get((r["model"], r["benchmark"]))
-        row = {"model": r["model"], "variant": r["variant"], "task": r["benchmark"], "accuracy": r["accuracy"],
-               "stderr": r.get("stderr"), "n": r.get("n"), "finite_logits": r.get("finite_logits", True),
-               "seconds": r.get("seconds"), "delta": None, "se": None, "regressed": None}
-        if base is not None and r["variant"] != "baseline":
-            n = int(r.get("n") or base.get("n") or 0) or None
-            row["delta"] = r["accuracy"] - base["accuracy"]
-            row["se"] = regression_se(base["accuracy"], n) if n else None
-            row["regressed"] = (not row["finite_logits"]) or is_regression(base["accuracy"], r["accuracy"], n) if n else None
-        rows.append(row)
-    return rows
-
-
-def regressions(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], bool | None]:
-    """Per (model, edit): regressed on any benchmark (the seed's rule), None when no benchmark compared it."""
-    rows = list(rows)
-    by_variant: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    sizes: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-    broken: set[tuple[str, str]] = set()
-    for row in rows:
-        key = (row["model"], row["variant"])
-        by_variant[key][row["task"]] = row["accuracy"]
-        if row.get("n"):
-            sizes[key][row["task"]] = int(row["n"])
-        if not row.get("finite_logits", True):
-            broken.add(key)
-    out: dict[tuple[str, str], bool | None] = {}
-    for (model, variant), scores in by_variant.items():
-        if variant == "baseline":
-            continue
-        base = by_variant.get((model, "baseline"), {})
-        if not base.keys() & scores.keys():
-            out[(model, variant)] = None
-            continue
-        out[(model, variant)] = (model, variant) in broken or bool(regressed_tasks(base, scores, sizes[(model, variant)]))
-    return out
-
-
-def _table(certify: list[dict[str, Any]], bench: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model: met/total for each certify kind, benchmarks done, mean ratio of clean edits."""
-    rows = []
-    for model in sorted({r["model"] for r in certify} | {r["model"] for r in bench}):
-        row: dict[str, Any] = {"model": model}
-        for kind in CERTIFY_KINDS:
-            mine = [r for r in certify if r["model"] == model and r["kind"] == kind and r.get("outcome") != "skipped"]
-            row[kind] = (sum(bool(r.get("met")) for r in mine), len(mine))
-        row["benchmark"] = sum(1 for r in bench if r["model"] == model)
-        ratios = [r["ratio"] for r in certify if r["model"] == model and r["kind"] == "clean" and _finite(r.get("ratio"))]
-        row["clean_ratio"] = statistics.fmean(ratios) if ratios else None
-        rows.append(row)
-    return rows
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def compile_records(records: Iterable[Mapping[str, Any]]) -> Compiled:
-    records = list(records)
-    certify = _certify(records)
-    judged = [r for r in certify if r.get("outcome") in ("passed", "failed")]
-    bench = benchmark_rows(records)
-    regress = regressions(bench)
-    edits = [
-        EditOutcome(
-            model=r["model"], scenario=r["scenario"], run=r["run"], flagged=bool(r.get("flagged")),
-            regressed=regress.get((r["model"], r["scenario"])), expected_regression=r["kind"] == "stress",
-            degraded=bool(r.get("degraded")), informational=r.get("expectation") == "signal",
-        )
-        for r in judged if r["kind"] in ("clean", "stress")
-    ]
-    errors = [
-        ErrorOutcome(model=r["model"], scenario=r["scenario"], run=r["run"], detected=bool(r.get("detected")),
-                     degraded=bool(r.get("degraded")))
-        for r in judged if r["kind"] == "error"
-    ]
-    degraded_calibration = sum(bool(r.get("degraded")) for r in judged if r["kind"] == "calibration")
-    return Compiled(
-        phase0=phase0_verdict(edits, errors, degraded_other=degraded_calibration),
-        table=_table(certify, bench),
-        certify=certify,
-        benchmarks=bench,
-        regressions=regress,
-        pipeline_errors=[r for r in records if r.get("outcome") == "error"],
-        skipped=[r for r in records if r.get("outcome") == "skipped"],
-    )
-
-
-# --------------------------------------------------------------------------- rendering
 
 
 def render_table(compiled: Compiled) -> str:
@@ -220,7 +104,7 @@ def correlation_analysis(compiled: Compiled) -> dict[str, Any]:
             if r["model"] != model or r["kind"] not in ("clean", "stress") or r.get("outcome") not in ("passed", "failed"):
                 continue
             key = (model, r["scenario"])
-            if _finite(r.get("ratio")) and key in deltas:
+            if finite(r.get("ratio")) and key in deltas:
                 pairs.append((r["ratio"], deltas[key]))
             regressed = compiled.regressions.get(key)
             if regressed is not None:
@@ -237,7 +121,7 @@ def correlation_analysis(compiled: Compiled) -> dict[str, Any]:
 def calibration_summary(compiled: Compiled) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for model in sorted({r["model"] for r in compiled.certify}):
-        runs = [r for r in compiled.certify if r["model"] == model and r["kind"] == "calibration" and _finite(r.get("drift"))]
+        runs = [r for r in compiled.certify if r["model"] == model and r["kind"] == "calibration" and finite(r.get("drift"))]
         drifts = [r["drift"] for r in runs]
         out[model] = {
             "runs": len(runs),
@@ -258,7 +142,7 @@ def write_reports(compiled: Compiled, run_dir: Path, *, header: Mapping[str, Any
         "pipeline_errors": [r["param_id"] for r in compiled.pipeline_errors],
         "skipped": [r["param_id"] for r in compiled.skipped]}
     text = "\n\n".join(part for part in (
-        "\n".join(f"{k}: {v}" for k, v in header.items()),
+        "\n".join(f"{k}: {v}" for k, v in header.items() if k != "campaign"),
         render_table(compiled), render_benchmarks(compiled), compiled.phase0.render_text()) if part) + "\n"
     written = {
         reports / "final_verdict.json": verdict,

@@ -1,0 +1,267 @@
+"""How many evaluation windows a model needs, from the spread of its per-window log-perplexity. Pure.
+
+InvarLock's primary metric is perplexity over the preview and final windows; with full windows (every
+window ``seq_len`` real tokens, see ``worker.windows``) the log-perplexity of an arm is the mean of the
+per-window mean NLLs ``x_i``. A short *pilot* pass of the baseline over tens of windows estimates their
+standard deviation ``sigma``; from it:
+
+- **no-op drift.** A no-op's drift is ``final / preview = exp(mean_F(x) - mean_P(x))``. With exchangeable
+  windows (random draws from one pool) the difference of means is ~ N(0, sigma^2 (1/n_P + 1/n_F)), so the
+  probability that an unchanged model fails the drift gate ``[lo, hi]`` is
+  ``P_fa = Phi(ln(lo)/sd) + 1 - Phi(ln(hi)/sd)``, ``sd = sigma * sqrt(1/n_P + 1/n_F)``. The planner picks the
+  smallest equal arms with ``P_fa <= false_alarm`` (default 1e-3 per run: well inside the band).
+- **the ratio's CI at the acceptance edge.** The ratio is paired (edited vs baseline on the final windows),
+  so its CI half-width in log space is ``z * sigma_d / sqrt(n_F)`` with ``sigma_d`` the per-window spread of
+  the paired log difference. That spread grows with the edit: measured on the tiny model (README
+  figures of 0.12, 260 final windows) ``sigma_d / |mean_d|`` was 0.27-1.27 for edits with ratios 1.01-1.47.
+  Up front the planner can only ask that an edit sitting *at the acceptance edge* (``mean_d = ln(max)``)
+  gets a CI half-width of at most ``resolution`` (default 0.25) of its distance from 1; with
+  ``sigma_d = edit_cv * mean_d`` (default cv 1.5, above every measured value) that needs
+  ``n_F >= (z * edit_cv / resolution)^2`` whatever the edge: clean edits below ``max^(1-resolution)`` and gating
+  edits above ``max^(1+resolution)`` are then told apart by their CIs.
+- **floors.** The tier's window floor (balanced: 180 + 180, else the ci profile aborts) and the token floor
+  of the primary-metric gate (``min_tokens``, summed over both arms; a window contributes ``seq_len - 1``
+  predicted tokens, the conservative count).
+
+``plan_windows`` returns the plan with every number it used; ``assess`` gives the same numbers for explicit
+counts, and ``WindowPlan.underpowered`` says which promise they break (the suite then warns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+DEFAULT_FALSE_ALARM = 1e-3
+DEFAULT_RESOLUTION = 0.25
+DEFAULT_EDIT_CV = 1.5
+CI_Z = 1.959963984540054  # two-sided 95%, InvarLock's alpha 0.05
+MAX_WINDOWS = 1_000_000
+PLAN_FILE = "window_plan.json"  # under the run directory's state/
+
+
+class UnderpoweredWindows(UserWarning):
+    """Explicit window counts that break a promise of the plan (the message has the numbers)."""
+
+
+def normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def noop_false_alarm(sigma: float, preview_n: int, final_n: int, band: tuple[float, float]) -> float:
+    """Probability that a no-op's drift final/preview falls outside ``band`` (exchangeable windows)."""
+    lo, hi = band
+    if not 0 < lo < 1 < hi:
+        raise ValueError(f"drift band must satisfy 0 < lo < 1 < hi, got {band}")
+    if preview_n < 1 or final_n < 1:
+        raise ValueError("window counts must be positive")
+    if sigma <= 0:
+        return 0.0
+    sd = sigma * math.sqrt(1.0 / preview_n + 1.0 / final_n)
+    return normal_cdf(math.log(lo) / sd) + normal_cdf(-math.log(hi) / sd)
+
+
+def drift_quantile_band(sigma: float, preview_n: int, final_n: int, coverage: float = 0.95) -> tuple[float, float]:
+    """The central ``coverage`` interval of a no-op's drift: what five calibration runs should mostly sit in."""
+    sd = sigma * math.sqrt(1.0 / preview_n + 1.0 / final_n)
+    z = _normal_quantile(0.5 + coverage / 2)
+    return (math.exp(-z * sd), math.exp(z * sd))
+
+
+def ci_half_width_at_edge(final_n: int, acceptance_max: float, edit_cv: float = DEFAULT_EDIT_CV) -> float:
+    """Expected log-space CI half-width of the ratio for an edit whose ratio sits at ``acceptance_max``."""
+    return CI_Z * edit_cv * math.log(acceptance_max) / math.sqrt(final_n)
+
+
+def _normal_quantile(p: float) -> float:
+    """Inverse of ``normal_cdf`` by bisection (pure, no scipy)."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    lo, hi = -40.0, 40.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if normal_cdf(mid) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What the plan depends on. ``sigma``: per-window std of mean NLL (nats) from the pilot of ``pilot_windows``."""
+
+    sigma: float
+    seq_len: int
+    acceptance: tuple[float, float]
+    drift_band: tuple[float, float] = (0.95, 1.05)
+    min_tokens: int = 50_000
+    tier_floor: tuple[int, int] = (180, 180)
+    pool_windows: int | None = None  # windows the corpus offers (None: a hub dataset, not ours to count)
+    runs: int = 1  # the most runs any scenario of the model has: disjoint draws want runs * n windows
+    false_alarm: float = DEFAULT_FALSE_ALARM
+    resolution: float = DEFAULT_RESOLUTION
+    edit_cv: float = DEFAULT_EDIT_CV
+    pilot_windows: int = 0
+    pilot_mean_nll: float | None = None
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    preview_n: int
+    final_n: int
+    chosen_by: str  # "auto" or "explicit"
+    inputs: PlanInputs
+    false_alarm: float  # P(no-op drift outside the band) per run
+    drift_95: tuple[float, float]  # central 95% of a no-op's drift
+    ci_half_width_at_edge: float  # log-space, for an edit at the acceptance edge
+    tokens: int  # predicted tokens over both arms
+    needs: dict[str, int] = field(default_factory=dict)  # per criterion: the windows per arm it asks for
+    problems: tuple[str, ...] = ()  # what explicit counts fail to deliver (empty: adequately powered)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def underpowered(self) -> bool:
+        return bool(self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["underpowered"] = self.underpowered
+        return data
+
+    def summary(self) -> str:
+        """One line: the counts and why."""
+        i = self.inputs
+        why = ", ".join(f"{k} {v}" for k, v in self.needs.items())
+        return (f"{self.preview_n}+{self.final_n} windows ({self.chosen_by}) of {i.seq_len} tokens: "
+                f"pilot sigma {i.sigma:.4f} nats over {i.pilot_windows} windows; no-op drift false alarm "
+                f"{self.false_alarm:.2e} per run (band {list(i.drift_band)}, 95% of no-op drifts in "
+                f"[{self.drift_95[0]:.4f}, {self.drift_95[1]:.4f}]); CI half-width at the acceptance edge "
+                f"{i.acceptance[1]} ~ {self.ci_half_width_at_edge:.4f} log ({self.ci_half_width_at_edge / math.log(i.acceptance[1]):.0%} "
+                f"of its distance from 1); {self.tokens} tokens; needs per arm: {why}")
+
+
+def _needs(inputs: PlanInputs) -> dict[str, int]:
+    tokens_per_window = max(1, inputs.seq_len - 1)
+    needs = {
+        "tier_floor": max(inputs.tier_floor),
+        "token_floor": math.ceil(inputs.min_tokens / (2 * tokens_per_window)),
+        "drift": _drift_need(inputs),
+        "ci_at_edge": math.ceil((CI_Z * inputs.edit_cv / inputs.resolution) ** 2),
+    }
+    return needs
+
+
+def _drift_need(inputs: PlanInputs) -> int:
+    """Smallest n (both arms) with P_fa <= target; P_fa falls monotonically with n."""
+    if noop_false_alarm(inputs.sigma, 1, 1, inputs.drift_band) <= inputs.false_alarm:
+        return 1
+    lo, hi = 1, 1
+    while noop_false_alarm(inputs.sigma, hi, hi, inputs.drift_band) > inputs.false_alarm:
+        lo, hi = hi, hi * 2
+        if hi > MAX_WINDOWS:
+            return MAX_WINDOWS
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if noop_false_alarm(inputs.sigma, mid, mid, inputs.drift_band) <= inputs.false_alarm:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _check(inputs: PlanInputs) -> None:
+    if not (inputs.sigma >= 0 and math.isfinite(inputs.sigma)):
+        raise ValueError(f"sigma must be a finite non-negative number, got {inputs.sigma}")
+    if inputs.seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2, got {inputs.seq_len}")
+    if not 0 < inputs.false_alarm < 1 or not 0 < inputs.resolution < 1 or inputs.edit_cv <= 0:
+        raise ValueError("false_alarm and resolution must be in (0, 1) and edit_cv positive")
+    if not 0 < inputs.acceptance[0] < 1 < inputs.acceptance[1]:
+        raise ValueError(f"acceptance must satisfy 0 < min < 1 < max, got {inputs.acceptance}")
+
+
+def _evaluate(inputs: PlanInputs, preview_n: int, final_n: int, chosen_by: str, needs: dict[str, int],
+              notes: list[str]) -> WindowPlan:
+    fa = noop_false_alarm(inputs.sigma, preview_n, final_n, inputs.drift_band)
+    tokens = (preview_n + final_n) * (inputs.seq_len - 1)
+    problems = []
+    if preview_n < inputs.tier_floor[0] or final_n < inputs.tier_floor[1]:
+        problems.append(f"below the tier floor {inputs.tier_floor[0]}+{inputs.tier_floor[1]} (InvarLock aborts the run)")
+    if tokens < inputs.min_tokens:
+        problems.append(f"{tokens} tokens, under the primary-metric gate's floor of {inputs.min_tokens}")
+    if fa > inputs.false_alarm:
+        problems.append(f"a no-op fails the drift gate with probability {fa:.2%} per run (target {inputs.false_alarm:.2%}; "
+                        f"{needs['drift']}+{needs['drift']} windows would meet it)")
+    half = ci_half_width_at_edge(final_n, inputs.acceptance[1], inputs.edit_cv)
+    if half > inputs.resolution * math.log(inputs.acceptance[1]):
+        problems.append(f"the ratio's CI at the acceptance edge is +-{half:.4f} log, over {inputs.resolution:.0%} of the "
+                        f"edge's distance from 1 ({needs['ci_at_edge']} final windows would meet it)")
+    if inputs.pool_windows is not None and (preview_n + final_n) * inputs.runs > inputs.pool_windows:
+        notes.append(f"the corpus packs into {inputs.pool_windows} windows: {inputs.runs} runs of {preview_n + final_n} "
+                     "overlap (each run is still its own random draw)")
+    return WindowPlan(preview_n, final_n, chosen_by, inputs, fa, drift_quantile_band(inputs.sigma, preview_n, final_n)
+                      if inputs.sigma > 0 else (1.0, 1.0), half, tokens, needs, tuple(problems), tuple(notes))
+
+
+def plan_windows(inputs: PlanInputs) -> WindowPlan:
+    """The smallest equal preview/final counts that meet every criterion (capped by the corpus, with a note)."""
+    _check(inputs)
+    needs = _needs(inputs)
+    n = max(needs.values())
+    notes: list[str] = []
+    if inputs.pool_windows is not None and 2 * n > inputs.pool_windows:
+        capped = inputs.pool_windows // 2
+        notes.append(f"wanted {n}+{n} windows but the corpus packs into {inputs.pool_windows}: capped at {capped}+{capped}")
+        n = capped
+    return _evaluate(inputs, n, n, "auto", needs, notes)
+
+
+def assess(inputs: PlanInputs, preview_n: int, final_n: int) -> WindowPlan:
+    """The same numbers for explicit counts; ``problems`` lists what they fail to deliver."""
+    _check(inputs)
+    return _evaluate(inputs, preview_n, final_n, "explicit", _needs(inputs), [])
+
+
+def pilot_sigma(window_nll: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample std) of per-window mean NLLs; at least 2 finite values."""
+    finite = [float(x) for x in window_nll if math.isfinite(x)]
+    if len(finite) < 2:
+        raise ValueError(f"the pilot needs at least 2 finite window NLLs, got {len(finite)}")
+    return statistics.fmean(finite), statistics.stdev(finite)
+
+
+def scaled_sigma(sigma: float, from_seq_len: int, to_seq_len: int) -> float:
+    """A sigma measured at one window length carried to another as if token NLLs were independent
+    (sigma ~ 1/sqrt(seq_len)); real text is positively correlated, so this is optimistic for longer windows."""
+    return sigma * math.sqrt(from_seq_len / to_seq_len)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print a plan: ``python -m pytest_invarlock.campaign.window_planner --sigma 0.3 --seq-len 512``."""
+    parser = argparse.ArgumentParser(prog="python -m pytest_invarlock.campaign.window_planner", description=main.__doc__)
+    parser.add_argument("--sigma", type=float, required=True, help="per-window std of mean NLL (nats)")
+    parser.add_argument("--seq-len", type=int, required=True)
+    parser.add_argument("--acceptance", type=float, nargs=2, default=(0.90, 1.20))
+    parser.add_argument("--drift-band", type=float, nargs=2, default=(0.95, 1.05))
+    parser.add_argument("--min-tokens", type=int, default=50_000)
+    parser.add_argument("--tier-floor", type=int, nargs=2, default=(180, 180))
+    parser.add_argument("--false-alarm", type=float, default=DEFAULT_FALSE_ALARM)
+    parser.add_argument("--windows", type=int, nargs=2, default=None, help="assess explicit preview/final counts")
+    args = parser.parse_args(argv)
+    inputs = PlanInputs(sigma=args.sigma, seq_len=args.seq_len, acceptance=tuple(args.acceptance),
+                        drift_band=tuple(args.drift_band), min_tokens=args.min_tokens, tier_floor=tuple(args.tier_floor),
+                        false_alarm=args.false_alarm)
+    plan = assess(inputs, *args.windows) if args.windows else plan_windows(inputs)
+    print(plan.summary())
+    for problem in plan.problems:
+        print(f"  underpowered: {problem}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,455 @@
+"""Live progress of a validation session, on the controller (or the single process).
+
+What it shows: items done/total, failures and errors so far, elapsed time and an ETA, and one line per
+worker (one xdist worker per GPU, so one line per GPU; `main` without -n) with its current item and
+how long it has been running.
+
+ETA: every item starts with a prior from a cost model by kind and model size (the scheduling
+simulator's seconds per GB of weights, `perf/simulate.py`, with a floor measured on the tiny suite
+on 2 CPU cores: 16 s per calibration run, 9 s per other item). Once items finish, the priors are
+scaled by measured/prior (per kind once two items of that kind finished, overall before), so a
+second run that reuses everything converges to seconds within a few items. Remaining work (the
+unstarted items plus what is left of the running ones) is divided by the number of workers.
+
+Where each item runs: with our GPU scheduler the placement callback names the worker before the item
+is sent (exact); with xdist's own schedulers the item goes to an idle worker at its start and to the
+worker its first report names (`report.node`) from then on; without -n everything runs on `main`.
+
+Two displays:
+- on a terminal (stdout a tty, TERM not dumb, output captured, no live logging): a status block
+  drawn with rich below pytest's own output and updated in place, once a second. It is drawn only
+  while pytest is not writing: each hook in which pytest's terminal reporter (or xdist's) writes is
+  bracketed, erasing the block first (tryfirst) and drawing it again last (trylast). When pytest's
+  cursor sits mid-line (the progress dots), the block starts on the next line and erasing it puts
+  the cursor back where pytest left it, so pytest's output reads exactly as without the block.
+- otherwise (CI logs, `| tee`): a plain line `[invarlock] ...` at most every `--progress-interval`
+  seconds (default 30) and at each further 10% of the items, written between pytest's lines when an item starts.
+`-q` turns both off, as does `--progress-interval 0`. Nothing here changes reports, junit or --lf.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pytest_invarlock.campaign.items import Item, item_from_nodeid
+from pytest_invarlock.state import ConfigState
+
+PROGRESS_PLUGIN = "invarlock-progress"
+DEFAULT_INTERVAL_S = 30.0
+STEP_FRACTION = 0.10
+REFRESH_S = 1.0
+SECONDS_PER_GB = {"calibration": 2.0, "clean": 2.6, "stress": 2.6, "error": 2.4, "benchmark": 2.0}
+FLOOR_SECONDS = {"calibration": 16.0, "clean": 9.0, "stress": 9.0, "error": 9.0, "benchmark": 9.0}
+PLAIN_TEST_SECONDS = 0.1  # a collected test that is not a suite item
+MIN_KIND_SAMPLES = 2
+
+
+def prior_seconds(item: Item | None) -> float:
+    """The cost model's guess for one item, before anything was measured."""
+    if item is None:
+        return PLAIN_TEST_SECONDS
+    from pytest_invarlock.scheduling.tasks import model_profile
+
+    kind = str(item.kind)
+    return max(FLOOR_SECONDS.get(kind, 9.0), SECONDS_PER_GB.get(kind, 2.4) * model_profile(item.model).weights_gb)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+@dataclass
+class Running:
+    nodeid: str
+    label: str
+    started: float
+    lane: str
+
+
+@dataclass
+class Progress:
+    """Counts, the corrected cost model and what each lane runs. Pure: no pytest, no terminal."""
+
+    priors: dict[str, tuple[str, float]] = field(default_factory=dict)  # nodeid -> (kind, prior seconds)
+    lanes: list[str] = field(default_factory=list)
+    clock: Callable[[], float] = time.time
+    started: float = 0.0
+    finished: dict[str, str] = field(default_factory=dict)  # nodeid -> outcome
+    measured: dict[str, float] = field(default_factory=dict)  # nodeid -> seconds (items that did work)
+    running: dict[str, Running] = field(default_factory=dict)  # nodeid -> running item
+    placed: dict[str, str] = field(default_factory=dict)  # nodeid -> lane, from the scheduler
+
+    def __post_init__(self) -> None:
+        self.started = self.started or self.clock()
+
+    @property
+    def total(self) -> int:
+        return len(self.priors)
+
+    @property
+    def done(self) -> int:
+        return len(self.finished)
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for o in self.finished.values() if o == outcome)
+
+    def add_lane(self, lane: str) -> None:
+        if lane not in self.lanes:
+            self.lanes.append(lane)
+
+    def _idle_lane(self) -> str:
+        busy = {r.lane for r in self.running.values()}
+        idle = [lane for lane in self.lanes if lane not in busy]
+        return idle[0] if idle else (self.lanes[0] if self.lanes else "main")
+
+    def start(self, nodeid: str, label: str) -> None:
+        lane = self.placed.get(nodeid) or self._idle_lane()
+        self.running[nodeid] = Running(nodeid, label, self.clock(), lane)
+
+    def seen_on(self, nodeid: str, lane: str) -> None:
+        """A report named the worker that runs the item: trust it over the guess."""
+        self.add_lane(lane)
+        if nodeid in self.running:
+            self.running[nodeid].lane = lane
+
+    def finish(self, nodeid: str, outcome: str) -> None:
+        running = self.running.pop(nodeid, None)
+        self.finished[nodeid] = outcome
+        if running is not None and outcome != "skipped":
+            self.measured[nodeid] = self.clock() - running.started
+
+    def scale(self, kind: str) -> float:
+        """measured / prior over finished items: of this kind when there are enough, else of all."""
+
+        def ratio(ids: Iterable[str]) -> float | None:
+            ids = list(ids)
+            prior = sum(self.priors[i][1] for i in ids if i in self.priors)
+            return sum(self.measured[i] for i in ids) / prior if prior and ids else None
+
+        same = [i for i in self.measured if self.priors.get(i, ("", 0))[0] == kind]
+        if len(same) >= MIN_KIND_SAMPLES:
+            return ratio(same) or 1.0
+        return ratio(self.measured) or 1.0
+
+    def eta_seconds(self) -> float | None:
+        if not self.total:
+            return None
+        now = self.clock()
+        remaining = 0.0
+        for nodeid, (kind, prior) in self.priors.items():
+            if nodeid in self.finished:
+                continue
+            expected = prior * self.scale(kind)
+            running = self.running.get(nodeid)
+            remaining += max(0.0, expected - (now - running.started)) if running else expected
+        return remaining / max(1, len(self.lanes))
+
+    def summary(self) -> str:
+        total, done = self.total, self.done
+        percent = f" ({100 * done / total:.0f}%)" if total else ""
+        parts = [f"{done}/{total} done{percent}", f"{self.count('failed')} failed"]
+        if self.count("error"):
+            parts.append(f"{self.count('error')} errors")
+        if self.count("skipped"):
+            parts.append(f"{self.count('skipped')} skipped")
+        eta = self.eta_seconds() if done < total else 0.0
+        return ", ".join(parts) + f"; elapsed {fmt_duration(self.clock() - self.started)}, ETA {fmt_duration(eta)}"
+
+    def lane_rows(self) -> list[tuple[str, str, str]]:
+        """(lane, current item, elapsed) for each lane, idle ones included."""
+        now = self.clock()
+        by_lane = {r.lane: r for r in self.running.values()}
+        lanes = list(self.lanes) + [lane for lane in by_lane if lane not in self.lanes]
+        rows = []
+        for lane in lanes:
+            r = by_lane.get(lane)
+            rows.append((lane, r.label, fmt_duration(now - r.started)) if r else (lane, "idle", ""))
+        return rows
+
+
+def _outcome(report: pytest.TestReport) -> str | None:
+    """The item's outcome once its last report arrived, or None while it still runs."""
+    if report.when == "setup" and not report.passed:
+        return "skipped" if report.skipped else "error"
+    if report.when == "call":
+        return "failed" if report.failed else "skipped" if report.skipped else "passed"
+    if report.when == "teardown" and report.failed:
+        return "error"
+    return None
+
+
+class ProgressReporter:
+    """The controller's progress display; see the module docstring."""
+
+    def __init__(self, config: pytest.Config, state: ConfigState, *, live: bool, interval: float) -> None:
+        self.config, self.state = config, state
+        self.live, self.interval = live, interval
+        self.progress = Progress()
+        self._labels: dict[str, str] = {}
+        self._homes: dict[str, Any] = {}
+        self._last_line = 0.0
+        self._next_step = STEP_FRACTION
+        self._status: LiveStatus | None = None
+        self._stopped = False
+
+    # ------------------------------------------------------------------ the items to expect
+
+    def _expect(self, nodeids: Sequence[str]) -> None:
+        if self.progress.priors:
+            return
+        items = {nodeid: item_from_nodeid(nodeid, self.state.index) for nodeid in nodeids}
+        if not any(items.values()):  # no suite item collected (a project's own test_calibration[1]...): stay silent
+            return
+        for nodeid, item in items.items():
+            self.progress.priors[nodeid] = (str(item.kind) if item else "test", prior_seconds(item))
+            self._labels[nodeid] = item.param_id if item else nodeid.rsplit("::", 1)[-1]
+        self.progress.started = self.progress.clock()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if getattr(self.config.option, "numprocesses", None) in (None, 0) and not getattr(self.config.option, "tx", None):
+            self.progress.add_lane("main")
+            self._expect([item.nodeid for item in session.items])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self._expect(ids)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodeready(self, node: Any) -> None:
+        self.progress.add_lane(node.gateway.id)
+
+    def placed(self, item: Item, worker: str, devices: Sequence[int]) -> None:
+        """The GPU scheduler sent `item` to `worker` (called before the item is sent)."""
+        nodeid = next((n for n in self.progress.priors if n.endswith(f"::{item.test}[{item.param_id}]")), None)
+        if nodeid is not None:
+            self.progress.placed[nodeid] = worker
+        if self.state.gpus:
+            self._homes.setdefault(worker, devices[0] if devices else None)
+
+    def wrap_placed(self, on_placed: Callable[[Item, str, Sequence[int]], None]) -> Callable[[Item, str, Sequence[int]], None]:
+        def both(item: Item, worker: str, devices: Sequence[int]) -> None:
+            on_placed(item, worker, devices)
+            self.placed(item, worker, devices)
+
+        return both
+
+    # ------------------------------------------------------------------ events (bracketed for the live block)
+    # Each event has a tryfirst impl that erases the block before pytest writes, and a trylast one (its own
+    # name, pytest's spec through `specname`; pytest only reads `pytest_*` attributes) that updates and redraws.
+
+    def _hide(self) -> None:
+        if self._status is not None:
+            self._status.hide()
+
+    def _show(self) -> None:
+        if self._stopped or not self.live or not self.progress.total:
+            return
+        if self._status is None:
+            self._status = LiveStatus(self.config, self.render)
+        self._status.show()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self._hide()
+
+    @pytest.hookimpl(trylast=True, specname="pytest_runtest_logstart")
+    def pytest_runtest_logstart_last(self, nodeid: str) -> None:
+        if nodeid in self.progress.priors:
+            self.progress.start(nodeid, self._labels.get(nodeid, nodeid))
+            self._plain_line()
+        self._show()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._hide()
+
+    @pytest.hookimpl(trylast=True, specname="pytest_runtest_logreport")
+    def pytest_runtest_logreport_last(self, report: pytest.TestReport) -> None:
+        node = getattr(report, "node", None)
+        if node is not None:
+            self.progress.seen_on(report.nodeid, node.gateway.id)
+        outcome = _outcome(report)
+        if outcome is not None and report.nodeid in self.progress.priors and report.nodeid not in self.progress.finished:
+            self.progress.finish(report.nodeid, outcome)
+        self._show()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        self._hide()
+
+    @pytest.hookimpl(trylast=True, specname="pytest_runtest_logfinish")
+    def pytest_runtest_logfinish_last(self, nodeid: str) -> None:
+        self._show()
+
+    @pytest.hookimpl(tryfirst=True, optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        self._hide()
+
+    @pytest.hookimpl(tryfirst=True, optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        self._hide()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        self._stop()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_keyboard_interrupt(self) -> None:
+        self._stop()
+
+    def pytest_unconfigure(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        self._stopped = True
+        if self._status is not None:
+            self._status.close()
+
+    # ------------------------------------------------------------------ output
+
+    def lane_label(self, lane: str) -> str:
+        home = self._homes.get(lane)
+        return f"{lane} GPU {home}" if home is not None else lane
+
+    def render(self) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column(overflow="ellipsis", no_wrap=True)
+        table.add_column(justify="right")
+        for lane, label, elapsed in self.progress.lane_rows():
+            table.add_row(self.lane_label(lane), label, elapsed)
+        title = Text.assemble(("invarlock ", "bold cyan"), self.progress.summary())
+        from rich.console import Group
+
+        return Group(title, table)
+
+    def plain_line(self) -> str:
+        lanes = "; ".join(
+            f"{self.lane_label(lane)}: {label}{' ' + elapsed if elapsed else ''}"
+            for lane, label, elapsed in self.progress.lane_rows()
+        )
+        return f"[invarlock] {self.progress.summary()}" + (f" | {lanes}" if lanes else "")
+
+    def _plain_line(self) -> None:
+        if self.live or not self.progress.total:
+            return
+        now = self.progress.clock()
+        fraction = self.progress.done / self.progress.total
+        due = now - self._last_line >= self.interval or fraction >= self._next_step or fraction >= 1.0
+        if not due:
+            return
+        self._last_line = now
+        while self._next_step <= fraction:
+            self._next_step += STEP_FRACTION
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            if self.config.get_terminal_writer().width_of_current_line:  # after xdist's dots: a line of its own
+                reporter.write("\n")
+            reporter.write_line(self.plain_line())
+
+
+class LiveStatus:
+    """A block of lines below pytest's output, drawn and erased with rich; a thread refreshes the clock."""
+
+    def __init__(self, config: pytest.Config, render: Callable[[], Any]) -> None:
+        from rich.console import Console
+
+        self.tw = config.get_terminal_writer()
+        self.file = sys.stdout
+        self.render = render
+        self.console = Console(
+            file=io.StringIO(), force_terminal=True, width=max(40, self.tw.fullwidth - 1), highlight=False, soft_wrap=False
+        )
+        self.lock = threading.RLock()
+        self.height = 0
+        self.column = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh, name="invarlock-progress", daemon=True)
+        self._thread.start()
+
+    def show(self) -> None:
+        with self.lock:
+            if self.height or self._stop.is_set():
+                return
+            self.file.flush()
+            self.column = self.tw.width_of_current_line
+            buffer = io.StringIO()
+            self.console.file = buffer
+            self.console.print(self.render())
+            block = buffer.getvalue().rstrip("\n")
+            self.file.write(("\n" if self.column else "") + block)
+            self.file.flush()
+            self.height = block.count("\n") + 1
+
+    def hide(self) -> None:
+        from rich.control import Control
+        from rich.segment import ControlType
+
+        with self.lock:
+            if not self.height:
+                return
+            codes: list[Any] = [(ControlType.CARRIAGE_RETURN,), (ControlType.ERASE_IN_LINE, 2)]
+            for _ in range(self.height - 1):
+                codes += [(ControlType.CURSOR_UP, 1), (ControlType.ERASE_IN_LINE, 2)]
+            if self.column:
+                codes += [(ControlType.CURSOR_UP, 1), (ControlType.CURSOR_MOVE_TO_COLUMN, self.column)]
+            self.file.write(str(Control(*codes)))
+            self.file.flush()
+            self.height = 0
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(REFRESH_S):
+            with self.lock:
+                if self.height:
+                    self.hide()
+                    self.show()
+
+    def close(self) -> None:
+        with self.lock:
+            self.hide()
+            self._stop.set()
+
+
+def progress_mode(config: pytest.Config) -> tuple[bool, float] | None:
+    """(live, interval) for this session, or None when progress is off (-q, --progress-interval 0)."""
+    interval = config.getoption("progress_interval", DEFAULT_INTERVAL_S)
+    if config.get_verbosity() < 0 or interval is None or interval <= 0:
+        return None
+    stream = sys.stdout
+    live = (
+        hasattr(stream, "isatty")
+        and stream.isatty()
+        and os.environ.get("TERM", "") not in ("", "dumb")
+        and config.getoption("capture", "fd") != "no"
+        and not config.getini("log_cli")
+        and not config.getoption("log_cli_level", None)
+    )
+    return bool(live), float(interval)
+
+
+def register(config: pytest.Config, state: ConfigState) -> ProgressReporter | None:
+    """Register the progress display on the controller when the session wants one."""
+    mode = progress_mode(config)
+    if mode is None:
+        return None
+    reporter = ProgressReporter(config, state, live=mode[0], interval=mode[1])
+    config.pluginmanager.register(reporter, PROGRESS_PLUGIN)
+    return reporter

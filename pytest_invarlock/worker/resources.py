@@ -1,0 +1,232 @@
+"""Worker resources: freeing memory between models, recognising CUDA OOM, and item time limits.
+
+- `release_memory()` drops what Python still holds (gc) and returns the CUDA caching allocator's
+  free blocks to the driver, so the next model (ours or another worker's on a shared GPU) and the
+  controller's NVML reading see the memory as free. `memory_snapshot()` says what is still held.
+- `is_oom(...)` recognises an out-of-memory failure: torch's `OutOfMemoryError`, or InvarLock's log
+  of one (its loader wraps the error as MODEL-LOAD-FAILED; the message keeps "out of memory").
+- `deadline(seconds, what)` bounds an item. Chosen design, and why:
+  * An evaluate in a subprocess is bounded by the subprocess itself (`certify(timeout_s=...)` kills
+    the child); the worker goes on with its next item.
+  * Work in the worker's own process (an in-process evaluate, lm-eval on the cached model, an edit)
+    cannot be bounded that way without giving up the in-process speed (15-25% per evaluate, and the
+    model cache). The main thread gets SIGALRM at the limit and raises `ItemTimeout` (a
+    BaseException, so `except Exception` handlers let it through); the item becomes an error
+    "timed out after N s", the stack unwinds (models dropped, process state restored), and the
+    worker takes its next item. This is pytest-timeout's signal method. Some code catches even
+    BaseException (InvarLock 0.12.1's loader wraps whatever interrupts `from_pretrained` as
+    MODEL-LOAD-FAILED and tries a second loader): the interruption is raised once only (a repeat
+    could land in cleanup code), and when the block ends after the limit, however it ends, it is
+    reported as timed out.
+  * Backstop, for a hang in C code that never returns to Python (a CUDA or NCCL wait): a watchdog
+    thread writes the reason to the worker log and `logs/timeouts.log`, then ends the worker
+    process (`os._exit(EXIT_TIMED_OUT)`) when it runs under xdist, which reports the item as a
+    crash and starts a replacement worker. Without xdist nothing could replace the process, so the
+    watchdog only logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import gc
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("pytest_invarlock")
+
+EXIT_TIMED_OUT = 70
+HARD_GRACE_S = 60.0
+_OOM_PATTERN = re.compile(r"OutOfMemoryError|out of memory|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)
+
+
+class ItemTimeout(BaseException):  # an interruption, like KeyboardInterrupt
+    """Raised in the main thread when an item runs past its limit."""
+
+    def __init__(self, seconds: float, what: str) -> None:
+        super().__init__(f"{what} timed out after {seconds:g} s")
+        self.seconds = seconds
+        self.what = what
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def release_memory() -> None:
+    """Collect garbage and hand CUDA's cached free blocks back to the driver (no-op without CUDA)."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def memory_snapshot() -> dict[str, Any]:
+    """CUDA memory this process holds and the device's free memory, in bytes ({} without CUDA)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    free, total = torch.cuda.mem_get_info()
+    return {"cuda_allocated_bytes": int(torch.cuda.memory_allocated()),
+            "cuda_reserved_bytes": int(torch.cuda.memory_reserved()),
+            "cuda_free_bytes": int(free), "cuda_total_bytes": int(total)}
+
+
+def is_oom(error: BaseException | str | None) -> bool:
+    """Whether an exception (or a failure message / log tail) is a device out-of-memory error."""
+    if error is None:
+        return False
+    if isinstance(error, BaseException):
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(error, torch.OutOfMemoryError):
+            return True
+        error = f"{type(error).__name__}: {error}"
+    return bool(_OOM_PATTERN.search(error))
+
+
+def backoff_s(attempt: int, base_s: float) -> float:
+    """Exponential backoff before retry `attempt` (1-based): base, 2*base, 4*base..."""
+    return base_s * 2 ** (attempt - 1)
+
+
+def smaller_batch(batch: int | str) -> int | None:
+    """The lm-eval batch to retry with after an OOM: half of a fixed batch; 8 after an automatic one.
+
+    None when the batch is already 1 (nothing smaller to try). lm-eval's "auto" batch already probes
+    down from its maximum, so an OOM under it happened later, on a longer request: a fixed 8 is the
+    seed's next step.
+    """
+    text = str(batch).strip().lower()
+    if text.startswith("auto"):
+        return 8
+    size = int(text)
+    return size // 2 if size > 1 else None
+
+
+# --------------------------------------------------------------------------- time limits
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None, what: str, *, note: Callable[[str], None] | None = None,
+             grace_s: float | None = None) -> Iterator[None]:
+    """Run the block with a time limit (see the module docstring); None or <= 0 means no limit.
+
+    `note(message)` is called by the watchdog before it ends the process (to leave the reason on disk).
+    """
+    if not seconds or seconds <= 0:
+        yield
+        return
+    in_main = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    previous_handler = None
+    expired = threading.Event()
+    if in_main:
+        def _interrupt(signum: int, frame: Any) -> None:
+            expired.set()
+            raise ItemTimeout(seconds, what)
+
+        previous_handler = signal.signal(signal.SIGALRM, _interrupt)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    done = threading.Event()
+    grace = HARD_GRACE_S if grace_s is None else grace_s
+    watchdog = threading.Thread(target=_watchdog, args=(done, seconds, grace, what, note), daemon=True,
+                                name="invarlock-item-watchdog")
+    watchdog.start()
+    try:
+        yield
+    except ItemTimeout:
+        raise
+    except BaseException as error:
+        if expired.is_set():  # the interruption was caught on the way (InvarLock's loader does) and became this
+            raise ItemTimeout(seconds, what) from error
+        raise
+    else:
+        if expired.is_set():  # caught and carried on: whatever it returned ran past the limit
+            raise ItemTimeout(seconds, what)
+    finally:
+        done.set()
+        if in_main:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_handler)
+
+
+def _watchdog(done: threading.Event, seconds: float, grace: float, what: str,
+              note: Callable[[str], None] | None) -> None:
+    if done.wait(seconds + grace):
+        return
+    under_xdist = "PYTEST_XDIST_WORKER" in os.environ
+    message = (f"{what} timed out after {seconds:g} s and did not stop within {grace:g} s more; "
+               + ("ending this xdist worker so that a replacement takes the next items" if under_xdist
+                  else "without xdist no process can replace this one, so it keeps waiting"))
+    log.error(message)
+    with contextlib.suppress(Exception):
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    if note is not None:
+        with contextlib.suppress(Exception):
+            note(message)
+    if under_xdist:
+        os._exit(EXIT_TIMED_OUT)
+
+
+def timeout_note(run_dir: Path, item_id: str) -> Callable[[str], None]:
+    """A `deadline` note that appends the reason to `<run_dir>/logs/timeouts.log`."""
+    def write(message: str) -> None:
+        path = run_dir / "logs" / "timeouts.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} {item_id}: {message}\n")
+    return write
+
+
+# --------------------------------------------------------------------------- seeing an OOM that InvarLock hides
+
+OOM_MARKER = "pytest-invarlock: a torch.OutOfMemoryError was raised during this evaluate"
+
+
+class OomWatch:
+    """Notes every `torch.OutOfMemoryError` raised while active (Python 3.12 `sys.monitoring` RAISE events).
+
+    InvarLock 0.12.1 wraps a failed model load as "[INVARLOCK:E201] MODEL-LOAD-FAILED" and prints
+    neither the cause nor a traceback, so its log alone cannot tell an OOM from a broken checkpoint.
+    The watch sees the original error where it is raised, whatever catches it later.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self._tool: int | None = None
+
+    def __enter__(self) -> OomWatch:
+        monitoring = getattr(sys, "monitoring", None)
+        torch = sys.modules.get("torch")
+        if monitoring is None or torch is None:
+            return self
+        for tool in range(6):
+            if monitoring.get_tool(tool) is None:
+                monitoring.use_tool_id(tool, "pytest-invarlock-oom-watch")
+                self._tool = tool
+                break
+        if self._tool is None:
+            return self
+        oom_type = torch.OutOfMemoryError
+
+        def on_raise(code: Any, offset: int, exception: BaseException) -> Any:
+            if isinstance(exception, oom_type) and len(self.seen) < 10:
+                self.seen.append(f"{type(exception).__name__}: {exception}"[:300])
+
+        monitoring.register_callback(self._tool, monitoring.events.RAISE, on_raise)
+        monitoring.set_events(self._tool, monitoring.events.RAISE)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tool is not None:
+            monitoring = sys.monitoring
+            monitoring.set_events(self._tool, 0)
+            monitoring.register_callback(self._tool, monitoring.events.RAISE, None)
+            monitoring.free_tool_id(self._tool)
+            self._tool = None

@@ -1,0 +1,121 @@
+"""The window planner's math: false-alarm probability, the counts it picks, and what it flags as underpowered."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_invarlock.campaign import window_planner as wp
+
+BAND = (0.95, 1.05)
+
+
+def inputs(**overrides) -> wp.PlanInputs:
+    base = {"sigma": 0.3, "seq_len": 128, "acceptance": (0.90, 1.20), "pilot_windows": 48}
+    return wp.PlanInputs(**{**base, **overrides})
+
+
+def test_false_alarm_matches_a_simulation_of_exchangeable_windows() -> None:
+    """P(no-op drift outside the band) from the formula agrees with drawing window NLLs at random."""
+    sigma, n = 0.4, 60
+    rng = random.Random(7)
+    trials, outside = 4000, 0
+    for _ in range(trials):
+        preview = statistics.fmean(rng.gauss(3.0, sigma) for _ in range(n))
+        final = statistics.fmean(rng.gauss(3.0, sigma) for _ in range(n))
+        drift = math.exp(final - preview)
+        outside += not BAND[0] <= drift <= BAND[1]
+    predicted = wp.noop_false_alarm(sigma, n, n, BAND)
+    assert 0.3 < predicted < 0.6  # a regime where the check has teeth
+    assert outside / trials == pytest.approx(predicted, abs=0.03)
+
+
+def test_known_value_of_the_false_alarm() -> None:
+    # sd = 0.1 * sqrt(2/50) = 0.02; P = Phi(ln .95/.02) + Phi(-ln 1.05/.02)
+    expected = wp.normal_cdf(math.log(0.95) / 0.02) + wp.normal_cdf(-math.log(1.05) / 0.02)
+    assert wp.noop_false_alarm(0.1, 50, 50, BAND) == pytest.approx(expected)
+    assert expected == pytest.approx(0.00516 + 0.00735, abs=0.0002)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sigma=st.floats(0.01, 2.0), n=st.integers(1, 5000))
+def test_false_alarm_falls_with_more_windows_and_rises_with_spread(sigma: float, n: int) -> None:
+    assert wp.noop_false_alarm(sigma, n + 1, n + 1, BAND) <= wp.noop_false_alarm(sigma, n, n, BAND)
+    assert wp.noop_false_alarm(sigma * 1.5, n, n, BAND) >= wp.noop_false_alarm(sigma, n, n, BAND)
+
+
+@settings(max_examples=80, deadline=None)
+@given(sigma=st.floats(0.01, 1.5), seq_len=st.sampled_from([64, 128, 512, 1024]),
+       min_tokens=st.integers(0, 200_000), target=st.sampled_from([1e-2, 1e-3, 1e-4]),
+       hi=st.floats(1.02, 1.5))
+def test_auto_plan_meets_every_criterion_with_the_fewest_windows(sigma, seq_len, min_tokens, target, hi) -> None:
+    plan = wp.plan_windows(inputs(sigma=sigma, seq_len=seq_len, min_tokens=min_tokens, false_alarm=target,
+                                  acceptance=(0.9, hi)))
+    n = plan.preview_n
+    assert plan.final_n == n and not plan.problems and not plan.underpowered
+    assert n >= 180 and plan.tokens >= min_tokens and plan.false_alarm <= target
+    assert plan.ci_half_width_at_edge <= wp.DEFAULT_RESOLUTION * math.log(hi) + 1e-12
+    if n > max(plan.needs["tier_floor"], plan.needs["ci_at_edge"], plan.needs["token_floor"]):
+        # the drift criterion decided: one window fewer per arm breaks it
+        assert wp.noop_false_alarm(sigma, n - 1, n - 1, BAND) > target
+
+
+def test_explicit_counts_that_are_underpowered_say_why_with_numbers() -> None:
+    plan = wp.assess(inputs(sigma=0.6, min_tokens=50_000), 180, 180)
+    assert plan.underpowered and plan.chosen_by == "explicit"
+    text = " ".join(plan.problems)
+    assert "drift gate with probability" in text and "%" in text
+    assert f"{plan.needs['drift']}+{plan.needs['drift']} windows would meet it" in text
+    good = wp.assess(inputs(sigma=0.05, min_tokens=40_000), 180, 180)
+    assert not good.underpowered, good.problems
+
+
+def test_token_and_tier_floors_are_reported() -> None:
+    plan = wp.assess(inputs(sigma=0.01, min_tokens=100_000), 150, 150)
+    assert any("tier floor" in p for p in plan.problems)
+    assert any("tokens, under" in p for p in plan.problems)
+
+
+def test_the_corpus_caps_an_auto_plan_and_says_so() -> None:
+    plan = wp.plan_windows(inputs(sigma=1.0, pool_windows=600))
+    assert plan.preview_n == plan.final_n == 300
+    assert any("capped" in note for note in plan.notes)
+    assert plan.underpowered  # the cap cannot keep the drift promise; the plan says so
+
+
+def test_summary_and_dict_carry_the_numbers() -> None:
+    plan = wp.plan_windows(inputs(sigma=0.25, pool_windows=4000, runs=3))
+    data = plan.to_dict()
+    assert data["preview_n"] == plan.preview_n and data["underpowered"] is False
+    assert f"{plan.preview_n}+{plan.final_n} windows (auto)" in plan.summary()
+    assert "false alarm" in plan.summary()
+
+
+def test_drift_quantile_band_holds_95_percent_of_simulated_noops() -> None:
+    sigma, n = 0.3, 200
+    lo, hi = wp.drift_quantile_band(sigma, n, n)
+    rng = random.Random(3)
+    inside = sum(lo <= math.exp(statistics.fmean(rng.gauss(0, sigma) for _ in range(n))
+                                - statistics.fmean(rng.gauss(0, sigma) for _ in range(n))) <= hi for _ in range(2000))
+    assert inside / 2000 == pytest.approx(0.95, abs=0.015)
+
+
+@pytest.mark.parametrize("bad", [{"sigma": -1.0}, {"sigma": math.nan}, {"seq_len": 1}, {"acceptance": (1.1, 1.2)},
+                                 {"false_alarm": 0.0}])
+def test_bad_inputs_are_refused(bad) -> None:
+    with pytest.raises(ValueError):
+        wp.plan_windows(inputs(**bad))
+
+
+def test_pilot_sigma_and_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert wp.pilot_sigma([1.0, 2.0, 3.0, math.nan]) == (2.0, 1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        wp.pilot_sigma([1.0])
+    assert wp.main(["--sigma", "0.3", "--seq-len", "512", "--windows", "180", "180"]) == 0
+    out = capsys.readouterr().out
+    assert "180+180 windows (explicit)" in out

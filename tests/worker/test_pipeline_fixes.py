@@ -1,0 +1,44 @@
+"""Issue 12 deviations in the worker pipeline, each checked against the behaviour it replaced."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.worker import certifier
+from pytest_invarlock.worker.pipeline import Worker, _file_digest, calibration_runs
+
+
+def test_calibration_runs_use_stride_equal_to_seq_len() -> None:
+    # The seed's CALIBRATION_RUN uses stride = seq_len (no window overlap); the certify runs keep the
+    # size class's stride. The old code gave calibration runs the size class's stride (512 for gpt2).
+    model = load_suite("ci").models[0]
+    assert model.settings.stride != model.settings.seq_len
+    fake = SimpleNamespace(certifier=certifier, state=SimpleNamespace(device="cpu"))
+    calibration = Worker.settings(fake, model, calibration_run=2)  # type: ignore[arg-type]
+    certify = Worker.settings(fake, model)  # type: ignore[arg-type]
+    assert calibration.stride == model.settings.seq_len
+    assert certify.stride == model.settings.stride
+
+
+def test_preset_uses_the_calibration_scenarios_own_run_count() -> None:
+    suite = load_suite("tiny")
+    scenario = next(s for s in suite.scenarios if s.kind == "calibration")
+    assert calibration_runs(suite) == suite.runs["calibration"] == 3
+    # A scenario-level `runs:` wins, as it does for the items the suite builds.
+    suite = replace(suite, scenarios=tuple(replace(s, runs=2) if s is scenario else s for s in suite.scenarios))
+    assert calibration_runs(suite) == 2 != suite.runs["calibration"]
+
+
+def test_dataset_digest_is_the_content(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text('{"text": "in the beginning"}\n')
+    second.write_text('{"text": "in the beginning"}\n')
+    os.utime(second, ns=(1, 1))
+    # Same bytes, different path and mtime: the same digest (the old digest hashed path, size and mtime).
+    assert _file_digest(first) == _file_digest(second)
+    first.write_text('{"text": "in the beginninG"}\n')  # same size, new content
+    assert _file_digest(first) != _file_digest(second)
