@@ -206,3 +206,8 @@ class MemoryPlanReporter:
         for line in format_plan_table(self.rows, self.state.gpus):
             terminalreporter.write_line(line)
         terminalreporter.write_line(f"plan written to {self.path}")
+        from pytest_invarlock.campaign.window_planner import plan_lines
+
+        terminalreporter.write_sep("-", "evaluation windows")
+        for line in plan_lines(self.state.run_dir, self.state.suite.models):
+            terminalreporter.write_line(line)

@@ -238,7 +238,7 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
                       else run_dir / REVISIONS_FILE)
     warnings: list[str] = []
     try:  # the controller resolves (online) and writes the file before workers start; workers only read it
-        suite, resolved = resolve_revisions(suite, revisions_file,
+        suite, _resolved = resolve_revisions(suite, revisions_file,
                                             online=not offline and getattr(config, "workerinput", None) is None)
     except SuiteError:
         raise

@@ -9,7 +9,9 @@ standard deviation ``sigma``; from it:
   windows (random draws from one pool) the difference of means is ~ N(0, sigma^2 (1/n_P + 1/n_F)), so the
   probability that an unchanged model fails the drift gate ``[lo, hi]`` is
   ``P_fa = Phi(ln(lo)/sd) + 1 - Phi(ln(hi)/sd)``, ``sd = sigma * sqrt(1/n_P + 1/n_F)``. The planner picks the
-  smallest equal arms with ``P_fa <= false_alarm`` (default 1e-3 per run: well inside the band).
+  smallest equal arms with ``P_fa <= false_alarm`` (default 1e-2 per run: 99% of no-ops pass). Draws pair
+  neighbouring windows across the arms (``worker.windows.draw_indices``), so ``sigma`` is the pilot's
+  *paired* spread std(x_a - x_b)/sqrt(2) (``paired_sigma``), smaller than the plain spread by sqrt(1 - rho).
 - **the ratio's CI at the acceptance edge.** The ratio is paired (edited vs baseline on the final windows),
   so its CI half-width in log space is ``z * sigma_d / sqrt(n_F)`` with ``sigma_d`` the per-window spread of
   the paired log difference. That spread grows with the edit: measured on the tiny model (README
@@ -36,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-DEFAULT_FALSE_ALARM = 1e-3
+DEFAULT_FALSE_ALARM = 1e-2
 DEFAULT_RESOLUTION = 0.25
 DEFAULT_EDIT_CV = 1.5
 CI_Z = 1.959963984540054  # two-sided 95%, InvarLock's alpha 0.05
@@ -235,6 +237,15 @@ def pilot_sigma(window_nll: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite)
 
 
+def paired_sigma(first: Sequence[float], second: Sequence[float]) -> float:
+    """The spread that drives a paired draw's drift: std(x_a - x_b) / sqrt(2) over neighbouring window pairs
+    (equal to the plain per-window std when neighbours are uncorrelated)."""
+    diffs = [a - b for a, b in zip(first, second, strict=True) if math.isfinite(a) and math.isfinite(b)]
+    if len(diffs) < 2:
+        raise ValueError(f"the pilot needs at least 2 finite window pairs, got {len(diffs)}")
+    return statistics.stdev(diffs) / math.sqrt(2)
+
+
 def scaled_sigma(sigma: float, from_seq_len: int, to_seq_len: int) -> float:
     """A sigma measured at one window length carried to another as if token NLLs were independent
     (sigma ~ 1/sqrt(seq_len)); real text is positively correlated, so this is optimistic for longer windows."""
@@ -265,3 +276,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def plan_lines(run_dir: Any, models: Sequence[Any]) -> list[str]:
+    """What ``--gpu-plan`` prints about windows: each model's recorded plan (``state/window_plan.json``, written by
+    the worker after its pilot pass), else the settings the pilot will plan or assess."""
+    import json
+    from pathlib import Path
+
+    try:
+        recorded = json.loads((Path(run_dir) / "state" / PLAN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = {}
+    lines = []
+    for model in models:
+        settings, entry = model.settings, recorded.get(model.name)
+        if settings.dataset != "local":
+            lines.append(f"{model.name}: {settings.preview_windows}+{settings.final_windows} windows of "
+                         f"{settings.dataset} (hub dataset: not planned, seed 41 + run)")
+        elif isinstance(entry, dict) and "summary" in entry:
+            flag = " UNDERPOWERED: " + "; ".join(entry.get("problems") or []) if entry.get("underpowered") else ""
+            lines.append(f"{model.name}: {entry['summary']} (recorded){flag}")
+        elif settings.windows == "auto":
+            lines.append(f"{model.name}: windows auto: planned from a pilot pass of the baseline "
+                         f"({PILOT_WINDOWS_DOC} windows) on first use")
+        else:
+            lines.append(f"{model.name}: {settings.preview_windows}+{settings.final_windows} windows (explicit; "
+                         "assessed against a pilot pass on first use)")
+    return lines
+
+
+PILOT_WINDOWS_DOC = 48  # worker.windows.PILOT_WINDOWS (the worker's pilot size), repeated to stay torch-free

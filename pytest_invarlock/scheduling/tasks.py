@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from pytest_invarlock.campaign.items import AFTER_CALIBRATION, Item, Kind
+from pytest_invarlock.campaign.items import AFTER_CALIBRATION, BASELINE, Item, Kind
 from pytest_invarlock.campaign.suite import Model
 from pytest_invarlock.scheduling.inventory import Gpu
 from pytest_invarlock.scheduling.memory import ModelProfile, item_memory_gb
 from pytest_invarlock.scheduling.policy import Policy, Task
 
+EVAL_BASELINE = "eval_baseline"  # the policy's kind for an lm-eval benchmark of the baseline (the seed's priority 80)
 FREE_MODEL, FREE_KIND = "", "setup"  # plain tests and items workers skip: no model, no memory, first
 CPU_DEVICE_GB = 1e6  # a CPU worker's stand-in device: deps and affinity still apply, memory never binds
 
@@ -42,7 +43,8 @@ def tasks_from_items(items: Sequence[Item], ids: Sequence[str] | None = None) ->
     tasks = []
     for tid, item in zip(ids, items):
         deps = frozenset(calibrations[item.model.name]) if item.kind in AFTER_CALIBRATION else frozenset()
-        tasks.append(Task(tid, item.model.name, str(item.kind), item_need_gb(item), model_profile(item.model).weights_gb, deps))
+        kind = EVAL_BASELINE if item.kind == Kind.BENCHMARK and item.variant == BASELINE else str(item.kind)
+        tasks.append(Task(tid, item.model.name, kind, item_need_gb(item), model_profile(item.model).weights_gb, deps))
     return tasks
 
 

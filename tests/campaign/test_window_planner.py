@@ -119,3 +119,41 @@ def test_pilot_sigma_and_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert wp.main(["--sigma", "0.3", "--seq-len", "512", "--windows", "180", "180"]) == 0
     out = capsys.readouterr().out
     assert "180+180 windows (explicit)" in out
+
+
+def test_paired_sigma_removes_what_neighbours_share() -> None:
+    rng = random.Random(11)
+    shared = [rng.gauss(3.0, 0.3) for _ in range(4000)]
+    first = [s + rng.gauss(0, 0.2) for s in shared]
+    second = [s + rng.gauss(0, 0.2) for s in shared]
+    assert wp.paired_sigma(first, second) == pytest.approx(0.2, rel=0.05)
+    assert wp.pilot_sigma(first + second)[1] == pytest.approx(math.hypot(0.3, 0.2), rel=0.05)
+
+
+def test_gpu_plan_lines_show_the_recorded_plan_or_what_will_happen(tmp_path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    def model(name, **settings):
+        base = {"dataset": "local", "windows": None, "preview_windows": 260, "final_windows": 260}
+        return SimpleNamespace(name=name, settings=SimpleNamespace(**{**base, **settings}))
+
+    models = [model("a", windows="auto"), model("b"), model("c", dataset="wikitext2"), model("d")]
+    plan = wp.assess(inputs(sigma=0.6), 180, 180)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / wp.PLAN_FILE).write_text(json.dumps({"d": {**plan.to_dict(), "summary": plan.summary()}}))
+    lines = wp.plan_lines(tmp_path, models)
+    assert "windows auto: planned from a pilot pass" in lines[0]
+    assert "260+260 windows (explicit; assessed" in lines[1]
+    assert "hub dataset" in lines[2]
+    assert "(recorded) UNDERPOWERED" in lines[3] and "drift gate with probability" in lines[3]
+
+
+def test_a_suite_accepts_windows_auto_and_refuses_anything_else(tmp_path) -> None:
+    from pytest_invarlock.campaign.suite import SuiteError, load_suite
+
+    assert load_suite("tiny").models[0].settings.windows == "auto"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmodels: [tiny-kjv]\nscenarios: [calibration]\ninvarlock: {dataset: local, windows: 300}\n")
+    with pytest.raises(SuiteError, match="windows"):
+        load_suite(str(bad))

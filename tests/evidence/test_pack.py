@@ -223,7 +223,7 @@ def test_an_unsigned_pack_cannot_pass_a_signature_check(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path / "run")
     build_pack(run_dir, tmp_path / "pack", env=ENV)
     assert verify_pack(tmp_path / "pack").status == OK
-    private, public = dsse.write_keypair(tmp_path / "k.pem")
+    _private, public = dsse.write_keypair(tmp_path / "k.pem")
     outcome = verify_pack(tmp_path / "pack", public)
     assert outcome.status == DIFFERS and "unsigned" in outcome.message
 

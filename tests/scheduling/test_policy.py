@@ -492,3 +492,19 @@ def test_on_real_nodes_what_fits_runs_once_and_no_gpu_is_oversubscribed(node):
     assert not fits & set(p.unplaceable), {t: p.unplaceable[t] for t in fits & set(p.unplaceable)}
     for t in tasks:
         assert dispatched[t.id] == requeued[t.id] + (t.id not in p.unplaceable)
+
+
+def test_seed_priorities_eval_baseline_and_lagging_models():
+    """EVAL_BASELINE 80 sits between calibration and the edits; a model far behind the node gets +15."""
+    from pytest_invarlock.campaign.items import build_items
+    from pytest_invarlock.campaign.suite import load_suite
+    from pytest_invarlock.scheduling.policy import lagging_models
+    from pytest_invarlock.scheduling.tasks import tasks_from_items
+
+    kinds = Counter(t.kind for t in tasks_from_items(build_items(load_suite("full"))))
+    assert kinds["eval_baseline"] == 6 * 4 and kinds["benchmark"] == 6 * 4 * 8  # baseline x 4 tasks; 8 edits x 4
+    assert BASE_PRIORITY["calibration"] > BASE_PRIORITY["eval_baseline"] == 80 > BASE_PRIORITY["clean"]
+    plain = priority(task("b", kind="benchmark", size=140), dependents=0, waited_s=0, in_flight_same_model=0)
+    assert priority(task("b", kind="benchmark", size=140), dependents=0, waited_s=0, in_flight_same_model=0, lagging=True) == plain + 15
+    assert lagging_models(Counter({"a": 8, "b": 1}), Counter({"a": 10, "b": 10})) == {"b"}  # 10% < half of 45%
+    assert lagging_models(Counter(), Counter({"a": 10})) == set()

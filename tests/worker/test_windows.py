@@ -1,0 +1,131 @@
+"""Packed evaluation windows: full seq_len windows as InvarLock tokenises them, disjoint exchangeable draws per run."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from pytest_invarlock.assets.tiny_model import build_tiny_assets, heldout_documents, heldout_identity
+from pytest_invarlock.store import Store
+from pytest_invarlock.worker import windows as w
+
+SEQ_LEN = 128
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return w.invarlock_tokenizer(build_tiny_assets().model_dir)[0]
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[list[str]]:
+    return heldout_documents()[:40]
+
+
+def test_every_window_is_full_and_is_what_invarlock_tokenises(tokenizer, documents) -> None:
+    packed = w.pack(documents, tokenizer, SEQ_LEN)
+    assert len(packed) > 50
+    for window in packed:
+        ids, mask = w.invarlock_ids(tokenizer, window.text, SEQ_LEN)
+        assert tuple(ids) == window.ids and len(ids) == SEQ_LEN and all(mask)
+        assert ids[0] == tokenizer.bos_token_id
+    assert len({window.text for window in packed}) == len(packed)
+
+
+def test_windows_start_at_a_verse_and_never_share_text(tokenizer, documents) -> None:
+    verses = {verse.strip() for document in documents for verse in document}
+    packed = w.pack(documents, tokenizer, SEQ_LEN)
+    starts = [next((v for v in verses if window.text.startswith(v)), None) for window in packed]
+    assert sum(s is not None for s in starts) >= 0.95 * len(packed)  # a verse longer than a window is cut
+    first_verses = [s for s in starts if s]
+    assert len(set(first_verses)) >= 0.95 * len(first_verses)
+
+
+def test_documents_are_joined_with_the_tokenizers_separator(tokenizer) -> None:
+    assert w.separator(tokenizer) == tokenizer.eos_token == "</s>"
+    docs = [["In the beginning God created the heaven and the earth."] * 1,
+            ["And the earth was without form, and void."] * 1] * 30
+    docs = [[f"{d[0]} ({i})"] for i, d in enumerate(docs)]
+    packed = w.pack(docs, tokenizer, 32)
+    assert packed and all("</s>" in window.text for window in packed)
+
+
+def test_runs_draw_disjoint_blocks_then_reshuffle() -> None:
+    pool_size, preview, final = 1000, 150, 150
+    draws = [w.draw_indices(pool_size, preview, final, run) for run in range(1, 5)]
+    first_three = [set(d[0]) for d in draws[:3]]
+    assert all(len(s) == 300 for s in first_three)
+    assert not (first_three[0] & first_three[1]) and not (first_three[1] & first_three[2])
+    assert draws[3][1] == w.WINDOW_SEED + 1 and draws[3][2] == 0  # epoch 2: a fresh permutation
+    assert w.draw_indices(pool_size, preview, final, 2) == draws[1]  # deterministic
+    with pytest.raises(w.WindowError, match="holds 100 windows"):
+        w.draw_indices(100, 60, 60, 1)
+
+
+def test_preview_and_final_are_exchangeable_halves() -> None:
+    """Across draws, each pool position lands in the preview half about as often as in the final half."""
+    preview_counts = [0] * 400
+    final_counts = [0] * 400
+    for run in range(1, 201):
+        indices, _, _ = w.draw_indices(400, 100, 100, run)
+        for i in indices[:100]:
+            preview_counts[i] += 1
+        for i in indices[100:]:
+            final_counts[i] += 1
+    early, late = range(0, 200), range(200, 400)  # contiguous blocks of the corpus: the old, biased split
+    share = lambda r: sum(preview_counts[i] for i in r) / max(1, sum(preview_counts[i] + final_counts[i] for i in r))  # noqa: E731
+    assert share(early) == pytest.approx(0.5, abs=0.03) and share(late) == pytest.approx(0.5, abs=0.03)
+
+
+def test_pool_draws_and_pilot_are_cached_in_the_store(tmp_path: Path, documents) -> None:
+    assets = build_tiny_assets()
+    store = Store(tmp_path / "store")
+    calls = []
+
+    def docs():
+        calls.append(1)
+        return documents
+
+    source = w.pool(store, assets.model_dir, heldout_identity() + "-test40", docs, seq_len=SEQ_LEN)
+    again = w.pool(store, assets.model_dir, heldout_identity() + "-test40", docs, seq_len=SEQ_LEN)
+    assert calls == [1] and again == source and source.windows > 50
+    one, two = w.draw(store, source, 20, 20, 1), w.draw(store, source, 20, 20, 2)
+    assert one.digest != two.digest and one.dataset_file != two.dataset_file
+    assert w.draw(store, source, 20, 20, 1) == one
+    lines = [json.loads(line)["text"] for line in one.dataset_file.read_text().splitlines()]
+    pool = w.read_pool(source.file)
+    by_text = {window.text: window for window in pool}
+    assert w.window_digest([by_text[t] for t in lines]) == one.digest
+    assert one.record_fields()["window_digest"] == one.digest and one.record_fields()["windows"] == [20, 20]
+
+    from transformers import AutoModelForCausalLM
+
+    loads = []
+
+    def load():
+        loads.append(1)
+        return AutoModelForCausalLM.from_pretrained(assets.model_dir).eval()
+
+    meta = w.pilot(store, source, "tiny-weights", load, "cpu", windows=6)
+    assert meta["windows"] == 6 and 0 < meta["sigma"] < 2 and 1 < meta["mean_nll"] < 6
+    assert w.pilot(store, source, "tiny-weights", load, "cpu", windows=6) == meta and loads == [1]
+
+
+def test_window_nll_matches_a_direct_loss(documents, tokenizer) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_assets().model_dir).eval()
+    packed = w.pack(documents[:5], tokenizer, SEQ_LEN)[:3]
+    values = w.window_nll(model, [p.ids for p in packed], "cpu", batch=2)
+    with torch.no_grad():
+        direct = [float(model(input_ids=torch.tensor([p.ids]), labels=torch.tensor([p.ids])).loss) for p in packed]
+    assert values == pytest.approx(direct, rel=1e-4)
+
+
+def test_bootstrap_seed_differs_per_run() -> None:
+    assert len({w.bootstrap_seed(run) for run in range(1, 6)}) == 5
+    assert random.Random(w.bootstrap_seed(1)).random() != random.Random(w.bootstrap_seed(2)).random()
