@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,17 @@ class WarmCampaign:
 
 @pytest.fixture(scope="session")
 def warm_campaign(tmp_path_factory: pytest.TempPathFactory) -> WarmCampaign:
-    """The tiny suite run once from scratch (minutes on 2 cores), then kept as a pristine copy."""
+    """The tiny suite run once from scratch (minutes on 2 cores), then kept as a pristine copy.
+
+    Developers iterating on tests can set INVARLOCK_WARM_RUN_DIR to a finished tiny-suite run directory:
+    it is used in place (tests restore it from a copy) instead of warming a new one.
+    """
     root = tmp_path_factory.mktemp("campaign")
+    existing = os.environ.get("INVARLOCK_WARM_RUN_DIR")
+    if existing:
+        pristine = restore_run_dir(Path(existing), root / "pristine")
+        summary = (Path(existing) / "reports" / "final_verdict.txt").read_text()
+        return WarmCampaign(root, Path(existing), pristine, Run(0, summary + "\n46 passed", 0.0))
     run_dir = root / "run"
     first = run_suite(run_dir, "--junitxml", str(root / "first.xml"))
     print(f"tiny suite, first run from scratch: {first.seconds:.0f} s")

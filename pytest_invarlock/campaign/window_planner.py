@@ -110,6 +110,7 @@ class PlanInputs:
     edit_cv: float = DEFAULT_EDIT_CV
     pilot_windows: int = 0
     pilot_mean_nll: float | None = None
+    sigma_upper: float | None = None  # a one-sided 90% upper bound on sigma from the pilot (reported, not planned on)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class WindowPlan:
     ci_half_width_at_edge: float  # log-space, for an edit at the acceptance edge
     tokens: int  # predicted tokens over both arms
     needs: dict[str, int] = field(default_factory=dict)  # per criterion: the windows per arm it asks for
+    false_alarm_upper: float | None = None  # the same probability if sigma were at its 90% upper bound
     problems: tuple[str, ...] = ()  # what explicit counts fail to deliver (empty: adequately powered)
     notes: tuple[str, ...] = ()
 
@@ -139,12 +141,16 @@ class WindowPlan:
         """One line: the counts and why."""
         i = self.inputs
         why = ", ".join(f"{k} {v}" for k, v in self.needs.items())
-        return (f"{self.preview_n}+{self.final_n} windows ({self.chosen_by}) of {i.seq_len} tokens: "
-                f"pilot sigma {i.sigma:.4f} nats over {i.pilot_windows} windows; no-op drift false alarm "
-                f"{self.false_alarm:.2e} per run (band {list(i.drift_band)}, 95% of no-op drifts in "
-                f"[{self.drift_95[0]:.4f}, {self.drift_95[1]:.4f}]); CI half-width at the acceptance edge "
-                f"{i.acceptance[1]} ~ {self.ci_half_width_at_edge:.4f} log ({self.ci_half_width_at_edge / math.log(i.acceptance[1]):.0%} "
-                f"of its distance from 1); {self.tokens} tokens; needs per arm: {why}")
+        spread = (f"pilot sigma {i.sigma:.4f} nats over {i.pilot_windows} windows" if i.pilot_windows
+                  else f"sigma {i.sigma:.4f} nats (given)")
+        if self.false_alarm_upper is not None and i.sigma_upper is not None:
+            spread += f" (90% upper bound {i.sigma_upper:.4f}: false alarm {self.false_alarm_upper:.2e})"
+        return (f"{self.preview_n}+{self.final_n} windows ({self.chosen_by}) of {i.seq_len} tokens: {spread}; "
+                f"no-op drift false alarm {self.false_alarm:.2e} per run (band {list(i.drift_band)}, 95% of no-op "
+                f"drifts in [{self.drift_95[0]:.4f}, {self.drift_95[1]:.4f}]); CI half-width at the acceptance edge "
+                f"{i.acceptance[1]} ~ {self.ci_half_width_at_edge:.4f} log "
+                f"({self.ci_half_width_at_edge / math.log(i.acceptance[1]):.0%} of its distance from 1); "
+                f"{self.tokens} tokens; needs per arm: {why}")
 
 
 def _needs(inputs: PlanInputs) -> dict[str, int]:
@@ -206,8 +212,10 @@ def _evaluate(inputs: PlanInputs, preview_n: int, final_n: int, chosen_by: str, 
     if inputs.pool_windows is not None and (preview_n + final_n) * inputs.runs > inputs.pool_windows:
         notes.append(f"the corpus packs into {inputs.pool_windows} windows: {inputs.runs} runs of {preview_n + final_n} "
                      "overlap (each run is still its own random draw)")
+    upper = (noop_false_alarm(inputs.sigma_upper, preview_n, final_n, inputs.drift_band)
+             if inputs.sigma_upper is not None else None)
     return WindowPlan(preview_n, final_n, chosen_by, inputs, fa, drift_quantile_band(inputs.sigma, preview_n, final_n)
-                      if inputs.sigma > 0 else (1.0, 1.0), half, tokens, needs, tuple(problems), tuple(notes))
+                      if inputs.sigma > 0 else (1.0, 1.0), half, tokens, needs, upper, tuple(problems), tuple(notes))
 
 
 def plan_windows(inputs: PlanInputs) -> WindowPlan:
@@ -244,6 +252,17 @@ def paired_sigma(first: Sequence[float], second: Sequence[float]) -> float:
     if len(diffs) < 2:
         raise ValueError(f"the pilot needs at least 2 finite window pairs, got {len(diffs)}")
     return statistics.stdev(diffs) / math.sqrt(2)
+
+
+def sigma_upper_bound(sigma: float, samples: int, confidence: float = 0.90) -> float:
+    """One-sided upper confidence bound on a standard deviation estimated from ``samples`` values (chi-square,
+    Wilson-Hilferty approximation): sigma * sqrt((k - 1) / chi2_{1-confidence}(k - 1))."""
+    k = samples - 1
+    if k < 1:
+        raise ValueError(f"need at least 2 samples, got {samples}")
+    z = _normal_quantile(1 - confidence)
+    chi2 = k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
+    return sigma * math.sqrt(k / max(chi2, 1e-12))
 
 
 def scaled_sigma(sigma: float, from_seq_len: int, to_seq_len: int) -> float:
@@ -306,4 +325,4 @@ def plan_lines(run_dir: Any, models: Sequence[Any]) -> list[str]:
     return lines
 
 
-PILOT_WINDOWS_DOC = 48  # worker.windows.PILOT_WINDOWS (the worker's pilot size), repeated to stay torch-free
+PILOT_WINDOWS_DOC = 128  # worker.windows.PILOT_WINDOWS (the worker's pilot size), repeated to stay torch-free

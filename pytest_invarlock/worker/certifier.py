@@ -103,6 +103,7 @@ class EvaluateSettings:
     hub_dataset: str = "wikitext2"
     seed: int = 42
     bootstrap_seed: int | None = None
+    dtype: str | None = None  # InvarLock's model.dtype for both runs (None: transformers' default, the config's)
 
     def check(self) -> None:
         """Fail early, with a fix, on settings that would make evaluate die half-way."""
@@ -238,6 +239,24 @@ class Verdict:
     @classmethod
     def from_failure(cls, failure: str, *, crashed: bool, elapsed_s: float | None = None) -> Verdict:
         return cls(overall_pass=False, failure=failure, crashed=crashed, elapsed_s=elapsed_s)
+
+
+def evaluation_dtype(model_dtype: str, device: str) -> str:
+    """The dtype evaluate loads a model in: the suite's on a GPU; on a CPU, half precision only where the CPU
+    computes bf16 natively (AMX or AVX512-BF16: measured on SmolLM2-135M here, bf16 forwards faster than
+    float32), else float32 (emulated half precision is several times slower than float32)."""
+    if device != "cpu" or model_dtype == "float32":
+        return model_dtype
+    return "bfloat16" if _cpu_has_native_bf16() else "float32"
+
+
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
 
 
 def tier_preset(tier: str) -> dict[str, Any]:
@@ -466,6 +485,8 @@ def _write_invarlock_config(
     }
     if load_kwargs:
         content["model"] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in load_kwargs.items()}
+    if settings.dtype:
+        content.setdefault("model", {}).setdefault("dtype", settings.dtype)
     if preset:
         content["guards"] = {
             "spectral": {

@@ -90,13 +90,6 @@ class Worker:
     def baseline(self, model: Model) -> Artifact:
         return self._once("baseline", model.name, lambda: baseline_artifact(model, self.store, offline=self.state.options.offline))
 
-    def corpus(self, model: Model) -> tuple[Path, tuple[Path, ...]]:
-        """(evaluation file, calibration shards) of the model's local dataset."""
-        from pytest_invarlock.assets.tiny_model import build_tiny_assets
-
-        assets = self._once("corpus", "tiny", build_tiny_assets)
-        return Path(assets.eval_file), tuple(Path(p) for p in assets.calibration_files)
-
     def window_pool(self, model: Model):
         """The local corpus packed into full windows for the model's tokenizer (worker.windows)."""
         from pytest_invarlock.assets.tiny_model import heldout_documents, heldout_identity
@@ -171,6 +164,7 @@ class Worker:
             hub_dataset=s.dataset,
             seed=seed,
             bootstrap_seed=bootstrap_seed(run),
+            dtype=self.certifier.evaluation_dtype(model.dtype, self.state.device),
             seq_len=s.seq_len,
             stride=s.seq_len if calibration_run is not None else s.stride,  # the seed: no window overlap in calibration
             preview_n=preview_n,
@@ -212,6 +206,13 @@ class Worker:
         baseline = self.baseline(model)
         run = item.run if item is not None else 1
         settings = self.settings(model, run=run)
+        if settings == self.settings(model, calibration_run=run):
+            # A baseline report is the source side of a no-op evaluate of the baseline on these windows, which is
+            # exactly calibration run `run`: reuse it (or make it, at run_baseline's cost) instead of a second one.
+            verdict, artifact = self._once("calibration-run", f"{model.name}/{run}", lambda: self.calibration(model, run, item))
+            reports = sorted((artifact.path / "runs" / "source").glob("*/report.json"))
+            if verdict.failure is None and reports:
+                return reports[-1], artifact.reused
         key = digest("baseline-report", baseline.path.name, self._settings_key(settings), self.invarlock_version)
 
         def build(tmp: Path) -> dict[str, Any]:

@@ -279,7 +279,7 @@ def draw(store: Store, source: Pool, preview_n: int, final_n: int, run: int) -> 
                       preview_n=preview_n, final_n=final_n, pool_windows=source.windows, seq_len=source.seq_len)
 
 
-PILOT_WINDOWS = 48
+PILOT_WINDOWS = 128  # 64 neighbouring pairs: 24 pairs once read 0.17 on the tiny model where 300 read 0.26
 PILOT_SEED = WINDOW_SEED - 1
 
 
@@ -327,7 +327,7 @@ def plan(settings: Any, pilot_meta: dict[str, Any], pool_windows: int | None, ru
 
     from pytest_invarlock.campaign.presets import DEFAULT_DRIFT_BAND
     from pytest_invarlock.campaign.suite import TIER_FLOORS
-    from pytest_invarlock.campaign.window_planner import PlanInputs, assess, plan_windows
+    from pytest_invarlock.campaign.window_planner import PlanInputs, assess, plan_windows, sigma_upper_bound
 
     floors = TIER_FLOORS.get(settings.tier, {"preview": 1, "final": 1})
     stock_tokens = get_tier_policies().get(settings.tier, {}).get("metrics", {}).get("pm_ratio", {}).get("min_tokens", 0)
@@ -337,6 +337,8 @@ def plan(settings: Any, pilot_meta: dict[str, Any], pool_windows: int | None, ru
         min_tokens=int(settings.min_tokens if settings.min_tokens is not None else stock_tokens or 0),
         tier_floor=(floors["preview"], floors["final"]), pool_windows=pool_windows, runs=max(1, runs),
         pilot_windows=int(pilot_meta["windows"]), pilot_mean_nll=float(pilot_meta["mean_nll"]),
+        sigma_upper=sigma_upper_bound(float(pilot_meta.get("sigma_drift", pilot_meta["sigma"])),
+                                      max(2, int(pilot_meta["windows"]) // 2)),
     )
     if getattr(settings, "windows", None) == "auto":
         return plan_windows(inputs)

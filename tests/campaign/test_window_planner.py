@@ -157,3 +157,15 @@ def test_a_suite_accepts_windows_auto_and_refuses_anything_else(tmp_path) -> Non
     bad.write_text("name: bad\nmodels: [tiny-kjv]\nscenarios: [calibration]\ninvarlock: {dataset: local, windows: 300}\n")
     with pytest.raises(SuiteError, match="windows"):
         load_suite(str(bad))
+
+
+def test_sigma_upper_bound_covers_the_truth_about_90_percent_of_the_time() -> None:
+    rng = random.Random(5)
+    trials, covered = 1500, 0
+    for _ in range(trials):
+        sample = [rng.gauss(0, 1.0) for _ in range(64)]
+        covered += wp.sigma_upper_bound(statistics.stdev(sample), 64) >= 1.0
+    assert covered / trials == pytest.approx(0.90, abs=0.025)
+    plan = wp.plan_windows(inputs(sigma=0.25, sigma_upper=0.3))
+    assert plan.false_alarm_upper is not None and plan.false_alarm_upper > plan.false_alarm
+    assert "90% upper bound 0.3000" in plan.summary()

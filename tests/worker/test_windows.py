@@ -129,3 +129,34 @@ def test_window_nll_matches_a_direct_loss(documents, tokenizer) -> None:
 def test_bootstrap_seed_differs_per_run() -> None:
     assert len({w.bootstrap_seed(run) for run in range(1, 6)}) == 5
     assert random.Random(w.bootstrap_seed(1)).random() != random.Random(w.bootstrap_seed(2)).random()
+
+
+def test_hub_runs_get_their_own_dataset_and_bootstrap_seeds() -> None:
+    from types import SimpleNamespace
+
+    from pytest_invarlock.campaign.suite import load_suite
+    from pytest_invarlock.worker import certifier
+    from pytest_invarlock.worker.pipeline import Worker
+
+    model = load_suite("ci").models[0]
+    fake = SimpleNamespace(certifier=certifier, state=SimpleNamespace(device="cpu"))
+    one, two = Worker.settings(fake, model, run=1), Worker.settings(fake, model, run=2)  # type: ignore[arg-type]
+    assert (one.seed, two.seed) == (42, 43)
+    assert (one.bootstrap_seed, two.bootstrap_seed) == (w.bootstrap_seed(1), w.bootstrap_seed(2))
+    assert Worker.settings(fake, model, calibration_run=2).bootstrap_seed == two.bootstrap_seed  # type: ignore[arg-type]
+
+
+def test_the_invarlock_config_carries_the_bootstrap_seed_and_dtype(tmp_path: Path) -> None:
+    import yaml
+
+    from pytest_invarlock.worker import certifier
+
+    settings = certifier.EvaluateSettings(dataset_file=None, bootstrap_seed=44, dtype="bfloat16")
+    root = tmp_path / "cfg"
+    certifier._write_invarlock_config(root, tmp_path / "preset.yaml", settings, None)
+    profile = yaml.safe_load((root / "runtime" / "profiles" / "ci.yaml").read_text())
+    assert profile["eval"]["bootstrap"]["seed"] == 44
+    assert yaml.safe_load((tmp_path / "preset.yaml").read_text())["model"]["dtype"] == "bfloat16"
+    assert certifier.evaluation_dtype("float32", "cpu") == "float32"
+    assert certifier.evaluation_dtype("bfloat16", "cuda") == "bfloat16"
+    assert certifier.evaluation_dtype("bfloat16", "cpu") in ("bfloat16", "float32")
