@@ -16,8 +16,17 @@ import pytest
 
 from helpers import small_filesystem
 from pytest_invarlock.store import (
-    BUILDS_LOG, CHECKSUMS, ArtifactLock, DamagedError, Store, StoreError, digest, read_json_sealed, verify,
-    write_json_atomic, write_json_sealed,
+    BUILDS_LOG,
+    CHECKSUMS,
+    ArtifactLock,
+    DamagedError,
+    Store,
+    StoreError,
+    digest,
+    read_json_sealed,
+    verify,
+    write_json_atomic,
+    write_json_sealed,
 )
 
 

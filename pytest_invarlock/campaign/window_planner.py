@@ -9,7 +9,9 @@ standard deviation ``sigma``; from it:
   windows (random draws from one pool) the difference of means is ~ N(0, sigma^2 (1/n_P + 1/n_F)), so the
   probability that an unchanged model fails the drift gate ``[lo, hi]`` is
   ``P_fa = Phi(ln(lo)/sd) + 1 - Phi(ln(hi)/sd)``, ``sd = sigma * sqrt(1/n_P + 1/n_F)``. The planner picks the
-  smallest equal arms with ``P_fa <= false_alarm`` (default 1e-2 per run: 99% of no-ops pass). Draws pair
+  smallest equal arms with ``P_fa <= false_alarm`` (default 1e-2 per run: 99% of no-ops pass), with ``sigma`` at
+  the pilot's one-sided 90% upper bound (``sigma_upper_bound``: a 64-pair pilot once read 0.240 where the whole
+  tiny pool has 0.256, and that draw's first run then failed at 306 + 306 windows). Draws pair
   neighbouring windows across the arms (``worker.windows.draw_indices``), so ``sigma`` is the pilot's
   *paired* spread std(x_a - x_b)/sqrt(2) (``paired_sigma``), smaller than the plain spread by sqrt(1 - rho).
 - **the ratio's CI at the acceptance edge.** The ratio is paired (edited vs baseline on the final windows),
@@ -110,7 +112,7 @@ class PlanInputs:
     edit_cv: float = DEFAULT_EDIT_CV
     pilot_windows: int = 0
     pilot_mean_nll: float | None = None
-    sigma_upper: float | None = None  # a one-sided 90% upper bound on sigma from the pilot (reported, not planned on)
+    sigma_estimate: float | None = None  # the pilot's point estimate when ``sigma`` is its 90% upper bound (planned on)
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class WindowPlan:
     ci_half_width_at_edge: float  # log-space, for an edit at the acceptance edge
     tokens: int  # predicted tokens over both arms
     needs: dict[str, int] = field(default_factory=dict)  # per criterion: the windows per arm it asks for
-    false_alarm_upper: float | None = None  # the same probability if sigma were at its 90% upper bound
+    false_alarm_estimate: float | None = None  # the same probability at the pilot's point estimate of sigma
     problems: tuple[str, ...] = ()  # what explicit counts fail to deliver (empty: adequately powered)
     notes: tuple[str, ...] = ()
 
@@ -141,10 +143,13 @@ class WindowPlan:
         """One line: the counts and why."""
         i = self.inputs
         why = ", ".join(f"{k} {v}" for k, v in self.needs.items())
-        spread = (f"pilot sigma {i.sigma:.4f} nats over {i.pilot_windows} windows" if i.pilot_windows
-                  else f"sigma {i.sigma:.4f} nats (given)")
-        if self.false_alarm_upper is not None and i.sigma_upper is not None:
-            spread += f" (90% upper bound {i.sigma_upper:.4f}: false alarm {self.false_alarm_upper:.2e})"
+        if i.pilot_windows and i.sigma_estimate is not None:
+            spread = (f"pilot sigma {i.sigma_estimate:.4f} nats over {i.pilot_windows} windows, planned on its 90% "
+                      f"upper bound {i.sigma:.4f} (false alarm at the estimate {self.false_alarm_estimate:.2e})")
+        elif i.pilot_windows:
+            spread = f"pilot sigma {i.sigma:.4f} nats over {i.pilot_windows} windows"
+        else:
+            spread = f"sigma {i.sigma:.4f} nats (given)"
         return (f"{self.preview_n}+{self.final_n} windows ({self.chosen_by}) of {i.seq_len} tokens: {spread}; "
                 f"no-op drift false alarm {self.false_alarm:.2e} per run (band {list(i.drift_band)}, 95% of no-op "
                 f"drifts in [{self.drift_95[0]:.4f}, {self.drift_95[1]:.4f}]); CI half-width at the acceptance edge "
@@ -212,10 +217,10 @@ def _evaluate(inputs: PlanInputs, preview_n: int, final_n: int, chosen_by: str, 
     if inputs.pool_windows is not None and (preview_n + final_n) * inputs.runs > inputs.pool_windows:
         notes.append(f"the corpus packs into {inputs.pool_windows} windows: {inputs.runs} runs of {preview_n + final_n} "
                      "overlap (each run is still its own random draw)")
-    upper = (noop_false_alarm(inputs.sigma_upper, preview_n, final_n, inputs.drift_band)
-             if inputs.sigma_upper is not None else None)
+    at_estimate = (noop_false_alarm(inputs.sigma_estimate, preview_n, final_n, inputs.drift_band)
+                   if inputs.sigma_estimate is not None else None)
     return WindowPlan(preview_n, final_n, chosen_by, inputs, fa, drift_quantile_band(inputs.sigma, preview_n, final_n)
-                      if inputs.sigma > 0 else (1.0, 1.0), half, tokens, needs, upper, tuple(problems), tuple(notes))
+                      if inputs.sigma > 0 else (1.0, 1.0), half, tokens, needs, at_estimate, tuple(problems), tuple(notes))
 
 
 def plan_windows(inputs: PlanInputs) -> WindowPlan:

@@ -330,15 +330,15 @@ def plan(settings: Any, pilot_meta: dict[str, Any], pool_windows: int | None, ru
     from pytest_invarlock.campaign.window_planner import PlanInputs, assess, plan_windows, sigma_upper_bound
 
     floors = TIER_FLOORS.get(settings.tier, {"preview": 1, "final": 1})
+    estimate = float(pilot_meta.get("sigma_drift", pilot_meta["sigma"]))
     stock_tokens = get_tier_policies().get(settings.tier, {}).get("metrics", {}).get("pm_ratio", {}).get("min_tokens", 0)
     inputs = PlanInputs(
-        sigma=float(pilot_meta.get("sigma_drift", pilot_meta["sigma"])), seq_len=settings.seq_len,
+        sigma=sigma_upper_bound(estimate, max(2, int(pilot_meta["windows"]) // 2)), sigma_estimate=estimate,
+        seq_len=settings.seq_len,
         acceptance=(settings.acceptance_min, settings.acceptance_max), drift_band=DEFAULT_DRIFT_BAND,
         min_tokens=int(settings.min_tokens if settings.min_tokens is not None else stock_tokens or 0),
         tier_floor=(floors["preview"], floors["final"]), pool_windows=pool_windows, runs=max(1, runs),
         pilot_windows=int(pilot_meta["windows"]), pilot_mean_nll=float(pilot_meta["mean_nll"]),
-        sigma_upper=sigma_upper_bound(float(pilot_meta.get("sigma_drift", pilot_meta["sigma"])),
-                                      max(2, int(pilot_meta["windows"]) // 2)),
     )
     if getattr(settings, "windows", None) == "auto":
         return plan_windows(inputs)

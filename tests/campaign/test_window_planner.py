@@ -166,6 +166,6 @@ def test_sigma_upper_bound_covers_the_truth_about_90_percent_of_the_time() -> No
         sample = [rng.gauss(0, 1.0) for _ in range(64)]
         covered += wp.sigma_upper_bound(statistics.stdev(sample), 64) >= 1.0
     assert covered / trials == pytest.approx(0.90, abs=0.025)
-    plan = wp.plan_windows(inputs(sigma=0.25, sigma_upper=0.3))
-    assert plan.false_alarm_upper is not None and plan.false_alarm_upper > plan.false_alarm
-    assert "90% upper bound 0.3000" in plan.summary()
+    plan = wp.plan_windows(inputs(sigma=0.3, sigma_estimate=0.25))
+    assert plan.false_alarm_estimate is not None and plan.false_alarm_estimate < plan.false_alarm <= 0.01
+    assert "planned on its 90% upper bound 0.3000" in plan.summary()

@@ -117,7 +117,13 @@ def worker(assets, tmp_path, monkeypatch):
                                         certify_mode="inprocess", determinism="throughput"))
     monkeypatch.setattr(execution, "BACKOFF_BASE_S", 0.0)
     w = Worker(state, "gw0")
-    monkeypatch.setattr(w, "corpus", lambda model: (assets["corpus"], (assets["corpus"],)))
+    # fixed windows from the test's corpus: these tests are about time limits and OOM, not the window plan
+    from pytest_invarlock.worker.certifier import EvaluateSettings
+
+    settings = EvaluateSettings(dataset_file=assets["corpus"], seq_len=32, stride=32, min_tokens=1000,
+                                measure_guard_overhead=False)
+    monkeypatch.setattr(w, "settings", lambda model, **kwargs: settings)
+    monkeypatch.setattr(w, "window_fields", lambda model, run: {}, raising=False)
     return w
 
 
