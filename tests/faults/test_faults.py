@@ -214,9 +214,8 @@ def test_two_racing_processes_build_each_artifact_once_and_agree(run_dir: Path, 
 
 def test_a_worker_killed_mid_evaluate_is_reported_with_its_item_and_only_that_item_is_redone(run_dir: Path,
                                                                                            reference: dict) -> None:
-    victim = "tiny-kjv-quant_rtn_8bit_clean-run1"
-    forget(run_dir, victim)
-    args = ["-k", EDIT_ITEMS, "-n", "2"]
+    forget(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1")
+    args = ["-k", EDIT_ITEMS, "-n", "2", "-v"]  # -v undoes -q: xdist prints its worker lines at verbosity >= 0
     proc = start_suite(run_dir, *args)
     building = wait_for_evaluate(run_dir, proc)
     lock = building.parent / (building.name.split(".tmp-")[0][1:] + ".lock")
@@ -227,7 +226,9 @@ def test_a_worker_killed_mid_evaluate_is_reported_with_its_item_and_only_that_it
     run = finish(proc)
     print("\n".join(line for line in run.output.splitlines() if "crashed" in line or "worker" in line))
     assert run.returncode == 1, run.output[-3000:]
-    assert re.search(rf"worker 'gw\d' crashed while running '.*{victim}", run.output), run.output[-3000:]
+    crash = re.search(r"worker 'gw\d' crashed while running '.*test_edit\[(.+?)\]'", run.output)
+    assert crash, run.output[-3000:]
+    victim = crash.group(1)
     assert "replacing crashed worker" in run.output
     assert "3 passed" in closing_line(run.output) and "1 failed" in closing_line(run.output)
     crashed = record(run_dir, victim)
@@ -245,7 +246,7 @@ def test_a_worker_killed_mid_evaluate_is_reported_with_its_item_and_only_that_it
 
 def test_max_worker_restart_zero_stops_as_xdist_documents(run_dir: Path) -> None:
     forget(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1")
-    proc = start_suite(run_dir, "-k", EDIT_ITEMS, "-n", "2", "--max-worker-restart", "0")
+    proc = start_suite(run_dir, "-k", EDIT_ITEMS, "-n", "2", "-v", "--max-worker-restart", "0")
     building = wait_for_evaluate(run_dir, proc)
     lock = building.parent / (building.name.split(".tmp-")[0][1:] + ".lock")
     os.kill(int(re.search(r"pid (\d+)", lock.read_text()).group(1)), signal.SIGKILL)
@@ -264,7 +265,7 @@ def test_a_run_dir_too_small_is_refused_before_work_starts_naming_the_numbers(tm
         print(run.output.strip().splitlines()[-1])
         assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.output[-3000:]
         assert re.search(r"not enough disk space for this run: it needs about [\d.]+ MiB .* edited model\(s\) not yet "
-                         r"stored .* has [\d.]+ MiB free", run.output), run.output[-3000:]
+                         r"stored.* has [\d.]+ MiB free", run.output), run.output[-3000:]
         assert not (mount / "run" / "store" / "edits").exists()
 
 

@@ -46,8 +46,10 @@ def test_windows_start_at_a_verse_and_never_share_text(tokenizer, documents) -> 
 
 def test_documents_are_joined_with_the_tokenizers_separator(tokenizer) -> None:
     assert w.separator(tokenizer) == tokenizer.eos_token == "</s>"
-    docs = [["In the beginning God created the heaven and the earth."] * 1,
-            ["And the earth was without form, and void."] * 1] * 30
+    docs = [
+        ["In the beginning God created the heaven and the earth."] * 1,
+        ["And the earth was without form, and void."] * 1,
+    ] * 30
     docs = [[f"{d[0]} ({i})"] for i, d in enumerate(docs)]
     packed = w.pack(docs, tokenizer, 32)
     assert packed and all("</s>" in window.text for window in packed)
