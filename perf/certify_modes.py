@@ -44,9 +44,14 @@ def main() -> int:
     assets = build_tiny_assets()
     tiny = load_suite("tiny").models[0].settings
     settings = certifier.EvaluateSettings(
-        dataset_file=Path(assets.eval_file).resolve(), seq_len=tiny.seq_len, stride=tiny.stride,
-        preview_n=tiny.preview_windows, final_n=tiny.final_windows, bootstrap_replicates=tiny.bootstrap_replicates,
-        acceptance_range=(tiny.acceptance_min, tiny.acceptance_max), measure_guard_overhead=tiny.guard_overhead,
+        dataset_file=Path(assets.eval_file).resolve(),
+        seq_len=tiny.seq_len,
+        stride=tiny.stride,
+        preview_n=tiny.preview_windows,
+        final_n=tiny.final_windows,
+        bootstrap_replicates=tiny.bootstrap_replicates,
+        acceptance_range=(tiny.acceptance_min, tiny.acceptance_max),
+        measure_guard_overhead=tiny.guard_overhead,
         threads=2,
     )
     root = Path(tempfile.mkdtemp(prefix="certify-bench-"))
@@ -57,8 +62,15 @@ def main() -> int:
             times = []
             for i in range(args.repeat):
                 started = time.perf_counter()
-                verdict = certifier.certify(Path(assets.model_dir), edited, root / f"{mode}-{reuse}-{i}", copy.copy(settings),
-                                            edit_label="custom", baseline_report=report if reuse else None, mode=mode)
+                verdict = certifier.certify(
+                    Path(assets.model_dir),
+                    edited,
+                    root / f"{mode}-{reuse}-{i}",
+                    copy.copy(settings),
+                    edit_label="custom",
+                    baseline_report=report if reuse else None,
+                    mode=mode,
+                )
                 times.append(time.perf_counter() - started)
             label = "baseline report reused" if reuse else "baseline evaluated too"
             print(f"{mode:10s} {label:23s} {statistics.median(times):6.1f} s  (ratio {verdict.ratio_vs_baseline:.4f})")

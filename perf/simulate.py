@@ -96,12 +96,15 @@ def suite_items(suite_name: str) -> list[Item]:
 
 def realistic_gpus(spec: str) -> list[Gpu]:
     """The spec's GPUs; where it gives no free memory, free = total less the driver's reserve."""
-    return [gpu if gpu.free_gb < gpu.total_gb else replace(gpu, free_gb=round(gpu.total_gb * (1 - RESERVE_FRACTION), 1))
-            for gpu in parse_gpu_spec(spec)]
+    return [
+        gpu if gpu.free_gb < gpu.total_gb else replace(gpu, free_gb=round(gpu.total_gb * (1 - RESERVE_FRACTION), 1))
+        for gpu in parse_gpu_spec(spec)
+    ]
 
 
-def build_workload(suite_name: str, gpu_spec: str, seed: int, *, realistic: bool = False,
-                   items: Sequence[Item] | None = None) -> Workload:
+def build_workload(
+    suite_name: str, gpu_spec: str, seed: int, *, realistic: bool = False, items: Sequence[Item] | None = None
+) -> Workload:
     items = list(items if items is not None else suite_items(suite_name))
     tasks = tasks_from_items(items)
     gpus = realistic_gpus(gpu_spec) if realistic else parse_gpu_spec(gpu_spec)
@@ -132,8 +135,9 @@ def cluster_bound(workloads: Sequence[Workload], gpus: int) -> float:
 
 def _gpu_seconds(workload: Workload) -> float:
     work = sum(workload.seconds[t.id] * workload.width(t) for t in workload.tasks)
-    return work + sum(load * max(workload.width(t) for t in workload.tasks if t.model == m)
-                      for m, load in workload.load_seconds.items())
+    return work + sum(
+        load * max(workload.width(t) for t in workload.tasks if t.model == m) for m, load in workload.load_seconds.items()
+    )
 
 
 def _longest_chain(workload: Workload) -> float:
@@ -426,9 +430,11 @@ DESCRIPTIONS = {
 
 
 def result_line(strategy: str, workload: Workload, out: Outcome, bound: float) -> str:
-    return (f"RESULT strategy={strategy} suite={workload.suite} gpus={workload.spec} realistic={int(workload.realistic)} "
-            f"makespan_over_bound={out.makespan / bound:.2f} skipped={out.skipped + out.stuck} "
-            f"oversubscribed={out.oversubscribed} ooms={out.ooms} loads={sum(out.loads.values())} workers={out.worker_count}")
+    return (
+        f"RESULT strategy={strategy} suite={workload.suite} gpus={workload.spec} realistic={int(workload.realistic)} "
+        f"makespan_over_bound={out.makespan / bound:.2f} skipped={out.skipped + out.stuck} "
+        f"oversubscribed={out.oversubscribed} ooms={out.ooms} loads={sum(out.loads.values())} workers={out.worker_count}"
+    )
 
 
 def report(workload: Workload) -> tuple[list[str], bool]:
@@ -474,17 +480,23 @@ def cluster_report(suite_name: str, gpu_spec: str, nodes: int, seed: int, *, rea
     gpu_gb = round(max(g.total_gb for g in gpus))
     assignment = split_items(items, nodes, gpu_gb)
     shard_work = shard_loads(items, assignment, nodes, gpu_gb)
-    workloads = [build_workload(suite_name, gpu_spec, seed * 101 + k, realistic=realistic,
-                                items=[i for i in items if assignment[i.param_id] == k]) for k in range(nodes)]
+    workloads = [
+        build_workload(
+            suite_name, gpu_spec, seed * 101 + k, realistic=realistic, items=[i for i in items if assignment[i.param_id] == k]
+        )
+        for k in range(nodes)
+    ]
     outcomes = [simulate(STRATEGIES["invarlock"](w), w) for w in workloads]
     bound = cluster_bound(workloads, nodes * len(gpus))
     makespan = max(o.makespan for o in outcomes)
     balance = max(shard_work) / (sum(shard_work) / nodes)
     spec = workloads[0].spec
-    line = (f"CLUSTER suite={suite_name} nodes={nodes} gpus={spec} realistic={int(realistic)} makespan_h={makespan / 3600:.2f} "
-            f"bound_h={bound / 3600:.2f} makespan_over_bound={makespan / bound:.2f} shard_balance={balance:.3f} "
-            f"skipped={sum(o.skipped + o.stuck for o in outcomes)} oversubscribed={sum(o.oversubscribed for o in outcomes)} "
-            f"node_makespans_h={','.join(f'{o.makespan / 3600:.2f}' for o in outcomes)}")
+    line = (
+        f"CLUSTER suite={suite_name} nodes={nodes} gpus={spec} realistic={int(realistic)} makespan_h={makespan / 3600:.2f} "
+        f"bound_h={bound / 3600:.2f} makespan_over_bound={makespan / bound:.2f} shard_balance={balance:.3f} "
+        f"skipped={sum(o.skipped + o.stuck for o in outcomes)} oversubscribed={sum(o.oversubscribed for o in outcomes)} "
+        f"node_makespans_h={','.join(f'{o.makespan / 3600:.2f}' for o in outcomes)}"
+    )
     return [line], makespan / bound
 
 
@@ -510,8 +522,11 @@ def main(argv: Iterable[str] | None = None) -> int:
                 lines, met = report(build_workload(suite_name, gpu_spec, args.seed, realistic=realistic))
                 print("\n".join(lines))
                 all_met &= met
-    clusters = [(args.suite, args.gpus, (args.nodes,))] if args.suite and args.nodes else (
-        [(s, g, (args.nodes,)) for s, g in WORKLOADS] if args.nodes else list(CLUSTERS) if not args.suite else [])
+    clusters = (
+        [(args.suite, args.gpus, (args.nodes,))]
+        if args.suite and args.nodes
+        else ([(s, g, (args.nodes,)) for s, g in WORKLOADS] if args.nodes else list(CLUSTERS) if not args.suite else [])
+    )
     if clusters:
         print("### sharded campaigns: N nodes, each runs --shard K/N with the invarlock policy\n")
         for suite_name, gpu_spec, node_counts in clusters:

@@ -51,10 +51,12 @@ def main() -> None:
             sizes = [sum(f.stat().st_size for f in e.rglob("*") if f.is_file()) for e in edits]
             full = [_timed(lambda e=e: verify(e, full=True)) for e in edits]
             quick = [_timed(lambda e=e: verify(e, full=False)) for e in edits]
-            print(f"{len(edits)} edited-weights artifact(s), median {statistics.median(sizes) / 2**20:.1f} MiB: "
-                  f"verify with sha256 {statistics.median(full) * 1000:.1f} ms, sizes only "
-                  f"{statistics.median(quick) * 1000:.2f} ms (median per artifact); "
-                  f"all {len(edits)}: {sum(full):.2f} s hashed")
+            print(
+                f"{len(edits)} edited-weights artifact(s), median {statistics.median(sizes) / 2**20:.1f} MiB: "
+                f"verify with sha256 {statistics.median(full) * 1000:.1f} ms, sizes only "
+                f"{statistics.median(quick) * 1000:.2f} ms (median per artifact); "
+                f"all {len(edits)}: {sum(full):.2f} s hashed"
+            )
         big = Path(scratch) / "big"
         big.mkdir()
         (big / "weights.bin").write_bytes(os.urandom(args.mb * 2**20))
@@ -62,8 +64,10 @@ def main() -> None:
         checking = _timed(lambda: verify(big, full=True), repeat=2)
         rate = args.mb * 2**20 / checking
         print(f"{args.mb} MiB file: seal {sealing:.2f} s, verify {checking:.2f} s -> sha256 at {rate / 1e9:.2f} GB/s")
-        print(f"7B model in bf16 ({SEVEN_B_BF16_BYTES / 1e9:.1f} GB per edit): ~{SEVEN_B_BF16_BYTES / rate:.0f} s to "
-              "seal an edit once, and the same once per worker process that uses it (sizes-only checks after that)")
+        print(
+            f"7B model in bf16 ({SEVEN_B_BF16_BYTES / 1e9:.1f} GB per edit): ~{SEVEN_B_BF16_BYTES / rate:.0f} s to "
+            "seal an edit once, and the same once per worker process that uses it (sizes-only checks after that)"
+        )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,23 @@ REPO = Path(__file__).resolve().parent.parent
 def run(run_dir: Path, *extra: str) -> tuple[float, str]:
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "validation/", "--suite", "tiny", "--run-dir", str(run_dir),
-         "-p", "no:cacheprovider", "-q", *extra], cwd=REPO, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "validation/",
+            "--suite",
+            "tiny",
+            "--run-dir",
+            str(run_dir),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     return time.perf_counter() - started, result.stdout
 

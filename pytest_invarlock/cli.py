@@ -13,14 +13,16 @@ from collections.abc import Sequence
 
 # command -> (one-line help, module that implements it)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "report": ("compile every record of a run directory (all shards) into the verdict, CSVs and reports/report.html",
-               "pytest_invarlock.report.command"),
-    "pack": ("write a signed evidence pack (DIR and DIR.tar.gz) from a finished run directory",
-             "pytest_invarlock.evidence.pack"),
-    "verify": ("verify an evidence pack: signature (with --public-key), every checksum, the Phase 0 block",
-               "pytest_invarlock.evidence.verify"),
-    "keygen": ("write a new Ed25519 keypair (KEY.pem, KEY.pem.pub) for signing evidence packs",
-               "pytest_invarlock.evidence.keys"),
+    "report": (
+        "compile every record of a run directory (all shards) into the verdict, CSVs and reports/report.html",
+        "pytest_invarlock.report.command",
+    ),
+    "pack": ("write a signed evidence pack (DIR and DIR.tar.gz) from a finished run directory", "pytest_invarlock.evidence.pack"),
+    "verify": (
+        "verify an evidence pack: signature (with --public-key), every checksum, the Phase 0 block",
+        "pytest_invarlock.evidence.verify",
+    ),
+    "keygen": ("write a new Ed25519 keypair (KEY.pem, KEY.pem.pub) for signing evidence packs", "pytest_invarlock.evidence.keys"),
 }
 
 

@@ -27,8 +27,7 @@ def parametrize(metafunc: pytest.Metafunc, state: ConfigState) -> None:
     name = metafunc.function.__name__
     if name not in SUITE_TESTS:
         raise pytest.UsageError(
-            f"{metafunc.definition.nodeid}: test functions that use `invarlock_item` must be named "
-            f"{', '.join(SUITE_TESTS)}."
+            f"{metafunc.definition.nodeid}: test functions that use `invarlock_item` must be named {', '.join(SUITE_TESTS)}."
         )
     params = []
     for item in items_for_test(state.items, name):
@@ -50,7 +49,8 @@ def suite_item(test_item: pytest.Item) -> Item | None:
 
 def _excluded_by_options(item: Item, state: ConfigState) -> bool:
     return (state.options.calibrate_only and item.kind != Kind.CALIBRATION) or (
-        state.options.no_benchmarks and item.kind == Kind.BENCHMARK)
+        state.options.no_benchmarks and item.kind == Kind.BENCHMARK
+    )
 
 
 def shard_of(config: pytest.Config, state: ConfigState) -> tuple[int, dict[str, int]] | None:

@@ -39,6 +39,7 @@ HOME_INPUT, SPACER_INPUT = "invarlock_home_gpu", "invarlock_spacer"
 SPACER_NAME = "invarlock-spacer"
 DIST_CHOSEN_KEY = pytest.StashKey[bool]()
 
+
 @pytest.hookimpl(wrapper=True)
 def pytest_cmdline_main(config: pytest.Config):
     """Bind a worker to its GPU before anything is configured; note whether --dist was given.
@@ -145,8 +146,9 @@ def report_unplaceable(config: pytest.Config, nodeid: str, reason: str) -> None:
     """Report an item the scheduler gave up on as skipped, as if a worker had skipped it."""
     path = nodeid.split("::")[0]
     location = (path, None, nodeid.split("::", 1)[-1])
-    report = pytest.TestReport(nodeid, location, keywords={}, outcome="skipped",
-                               longrepr=(path, None, f"Skipped: {reason}"), when="setup")
+    report = pytest.TestReport(
+        nodeid, location, keywords={}, outcome="skipped", longrepr=(path, None, f"Skipped: {reason}"), when="setup"
+    )
     config.hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
     config.hook.pytest_runtest_logreport(report=report)
     config.hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)

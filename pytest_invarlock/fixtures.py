@@ -23,8 +23,10 @@ def session_state(request: pytest.FixtureRequest) -> ConfigState:
     """The validation session's state; a plain session has none, and these fixtures say how to get one."""
     state = request.config.stash.get(STATE_KEY, None)
     if state is None:
-        pytest.fail("the invarlock fixtures need a validation session: run with --suite NAME "
-                    "(or set the invarlock_suite ini option)", pytrace=False)
+        pytest.fail(
+            "the invarlock fixtures need a validation session: run with --suite NAME (or set the invarlock_suite ini option)",
+            pytrace=False,
+        )
     return state
 
 

@@ -82,10 +82,12 @@ def disk_need(state: ConfigState, items: list[Item]) -> tuple[int, str]:
     edits = sum(needed.values())
     reports = per_result * len(new_items)
     total = int((edits + reports) * 1.05) + MARGIN_BYTES
-    how = (f"{len(needed)} edited model(s) not yet stored, {human_bytes(edits)} of weights"
-           + (f" ({human_bytes(max(needed.values()))} each)" if needed else "")
-           + f"; {len(new_items)} item(s) without results x {human_bytes(per_result)} of reports; "
-           f"+5% and {human_bytes(MARGIN_BYTES)} margin")
+    how = (
+        f"{len(needed)} edited model(s) not yet stored, {human_bytes(edits)} of weights"
+        + (f" ({human_bytes(max(needed.values()))} each)" if needed else "")
+        + f"; {len(new_items)} item(s) without results x {human_bytes(per_result)} of reports; "
+        f"+5% and {human_bytes(MARGIN_BYTES)} margin"
+    )
     return total, how
 
 
@@ -106,9 +108,10 @@ class StorePreflight:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         removed = self.state.store.sweep()
         if removed:
-            self.state.warnings.append(f"removed {len(removed)} unfinished artifact build(s) left by an interrupted or "
-                                       f"killed run: {', '.join(p.name for p in removed[:3])}"
-                                       + (" ..." if len(removed) > 3 else ""))
+            self.state.warnings.append(
+                f"removed {len(removed)} unfinished artifact build(s) left by an interrupted or "
+                f"killed run: {', '.join(p.name for p in removed[:3])}" + (" ..." if len(removed) > 3 else "")
+            )
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -132,4 +135,5 @@ class StorePreflight:
             raise pytest.UsageError(
                 f"not enough disk space for this run: it needs about {human_bytes(need)} in {self.state.run_dir} "
                 f"({how}) and that filesystem ({where}) has {human_bytes(free)} free. Free space, point --run-dir at "
-                "a larger volume, or select fewer items (-k); --no-disk-preflight starts anyway.")
+                "a larger volume, or select fewer items (-k); --no-disk-preflight starts anyway."
+            )

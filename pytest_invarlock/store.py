@@ -111,9 +111,11 @@ def disk_full_message(path: Path) -> str:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    return (f"disk full (ENOSPC, No space left on device) while writing '{path}' ({_human(free)} free). "
-            "Finished results are kept; free space (or point --run-dir at a larger volume) and rerun: "
-            "completed work is reused.")
+    return (
+        f"disk full (ENOSPC, No space left on device) while writing '{path}' ({_human(free)} free). "
+        "Finished results are kept; free space (or point --run-dir at a larger volume) and rerun: "
+        "completed work is reused."
+    )
 
 
 def _store_error(path: Path, exc: BaseException) -> StoreError:
@@ -252,7 +254,8 @@ class ArtifactLock:
                         raise StoreError(
                             f"cannot lock '{self.path}': {exc.strerror}. The run directory's filesystem must "
                             "support POSIX (fcntl) locks; on NFS mount with lock support (NFSv4, or NFSv3 "
-                            "with lockd running), or put --run-dir on a local disk.") from exc
+                            "with lockd running), or put --run-dir on a local disk."
+                        ) from exc
                 if not blocking:
                     os.close(fd)
                     self._thread_lock.release()
@@ -273,7 +276,9 @@ class ArtifactLock:
         self._fd = fd
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} host {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+            os.pwrite(
+                fd, f"pid {os.getpid()} host {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0
+            )
         except OSError:
             pass  # the holder note is informational; a full disk must not stop the lock
         return True

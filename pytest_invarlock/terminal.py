@@ -69,8 +69,10 @@ class VerdictReporter:
             if presses[0] >= 3:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 raise KeyboardInterrupt
-            print("\ninvarlock: stopping: shutting workers down and writing the partial verdict "
-                  "(Ctrl-C once more to abort now)", flush=True)
+            print(
+                "\ninvarlock: stopping: shutting workers down and writing the partial verdict (Ctrl-C once more to abort now)",
+                flush=True,
+            )
 
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signal.SIGINT, on_sigint)
@@ -85,8 +87,9 @@ class VerdictReporter:
             if interrupted:
                 terminalreporter.write_line(_resume_line(config, 0, _selected(terminalreporter)), yellow=True)
             return
-        compiled = compile_records(records, items=[item.param_id for item in self.state.items],
-                                   min_signal_fraction=self.state.suite.min_signal_fraction)
+        compiled = compile_records(
+            records, items=[item.param_id for item in self.state.items], min_signal_fraction=self.state.suite.min_signal_fraction
+        )
         header = {
             "suite": self.state.suite.name,
             "suite_file": str(self.state.suite.path),
@@ -98,24 +101,30 @@ class VerdictReporter:
             "campaign": {
                 "items": {item.param_id: item.definition_key for item in self.state.items},
                 "min_signal_fraction": self.state.suite.min_signal_fraction,
-                "options": {**vars(self.state.options), "device": self.state.device,
-                            "args": list(config.invocation_params.args)},
+                "options": {**vars(self.state.options), "device": self.state.device, "args": list(config.invocation_params.args)},
                 "revisions": {m.source: m.revision for m in self.state.suite.models if m.revision},
             },
         }
         write = terminalreporter.write_line
         terminalreporter.section("InvarLock validation" + (" (PARTIAL: interrupted)" if interrupted else ""))
-        write(f"suite {self.state.suite.name}: {len(self.records)} item(s) this session"
-              + (f", {earlier} from earlier sessions in {self.state.run_dir}" if earlier else ""))
+        write(
+            f"suite {self.state.suite.name}: {len(self.records)} item(s) this session"
+            + (f", {earlier} from earlier sessions in {self.state.run_dir}" if earlier else "")
+        )
         reused = _reuse_counts(self.records.values())
         if reused:
             write("reused from the run directory: " + ", ".join(f"{n} {what}" for what, n in sorted(reused.items())))
-        scored = [r for r in self.records.values()
-                  if r.get("kind") == Kind.BENCHMARK and "model_loaded_from_disk" in r and not r.get("reused")]
+        scored = [
+            r
+            for r in self.records.values()
+            if r.get("kind") == Kind.BENCHMARK and "model_loaded_from_disk" in r and not r.get("reused")
+        ]
         if scored:
             loads = sum(bool(r["model_loaded_from_disk"]) for r in scored)
-            write(f"benchmark items that loaded their model from disk: {loads} of {len(scored)} "
-                  "(the others used the model their worker already held)")
+            write(
+                f"benchmark items that loaded their model from disk: {loads} of {len(scored)} "
+                "(the others used the model their worker already held)"
+            )
         write("")
         write(render_table(compiled))
         benchmarks = render_benchmarks(compiled)
@@ -132,8 +141,10 @@ class VerdictReporter:
             write(f"could not write the reports: {exc}", red=True)
         else:
             write("")
-            write(f"reports: {_common_parent(paths)} (final_verdict.json/.txt, analysis/*.csv, *.json)"
-                  + (" marked partial" if interrupted else ""))
+            write(
+                f"reports: {_common_parent(paths)} (final_verdict.json/.txt, analysis/*.csv, *.json)"
+                + (" marked partial" if interrupted else "")
+            )
             _html_report(records, compiled, self.state.run_dir, header, write)
             _evidence_pack(config, self.state.run_dir, write)
         for warning in self.state.warnings:
@@ -142,8 +153,9 @@ class VerdictReporter:
             write(_resume_line(config, len(self.records), _selected(terminalreporter)), yellow=True)
 
 
-def stamp_where_and_when(state: ConfigState, item: Any, report: pytest.TestReport, setup_started: float | None,
-                         record: dict[str, Any]) -> dict[str, Any]:
+def stamp_where_and_when(
+    state: ConfigState, item: Any, report: pytest.TestReport, setup_started: float | None, record: dict[str, Any]
+) -> dict[str, Any]:
     """When and where the item ran, from pytest's own report times (epoch seconds, taken in the process that
     ran it and forwarded by xdist): setup start to this report's stop; the worker, host, session, and the
     GPUs the scheduler placed it on. Stamped here on the controller, so skips and errors get them too."""
@@ -205,8 +217,10 @@ def _resume_line(config: pytest.Config, finished: int, selected: int | None) -> 
 
     command = shlex.join(["pytest", *config.invocation_params.args])
     of = f" of {selected}" if selected else ""
-    return (f"interrupted: partial verdict from {finished}{of} item(s) finished this session. Resume with the same "
-            f"command ({command}): finished items and stored artifacts are reused, only the rest runs.")
+    return (
+        f"interrupted: partial verdict from {finished}{of} item(s) finished this session. Resume with the same "
+        f"command ({command}): finished items and stored artifacts are reused, only the rest runs."
+    )
 
 
 def _reuse_counts(records: Iterable[dict[str, Any]]) -> dict[str, int]:

@@ -17,9 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 VALIDATION = REPO / "validation"
 
 
-GATES = [
-    "primary_metric_acceptable", "preview_final_drift_acceptable", "invariants_pass", "spectral_stable", "rmt_stable"
-]
+GATES = ["primary_metric_acceptable", "preview_final_drift_acceptable", "invariants_pass", "spectral_stable", "rmt_stable"]
 
 
 def synthetic_report(**flags: bool) -> dict[str, Any]:
@@ -28,21 +26,24 @@ def synthetic_report(**flags: bool) -> dict[str, Any]:
         "validation": {**dict.fromkeys([*GATES, "guard_overhead_acceptable"], True), **flags},
         "guard_overhead": {"evaluated": True},
         "primary_metric": {
-            "kind": "ppl_causal", "preview": 10.0, "final": 10.2, "ratio_vs_baseline": 1.01,
-            "display_ci": [0.99, 1.03], "degraded": False, "invalid": False,
+            "kind": "ppl_causal",
+            "preview": 10.0,
+            "final": 10.2,
+            "ratio_vs_baseline": 1.01,
+            "display_ci": [0.99, 1.03],
+            "degraded": False,
+            "invalid": False,
             "drift_band": {"min": 0.95, "max": 1.05},
         },
         "meta": {"pm_acceptance_range": {"min": 0.9, "max": 1.2}},
-        "provenance": {
-            "window_plan": {"preview_total_tokens": 100, "final_total_tokens": 120, "tokens_floor_met": True}
-        },
+        "provenance": {"window_plan": {"preview_total_tokens": 100, "final_total_tokens": 120, "tokens_floor_met": True}},
         "spectral": {
-            "caps_applied": 1, "max_caps": 2, "family_caps": {"ffn": {"kappa": 3.0}},
+            "caps_applied": 1,
+            "max_caps": 2,
+            "family_caps": {"ffn": {"kappa": 3.0}},
             "family_z_quantiles": {"ffn": {"max": 2.5}},
         },
-        "rmt": {
-            "epsilon_by_family": {"ffn": 0.01}, "families": {"ffn": {"delta": 0.004}}, "epsilon_violations": []
-        },
+        "rmt": {"epsilon_by_family": {"ffn": 0.01}, "families": {"ffn": {"delta": 0.004}}, "epsilon_violations": []},
         "invariants": {"failures": [{"check": "weights_finite", "type": "non_finite", "severity": "error"}]},
         "guards": [
             {
@@ -84,20 +85,38 @@ class Run:
     seconds: float
 
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "HF_EVALUATE_OFFLINE": "1"}
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
 
 
 def suite_command(run_dir: Path, *args: str) -> list[str]:
     """`pytest validation/ --suite tiny --run-dir RUN_DIR ...` as an argv for this interpreter."""
-    return [sys.executable, "-m", "pytest", str(VALIDATION), "--suite", "tiny", "--run-dir", str(run_dir),
-            "-p", "no:cacheprovider", "-q", "-rfEs", *args]
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(VALIDATION),
+        "--suite",
+        "tiny",
+        "--run-dir",
+        str(run_dir),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rfEs",
+        *args,
+    ]
 
 
 def run_suite(run_dir: Path, *args: str, timeout: float = 3600) -> Run:
     started = time.perf_counter()
-    result = subprocess.run(suite_command(run_dir, *args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, **OFFLINE_ENV})
+    result = subprocess.run(
+        suite_command(run_dir, *args),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **OFFLINE_ENV},
+    )
     return Run(result.returncode, result.stdout + result.stderr, time.perf_counter() - started)
 
 
@@ -116,19 +135,21 @@ def small_filesystem(path: Path, size: str) -> Iterator[Path]:
     import pytest
 
     path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a {size} tmpfs to test a full disk ({(result.stderr or result.stdout).strip()}); "
-                    "this needs root (CI runs as root)")
+        pytest.skip(
+            f"cannot mount a {size} tmpfs to test a full disk ({(result.stderr or result.stdout).strip()}); "
+            "this needs root (CI runs as root)"
+        )
     try:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def synthetic_records(suite: str = "tiny", *, lanes: int = 2, seed: int = 0, start: float = 1.7e9,
-                      session: str = "s1") -> list[dict[str, Any]]:
+def synthetic_records(
+    suite: str = "tiny", *, lanes: int = 2, seed: int = 0, start: float = 1.7e9, session: str = "s1"
+) -> list[dict[str, Any]]:
     """One plausible record per item of a shipped suite (no model runs): timing, placement and numbers.
 
     Clean edits and calibrations pass near ratio 1, gating stress edits and error injections are flagged
@@ -149,9 +170,18 @@ def synthetic_records(suite: str = "tiny", *, lanes: int = 2, seed: int = 0, sta
         kind = str(item.kind)
         lane = min(range(lanes), key=free.__getitem__)
         seconds = rng.uniform(2, 6) * (3 if kind == "calibration" else 1)
-        record.update(started=free[lane], ended=free[lane] + seconds, worker=f"gw{lane}", devices=[lane],
-                      host="node1", session=session, seconds=round(seconds, 2), outcome="passed", met=True,
-                      acceptance=[0.95, 1.10])
+        record.update(
+            started=free[lane],
+            ended=free[lane] + seconds,
+            worker=f"gw{lane}",
+            devices=[lane],
+            host="node1",
+            session=session,
+            seconds=round(seconds, 2),
+            outcome="passed",
+            met=True,
+            acceptance=[0.95, 1.10],
+        )
         free[lane] += seconds + 0.05
         if kind == "benchmark":
             stress = item.scenario is not None and item.scenario.kind == "stress"
@@ -165,10 +195,20 @@ def synthetic_records(suite: str = "tiny", *, lanes: int = 2, seed: int = 0, sta
             failed = ["primary_metric_acceptable"] if gating else []
             if kind == "clean" and item.run == 1 and item.scenario is not None and item.scenario.name.startswith("svd"):
                 failed, record["met"], record["outcome"] = ["spectral_stable"], False, "failed"
-            record.update(ratio=ratio, ci=[lo, hi], drift=1.0, failed_gates=failed, flagged=bool(failed),
-                          overall_pass=not failed, degraded=False, detected=kind == "error", signal=bool(failed),
-                          caps_applied=1 if kind == "clean" and item.run == 2 else 0, failure=None,
-                          report=f"/runs/x/store/results/r-{item.param_id}/reports/eval/evaluation.report.json")
+            record.update(
+                ratio=ratio,
+                ci=[lo, hi],
+                drift=1.0,
+                failed_gates=failed,
+                flagged=bool(failed),
+                overall_pass=not failed,
+                degraded=False,
+                detected=kind == "error",
+                signal=bool(failed),
+                caps_applied=1 if kind == "clean" and item.run == 2 else 0,
+                failure=None,
+                report=f"/runs/x/store/results/r-{item.param_id}/reports/eval/evaluation.report.json",
+            )
             if item.scenario is not None and item.scenario.name == "nan_injection":
                 record.update(ratio=None, ci=None, failure="non-finite model output (detected)", report=None)
         records.append(record)

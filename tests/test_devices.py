@@ -16,23 +16,48 @@ from helpers import REPO, VALIDATION
 
 
 def run_items(tmp_path: Path, *args: str, timeout: float = 3000) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", str(VALIDATION), "--run-dir", str(tmp_path / "run"),
-                           "-p", "no:cacheprovider", "-q", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(VALIDATION),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.gpu
 def test_tiny_items_on_cuda_agree_with_the_cpu_verdicts(tmp_path: Path) -> None:
     """Edits and evaluates on the GPU reach the same verdicts; nothing stays on the device between items."""
-    result = run_items(tmp_path, "--suite", "tiny", "--device", "cuda",
-                       "-k", "calibration or quant_rtn_8bit_clean-run1 or prune_70pct_stress or nan_injection")
+    result = run_items(
+        tmp_path,
+        "--suite",
+        "tiny",
+        "--device",
+        "cuda",
+        "-k",
+        "calibration or quant_rtn_8bit_clean-run1 or prune_70pct_stress or nan_injection",
+    )
     assert result.returncode == 0, result.stdout[-4000:]
     records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "run" / "records").glob("*.json")}
     assert records["tiny-kjv-quant_rtn_8bit_clean-run1"]["ratio"] == pytest.approx(1.0, abs=0.01)
     assert records["tiny-kjv-prune_70pct_stress-run1"]["flagged"]
 
 
-SMOL_SELECTION = ("calibration or quant_rtn_8bit_clean-run1 or fp8_e4m3_clean-run1 or svd_rank32_stress or "
-                  "prune_50pct_stress or nan_injection or scale_explosion or zero_layer")
+SMOL_SELECTION = (
+    "calibration or quant_rtn_8bit_clean-run1 or fp8_e4m3_clean-run1 or svd_rank32_stress or "
+    "prune_50pct_stress or nan_injection or scale_explosion or zero_layer"
+)
 
 
 @pytest.mark.slow
@@ -41,8 +66,9 @@ def test_smol_suite_certifies_a_real_pretrained_model(tmp_path: Path) -> None:
     planned from a pilot pass; two clean edits pass, two gating stress edits are flagged, three error injections
     are detected. Measured on 2 CPU cores: ~8 min for the calibration item, ~4 min per edit item at the planner's
     731 + 731 windows, so ~40 min in all: over the 20-minute target (README, "SmolLM2")."""
-    result = run_items(tmp_path, "--suite", "smol", "--no-benchmarks", "--runs-calibration", "1", "-k", SMOL_SELECTION,
-                       timeout=5400)
+    result = run_items(
+        tmp_path, "--suite", "smol", "--no-benchmarks", "--runs-calibration", "1", "-k", SMOL_SELECTION, timeout=5400
+    )
     assert result.returncode == 0, result.stdout[-4000:]
     records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "run" / "records").glob("*.json")}
     assert len(records) == 8 and all(r["met"] for r in records.values()), {k: r.get("message") for k, r in records.items()}

@@ -59,8 +59,8 @@ def test_second_run_reuses_everything_and_agrees(campaign: dict) -> None:
     assert "reused from the run directory:" in second.output
     records = [json.loads(p.read_text()) for p in (campaign["run_dir"] / "records").glob("*.json")]
     assert records and all(r["reused"] for r in records if r["outcome"] == "passed")
-    first_verdict = first.output[first.output.index("Phase 0 verdict"):].splitlines()[:12]
-    second_verdict = second.output[second.output.index("Phase 0 verdict"):].splitlines()[:12]
+    first_verdict = first.output[first.output.index("Phase 0 verdict") :].splitlines()[:12]
+    second_verdict = second.output[second.output.index("Phase 0 verdict") :].splitlines()[:12]
     assert first_verdict == second_verdict
     # Speed is measured, not asserted (README quotes the figures); the fixture prints both run times.
 
@@ -79,8 +79,23 @@ def test_user_tests_get_the_campaigns_artifacts_from_the_fixtures(campaign: dict
     store = campaign["run_dir"] / "store"
     before = sorted(p.name for p in store.glob("*/*") if p.is_dir())
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(test_file), "--suite", "tiny", "--run-dir", str(campaign["run_dir"]),
-         "-p", "no:cacheprovider", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(test_file),
+            "--suite",
+            "tiny",
+            "--run-dir",
+            str(campaign["run_dir"]),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in store.glob("*/*") if p.is_dir()) == before  # all reused, nothing recomputed

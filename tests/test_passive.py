@@ -56,15 +56,20 @@ def _pytester_own(relative: Path) -> bool:
     return top in ("stdout", "stderr") or top.startswith("runpytest-") or "__pycache__" in relative.parts
 
 
-def _run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp: Path, *args: str, plugin: bool) -> tuple[list[str], dict[str, dict], list[str]]:
+def _run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp: Path, *args: str, plugin: bool
+) -> tuple[list[str], dict[str, dict], list[str]]:
     dump = tmp / ("with" if plugin else "without")
     dump.mkdir()
     monkeypatch.setenv("ENV_DUMP", str(dump))
     extra = () if plugin else ("-p", "no:invarlock")
     before = set(pytester.path.rglob("*"))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *extra, *args, timeout=120)
-    created = sorted(str(p.relative_to(pytester.path)) for p in set(pytester.path.rglob("*")) - before
-                     if not _pytester_own(p.relative_to(pytester.path)))
+    created = sorted(
+        str(p.relative_to(pytester.path))
+        for p in set(pytester.path.rglob("*")) - before
+        if not _pytester_own(p.relative_to(pytester.path))
+    )
     lines = sorted(XDIST_TAG.sub("", line) for line in result.outlines if not VOLATILE.search(line))
     envs = {p.stem: json.loads(p.read_text()) for p in dump.glob("*.json")}
     return lines, envs, created

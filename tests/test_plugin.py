@@ -14,8 +14,9 @@ from helpers import REPO, VALIDATION
 
 
 def run_pytest(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_full_suite_collects_fast_with_readable_ids_and_without_torch() -> None:
@@ -76,13 +77,15 @@ def test_markers_and_selection_options(tmp_path: Path) -> None:
 
 
 def test_models_that_cannot_run_here_are_skipped_with_the_reason() -> None:
-    result = run_pytest("-q", "-rs", str(VALIDATION), "--suite", "subset", "--offline", "--device", "cpu",
-                        "-k", "calibration-run1")
+    result = run_pytest(
+        "-q", "-rs", str(VALIDATION), "--suite", "subset", "--offline", "--device", "cpu", "-k", "calibration-run1"
+    )
     assert result.returncode == 0, result.stdout
     assert "needs a GPU" in result.stdout
 
 
 def test_offline_refuses_hub_models_without_a_pinned_revision() -> None:
-    result = run_pytest("-q", "-rs", str(VALIDATION), "--suite", "ci", "--offline", "--device", "cuda",
-                        "-k", "gpt2-calibration-run1")
+    result = run_pytest(
+        "-q", "-rs", str(VALIDATION), "--suite", "ci", "--offline", "--device", "cuda", "-k", "gpt2-calibration-run1"
+    )
     assert "without a pinned revision" in result.stdout

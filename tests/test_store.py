@@ -81,15 +81,18 @@ def _weights(tmp: Path) -> dict:
     return {}
 
 
-@pytest.mark.parametrize("damage, says", [
-    (lambda p: os.truncate(p / "model.safetensors", 100), "model.safetensors has 100 bytes, 4096 expected"),
-    (lambda p: (p / "sub" / "report.json").write_text('{"ok": fals'), "report.json has 11 bytes"),
-    (lambda p: (p / "sub" / "report.json").write_text('{"ok": 1}   '), "does not match its sha256"),
-    (lambda p: (p / "model.safetensors").unlink(), "model.safetensors is missing"),
-    (lambda p: (p / CHECKSUMS).unlink(), "checksums.json is missing"),
-    (lambda p: (p / CHECKSUMS).write_text((p / CHECKSUMS).read_text()[:40]), "checksums.json does not parse"),
-    (lambda p: (p / "extra.bin").write_bytes(b"x"), "unlisted file extra.bin"),
-])
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda p: os.truncate(p / "model.safetensors", 100), "model.safetensors has 100 bytes, 4096 expected"),
+        (lambda p: (p / "sub" / "report.json").write_text('{"ok": fals'), "report.json has 11 bytes"),
+        (lambda p: (p / "sub" / "report.json").write_text('{"ok": 1}   '), "does not match its sha256"),
+        (lambda p: (p / "model.safetensors").unlink(), "model.safetensors is missing"),
+        (lambda p: (p / CHECKSUMS).unlink(), "checksums.json is missing"),
+        (lambda p: (p / CHECKSUMS).write_text((p / CHECKSUMS).read_text()[:40]), "checksums.json does not parse"),
+        (lambda p: (p / "extra.bin").write_bytes(b"x"), "unlisted file extra.bin"),
+    ],
+)
 def test_a_damaged_artifact_is_never_trusted_warned_once_and_rebuilt(tmp_path: Path, damage, says: str) -> None:
     store = Store(tmp_path)
     first = store.produce("edits", "k", _weights)
@@ -155,8 +158,9 @@ def test_earlier_records_skip_a_damaged_record_with_one_warning(tmp_path: Path) 
 
     items = build_items(load_suite("tiny"))[:3]
     for item in items:
-        write_json_sealed(record_path(tmp_path, item), {"param_id": item.param_id, "definition_key": item.definition_key,
-                                                        "outcome": "passed"})
+        write_json_sealed(
+            record_path(tmp_path, item), {"param_id": item.param_id, "definition_key": item.definition_key, "outcome": "passed"}
+        )
     damaged = record_path(tmp_path, items[1])
     damaged.write_text(damaged.read_text()[:30])
     warnings: list[str] = []
@@ -223,6 +227,7 @@ def test_write_json_atomic_round_trips(tmp_path: Path) -> None:
 
 def _contend(root: str, start: float, out: str) -> None:
     """One of several processes asking for the same artifact at the same moment."""
+
     def build(tmp: Path) -> None:
         with open(Path(root) / "builders", "a") as handle:
             handle.write(f"{os.getpid()}\n")

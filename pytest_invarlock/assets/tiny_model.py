@@ -552,7 +552,9 @@ def _library_versions() -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_invarlock.assets.tiny_model", description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $PYTEST_INVARLOCK_CACHE or ~/.cache/pytest-invarlock")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="default: $PYTEST_INVARLOCK_CACHE or ~/.cache/pytest-invarlock"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if the asset is cached")
     args = parser.parse_args(argv)
     for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):

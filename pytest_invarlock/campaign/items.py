@@ -60,8 +60,12 @@ class Item:
     @property
     def definition_key(self) -> str:
         """Digest of everything in the suite that defines this item; records from an older definition are stale."""
-        payload = {"model": asdict(self.model), "scenario": asdict(self.scenario) if self.scenario else None,
-                   "run": self.run, "benchmark": self.benchmark}
+        payload = {
+            "model": asdict(self.model),
+            "scenario": asdict(self.scenario) if self.scenario else None,
+            "run": self.run,
+            "benchmark": self.benchmark,
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -64,16 +64,20 @@ def explain(scenario: Scenario, verdict: Verdict, *, met: bool) -> str:
     expected = _EXPECTED[scenario.expectation]
     if scenario.expectation == "fail" and scenario.detectors:
         expected += f" through one of {', '.join(scenario.detectors)}"
-    lines = [f"{scenario.kind} scenario {scenario.name} ({scenario.spec}): expected {expected}; "
-             f"{'as expected' if met else 'NOT as expected'}."]
+    lines = [
+        f"{scenario.kind} scenario {scenario.name} ({scenario.spec}): expected {expected}; "
+        f"{'as expected' if met else 'NOT as expected'}."
+    ]
     if verdict.failure is not None:
         lines.append(f"InvarLock produced no report: {verdict.failure}")
     else:
         said = "PASS" if verdict.overall_pass else "FAIL"
         gates = ", ".join(verdict.failed_gates) or "none"
-        lines.append(f"InvarLock said {said}; failed gates: {gates}"
-                     + (f"; primary metric degraded ({verdict.degraded_reason or 'no reason given'})" if verdict.degraded else "")
-                     + (f"; {remediations(verdict)} spectral cap(s) applied" if remediations(verdict) else ""))
+        lines.append(
+            f"InvarLock said {said}; failed gates: {gates}"
+            + (f"; primary metric degraded ({verdict.degraded_reason or 'no reason given'})" if verdict.degraded else "")
+            + (f"; {remediations(verdict)} spectral cap(s) applied" if remediations(verdict) else "")
+        )
         lines.append(_numbers(verdict))
     if verdict.report_path:
         lines.append(f"report: {verdict.report_path}")
@@ -87,6 +91,8 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 def _numbers(verdict: Verdict) -> str:
     lo, hi = verdict.display_ci or (None, None)
     amin, amax = verdict.acceptance_range or (None, None)
-    return (f"ratio {_fmt(verdict.ratio_vs_baseline)} (95% CI [{_fmt(lo)}, {_fmt(hi)}]), acceptance [{_fmt(amin, '.2f')}, "
-            f"{_fmt(amax, '.2f')}]; preview {_fmt(verdict.preview, '.3f')} final {_fmt(verdict.final, '.3f')} "
-            f"drift {_fmt(verdict.drift)}")
+    return (
+        f"ratio {_fmt(verdict.ratio_vs_baseline)} (95% CI [{_fmt(lo)}, {_fmt(hi)}]), acceptance [{_fmt(amin, '.2f')}, "
+        f"{_fmt(amax, '.2f')}]; preview {_fmt(verdict.preview, '.3f')} final {_fmt(verdict.final, '.3f')} "
+        f"drift {_fmt(verdict.drift)}"
+    )

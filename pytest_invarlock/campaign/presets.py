@@ -107,9 +107,7 @@ def z_at_cap_budget(z_by_family: Mapping[str, Sequence[float]], budget: int) -> 
     """
     magnitudes = {family: sorted((abs(z) for z in zs), reverse=True) for family, zs in z_by_family.items() if zs}
     allocation = allocate_cap_budget({family: len(zs) for family, zs in magnitudes.items()}, budget)
-    return {
-        family: zs[min(max(allocation[family], 1), len(zs)) - 1] for family, zs in magnitudes.items()
-    }
+    return {family: zs[min(max(allocation[family], 1), len(zs)) - 1] for family, zs in magnitudes.items()}
 
 
 def drift_band(drifts: Sequence[float]) -> tuple[float, float]:
@@ -186,8 +184,7 @@ def _rmt_epsilon(stats: Sequence[CalibrationStats], existing: Mapping[str, float
 def _variance_min_effect(stats: Sequence[CalibrationStats], existing: float) -> float:
     """q95 of the measured delta-CI half-widths, never below the floor 0.0009; without any measured
     half-width the tier's value, still never below the floor (the seed applies it either way)."""
-    widths = [s.delta_ci_half_width for s in stats
-              if s.delta_ci_half_width is not None and math.isfinite(s.delta_ci_half_width)]
+    widths = [s.delta_ci_half_width for s in stats if s.delta_ci_half_width is not None and math.isfinite(s.delta_ci_half_width)]
     if not widths:
         return max(existing, VARIANCE_MIN_EFFECT_FLOOR)
     return max(round(quantile(widths, VARIANCE_QUANTILE), 4), VARIANCE_MIN_EFFECT_FLOOR)

@@ -42,16 +42,21 @@ def read_revisions(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise SuiteError(f"revisions file '{path}' cannot be read ({exc}). Delete it and run with --online, "
-                         "or point --revisions at a valid file.") from None
+        raise SuiteError(
+            f"revisions file '{path}' cannot be read ({exc}). Delete it and run with --online, "
+            "or point --revisions at a valid file."
+        ) from None
     revisions = data.get("revisions") if isinstance(data, dict) else None
     if not isinstance(revisions, dict):
-        raise SuiteError(f"revisions file '{path}' has no `revisions` mapping. Expected "
-                         '{"revisions": {"org/name": "<40-hex commit>"}}.')
+        raise SuiteError(
+            f'revisions file \'{path}\' has no `revisions` mapping. Expected {{"revisions": {{"org/name": "<40-hex commit>"}}}}.'
+        )
     bad = sorted(repo for repo, sha in revisions.items() if not (isinstance(sha, str) and _COMMIT.match(sha)))
     if bad:
-        raise SuiteError(f"revisions file '{path}': {', '.join(bad)} not pinned to a 40-hex commit. "
-                         "Fix the entries, or delete the file and run with --online.")
+        raise SuiteError(
+            f"revisions file '{path}': {', '.join(bad)} not pinned to a 40-hex commit. "
+            "Fix the entries, or delete the file and run with --online."
+        )
     return {str(repo): str(sha) for repo, sha in revisions.items()}
 
 
@@ -60,8 +65,9 @@ def write_revisions(path: Path, revisions: Mapping[str, str]) -> None:
     from pytest_invarlock.store import write_json_atomic
 
     merged = {**read_revisions(path), **revisions}
-    write_json_atomic(path, {"revisions": dict(sorted(merged.items())),
-                             "resolved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    write_json_atomic(
+        path, {"revisions": dict(sorted(merged.items())), "resolved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    )
 
 
 def hub_commit(repo_id: str) -> str:

@@ -258,7 +258,9 @@ def user_path(text: str, what: str) -> Path:
     try:
         return Path(text).expanduser()
     except RuntimeError:  # ~nosuchuser, or no home directory at all
-        raise SuiteError(f"{what} '{text}': cannot expand '~' (no such user, or no home directory). Write the full path.") from None
+        raise SuiteError(
+            f"{what} '{text}': cannot expand '~' (no such user, or no home directory). Write the full path."
+        ) from None
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -302,7 +304,9 @@ class _Where:
     def integer(self, value: Any, key: str, minimum: int, maximum: int = MAX_INT) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
             raise self.error(
-                key, f"expected an integer >= {minimum} and <= {maximum}, got {_show(value)}", f"Use a whole number from {minimum} to {maximum}."
+                key,
+                f"expected an integer >= {minimum} and <= {maximum}, got {_show(value)}",
+                f"Use a whole number from {minimum} to {maximum}.",
             )
         return value
 
@@ -319,12 +323,18 @@ class _Where:
 
     def boolean(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {_show(value)}", f"Write {key.rsplit('.', 1)[-1]}: true or false.")
+            raise self.error(
+                key, f"expected true or false, got {_show(value)}", f"Write {key.rsplit('.', 1)[-1]}: true or false."
+            )
         return value
 
     def text(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or "\x00" in value:
-            raise self.error(key, f"expected a string, got {_show(value)}", "Write it as plain text (quote it if YAML reads it as something else).")
+            raise self.error(
+                key,
+                f"expected a string, got {_show(value)}",
+                "Write it as plain text (quote it if YAML reads it as something else).",
+            )
         return value
 
     def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
@@ -356,8 +366,19 @@ class _CommandLine(_Where):
 
 # --------------------------------------------------------------------------- sections
 
-_SUITE_KEYS = ("name", "description", "device", "runs", "errors", "models", "scenarios", "invarlock", "benchmarks",
-               "min_signal_fraction", "timeouts")
+_SUITE_KEYS = (
+    "name",
+    "description",
+    "device",
+    "runs",
+    "errors",
+    "models",
+    "scenarios",
+    "invarlock",
+    "benchmarks",
+    "min_signal_fraction",
+    "timeouts",
+)
 _MODEL_KEYS = ("name", "source", "revision", "size_class", "dtype", "params_b", "architecture", "invarlock")
 ARCHITECTURE_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab")
 _SCENARIO_KEYS = ("name", "spec", "kind", "gating", "detectors", "runs", "default")
@@ -379,23 +400,38 @@ def _invarlock_block(where: _Where, block: Any, key: str) -> dict[str, Any]:
             out[name] = where.boolean(value, f"{key}.{name}")
         elif name == "windows":
             if value != "auto":
-                raise where.error(f"{key}.windows", f"expected auto, got {_show(value)}",
-                                  "Write windows: auto (the window planner picks the counts), or set "
-                                  "preview_windows and final_windows explicitly.")
+                raise where.error(
+                    f"{key}.windows",
+                    f"expected auto, got {_show(value)}",
+                    "Write windows: auto (the window planner picks the counts), or set "
+                    "preview_windows and final_windows explicitly.",
+                )
             out[name] = "auto"
         elif name == "tier":
             out[name] = where.choice(value, f"{key}.{name}", TIERS)
         elif name == "acceptance":
-            pair = value if isinstance(value, (list, tuple)) else [value.get("min"), value.get("max")] if isinstance(value, dict) else None
+            pair = (
+                value
+                if isinstance(value, (list, tuple))
+                else [value.get("min"), value.get("max")]
+                if isinstance(value, dict)
+                else None
+            )
             if not pair or len(pair) != 2:
-                raise where.error(f"{key}.acceptance", f"expected [min, max], got {_show(value)}", "Write e.g. acceptance: [0.90, 1.20].")
+                raise where.error(
+                    f"{key}.acceptance", f"expected [min, max], got {_show(value)}", "Write e.g. acceptance: [0.90, 1.20]."
+                )
             lo, hi = (where.number(v, f"{key}.acceptance") for v in pair)
             if not 0 < lo < 1 < hi:
-                raise where.error(f"{key}.acceptance", f"range [{lo}, {hi}] must satisfy 0 < min < 1 < max", "Write e.g. [0.90, 1.20].")
+                raise where.error(
+                    f"{key}.acceptance", f"range [{lo}, {hi}] must satisfy 0 < min < 1 < max", "Write e.g. [0.90, 1.20]."
+                )
             out["acceptance_min"], out["acceptance_max"] = lo, hi
         else:  # lm_eval_batch: lm-eval's --batch_size
             if isinstance(value, bool) or not isinstance(value, (str, int)) or not _LM_EVAL_BATCH.match(str(value)):
-                raise where.error(f"{key}.{name}", f"expected a batch size, got {_show(value)}", "Write a number such as 16, auto or auto:8.")
+                raise where.error(
+                    f"{key}.{name}", f"expected a batch size, got {_show(value)}", "Write a number such as 16, auto or auto:8."
+                )
             out[name] = str(value)
     return out
 
@@ -466,12 +502,16 @@ def _model(where: _Where, entry: Any, key: str, suite_invarlock: Mapping[str, An
     params_b = where.number(entry.get("params_b", _params_from_name(source) or 1.0), f"{key}.params_b")
     if params_b <= 0:
         raise where.error(f"{key}.params_b", f"must be positive, got {params_b}", "Give the parameter count in billions.")
-    size_class = where.choice(entry.get("size_class", infer_size_class(params_b, str(entry["source"]))), f"{key}.size_class", _size_classes())
+    size_class = where.choice(
+        entry.get("size_class", infer_size_class(params_b, str(entry["source"]))), f"{key}.size_class", _size_classes()
+    )
     dtype = where.choice(entry.get("dtype", "bfloat16"), f"{key}.dtype", DTYPES)
     own = _invarlock_block(where, entry.get("invarlock", {}), f"{key}.invarlock")
     revision = entry.get("revision")
     if revision is not None and (isinstance(revision, bool) or not isinstance(revision, (str, int))):
-        raise where.error(f"{key}.revision", f"expected a commit hash or branch name, got {_show(revision)}", "Write revision: <40-hex commit>.")
+        raise where.error(
+            f"{key}.revision", f"expected a commit hash or branch name, got {_show(revision)}", "Write revision: <40-hex commit>."
+        )
     architecture = where.mapping(entry.get("architecture", {}), f"{key}.architecture")
     where.known_keys(architecture, ARCHITECTURE_KEYS, f"{key}.architecture")
     for field_name, value in architecture.items():
@@ -545,7 +585,9 @@ def _scenario(where: _Where, entry: Any, key: str) -> Scenario:
         )
     detectors = entry.get("detectors", [])
     if not isinstance(detectors, list):
-        raise where.error(f"{key}.detectors", f"expected a list of flag names, got {_show(detectors)}", "e.g. [spectral_stable, rmt_stable].")
+        raise where.error(
+            f"{key}.detectors", f"expected a list of flag names, got {_show(detectors)}", "e.g. [spectral_stable, rmt_stable]."
+        )
     for i, detector in enumerate(detectors):
         where.choice(detector, f"{key}.detectors[{i}]", DETECTORS)
     where.boolean(entry.get("default", True), f"{key}.default")
@@ -561,8 +603,7 @@ def _scenario(where: _Where, entry: Any, key: str) -> Scenario:
 
 
 _TASK_FIX = (
-    f"Use one of the shipped offline tasks ({', '.join(LOCAL_TASKS)}) or an lm-eval task name "
-    "(`lm-eval ls tasks` lists them)."
+    f"Use one of the shipped offline tasks ({', '.join(LOCAL_TASKS)}) or an lm-eval task name (`lm-eval ls tasks` lists them)."
 )
 
 
@@ -597,9 +638,13 @@ def resolve_suite_path(name_or_path: str) -> Path:
     candidate = user_path(name_or_path, "--suite")
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         if candidate.is_dir():
-            raise SuiteError(f"suite file '{candidate}' is a directory. Pass the suite YAML file inside it, or a shipped suite: {', '.join(shipped_suites())}.")
+            raise SuiteError(
+                f"suite file '{candidate}' is a directory. Pass the suite YAML file inside it, or a shipped suite: {', '.join(shipped_suites())}."
+            )
         if not candidate.is_file():
-            raise SuiteError(f"suite file '{candidate}' does not exist. Check the path, or use a shipped suite: {', '.join(shipped_suites())}.")
+            raise SuiteError(
+                f"suite file '{candidate}' does not exist. Check the path, or use a shipped suite: {', '.join(shipped_suites())}."
+            )
         return candidate
     if name_or_path in shipped_suites():
         return _shipped_file(f"{name_or_path}.yaml")
@@ -623,7 +668,9 @@ def load_suite(name_or_path: str) -> Suite:
     suite_invarlock = _invarlock_block(where, data.get("invarlock", {}), "invarlock")
     raw_models = data.get("models")
     if not isinstance(raw_models, list) or not raw_models:
-        raise where.error("models", "missing or empty", "List at least one model (a catalogue name, a hub id or a local directory).")
+        raise where.error(
+            "models", "missing or empty", "List at least one model (a catalogue name, a hub id or a local directory)."
+        )
     models = [_model(where, entry, f"models[{i}]", suite_invarlock) for i, entry in enumerate(raw_models)]
     _unique(where, [m.name for m in models], "models")
     raw_scenarios = data.get("scenarios", _default_scenarios())
@@ -637,7 +684,9 @@ def load_suite(name_or_path: str) -> Suite:
     where.known_keys(bench, _BENCHMARK_KEYS, "benchmarks")
     tasks = bench.get("tasks", list(DEFAULT_BENCHMARKS))
     if not isinstance(tasks, list) or not all(isinstance(t, str) and _SLUG.match(t) for t in tasks):
-        raise where.error("benchmarks.tasks", f"expected a list of task names, got {_show(tasks)}", "e.g. tasks: [hellaswag, arc_challenge].")
+        raise where.error(
+            "benchmarks.tasks", f"expected a list of task names, got {_show(tasks)}", "e.g. tasks: [hellaswag, arc_challenge]."
+        )
     for i, task in enumerate(tasks):
         problem = unknown_task_problem(task)
         if problem:
@@ -699,10 +748,19 @@ def override_suite(
             known = next((m for m in suite.models if m.name == entry or m.source == entry), None)
             if known is None:
                 _check_model_argument(entry, i)
-            if known is None and len(classes) == 1 and entry not in _catalogue("models.yaml") and _params_from_name(entry) is None:
+            if (
+                known is None
+                and len(classes) == 1
+                and entry not in _catalogue("models.yaml")
+                and _params_from_name(entry) is None
+            ):
                 size_class, dtype = next(iter(classes))
-                known = _model(where, {**model_from_source(entry), "size_class": size_class, "dtype": dtype},
-                               f"--models[{i}]", suite.invarlock)
+                known = _model(
+                    where,
+                    {**model_from_source(entry), "size_class": size_class, "dtype": dtype},
+                    f"--models[{i}]",
+                    suite.invarlock,
+                )
             resolved.append(known or _model(where, entry, f"--models[{i}]", suite.invarlock))
         _unique(where, [m.name for m in resolved], "--models")
         suite = replace(suite, models=tuple(resolved))

@@ -86,8 +86,9 @@ def verify(envelope: Any, public_key: Ed25519PublicKey, payload_type: str = PAYL
         except InvalidSignature:
             continue
     ids = ", ".join(str(e.get("keyid", "?"))[:16] for e in envelope["signatures"] if isinstance(e, dict))
-    raise SignatureError(f"no signature verifies with the given public key (key {keyid(public_key)[:16]}; "
-                         f"envelope signed by {ids})")
+    raise SignatureError(
+        f"no signature verifies with the given public key (key {keyid(public_key)[:16]}; envelope signed by {ids})"
+    )
 
 
 # --------------------------------------------------------------------------- keys
@@ -97,11 +98,14 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise SignatureError(f"cannot read an unencrypted PEM private key from '{path}' ({exc}). "
-                             "Make one with `python -m pytest_invarlock keygen KEY.pem`.") from None
+        raise SignatureError(
+            f"cannot read an unencrypted PEM private key from '{path}' ({exc}). "
+            "Make one with `python -m pytest_invarlock keygen KEY.pem`."
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise SignatureError(f"'{path}' is a {type(key).__name__}, not an Ed25519 key. "
-                             "Make one with `python -m pytest_invarlock keygen KEY.pem`.")
+        raise SignatureError(
+            f"'{path}' is a {type(key).__name__}, not an Ed25519 key. Make one with `python -m pytest_invarlock keygen KEY.pem`."
+        )
     return key
 
 
@@ -109,8 +113,10 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except (OSError, ValueError, TypeError) as exc:
-        raise SignatureError(f"cannot read a PEM public key from '{path}' ({exc}). Pass the KEY.pem.pub that "
-                             "`python -m pytest_invarlock keygen KEY.pem` wrote.") from None
+        raise SignatureError(
+            f"cannot read a PEM public key from '{path}' ({exc}). Pass the KEY.pem.pub that "
+            "`python -m pytest_invarlock keygen KEY.pem` wrote."
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise SignatureError(f"'{path}' is a {type(key).__name__}, not an Ed25519 public key.")
     return key

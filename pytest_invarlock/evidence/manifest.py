@@ -25,8 +25,22 @@ SCHEMA = "pytest-invarlock.evidence-pack/1"
 MANIFEST = "manifest.json"
 ENVELOPE = "manifest.dsse.json"
 CONTROL_FILES = (MANIFEST, ENVELOPE)  # the files the manifest cannot list (it is one; the other signs it)
-PACKAGES = ("pytest-invarlock", "invarlock", "torch", "transformers", "accelerate", "tokenizers", "safetensors",
-            "lm-eval", "pytest", "pytest-xdist", "cryptography", "nvidia-ml-py", "huggingface-hub", "numpy")
+PACKAGES = (
+    "pytest-invarlock",
+    "invarlock",
+    "torch",
+    "transformers",
+    "accelerate",
+    "tokenizers",
+    "safetensors",
+    "lm-eval",
+    "pytest",
+    "pytest-xdist",
+    "cryptography",
+    "nvidia-ml-py",
+    "huggingface-hub",
+    "numpy",
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -83,8 +97,13 @@ def gpu_environment() -> dict[str, Any]:
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             name = pynvml.nvmlDeviceGetName(handle)
-            gpus.append({"index": index, "name": name.decode() if isinstance(name, bytes) else str(name),
-                         "memory_gb": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30, 1)})
+            gpus.append(
+                {
+                    "index": index,
+                    "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "memory_gb": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30, 1),
+                }
+            )
         return {"driver": driver.decode() if isinstance(driver, bytes) else str(driver), "gpus": gpus}
     except Exception as exc:
         return {"driver": None, "gpus": [], "error": str(exc)}

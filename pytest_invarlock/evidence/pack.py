@@ -34,8 +34,14 @@ from pytest_invarlock.evidence.manifest import ENVELOPE, MANIFEST, build_manifes
 
 FIXED_FILES = ("reports/final_verdict.json", "reports/final_verdict.txt")
 OPTIONAL_GLOBS = ("analysis/*.csv", "analysis/*.json", "state/model_revisions.json")
-STORE_GLOBS = ("presets/*/preset.yaml", "presets/*/preset.json", "edits/*/edit_metadata.json",
-               "edits/*/error_metadata.json", "baselines/*/model_profile.json", "benchmarks/*/benchmark.json")
+STORE_GLOBS = (
+    "presets/*/preset.yaml",
+    "presets/*/preset.json",
+    "edits/*/edit_metadata.json",
+    "edits/*/error_metadata.json",
+    "baselines/*/model_profile.json",
+    "benchmarks/*/benchmark.json",
+)
 
 
 class PackError(RuntimeError):
@@ -72,8 +78,11 @@ def _campaign_records(run_dir: Path, verdict: dict[str, Any]) -> list[tuple[str,
     if items is None:
         return records
     if isinstance(items, dict):
-        return [(rel, r) for rel, r in records
-                if r.get("param_id") in items and items[r["param_id"]] in (None, r.get("definition_key"))]
+        return [
+            (rel, r)
+            for rel, r in records
+            if r.get("param_id") in items and items[r["param_id"]] in (None, r.get("definition_key"))
+        ]
     wanted = set(items)
     return [(rel, r) for rel, r in records if r.get("param_id") in wanted]
 
@@ -94,8 +103,10 @@ def collect(run_dir: Path, verdict: dict[str, Any], records: list[tuple[str, dic
     rels: set[str] = {rel for rel, _ in records}
     for rel in FIXED_FILES:
         if not (run_dir / rel).is_file():
-            raise PackError(f"{run_dir / rel} is missing: pack a run directory whose session finished "
-                            "(its terminal summary writes the verdict)")
+            raise PackError(
+                f"{run_dir / rel} is missing: pack a run directory whose session finished "
+                "(its terminal summary writes the verdict)"
+            )
         rels.add(rel)
     for pattern in OPTIONAL_GLOBS:
         rels.update(p.relative_to(run_dir).as_posix() for p in run_dir.glob(pattern) if p.is_file())
@@ -149,12 +160,16 @@ def build_pack(run_dir: Path, out_dir: Path, *, signing_key: Path | None = None,
     records = _campaign_records(run_dir, verdict)
     from pytest_invarlock.evidence.verify import normal, recompute_phase0
 
-    suite = {"items": (verdict.get("campaign") or {}).get("items"),
-             "min_signal_fraction": (verdict.get("campaign") or {}).get("min_signal_fraction")}
+    suite = {
+        "items": (verdict.get("campaign") or {}).get("items"),
+        "min_signal_fraction": (verdict.get("campaign") or {}).get("min_signal_fraction"),
+    }
     if recompute_phase0([strip_seal(r) for _, r in records], suite) != normal(verdict.get("phase0")):
-        raise PackError(f"the records under {run_dir / 'records'} no longer give the Phase 0 block in {verdict_path} "
-                        "(a later session changed them): rerun pytest on this run directory to refresh the verdict, "
-                        "then pack it")
+        raise PackError(
+            f"the records under {run_dir / 'records'} no longer give the Phase 0 block in {verdict_path} "
+            "(a later session changed them): rerun pytest on this run directory to refresh the verdict, "
+            "then pack it"
+        )
     rels = collect(run_dir, verdict, records)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -168,8 +183,13 @@ def build_pack(run_dir: Path, out_dir: Path, *, signing_key: Path | None = None,
         if revisions_file.is_file():
             revisions = json.loads(revisions_file.read_text(encoding="utf-8")).get("revisions", {})
         revisions = {**(verdict.get("campaign") or {}).get("revisions", {}), **revisions}
-        manifest = build_manifest(verdict=verdict, records=[strip_seal(r) for _, r in records],
-                                  files=file_entries(stage, rels), revisions=revisions, env=env)
+        manifest = build_manifest(
+            verdict=verdict,
+            records=[strip_seal(r) for _, r in records],
+            files=file_entries(stage, rels),
+            revisions=revisions,
+            env=env,
+        )
         payload = dumps(manifest)
         (stage / MANIFEST).write_bytes(payload)
         if key is not None:
@@ -190,8 +210,10 @@ def build_pack(run_dir: Path, out_dir: Path, *, signing_key: Path | None = None,
 
 def describe(pack: Pack) -> str:
     signed = "signed (Ed25519, DSSE)" if pack.signed else "UNSIGNED (no --signing-key): verify can check integrity only"
-    return (f"evidence pack {pack.directory} ({pack.files} files, {pack.bytes / 1e6:.1f} MB; "
-            f"{pack.archive.name} {pack.archive.stat().st_size / 1e6:.1f} MB), {signed}, built in {pack.seconds:.1f} s")
+    return (
+        f"evidence pack {pack.directory} ({pack.files} files, {pack.bytes / 1e6:.1f} MB; "
+        f"{pack.archive.name} {pack.archive.stat().st_size / 1e6:.1f} MB), {signed}, built in {pack.seconds:.1f} s"
+    )
 
 
 # --------------------------------------------------------------------------- CLI: pack
@@ -200,8 +222,9 @@ def describe(pack: Pack) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="a run directory (--run-dir of a finished session)")
     parser.add_argument("pack_dir", type=Path, help="where to write the pack (and PACK_DIR.tar.gz)")
-    parser.add_argument("--signing-key", type=Path, default=None,
-                        help="Ed25519 private key (PEM) to sign the manifest; make one with `keygen`")
+    parser.add_argument(
+        "--signing-key", type=Path, default=None, help="Ed25519 private key (PEM) to sign the manifest; make one with `keygen`"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

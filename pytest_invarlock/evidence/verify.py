@@ -177,8 +177,12 @@ def check(root: Path, public_key: Ed25519PublicKey | None) -> Outcome:
             raise Differs("reports/final_verdict.json: its Phase 0 block differs from the one recomputed from the records")
     phase0 = block
     status = f"{phase0.get('status')} (score {phase0.get('score', 0):.1f}/100)"
-    return Outcome(OK, f"pack matches: {len(listed)} files, {len(in_manifest)} records, Phase 0 {status}",
-                   signature=signature, files=len(listed))
+    return Outcome(
+        OK,
+        f"pack matches: {len(listed)} files, {len(in_manifest)} records, Phase 0 {status}",
+        signature=signature,
+        files=len(listed),
+    )
 
 
 def verify_pack(pack: Path, public_key: Path | None = None) -> Outcome:
@@ -203,8 +207,10 @@ def verify_pack(pack: Path, public_key: Path | None = None) -> Outcome:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     if key is None and outcome.status == OK:
-        outcome.notes.append("integrity only: checksums, file list, records and Phase 0 were checked, but NOT who "
-                             "signed the pack. Pass --public-key FILE (the signer's KEY.pem.pub) to check the signature.")
+        outcome.notes.append(
+            "integrity only: checksums, file list, records and Phase 0 were checked, but NOT who "
+            "signed the pack. Pass --public-key FILE (the signer's KEY.pem.pub) to check the signature."
+        )
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -214,8 +220,12 @@ def verify_pack(pack: Path, public_key: Path | None = None) -> Outcome:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pack", type=Path, help="the pack directory or its .tar.gz")
-    parser.add_argument("--public-key", type=Path, default=None,
-                        help="the signer's Ed25519 public key (PEM) you trust; without it only integrity is checked")
+    parser.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        help="the signer's Ed25519 public key (PEM) you trust; without it only integrity is checked",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

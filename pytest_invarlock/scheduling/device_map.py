@@ -47,8 +47,9 @@ class DevicePlan:
         return len(self.devices) > 1
 
 
-def device_plan(devices: Sequence[int], gpus: Sequence[Gpu], *, need_gb: float, weights_gb: float,
-                margin: MarginRule | None = None) -> DevicePlan:
+def device_plan(
+    devices: Sequence[int], gpus: Sequence[Gpu], *, need_gb: float, weights_gb: float, margin: MarginRule | None = None
+) -> DevicePlan:
     """Each placed GPU's budget for weights: what the plan may use there, less its share of the rest.
 
     `need_gb`/`weights_gb` are the item's memory plan (weights + KV + overhead, and weights alone).

@@ -49,13 +49,19 @@ def parse_gpu_spec(spec: str) -> list[Gpu]:
         count, size = int(match.group(1) or 1), float(match.group(2))
         free = size if match.group(3) is None else float(match.group(3))
         if count < 1 or size <= 0:
-            raise ValueError(f"--gpus {spec!r}: {text!r} asks for {count} GPU(s) of {size:g} GB; both must be positive. {_SPEC_HELP}")
+            raise ValueError(
+                f"--gpus {spec!r}: {text!r} asks for {count} GPU(s) of {size:g} GB; both must be positive. {_SPEC_HELP}"
+            )
         if count + len(gpus) > MAX_SIMULATED_GPUS or size > MAX_SIMULATED_GB:
-            raise ValueError(f"--gpus {spec!r}: {text!r} asks for {count} GPU(s) of {size:g} GB; a node simulates at most "
-                             f"{MAX_SIMULATED_GPUS} GPUs of at most {MAX_SIMULATED_GB:g} GB. {_SPEC_HELP}")
+            raise ValueError(
+                f"--gpus {spec!r}: {text!r} asks for {count} GPU(s) of {size:g} GB; a node simulates at most "
+                f"{MAX_SIMULATED_GPUS} GPUs of at most {MAX_SIMULATED_GB:g} GB. {_SPEC_HELP}"
+            )
         if free > size:
-            raise ValueError(f"--gpus {spec!r}: {text!r} gives {free:g} GB free on a {size:g} GB GPU; free memory "
-                             f"cannot exceed the total. {_SPEC_HELP}")
+            raise ValueError(
+                f"--gpus {spec!r}: {text!r} gives {free:g} GB free on a {size:g} GB GPU; free memory "
+                f"cannot exceed the total. {_SPEC_HELP}"
+            )
         gpus += [Gpu(len(gpus) + i, size, free, 0, "simulated") for i in range(count)]
     return gpus
 
@@ -68,9 +74,7 @@ def format_gpu_spec(gpus: Sequence[Gpu]) -> str:
             terms[-1] = (gpu.total_gb, gpu.free_gb, terms[-1][2] + 1)
         else:
             terms.append((gpu.total_gb, gpu.free_gb, 1))
-    return ",".join(
-        f"{f'{n}x' if n > 1 else ''}{total:g}{'' if free == total else f':{free:g}'}" for total, free, n in terms
-    )
+    return ",".join(f"{f'{n}x' if n > 1 else ''}{total:g}{'' if free == total else f':{free:g}'}" for total, free, n in terms)
 
 
 HOST_CACHE_FRACTION = 0.5  # of the node's RAM, shared by all workers' model caches
@@ -145,13 +149,15 @@ def probe_gpus() -> list[Gpu]:
         for index in visible_indices(os.environ.get("CUDA_VISIBLE_DEVICES"), uuids):
             handle = handles[index]
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(Gpu(
-                index=index,
-                total_gb=memory.total / GIB,
-                free_gb=memory.free / GIB,
-                processes=_process_count(pynvml, handle),
-                name=_text(pynvml.nvmlDeviceGetName(handle)),
-            ))
+            gpus.append(
+                Gpu(
+                    index=index,
+                    total_gb=memory.total / GIB,
+                    free_gb=memory.free / GIB,
+                    processes=_process_count(pynvml, handle),
+                    name=_text(pynvml.nvmlDeviceGetName(handle)),
+                )
+            )
         return gpus
     finally:
         pynvml.nvmlShutdown()

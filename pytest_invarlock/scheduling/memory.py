@@ -61,14 +61,26 @@ class ModelProfile:
         model_type = config.get("model_type")
         if model_type == GPT2_FAMILY:
             heads = config["n_head"]
-            shape = dict(layers=config["n_layer"], hidden=config["n_embd"], heads=heads, kv_heads=heads,
-                         head_dim=config["n_embd"] // heads, vocab=config["vocab_size"], is_moe=False)
+            shape = dict(
+                layers=config["n_layer"],
+                hidden=config["n_embd"],
+                heads=heads,
+                kv_heads=heads,
+                head_dim=config["n_embd"] // heads,
+                vocab=config["vocab_size"],
+                is_moe=False,
+            )
         elif model_type in DECODER_FAMILIES:
             heads = config["num_attention_heads"]
-            shape = dict(layers=config["num_hidden_layers"], hidden=config["hidden_size"], heads=heads,
-                         kv_heads=config.get("num_key_value_heads") or heads,
-                         head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-                         vocab=config["vocab_size"], is_moe=bool(config.get("num_local_experts")))
+            shape = dict(
+                layers=config["num_hidden_layers"],
+                hidden=config["hidden_size"],
+                heads=heads,
+                kv_heads=config.get("num_key_value_heads") or heads,
+                head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+                vocab=config["vocab_size"],
+                is_moe=bool(config.get("num_local_experts")),
+            )
         else:
             raise ValueError(
                 f"config.json has model_type {model_type!r}, which the torch-free memory plan cannot count. "
@@ -106,9 +118,18 @@ class ModelProfile:
         layers = layers or max(1, round(params / (12 * hidden**2)))
         heads = heads or max(1, hidden // 128)
         width = dtype_bytes(dtype)
-        return cls(params=params, weights_gb=params * width / GIB, layers=layers, hidden=hidden, heads=heads,
-                   kv_heads=kv_heads or heads, head_dim=head_dim or hidden // heads, dtype_bytes=width,
-                   vocab=vocab, is_moe=is_moe)
+        return cls(
+            params=params,
+            weights_gb=params * width / GIB,
+            layers=layers,
+            hidden=hidden,
+            heads=heads,
+            kv_heads=kv_heads or heads,
+            head_dim=head_dim or hidden // heads,
+            dtype_bytes=width,
+            vocab=vocab,
+            is_moe=is_moe,
+        )
 
 
 def count_parameters(config: Mapping[str, Any]) -> int:
@@ -225,5 +246,7 @@ class MarginRule:
         return max(0.0, available - self.reserve_gb(total_gb))
 
     def describe(self) -> str:
-        return (f"free memory less a {self.large:.0%}-{self.small:.0%} safety margin "
-                f"and {self.residue_gb:g} GB worker residue per GPU")
+        return (
+            f"free memory less a {self.large:.0%}-{self.small:.0%} safety margin "
+            f"and {self.residue_gb:g} GB worker residue per GPU"
+        )

@@ -63,5 +63,3 @@ def placement_devices(run_dir: Path, session: str, item: Item) -> list[int] | No
     except (OSError, ValueError):
         return None
     return list(placement["devices"]) if placement.get("session") == session else None
-
-

@@ -54,10 +54,26 @@ def plan_rows(
             continue
         model, need = item.model, item_need_gb(item)
         profile = model_profile(model)
-        kv = 0.0 if item.kind == Kind.BENCHMARK else kv_cache_gb(profile, seq_len=model.settings.seq_len, batch=model.settings.eval_batch)
-        rows.append(PlanRow(nodeid, model.name, item.kind, model.dtype, model.params_b, profile.weights_gb, kv, need,
-                            required_gpus(need, largest) if largest > 0 else None,
-                            skip_reason(item) or "", need <= capacity if gpus else None))
+        kv = (
+            0.0
+            if item.kind == Kind.BENCHMARK
+            else kv_cache_gb(profile, seq_len=model.settings.seq_len, batch=model.settings.eval_batch)
+        )
+        rows.append(
+            PlanRow(
+                nodeid,
+                model.name,
+                item.kind,
+                model.dtype,
+                model.params_b,
+                profile.weights_gb,
+                kv,
+                need,
+                required_gpus(need, largest) if largest > 0 else None,
+                skip_reason(item) or "",
+                need <= capacity if gpus else None,
+            )
+        )
     return rows
 
 
@@ -73,15 +89,28 @@ def write_plan_csv(rows: Sequence[PlanRow], path: Path) -> None:
 def format_plan_table(rows: Sequence[PlanRow], gpus: Sequence[Gpu], margin: MarginRule = MarginRule()) -> list[str]:
     """The plan as aligned text lines: an inventory line, a header, one line per item, a placement summary."""
     sizes = Counter((g.total_gb, round(g.free_gb, 1)) for g in gpus)
-    inventory = " + ".join(
-        f"{n} x {size:g} GB" + ("" if free == size else f" ({free:g} GB free)")
-        + f", {margin.usable_gb(size, free):.1f} GB usable each"
-        for (size, free), n in sorted(sizes.items(), reverse=True)
-    ) or "no GPU (CPU run)"
+    inventory = (
+        " + ".join(
+            f"{n} x {size:g} GB"
+            + ("" if free == size else f" ({free:g} GB free)")
+            + f", {margin.usable_gb(size, free):.1f} GB usable each"
+            for (size, free), n in sorted(sizes.items(), reverse=True)
+        )
+        or "no GPU (CPU run)"
+    )
     table = [("item", "kind", "weights GB", "KV GB", "peak GB", "GPUs", "note")]
     for row in rows:
-        table.append((row.nodeid.split("::")[-1], row.kind, f"{row.weights_gb:.1f}", f"{row.kv_gb:.1f}", f"{row.need_gb:.1f}",
-                      "-" if row.gpus is None else str(row.gpus), row.note))
+        table.append(
+            (
+                row.nodeid.split("::")[-1],
+                row.kind,
+                f"{row.weights_gb:.1f}",
+                f"{row.kv_gb:.1f}",
+                f"{row.need_gb:.1f}",
+                "-" if row.gpus is None else str(row.gpus),
+                row.note,
+            )
+        )
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
     return [f"GPUs: {inventory}; {len(rows)} item(s)", *lines, *placement_summary(rows)]
@@ -96,8 +125,8 @@ def placement_summary(rows: Sequence[PlanRow]) -> list[str]:
     other = sum(1 for row in rows if row.fits and row.note)
     spread = ", ".join(f"{n} on {gpus} GPU{'s' if gpus != 1 else ''}" for gpus, n in sorted(placed.items()))
     wide = sorted({row.model for row in rows if row.fits and (row.gpus or 0) > 1})
-    return [f"placement: {sum(placed.values())} of {len(rows)} item(s) placed ({spread}); {unfit} unplaceable"
-            + (f"; across GPUs: {', '.join(wide)}" if wide else "")
-            + (f"; {other} placed but skipped here for another reason (see note)" if other else "")]
-
-
+    return [
+        f"placement: {sum(placed.values())} of {len(rows)} item(s) placed ({spread}); {unfit} unplaceable"
+        + (f"; across GPUs: {', '.join(wide)}" if wide else "")
+        + (f"; {other} placed but skipped here for another reason (see note)" if other else "")
+    ]

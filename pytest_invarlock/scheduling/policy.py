@@ -49,8 +49,16 @@ from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
 # injected fault) = CERTIFY_ERROR 55. GENERATE_PRESET has no task here (the preset fixture makes it),
 # and neither has CREATE_EDITS_BATCH: an item edits a device copy of the baseline kept in host RAM,
 # so its peak is weights + 8 GB (memory.item_memory_gb), not the batch's 2 x weights + 8.
-BASE_PRIORITY = {"setup": 90, "calibration": 85, "eval_baseline": 80, "edit": 65, "clean": 65, "stress": 65,
-                 "benchmark": 65, "error": 55}
+BASE_PRIORITY = {
+    "setup": 90,
+    "calibration": 85,
+    "eval_baseline": 80,
+    "edit": 65,
+    "clean": 65,
+    "stress": 65,
+    "benchmark": 65,
+    "error": 55,
+}
 SIZE_BOOSTS = ((30.0, 30), (70.0, 20), (100.0, 10))  # model weights below this many GB -> boost
 UNBLOCK_BOOST, UNBLOCK_CAP = 2, 40
 AGE_STEP_S, AGE_CAP = 300.0, 10
@@ -247,7 +255,7 @@ class Policy:
             self._failed.add(crashed.id)
             self._crashed.add(crashed.id)
             self._settle(crashed.id)
-        requeued = tuple(a.task for a in queue[1 if crashed else 0:])
+        requeued = tuple(a.task for a in queue[1 if crashed else 0 :])
         self._ready.update(t.id for t in requeued)
         return Lost(crashed, requeued)
 
@@ -342,8 +350,11 @@ class Policy:
             del self._gathers[primary]
             self._ready.add(task_id)
         for task_id in sorted(self._ready):
-            self._give_up(task_id, "the scheduler found no placement although the node's budget holds it "
-                                   f"(a scheduler bug: please report it): {self._shortfall(self._tasks[task_id], live=True)}")
+            self._give_up(
+                task_id,
+                "the scheduler found no placement although the node's budget holds it "
+                f"(a scheduler bug: please report it): {self._shortfall(self._tasks[task_id], live=True)}",
+            )
 
     def _queue_of(self, worker: str) -> list[Assignment]:
         try:

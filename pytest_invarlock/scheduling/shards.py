@@ -54,8 +54,9 @@ class Unit:
     cost: float
 
 
-def split_items(items: Sequence[Item], n: int, gpu_gb: float = REFERENCE_GPU_GB,
-                cost: Callable[[Item], float] | None = None) -> dict[str, int]:
+def split_items(
+    items: Sequence[Item], n: int, gpu_gb: float = REFERENCE_GPU_GB, cost: Callable[[Item], float] | None = None
+) -> dict[str, int]:
     """param_id -> shard (0-based) for every item; see the module docstring for the rule."""
     if n < 1:
         raise ValueError(f"the shard count must be at least 1, got {n}.")
@@ -121,8 +122,10 @@ def _halve(unit: Unit, costs: dict[str, float]) -> list[Unit]:
             cut = max(1, min(len(unit.items) - 1, index + 1))
             break
     first, second = unit.items[:cut], unit.items[cut:]
-    return [Unit(f"{unit.name}.0", first, sum(costs[i.param_id] for i in first)),
-            Unit(f"{unit.name}.1", second, sum(costs[i.param_id] for i in second))]
+    return [
+        Unit(f"{unit.name}.0", first, sum(costs[i.param_id] for i in first)),
+        Unit(f"{unit.name}.1", second, sum(costs[i.param_id] for i in second)),
+    ]
 
 
 def _lpt(units: list[Unit], n: int) -> tuple[list[float], dict[str, int]]:

@@ -96,15 +96,24 @@ def duplicate_key(record: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]] | No
     ratio: Any = record.get("ratio")
     drift: Any = record.get("drift")
     if finite(ratio):
-        return KEY_FALLBACK, (record.get("model"), record.get("scenario"), float(ratio).hex(),
-                              float(drift).hex() if finite(drift) else None)
+        return KEY_FALLBACK, (
+            record.get("model"),
+            record.get("scenario"),
+            float(ratio).hex(),
+            float(drift).hex() if finite(drift) else None,
+        )
     return None
 
 
 def _order(record: Mapping[str, Any]) -> tuple[Any, ...]:
     kind = record.get("kind")
-    return (str(record.get("model")), CERTIFY_KINDS.index(kind) if kind in CERTIFY_KINDS else 9,
-            str(record.get("scenario")), int(record.get("run") or 0), str(record.get("param_id")))
+    return (
+        str(record.get("model")),
+        CERTIFY_KINDS.index(kind) if kind in CERTIFY_KINDS else 9,
+        str(record.get("scenario")),
+        int(record.get("run") or 0),
+        str(record.get("param_id")),
+    )
 
 
 def dedupe(records: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str]], str]:
@@ -128,8 +137,11 @@ def dedupe(records: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
     elif bases == {KEY_WINDOWS}:
         basis = KEY_WINDOWS
     else:
-        basis = f"{KEY_FALLBACK} (fallback: records without a window digest)" if bases == {KEY_FALLBACK} else \
-            f"{KEY_WINDOWS}; {KEY_FALLBACK} for records without a window digest"
+        basis = (
+            f"{KEY_FALLBACK} (fallback: records without a window digest)"
+            if bases == {KEY_FALLBACK}
+            else f"{KEY_WINDOWS}; {KEY_FALLBACK} for records without a window digest"
+        )
     return kept, merged, basis
 
 
@@ -142,15 +154,28 @@ def benchmark_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
     Items that failed only because their logits were not finite keep their row: the score is then a
     regression (argmax of NaN picks choice 0), not a missing result.
     """
-    done = [r for r in records if r.get("kind") == "benchmark" and r.get("outcome") in ("passed", "failed")
-            and r.get("accuracy") is not None]
+    done = [
+        r
+        for r in records
+        if r.get("kind") == "benchmark" and r.get("outcome") in ("passed", "failed") and r.get("accuracy") is not None
+    ]
     baseline = {(r["model"], r["benchmark"]): r for r in done if r["variant"] == "baseline"}
     rows = []
     for r in sorted(done, key=lambda r: (r["model"], r["variant"] != "baseline", r["variant"], r["benchmark"])):
         base = baseline.get((r["model"], r["benchmark"]))
-        row = {"model": r["model"], "variant": r["variant"], "task": r["benchmark"], "accuracy": r["accuracy"],
-               "stderr": r.get("stderr"), "n": r.get("n"), "finite_logits": r.get("finite_logits", True),
-               "seconds": r.get("seconds"), "delta": None, "se": None, "regressed": None}
+        row = {
+            "model": r["model"],
+            "variant": r["variant"],
+            "task": r["benchmark"],
+            "accuracy": r["accuracy"],
+            "stderr": r.get("stderr"),
+            "n": r.get("n"),
+            "finite_logits": r.get("finite_logits", True),
+            "seconds": r.get("seconds"),
+            "delta": None,
+            "se": None,
+            "regressed": None,
+        }
         if base is not None and r["variant"] != "baseline":
             n = int(r.get("n") or base.get("n") or 0) or None
             row["delta"] = r["accuracy"] - base["accuracy"]
@@ -217,12 +242,20 @@ def outcomes(
                 noops.append(NoopOutcome(model, run, alarm, _noop_gates(r) if alarm else (), degraded))
             elif kind in ("clean", "stress"):
                 flagged = _flagged(r) and not failed
-                edits.append(EditOutcome(
-                    model=model, scenario=scenario, run=run, flagged=flagged,
-                    regressed=regress.get((model, scenario)), expected_regression=kind == "stress",
-                    degraded=degraded, informational=r.get("expectation") == "signal",
-                    signal=bool(r.get("signal", flagged)) and not failed, errored=failed,
-                ))
+                edits.append(
+                    EditOutcome(
+                        model=model,
+                        scenario=scenario,
+                        run=run,
+                        flagged=flagged,
+                        regressed=regress.get((model, scenario)),
+                        expected_regression=kind == "stress",
+                        degraded=degraded,
+                        informational=r.get("expectation") == "signal",
+                        signal=bool(r.get("signal", flagged)) and not failed,
+                        errored=failed,
+                    )
+                )
             elif kind == "error":
                 errors.append(ErrorOutcome(model, scenario, run, bool(r.get("detected")) and not failed, degraded, failed))
     return edits, errors, noops
@@ -262,8 +295,9 @@ def compile_records(
     by_id = {str(r.get("param_id")): r for r in records}
     item_ids = list(dict.fromkeys(items)) if items is not None else list(by_id)
     errored_all = sorted((pid, error_reason(r)) for pid, r in by_id.items() if is_errored(r))
-    skipped = sorted((pid, str(r.get("reason") or "no reason given")) for pid, r in by_id.items()
-                     if r.get("outcome") == "skipped")
+    skipped = sorted(
+        (pid, str(r.get("reason") or "no reason given")) for pid, r in by_id.items() if r.get("outcome") == "skipped"
+    )
     accounting = Accounting(
         suite_items=len(item_ids),
         with_verdict=sum(has_verdict(r) for r in by_id.values()),

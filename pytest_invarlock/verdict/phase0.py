@@ -428,8 +428,7 @@ class Phase0:
             runs = groups[name]
             hits = sum(e.signal and not e.errored for e in runs)
             fraction = hits / len(runs)
-            out[name] = {"runs": len(runs), "signal": hits, "fraction": fraction,
-                         "met": fraction >= self.min_signal_fraction}
+            out[name] = {"runs": len(runs), "signal": hits, "fraction": fraction, "met": fraction >= self.min_signal_fraction}
         return out
 
     @property
@@ -490,11 +489,7 @@ class Phase0:
         is 0 of 25 points, and the block says "not measured".
         """
         rate = self.error_detection_rate
-        return (
-            self.accuracy >= PASS_ACCURACY
-            and (rate is None or rate >= PASS_ERROR_DETECTION)
-            and self.degraded_count == 0
-        )
+        return self.accuracy >= PASS_ACCURACY and (rate is None or rate >= PASS_ERROR_DETECTION) and self.degraded_count == 0
 
     @property
     def status(self) -> str:
@@ -530,8 +525,12 @@ class Phase0:
             "truth_source": self.truth_source,
             "truth_counts": self.truth_counts,
             "confusion": {
-                "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn,
-                "total": c.total, "excluded": c.excluded,
+                "tp": c.tp,
+                "fp": c.fp,
+                "tn": c.tn,
+                "fn": c.fn,
+                "total": c.total,
+                "excluded": c.excluded,
             },
             "accuracy": self.accuracy,
             "accuracy_ci": list(self.accuracy_ci),
@@ -565,7 +564,8 @@ class Phase0:
         counts = self.truth_counts
         truth_parts = [
             f"{TRUTH_SOURCE_LABELS[s]} for {counts[s]['runs']} run(s) of {counts[s]['edits']} edit(s)"
-            for s in ("regression", "expectation") if counts[s]["runs"]
+            for s in ("regression", "expectation")
+            if counts[s]["runs"]
         ]
         lines = [f"Phase 0 verdict (truth per edit: {'; '.join(truth_parts) or 'no scored edits'})"]
         acc = self.accounting
@@ -581,22 +581,23 @@ class Phase0:
             f"  {'':<12}{'regressed':>11}{'not regr.':>11}",
             f"  {'flagged':<12}{'TP ' + str(c.tp):>11}{'FP ' + str(c.fp):>11}",
             f"  {'not flagged':<12}{'FN ' + str(c.fn):>11}{'TN ' + str(c.tn):>11}",
-            f"  scored edits    {c.total}" + (f" ({errored_edits} errored, counted against their expectation)" if errored_edits else ""),
-            f"  accuracy        {_percent(self.accuracy)}"
-            f"  (Wilson 95% CI {_percent(low)} - {_percent(high)})",
-            f"  precision       {_percent(self.precision)}"
-            f"  recall {_percent(self.recall)}  F1 {_percent(self.f1)}",
+            f"  scored edits    {c.total}"
+            + (f" ({errored_edits} errored, counted against their expectation)" if errored_edits else ""),
+            f"  accuracy        {_percent(self.accuracy)}  (Wilson 95% CI {_percent(low)} - {_percent(high)})",
+            f"  precision       {_percent(self.precision)}  recall {_percent(self.recall)}  F1 {_percent(self.f1)}",
         ]
         rate = self.error_detection_rate
         errored_errors = sum(e.errored for e in self.errors)
         lines.append(
             "  error detection not measured (no error-injection runs; criterion not applied, 0/25 score points)"
-            if rate is None else
-            f"  error detection {self.error_detected}/{self.error_total} ({_percent(rate)})"
+            if rate is None
+            else f"  error detection {self.error_detected}/{self.error_total} ({_percent(rate)})"
             + (f", {errored_errors} errored = not detected" if errored_errors else "")
         )
         gates = ", ".join(f"{g}: {n}" for g, n in self.noop_gates.items())
-        lines.append(f"  no-op false alarms: {self.noop_false_alarms} of {self.noop_total}" + (f" (gate {gates})" if gates else ""))
+        lines.append(
+            f"  no-op false alarms: {self.noop_false_alarms} of {self.noop_total}" + (f" (gate {gates})" if gates else "")
+        )
         lines.append(f"  degraded runs   {self.degraded_count}")
         if self.signal_fraction is None:
             lines.append("  informational   none")

@@ -19,9 +19,29 @@ from pytest_invarlock.store import write_json_atomic, write_text_atomic
 from pytest_invarlock.verdict.compile import CERTIFY_KINDS, Compiled, finite
 
 RESULT_COLUMNS = (
-    "model", "scenario", "kind", "run", "expectation", "outcome", "met", "overall_pass", "flagged", "detected",
-    "signal", "degraded", "invalid", "ratio", "ci_lo", "ci_hi", "drift", "window_digest", "revision", "failed_gates",
-    "failure", "reused", "seconds",
+    "model",
+    "scenario",
+    "kind",
+    "run",
+    "expectation",
+    "outcome",
+    "met",
+    "overall_pass",
+    "flagged",
+    "detected",
+    "signal",
+    "degraded",
+    "invalid",
+    "ratio",
+    "ci_lo",
+    "ci_hi",
+    "drift",
+    "window_digest",
+    "revision",
+    "failed_gates",
+    "failure",
+    "reused",
+    "seconds",
 )
 EVAL_COLUMNS = ("model", "variant", "task", "accuracy", "stderr", "n", "delta", "se", "regressed", "finite_logits", "seconds")
 
@@ -32,7 +52,9 @@ def render_table(compiled: Compiled) -> str:
     for row in compiled.table:
         cells = [f"{m}/{t}" if t else "-" for m, t in (row[k] for k in CERTIFY_KINDS)]
         ratio = f"{row['clean_ratio']:.4f}" if row["clean_ratio"] is not None else "-"
-        lines.append(f"{row['model']:<18} {cells[0]:>11} {cells[1]:>9} {cells[2]:>9} {cells[3]:>9} {row['benchmark']:>6} {ratio:>11}")
+        lines.append(
+            f"{row['model']:<18} {cells[0]:>11} {cells[1]:>9} {cells[2]:>9} {cells[3]:>9} {row['benchmark']:>6} {ratio:>11}"
+        )
     lines.append("(cells: items whose InvarLock verdict met the expectation / items run; stress = flagged, error = detected)")
     return "\n".join(lines)
 
@@ -45,7 +67,9 @@ def render_benchmarks(compiled: Compiled) -> str:
         delta = f"{row['delta']:+.4f}" if row["delta"] is not None else "-"
         two_se = f"{2 * row['se']:.4f}" if row["se"] is not None else "-"
         regressed = {True: "yes", False: "no", None: "-"}[row["regressed"]]
-        lines.append(f"{row['model']:<18} {row['variant']:<24} {row['task']:<16} {row['accuracy']:>7.4f} {delta:>8} {two_se:>7} {regressed}")
+        lines.append(
+            f"{row['model']:<18} {row['variant']:<24} {row['task']:<16} {row['accuracy']:>7.4f} {delta:>8} {two_se:>7} {regressed}"
+        )
     return "\n".join(lines)
 
 
@@ -53,12 +77,15 @@ def result_rows(compiled: Compiled) -> list[dict[str, Any]]:
     rows = []
     for r in sorted(compiled.certify, key=lambda r: (r["model"], CERTIFY_KINDS.index(r["kind"]), r["scenario"], r["run"])):
         ci = r.get("ci") or (None, None)
-        rows.append({
-            **{k: r.get(k) for k in RESULT_COLUMNS if k not in ("ci_lo", "ci_hi", "failed_gates", "reused")},
-            "ci_lo": ci[0], "ci_hi": ci[1],
-            "failed_gates": ";".join(r.get("failed_gates") or []),
-            "reused": ";".join(r.get("reused") or []),
-        })
+        rows.append(
+            {
+                **{k: r.get(k) for k in RESULT_COLUMNS if k not in ("ci_lo", "ci_hi", "failed_gates", "reused")},
+                "ci_lo": ci[0],
+                "ci_hi": ci[1],
+                "failed_gates": ";".join(r.get("failed_gates") or []),
+                "reused": ";".join(r.get("reused") or []),
+            }
+        )
     return rows
 
 
@@ -73,6 +100,7 @@ def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 def _spearman(xs: list[float], ys: list[float]) -> float | None:
     if len(xs) < 3:
         return None
+
     def ranks(values: list[float]) -> list[float]:
         order = sorted(range(len(values)), key=values.__getitem__)
         out = [0.0] * len(values)
@@ -85,6 +113,7 @@ def _spearman(xs: list[float], ys: list[float]) -> float | None:
                 out[order[k]] = (i + j) / 2
             i = j + 1
         return out
+
     rx, ry = ranks(xs), ranks(ys)
     if len(set(rx)) < 2 or len(set(ry)) < 2:
         return None
@@ -137,13 +166,26 @@ def calibration_summary(compiled: Compiled) -> dict[str, Any]:
 def write_reports(compiled: Compiled, run_dir: Path, *, header: Mapping[str, Any]) -> list[Path]:
     """reports/final_verdict.{json,txt} and the analysis/ files; returns the paths written."""
     reports, analysis = run_dir / "reports", run_dir / "analysis"
-    verdict = {**header, "phase0": compiled.phase0.to_dict(), "models": [
-        {**row, **{k: list(row[k]) for k in CERTIFY_KINDS}} for row in compiled.table],
+    verdict = {
+        **header,
+        "phase0": compiled.phase0.to_dict(),
+        "models": [{**row, **{k: list(row[k]) for k in CERTIFY_KINDS}} for row in compiled.table],
         "pipeline_errors": [r["param_id"] for r in compiled.pipeline_errors],
-        "skipped": [r["param_id"] for r in compiled.skipped]}
-    text = "\n\n".join(part for part in (
-        "\n".join(f"{k}: {v}" for k, v in header.items() if k != "campaign"),
-        render_table(compiled), render_benchmarks(compiled), compiled.phase0.render_text()) if part) + "\n"
+        "skipped": [r["param_id"] for r in compiled.skipped],
+    }
+    text = (
+        "\n\n".join(
+            part
+            for part in (
+                "\n".join(f"{k}: {v}" for k, v in header.items() if k != "campaign"),
+                render_table(compiled),
+                render_benchmarks(compiled),
+                compiled.phase0.render_text(),
+            )
+            if part
+        )
+        + "\n"
+    )
     written = {
         reports / "final_verdict.json": verdict,
         analysis / "calibration_summary.json": calibration_summary(compiled),
@@ -159,4 +201,3 @@ def write_reports(compiled: Compiled, run_dir: Path, *, header: Mapping[str, Any
     for path, content in texts.items():
         write_text_atomic(path, content)
     return [*written, *texts]
-

@@ -24,8 +24,15 @@ from pytest_invarlock.store import Artifact, Store, digest
 log = logging.getLogger("pytest_invarlock")
 BASELINE_LAYOUT_VERSION = 1
 WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 
 
 class ModelUnavailable(RuntimeError):
@@ -53,7 +60,9 @@ def source_directory(model: Model, *, offline: bool) -> Path:
     local = Path(model.source).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ModelUnavailable(f"local model directory '{local}' has no config.json; point the suite at a Hugging Face model folder")
+            raise ModelUnavailable(
+                f"local model directory '{local}' has no config.json; point the suite at a Hugging Face model folder"
+            )
         return local.resolve()
     return _hub_snapshot(model, offline=offline)
 
@@ -63,8 +72,11 @@ def _hub_snapshot(model: Model, *, offline: bool) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(model.source, revision=model.revision, allow_patterns=list(WEIGHT_PATTERNS),
-                                      local_files_only=offline))
+        return Path(
+            snapshot_download(
+                model.source, revision=model.revision, allow_patterns=list(WEIGHT_PATTERNS), local_files_only=offline
+            )
+        )
     except LocalEntryNotFoundError:
         raise ModelUnavailable(
             f"hub model {model.source}@{model.revision or 'main'} is not in the local Hugging Face cache and this run is "
@@ -87,8 +99,13 @@ def model_profile(directory: Path, dtype: str) -> dict[str, Any]:
         profile = asdict(ModelProfile.from_config(config.get("text_config", config), dtype))
     except (ValueError, KeyError) as exc:
         profile = {"unprofiled": str(exc)}
-    return {"model_type": config.get("model_type"), "dtype": dtype, **profile,
-            "weights_bytes_on_disk": weights, "weights_gb_on_disk": weights / 2**30}
+    return {
+        "model_type": config.get("model_type"),
+        "dtype": dtype,
+        **profile,
+        "weights_bytes_on_disk": weights,
+        "weights_gb_on_disk": weights / 2**30,
+    }
 
 
 def baseline_artifact(model: Model, store: Store, *, offline: bool) -> Artifact:
@@ -202,8 +219,7 @@ def _copy_tokenizer_files(source: Path, target: Path) -> None:
             shutil.copyfile(source / name, target / name)
 
 
-def edit_artifact(model: Model, scenario: Scenario, baseline: Artifact, store: Store, cache: ModelCache,
-                  device: str) -> Artifact:
+def edit_artifact(model: Model, scenario: Scenario, baseline: Artifact, store: Store, cache: ModelCache, device: str) -> Artifact:
     """The edited (or error-injected) weights of a scenario, made once per baseline and spec."""
     import copy
 
@@ -224,8 +240,9 @@ def edit_artifact(model: Model, scenario: Scenario, baseline: Artifact, store: S
         edited.save_pretrained(tmp)
         _copy_tokenizer_files(baseline.path, tmp)
         name = "error_metadata.json" if spec.family == "error" else "edit_metadata.json"
-        (tmp / name).write_text(json.dumps({"spec": str(spec), "scenario": scenario.name, **metadata},
-                                           indent=2, default=str) + "\n")
+        (tmp / name).write_text(
+            json.dumps({"spec": str(spec), "scenario": scenario.name, **metadata}, indent=2, default=str) + "\n"
+        )
         cache.put(store.path("edits", key), edited, tokenizer)
         return {"model": model.name, "scenario": scenario.name, "spec": str(spec)}
 

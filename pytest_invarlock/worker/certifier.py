@@ -58,8 +58,19 @@ _NON_FINITE_EVENTS = frozenset({"non_finite_loss_total", "primary_metric_invalid
 # Substrings InvarLock's model-family detection looks for in the model *path* (0.12.1
 # model_profile.py); one that the model's own config does not also name re-labels the model.
 _FAMILY_KEYWORDS = (
-    "bert", "t5", "bart", "mixtral", "gpt-oss", "gpt_oss", "mistral", "qwen", "yi", "llama",
-    "gemma", "olmo", "phi",
+    "bert",
+    "t5",
+    "bart",
+    "mixtral",
+    "gpt-oss",
+    "gpt_oss",
+    "mistral",
+    "qwen",
+    "yi",
+    "llama",
+    "gemma",
+    "olmo",
+    "phi",
 )
 _WORK_SUBDIRS = ("runs", "reports", "tmp", "invarlock-config")
 _TUPLE_FIELDS = frozenset(
@@ -108,9 +119,7 @@ class EvaluateSettings:
     def check(self) -> None:
         """Fail early, with a fix, on settings that would make evaluate die half-way."""
         if self.tier not in get_tier_policies():
-            raise ValueError(
-                f"Unknown InvarLock tier {self.tier!r}; use one of {sorted(get_tier_policies())}."
-            )
+            raise ValueError(f"Unknown InvarLock tier {self.tier!r}; use one of {sorted(get_tier_policies())}.")
         if self.dataset_file is not None and (not self.dataset_file.is_absolute() or not self.dataset_file.is_file()):
             raise ValueError(
                 f"dataset_file must be an existing absolute path, got {str(self.dataset_file)!r}. "
@@ -195,9 +204,7 @@ class Verdict:
         return cls(**{k: tuple(v) if k in _TUPLE_FIELDS and v is not None else v for k, v in data.items()})
 
     @classmethod
-    def from_report(
-        cls, report: Mapping[str, Any], *, report_path: str | None = None, elapsed_s: float | None = None
-    ) -> Verdict:
+    def from_report(cls, report: Mapping[str, Any], *, report_path: str | None = None, elapsed_s: float | None = None) -> Verdict:
         """Parse an ``evaluation.report.json`` payload (real or synthetic)."""
         pm = _mapping(report.get("primary_metric"))
         spectral = _mapping(report.get("spectral"))
@@ -317,8 +324,9 @@ def run_baseline(
     settings; InvarLock then skips the baseline side (it checks model path, profile,
     tier and window plan strictly).
     """
-    verdict = certify(model, model, workdir, settings, edit_label="noop", mode=mode, env=env, load_kwargs=load_kwargs,
-                      timeout_s=timeout_s)
+    verdict = certify(
+        model, model, workdir, settings, edit_label="noop", mode=mode, env=env, load_kwargs=load_kwargs, timeout_s=timeout_s
+    )
     reports = sorted((workdir / "runs" / "source").glob("*/report.json"))
     if verdict.failure is not None or not reports:
         raise RuntimeError(
@@ -415,9 +423,7 @@ def read_verdict(workdir: Path, returncode: int, *, elapsed_s: float | None = No
         return Verdict.from_report(report, report_path=str(report_path), elapsed_s=elapsed_s)
     non_finite = [e for e in _events(workdir) if e.get("operation") in _NON_FINITE_EVENTS]
     if non_finite:
-        totals = next(
-            (_mapping(e.get("data")) for e in non_finite if e.get("operation") == "non_finite_loss_total"), {}
-        )
+        totals = next((_mapping(e.get("data")) for e in non_finite if e.get("operation") == "non_finite_loss_total"), {})
         evidence = (
             f"{totals['non_finite_losses']}/{totals['requested']} windows gave a non-finite loss"
             if {"non_finite_losses", "requested"} <= totals.keys()
@@ -451,7 +457,10 @@ def _checked_model_dir(model: Path) -> Path:
 
 
 def _write_invarlock_config(
-    config_root: Path, preset_file: Path, settings: EvaluateSettings, preset: Mapping[str, Any] | None,
+    config_root: Path,
+    preset_file: Path,
+    settings: EvaluateSettings,
+    preset: Mapping[str, Any] | None,
     load_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
     """Write the preset YAML and the INVARLOCK_CONFIG_ROOT overrides for one evaluate."""
@@ -472,8 +481,12 @@ def _write_invarlock_config(
     source: dict[str, Any] = (
         {"provider": settings.hub_dataset, "seed": settings.seed}
         if settings.dataset_file is None
-        else {"provider": "local_jsonl", "file": str(settings.dataset_file), "text_field": "text",
-              "max_samples": settings.preview_n + settings.final_n}
+        else {
+            "provider": "local_jsonl",
+            "file": str(settings.dataset_file),
+            "text_field": "text",
+            "max_samples": settings.preview_n + settings.final_n,
+        }
     )
     content: dict[str, Any] = {
         "dataset": {**source, "seq_len": settings.seq_len, "stride": settings.stride, **windows},
@@ -508,16 +521,20 @@ def _command_line(options: Mapping[str, Any]) -> list[str]:
     return argv
 
 
-def _run_subprocess(
-    options: Mapping[str, Any], env: Mapping[str, str], workdir: Path, timeout_s: float | None
-) -> int:
+def _run_subprocess(options: Mapping[str, Any], env: Mapping[str, str], workdir: Path, timeout_s: float | None) -> int:
     with (workdir / LOG_FILE).open("w", encoding="utf-8") as log:
         try:
             # Same process group, so Ctrl-C reaches it; subprocess.run kills it when this process is interrupted;
             # and the kernel kills it when this process dies (SIGKILL, OOM), so it never outlives its worker.
             return subprocess.run(
-                _command_line(options), cwd=workdir, env={**os.environ, **env}, stdout=log,
-                stderr=subprocess.STDOUT, timeout=timeout_s, check=False, preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                _command_line(options),
+                cwd=workdir,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                check=False,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             ).returncode
         except subprocess.TimeoutExpired:
             log.write(f"\ninvarlock evaluate timed out after {timeout_s} s\n")

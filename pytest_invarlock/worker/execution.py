@@ -85,27 +85,40 @@ def cache_budget_bytes(state: Any, default: int) -> int:
 
 def memory_fields(cache: Any) -> dict[str, Any]:
     """What the worker keeps after an item: models in its host cache and CUDA memory still reserved."""
-    return {"host_cache_bytes_used": cache.used_bytes(), "host_cache_models": len(cache),
-            "host_cache_budget_bytes": cache.max_bytes, **memory_snapshot()}
+    return {
+        "host_cache_bytes_used": cache.used_bytes(),
+        "host_cache_models": len(cache),
+        "host_cache_budget_bytes": cache.max_bytes,
+        **memory_snapshot(),
+    }
 
 
 def _oom_numbers(stats: ItemStats, item: Item) -> str:
     from pytest_invarlock.scheduling.tasks import item_need_gb, model_profile
 
     where = f"GPU(s) {stats.placement}" if stats.placement else "its device"
-    text = (f"on {where}; plan {item_need_gb(item):.1f} GB (weights {model_profile(item.model).weights_gb:.1f} GB)")
+    text = f"on {where}; plan {item_need_gb(item):.1f} GB (weights {model_profile(item.model).weights_gb:.1f} GB)"
     if stats.device_plan_gb:
         text += f", max_memory {stats.device_plan_gb} GB per GPU"
     snapshot = memory_snapshot()
     if snapshot:
-        text += (f"; after release the device has {snapshot['cuda_free_bytes'] / GIB:.1f} of "
-                 f"{snapshot['cuda_total_bytes'] / GIB:.1f} GiB free")
+        text += (
+            f"; after release the device has {snapshot['cuda_free_bytes'] / GIB:.1f} of "
+            f"{snapshot['cuda_total_bytes'] / GIB:.1f} GiB free"
+        )
     return text
 
 
-def evaluate_with_oom_retries(evaluate: Callable[[Path], Any], tmp: Path, log_name: str, item: Item | None,
-                              stats: ItemStats, *, retries: int = OOM_RETRIES,
-                              backoff_base_s: float | None = None) -> Any:
+def evaluate_with_oom_retries(
+    evaluate: Callable[[Path], Any],
+    tmp: Path,
+    log_name: str,
+    item: Item | None,
+    stats: ItemStats,
+    *,
+    retries: int = OOM_RETRIES,
+    backoff_base_s: float | None = None,
+) -> Any:
     """Run `evaluate(tmp)`; on a CUDA OOM (torch's error in its log, or InvarLock's report of one)
     release memory, wait, and run it again, `retries` times at most."""
     for attempt in range(retries + 1):
@@ -115,9 +128,11 @@ def evaluate_with_oom_retries(evaluate: Callable[[Path], Any], tmp: Path, log_na
             return verdict
         stats.oom_failures.append(verdict.failure or "")
         if attempt == retries:
-            message = (f"CUDA out of memory in invarlock evaluate after {stats.oom_retries} retries "
-                       f"{_oom_numbers(stats, item) if item is not None else ''}. A larger placement is the "
-                       f"scheduler's to give (this worker cannot claim more GPUs); last error: {(verdict.failure or '')[-300:]}")
+            message = (
+                f"CUDA out of memory in invarlock evaluate after {stats.oom_retries} retries "
+                f"{_oom_numbers(stats, item) if item is not None else ''}. A larger placement is the "
+                f"scheduler's to give (this worker cannot claim more GPUs); last error: {(verdict.failure or '')[-300:]}"
+            )
             stats.extra["oom_exhausted"] = True
             raise ItemError(message, {})
         stats.oom_retries += 1
@@ -136,8 +151,15 @@ def _verdict_is_oom(verdict: Any, log_file: Path) -> bool:
         return False
 
 
-def benchmark_with_oom_retries(score: Callable[[int | str], Any], batch: int | str, item: Item, stats: ItemStats, *,
-                               retries: int = BATCH_RETRIES, backoff_base_s: float | None = None) -> Any:
+def benchmark_with_oom_retries(
+    score: Callable[[int | str], Any],
+    batch: int | str,
+    item: Item,
+    stats: ItemStats,
+    *,
+    retries: int = BATCH_RETRIES,
+    backoff_base_s: float | None = None,
+) -> Any:
     """Run `score(batch)`; on a CUDA OOM release memory and retry with a smaller batch (the seed's rule)."""
     tried = [str(batch)]
     while True:
@@ -155,8 +177,11 @@ def benchmark_with_oom_retries(score: Callable[[int | str], Any], batch: int | s
         smaller = smaller_batch(batch)
         if smaller is None or stats.oom_retries >= retries:
             stats.extra["oom_exhausted"] = True
-            raise ItemError(f"CUDA out of memory in lm-eval {item.benchmark} after {stats.oom_retries} retries "
-                            f"(batch {' -> '.join(tried)}) {_oom_numbers(stats, item)}; last error: {failure[-300:]}", {})
+            raise ItemError(
+                f"CUDA out of memory in lm-eval {item.benchmark} after {stats.oom_retries} retries "
+                f"(batch {' -> '.join(tried)}) {_oom_numbers(stats, item)}; last error: {failure[-300:]}",
+                {},
+            )
         stats.oom_retries += 1
         batch = smaller
         tried.append(str(batch))

@@ -281,17 +281,30 @@ def run_benchmark_subprocess(
     import subprocess
 
     workdir.mkdir(parents=True, exist_ok=True)
-    request = {"directory": str(directory), "dtype": dtype, "task": task, "num_fewshot": num_fewshot,
-               "batch_size": batch_size, "limit": limit, "load_kwargs": _json_keys(load_kwargs),
-               "offline": offline, "task_dir": str(workdir / "tasks")}
+    request = {
+        "directory": str(directory),
+        "dtype": dtype,
+        "task": task,
+        "num_fewshot": num_fewshot,
+        "batch_size": batch_size,
+        "limit": limit,
+        "load_kwargs": _json_keys(load_kwargs),
+        "offline": offline,
+        "task_dir": str(workdir / "tasks"),
+    }
     (workdir / "request.json").write_text(json.dumps(request), encoding="utf-8")
     out, log_path = workdir / "result.json", workdir / "benchmark.log"
     out.unlink(missing_ok=True)
     with log_path.open("w", encoding="utf-8") as log:
         try:
-            code = subprocess.run([sys.executable, "-m", "pytest_invarlock.worker.lm_eval_scoring", str(workdir)],
-                                  env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=timeout_s, check=False).returncode
+            code = subprocess.run(
+                [sys.executable, "-m", "pytest_invarlock.worker.lm_eval_scoring", str(workdir)],
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                check=False,
+            ).returncode
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"lm-eval {task} timed out after {timeout_s:g} s (log: {log_path})") from None
     payload = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
@@ -336,9 +349,17 @@ def _subprocess_main(workdir: Path) -> int:
         device_map = getattr(model, "hf_device_map", None) or {}  # set by transformers when it spans devices
         devices = sorted({str(p.device) for p in model.parameters()})
         device = None if device_map or "device_map" in load_kwargs else ("cuda" if torch.cuda.is_available() else "cpu")
-        result = run_benchmark(model, tokenizer, request["task"], num_fewshot=request["num_fewshot"],
-                               batch_size=request["batch_size"], limit=request["limit"], device=device,
-                               task_dir=Path(request["task_dir"]), offline=request["offline"])
+        result = run_benchmark(
+            model,
+            tokenizer,
+            request["task"],
+            num_fewshot=request["num_fewshot"],
+            batch_size=request["batch_size"],
+            limit=request["limit"],
+            device=device,
+            task_dir=Path(request["task_dir"]),
+            offline=request["offline"],
+        )
     except Exception as error:  # noqa: BLE001 - classified for the parent, traceback kept in the log
         traceback.print_exc()
         from pytest_invarlock.worker.resources import is_oom

@@ -88,7 +88,9 @@ class Worker:
         return self._memo[key]
 
     def baseline(self, model: Model) -> Artifact:
-        return self._once("baseline", model.name, lambda: baseline_artifact(model, self.store, offline=self.state.options.offline))
+        return self._once(
+            "baseline", model.name, lambda: baseline_artifact(model, self.store, offline=self.state.options.offline)
+        )
 
     def window_pool(self, model: Model):
         """The local corpus packed into full windows for the model's tokenizer (worker.windows)."""
@@ -96,8 +98,13 @@ class Worker:
         from pytest_invarlock.worker import windows
 
         baseline = self.baseline(model)
-        return self._once("window-pool", model.name, lambda: windows.pool(
-            self.store, baseline.path, heldout_identity(), heldout_documents, seq_len=model.settings.seq_len))
+        return self._once(
+            "window-pool",
+            model.name,
+            lambda: windows.pool(
+                self.store, baseline.path, heldout_identity(), heldout_documents, seq_len=model.settings.seq_len
+            ),
+        )
 
     def window_plan(self, model: Model):
         """The model's window counts: planned (`windows: auto`) or assessed from a pilot pass of the baseline;
@@ -124,8 +131,14 @@ class Worker:
             windows.record_plan(self.state.run_dir, model.name, plan)
             log.info("window plan of %s: %s", model.name, plan.summary())
             if plan.underpowered:
-                warnings.warn(UnderpoweredWindows(f"{model.name}: {plan.preview_n}+{plan.final_n} windows are underpowered: "
-                                                  + "; ".join(plan.problems) + f" [{plan.summary()}]"), stacklevel=2)
+                warnings.warn(
+                    UnderpoweredWindows(
+                        f"{model.name}: {plan.preview_n}+{plan.final_n} windows are underpowered: "
+                        + "; ".join(plan.problems)
+                        + f" [{plan.summary()}]"
+                    ),
+                    stacklevel=2,
+                )
             return plan
 
         return self._once("window-plan", model.name, make)
@@ -135,8 +148,11 @@ class Worker:
         from pytest_invarlock.worker import windows
 
         plan = self.window_plan(model)
-        return self._once("windows", f"{model.name}/{run}", lambda: windows.draw(
-            self.store, self.window_pool(model), plan.preview_n, plan.final_n, run))
+        return self._once(
+            "windows",
+            f"{model.name}/{run}",
+            lambda: windows.draw(self.store, self.window_pool(model), plan.preview_n, plan.final_n, run),
+        )
 
     def window_fields(self, model: Model, run: int) -> dict[str, Any]:
         """What a record stores about run `run`'s windows and seeds (Phase 0 dedupes on weights + window_digest)."""
@@ -195,8 +211,11 @@ class Worker:
         mode = self.state.options.certify_mode
         if mode == "auto":
             mode = "subprocess" if plan and plan.multi_gpu else "inprocess"
-        options: dict[str, Any] = {"mode": mode, "env": cuda_env(devices) if devices and mode == "subprocess" else None,
-                                   "load_kwargs": load_kwargs(plan) if mode == "subprocess" else {}}
+        options: dict[str, Any] = {
+            "mode": mode,
+            "env": cuda_env(devices) if devices and mode == "subprocess" else None,
+            "load_kwargs": load_kwargs(plan) if mode == "subprocess" else {},
+        }
         if mode == "subprocess" and self._item_deadline is not None:  # in-process work is bounded by run()'s deadline
             options["timeout_s"] = max(1.0, round(self._item_deadline - time.monotonic(), 1))
         return options
@@ -227,8 +246,12 @@ class Worker:
         baseline = self.baseline(model)
         settings = self.settings(model, calibration_run=run)
         key = digest("calibration", baseline.path.name, run, self._settings_key(settings), self.invarlock_version)
-        return self._verdict_artifact(key, lambda tmp: self.certifier.certify(
-            baseline.path, baseline.path, tmp, settings, edit_label="noop", **self.evaluate_options(item)))
+        return self._verdict_artifact(
+            key,
+            lambda tmp: self.certifier.certify(
+                baseline.path, baseline.path, tmp, settings, edit_label="noop", **self.evaluate_options(item)
+            ),
+        )
 
     def _verdict_artifact(self, key: str, evaluate) -> tuple[Any, Artifact]:
         def build(tmp: Path) -> dict[str, Any]:
@@ -241,7 +264,9 @@ class Worker:
                 shutil.copyfile(tmp / self.certifier.LOG_FILE, kept)
                 raise PipelineError(f"{verdict.failure} (full log: {kept})")
             if verdict.report_path:
-                verdict = replace(verdict, report_path=str(self.store.path("results", key) / Path(verdict.report_path).relative_to(tmp)))
+                verdict = replace(
+                    verdict, report_path=str(self.store.path("results", key) / Path(verdict.report_path).relative_to(tmp))
+                )
             write_json_atomic(tmp / RESULT_FILE, verdict.to_dict())
             return {}
 
@@ -259,7 +284,9 @@ class Worker:
             stats = []
             for verdict, artifact in results:
                 if verdict.report_path is None:
-                    raise RuntimeError(f"calibration run of {model.name} produced no report ({verdict.failure}); see {artifact.path}")
+                    raise RuntimeError(
+                        f"calibration run of {model.name} produced no report ({verdict.failure}); see {artifact.path}"
+                    )
                 stats.append(self.certifier.calibration_stats(json.loads(Path(verdict.report_path).read_text())))
             base = self.certifier.tier_preset(model.settings.tier)
             key = digest("preset", [a.path.name for _, a in results], base)
@@ -285,8 +312,11 @@ class Worker:
         baseline = self.baseline(model)
         devices = placement_devices(self.state.run_dir, self.state.session, item) if item is not None else None
         device = "cpu" if devices and len(devices) > 1 else self.state.device
-        return self._once("edit", f"{model.name}/{scenario.name}",
-                          lambda: edit_artifact(model, scenario, baseline, self.store, self.cache, device))
+        return self._once(
+            "edit",
+            f"{model.name}/{scenario.name}",
+            lambda: edit_artifact(model, scenario, baseline, self.store, self.cache, device),
+        )
 
     # ----------------------------------------------------------------- items
 
@@ -298,8 +328,10 @@ class Worker:
         limit = self.state.suite.timeout_s(item.kind, item.model)
         self._item, self._item_deadline = item, time.monotonic() + limit
         plan = execution.item_device_plan(self.state, item)
-        self.stats = execution.ItemStats(placement=list(plan.devices) if plan else None,
-                                         device_plan_gb=list(plan.max_memory_gb) if plan and plan.multi_gpu else None)
+        self.stats = execution.ItemStats(
+            placement=list(plan.devices) if plan else None,
+            device_plan_gb=list(plan.max_memory_gb) if plan and plan.multi_gpu else None,
+        )
         failure: str | None = None
         try:
             with deadline(limit, f"{item.kind} item {item.param_id}", note=timeout_note(self.state.run_dir, item.param_id)):
@@ -312,8 +344,13 @@ class Worker:
             self._item, self._item_deadline = None, None
             release_memory()
         if failure is not None:
-            extra = {"seconds": round(time.perf_counter() - started, 2), "worker": self.worker_id, "timeout_s": limit,
-                     "timed_out": "timed out after" in failure, **execution.memory_fields(self.cache)}
+            extra = {
+                "seconds": round(time.perf_counter() - started, 2),
+                "worker": self.worker_id,
+                "timeout_s": limit,
+                "timed_out": "timed out after" in failure,
+                **execution.memory_fields(self.cache),
+            }
             log.error("item %s: %s", item.param_id, failure)
             raise execution.ItemError(failure, execution.error_record(item, failure, self.stats, extra))
         result.record.update({**self.stats.fields(), **execution.memory_fields(self.cache), "timeout_s": limit})
@@ -356,19 +393,44 @@ class Worker:
             spec = parse_spec(item.scenario.spec)
             preset = edit_preset(preset, spec.kind)
             settings = self.settings(model, run=item.run)
-            key = digest("certify", baseline.path.name, edited.path.name, preset, self._settings_key(settings),
-                         report.parent.name, item.run, self.invarlock_version)
-            verdict, artifact = self._verdict_artifact(key, lambda tmp: self.certifier.certify(
-                baseline.path, edited.path, tmp, settings, edit_label="custom", preset=preset, baseline_report=report,
-                **self.evaluate_options(item)))
+            key = digest(
+                "certify",
+                baseline.path.name,
+                edited.path.name,
+                preset,
+                self._settings_key(settings),
+                report.parent.name,
+                item.run,
+                self.invarlock_version,
+            )
+            verdict, artifact = self._verdict_artifact(
+                key,
+                lambda tmp: self.certifier.certify(
+                    baseline.path,
+                    edited.path,
+                    tmp,
+                    settings,
+                    edit_label="custom",
+                    preset=preset,
+                    baseline_report=report,
+                    **self.evaluate_options(item),
+                ),
+            )
         if artifact.reused:
             reused.append(f"result:{item.param_id}")
         extra.update(self.window_fields(model, item.run))
         judgement = judge(item.scenario, verdict)
         return self._result(item, verdict, judgement, reused, preset_path, extra)
 
-    def _result(self, item: Item, verdict, judgement: Judgement, reused: list[str], preset_path: Path | None,
-                extra: dict[str, Any] | None = None) -> ItemResult:
+    def _result(
+        self,
+        item: Item,
+        verdict,
+        judgement: Judgement,
+        reused: list[str],
+        preset_path: Path | None,
+        extra: dict[str, Any] | None = None,
+    ) -> ItemResult:
         record = {
             **base_record(item),
             "invalid": verdict.invalid,
@@ -414,11 +476,19 @@ class Worker:
                 def score(batch):
                     hf_model.to(self.state.device)
                     try:
-                        return run_benchmark(hf_model, tokenizer, item.benchmark, num_fewshot=suite.benchmarks.num_fewshot,
-                                             batch_size=batch, limit=suite.benchmarks.limit,
-                                             device=self.state.device, offline=self.state.options.offline)
+                        return run_benchmark(
+                            hf_model,
+                            tokenizer,
+                            item.benchmark,
+                            num_fewshot=suite.benchmarks.num_fewshot,
+                            batch_size=batch,
+                            limit=suite.benchmarks.limit,
+                            device=self.state.device,
+                            offline=self.state.options.offline,
+                        )
                     finally:
                         hf_model.to("cpu")
+
             result = execution.benchmark_with_oom_retries(score, model.settings.lm_eval_batch, item, self.stats)
             write_json_atomic(tmp / "benchmark.json", result.to_dict())
             return {}
@@ -428,12 +498,20 @@ class Worker:
         reused = [f"benchmark:{item.param_id}"] if artifact.reused else []
         accuracy = result["accuracy"]
         met = isinstance(accuracy, (int, float)) and accuracy == accuracy and bool(result.get("finite_logits", True))
-        record = {**base_record(item), **result, "met": met, "model_loaded_from_disk": loaded, "reused": reused,
-                  "weights": directory.name, "revision": model.revision}
-        explanation = (f"lm-eval {item.benchmark} on {item.variant}: accuracy {accuracy} (stderr {result['stderr']}, n {result['n']})"
-                       + ("" if result["finite_logits"] else "; the model's logits are not finite"))
+        record = {
+            **base_record(item),
+            **result,
+            "met": met,
+            "model_loaded_from_disk": loaded,
+            "reused": reused,
+            "weights": directory.name,
+            "revision": model.revision,
+        }
+        explanation = (
+            f"lm-eval {item.benchmark} on {item.variant}: accuracy {accuracy} (stderr {result['stderr']}, n {result['n']})"
+            + ("" if result["finite_logits"] else "; the model's logits are not finite")
+        )
         return ItemResult(record, met, explanation, junit_properties(record))
-
 
     def _score_placed(self, item: Item, directory: Path, plan, batch, tmp: Path):
         """lm-eval in a child process that sees exactly the placed GPUs and loads with their device map."""
@@ -445,9 +523,18 @@ class Worker:
         remaining = None if self._item_deadline is None else max(1.0, self._item_deadline - time.monotonic())
         try:
             result, load = run_benchmark_subprocess(
-                directory, item.model.dtype, item.benchmark, num_fewshot=suite.benchmarks.num_fewshot, batch_size=batch,
-                limit=suite.benchmarks.limit, load_kwargs=load_kwargs(plan), env=cuda_env(list(plan.devices)),
-                workdir=tmp / "subprocess", offline=self.state.options.offline, timeout_s=remaining)
+                directory,
+                item.model.dtype,
+                item.benchmark,
+                num_fewshot=suite.benchmarks.num_fewshot,
+                batch_size=batch,
+                limit=suite.benchmarks.limit,
+                load_kwargs=load_kwargs(plan),
+                env=cuda_env(list(plan.devices)),
+                workdir=tmp / "subprocess",
+                offline=self.state.options.offline,
+                timeout_s=remaining,
+            )
         except TimeoutError as error:
             raise PipelineError(str(error)) from None
         except BenchmarkOutOfMemory:  # benchmark_with_oom_retries halves the batch and calls again

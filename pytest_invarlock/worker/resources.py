@@ -74,9 +74,12 @@ def memory_snapshot() -> dict[str, Any]:
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {}
     free, total = torch.cuda.mem_get_info()
-    return {"cuda_allocated_bytes": int(torch.cuda.memory_allocated()),
-            "cuda_reserved_bytes": int(torch.cuda.memory_reserved()),
-            "cuda_free_bytes": int(free), "cuda_total_bytes": int(total)}
+    return {
+        "cuda_allocated_bytes": int(torch.cuda.memory_allocated()),
+        "cuda_reserved_bytes": int(torch.cuda.memory_reserved()),
+        "cuda_free_bytes": int(free),
+        "cuda_total_bytes": int(total),
+    }
 
 
 def is_oom(error: BaseException | str | None) -> bool:
@@ -114,8 +117,9 @@ def smaller_batch(batch: int | str) -> int | None:
 
 
 @contextlib.contextmanager
-def deadline(seconds: float | None, what: str, *, note: Callable[[str], None] | None = None,
-             grace_s: float | None = None) -> Iterator[None]:
+def deadline(
+    seconds: float | None, what: str, *, note: Callable[[str], None] | None = None, grace_s: float | None = None
+) -> Iterator[None]:
     """Run the block with a time limit (see the module docstring); None or <= 0 means no limit.
 
     `note(message)` is called by the watchdog before it ends the process (to leave the reason on disk).
@@ -127,6 +131,7 @@ def deadline(seconds: float | None, what: str, *, note: Callable[[str], None] | 
     previous_handler = None
     expired = threading.Event()
     if in_main:
+
         def _interrupt(signum: int, frame: Any) -> None:
             expired.set()
             raise ItemTimeout(seconds, what)
@@ -135,8 +140,9 @@ def deadline(seconds: float | None, what: str, *, note: Callable[[str], None] | 
         signal.setitimer(signal.ITIMER_REAL, seconds)
     done = threading.Event()
     grace = HARD_GRACE_S if grace_s is None else grace_s
-    watchdog = threading.Thread(target=_watchdog, args=(done, seconds, grace, what, note), daemon=True,
-                                name="invarlock-item-watchdog")
+    watchdog = threading.Thread(
+        target=_watchdog, args=(done, seconds, grace, what, note), daemon=True, name="invarlock-item-watchdog"
+    )
     watchdog.start()
     try:
         yield
@@ -156,14 +162,15 @@ def deadline(seconds: float | None, what: str, *, note: Callable[[str], None] | 
             signal.signal(signal.SIGALRM, previous_handler)
 
 
-def _watchdog(done: threading.Event, seconds: float, grace: float, what: str,
-              note: Callable[[str], None] | None) -> None:
+def _watchdog(done: threading.Event, seconds: float, grace: float, what: str, note: Callable[[str], None] | None) -> None:
     if done.wait(seconds + grace):
         return
     under_xdist = "PYTEST_XDIST_WORKER" in os.environ
-    message = (f"{what} timed out after {seconds:g} s and did not stop within {grace:g} s more; "
-               + ("ending this xdist worker so that a replacement takes the next items" if under_xdist
-                  else "without xdist no process can replace this one, so it keeps waiting"))
+    message = f"{what} timed out after {seconds:g} s and did not stop within {grace:g} s more; " + (
+        "ending this xdist worker so that a replacement takes the next items"
+        if under_xdist
+        else "without xdist no process can replace this one, so it keeps waiting"
+    )
     log.error(message)
     with contextlib.suppress(Exception):
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
@@ -176,11 +183,13 @@ def _watchdog(done: threading.Event, seconds: float, grace: float, what: str,
 
 def timeout_note(run_dir: Path, item_id: str) -> Callable[[str], None]:
     """A `deadline` note that appends the reason to `<run_dir>/logs/timeouts.log`."""
+
     def write(message: str) -> None:
         path = run_dir / "logs" / "timeouts.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as handle:
             handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid={os.getpid()} {item_id}: {message}\n")
+
     return write
 
 

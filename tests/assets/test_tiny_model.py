@@ -47,9 +47,7 @@ def test_two_builds_give_identical_weights_and_files(twin_builds: tuple[tm.TinyA
         assert path.read_bytes() == (second.root / relative).read_bytes(), relative
 
 
-def test_second_call_reuses_the_cache_without_building(
-    assets: tm.TinyAssets, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_second_call_reuses_the_cache_without_building(assets: tm.TinyAssets, monkeypatch: pytest.MonkeyPatch) -> None:
     info_mtime = (assets.root / tm.BUILD_INFO).stat().st_mtime_ns
 
     def refuse_to_build(root: Path, params: tm.TinyBuildParams) -> None:

@@ -61,15 +61,20 @@ BAD_FILES: list[tuple[str, bytes, list[str]]] = [
     ("unknown_key_int", b"models: [tiny-kjv]\n3: 4\n", ["'3'", "unknown key"]),
     ("unknown_model_key", b"models: [{name: a, source: x/y, sauce: 1}]\n", ["models[0].sauce", "source"]),
     ("unknown_invarlock_key", b"models: [tiny-kjv]\ninvarlock: {seqlen: 5}\n", ["invarlock.seqlen", "seq_len"]),
-    ("unknown_scenario_key", b"models: [tiny-kjv]\nscenarios: [{name: a, spec: noop, kind: calibration, gate: 1}]\n",
-     ["scenarios[0].gate"]),
+    (
+        "unknown_scenario_key",
+        b"models: [tiny-kjv]\nscenarios: [{name: a, spec: noop, kind: calibration, gate: 1}]\n",
+        ["scenarios[0].gate"],
+    ),
     ("unknown_arch_key", b"models: [{name: a, source: x/y, architecture: {layer: 2}}]\n", ["architecture.layer"]),
     ("huge_runs", b"models: [tiny-kjv]\nruns: {clean: 99999999999999999999999}\n", ["runs.clean", "<= 1000"]),
-    ("huge_scenario_runs", b"models: [tiny-kjv]\nscenarios: [{name: a, spec: noop, kind: calibration, runs: 5000}]\n",
-     ["scenarios[0].runs", "5000"]),
+    (
+        "huge_scenario_runs",
+        b"models: [tiny-kjv]\nscenarios: [{name: a, spec: noop, kind: calibration, runs: 5000}]\n",
+        ["scenarios[0].runs", "5000"],
+    ),
     ("huge_seq_len", b"models: [tiny-kjv]\ninvarlock: {seq_len: 1" + b"0" * 40 + b"}\n", ["invarlock.seq_len"]),
-    ("huge_arch", b"models: [{name: a, source: x/y, architecture: {layers: 1" + b"0" * 30 + b"}}]\n",
-     ["architecture.layers"]),
+    ("huge_arch", b"models: [{name: a, source: x/y, architecture: {layers: 1" + b"0" * 30 + b"}}]\n", ["architecture.layers"]),
     ("huge_int_params", b"models: [{name: a, source: x/y, params_b: 1" + b"0" * 400 + b"}]\n", ["params_b", "finite"]),
     ("inf_params", b"models: [{name: a, source: x/y, params_b: .inf}]\n", ["params_b", "finite"]),
     ("nan_acceptance", b"models: [tiny-kjv]\ninvarlock: {acceptance: [.nan, 1.2]}\n", ["acceptance", "finite"]),
@@ -101,8 +106,11 @@ BAD_FILES: list[tuple[str, bytes, list[str]]] = [
     ("invarlock_null", b"models: [tiny-kjv]\ninvarlock: ~\n", ["'invarlock'"]),
     ("tier_bogus", b"models: [tiny-kjv]\ninvarlock: {tier: bogus}\n", ["invarlock.tier", "balanced"]),
     ("tier_list", b"models: [tiny-kjv]\ninvarlock: {tier: [balanced]}\n", ["invarlock.tier"]),
-    ("tier_floor", b"models: [tiny-kjv]\ninvarlock: {tier: conservative}\n",
-     ["models[0].invarlock", "conservative", "220+220", "1500"]),
+    (
+        "tier_floor",
+        b"models: [tiny-kjv]\ninvarlock: {tier: conservative}\n",
+        ["models[0].invarlock", "conservative", "220+220", "1500"],
+    ),
     ("dataset", b"models: [tiny-kjv]\ninvarlock: {dataset: c4}\n", ["invarlock.dataset", "'c4'"]),
     ("lm_eval_batch", b"models: [tiny-kjv]\ninvarlock: {lm_eval_batch: [16]}\n", ["invarlock.lm_eval_batch", "auto"]),
     ("lm_eval_batch_text", b"models: [tiny-kjv]\ninvarlock: {lm_eval_batch: lots}\n", ["invarlock.lm_eval_batch"]),
@@ -114,26 +122,43 @@ BAD_FILES: list[tuple[str, bytes, list[str]]] = [
     ("scenario_int", b"models: [tiny-kjv]\nscenarios: [3]\n", ["scenarios[0]", "int"]),
     ("scenario_unknown", b"models: [tiny-kjv]\nscenarios: [quant_rtn_8bit_clen]\n", ["quant_rtn_8bit_clean"]),
     ("scenario_spec_list", b"models: [tiny-kjv]\nscenarios: [{name: a, spec: [1], kind: clean}]\n", ["scenarios[0].spec"]),
-    ("scenario_spec_bad", b"models: [tiny-kjv]\nscenarios: [{name: a, spec: 'quant_rtn:banana:ffn', kind: clean}]\n",
-     ["scenarios[0].spec", "banana"]),
+    (
+        "scenario_spec_bad",
+        b"models: [tiny-kjv]\nscenarios: [{name: a, spec: 'quant_rtn:banana:ffn', kind: clean}]\n",
+        ["scenarios[0].spec", "banana"],
+    ),
     ("scenario_kind", b"models: [tiny-kjv]\nscenarios: [{name: a, spec: noop, kind: [1]}]\n", ["scenarios[0].kind"]),
-    ("scenario_gating", b"models: [tiny-kjv]\nscenarios: [{name: a, spec: 'quant_rtn:4:32:all', kind: stress, gating: maybe}]\n",
-     ["scenarios[0].gating", "'maybe'"]),
-    ("scenario_default", b"models: [tiny-kjv]\nscenarios: [{name: a, spec: noop, kind: calibration, default: 3}]\n",
-     ["scenarios[0].default"]),
-    ("detectors_str", b"models: [tiny-kjv]\nscenarios: [{name: a, spec: 'quant_rtn:4:32:all', kind: stress, detectors: x}]\n",
-     ["scenarios[0].detectors"]),
-    ("detector_unknown",
-     b"models: [tiny-kjv]\nscenarios: [{name: a, spec: 'quant_rtn:4:32:all', kind: stress, detectors: [spectral_stabel]}]\n",
-     ["detectors[0]", "spectral_stabel", "Did you mean 'spectral_stable'"]),
+    (
+        "scenario_gating",
+        b"models: [tiny-kjv]\nscenarios: [{name: a, spec: 'quant_rtn:4:32:all', kind: stress, gating: maybe}]\n",
+        ["scenarios[0].gating", "'maybe'"],
+    ),
+    (
+        "scenario_default",
+        b"models: [tiny-kjv]\nscenarios: [{name: a, spec: noop, kind: calibration, default: 3}]\n",
+        ["scenarios[0].default"],
+    ),
+    (
+        "detectors_str",
+        b"models: [tiny-kjv]\nscenarios: [{name: a, spec: 'quant_rtn:4:32:all', kind: stress, detectors: x}]\n",
+        ["scenarios[0].detectors"],
+    ),
+    (
+        "detector_unknown",
+        b"models: [tiny-kjv]\nscenarios: [{name: a, spec: 'quant_rtn:4:32:all', kind: stress, detectors: [spectral_stabel]}]\n",
+        ["detectors[0]", "spectral_stabel", "Did you mean 'spectral_stable'"],
+    ),
     ("errors_text", b"models: [tiny-kjv]\nerrors: maybe\n", ["'errors'", "'maybe'"]),
     ("description_list", b"models: [tiny-kjv]\ndescription: [1]\n", ["'description'", "string"]),
     ("device", b"models: [tiny-kjv]\ndevice: tpu\n", ["'device'", "'tpu'"]),
     ("name_date", b"models: [tiny-kjv]\nname: 2001-12-14\n", ["'name'", "slug"]),
     ("benchmarks_list", b"models: [tiny-kjv]\nbenchmarks: [hellaswag]\n", ["'benchmarks'", "list"]),
     ("tasks_text", b"models: [tiny-kjv]\nbenchmarks: {tasks: hellaswag}\n", ["benchmarks.tasks"]),
-    ("task_unknown", b"models: [tiny-kjv]\nbenchmarks: {tasks: [hellaswagg]}\n",
-     ["benchmarks.tasks[0]", "hellaswagg", "did you mean 'hellaswag'"]),
+    (
+        "task_unknown",
+        b"models: [tiny-kjv]\nbenchmarks: {tasks: [hellaswagg]}\n",
+        ["benchmarks.tasks[0]", "hellaswagg", "did you mean 'hellaswag'"],
+    ),
     ("limit_text", b"models: [tiny-kjv]\nbenchmarks: {limit: all}\n", ["benchmarks.limit", "'all'"]),
     ("fewshot_negative", b"models: [tiny-kjv]\nbenchmarks: {num_fewshot: -1}\n", ["benchmarks.num_fewshot"]),
 ]
@@ -167,15 +192,79 @@ def test_a_directory_and_an_oversized_file_are_refused(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- random structures
 
-SUITE_KEYS = ["name", "description", "device", "runs", "errors", "models", "scenarios", "invarlock", "benchmarks",
-              "min_signal_fraction", "timeouts"]
-INNER_KEYS = ["name", "source", "revision", "size_class", "dtype", "params_b", "architecture", "invarlock", "spec", "kind",
-              "gating", "detectors", "runs", "default", "tasks", "num_fewshot", "limit", "seq_len", "stride", "tier",
-              "dataset", "acceptance", "guard_overhead", "min_tokens", "lm_eval_batch", "layers", "clean", "calibration",
-              "stress", "error", "min", "max"]
-REAL_VALUES = ["tiny-kjv", "gpt2", "calibration", "clean", "stress", "error", "noop", "nan_injection", "quant_rtn:8:128:ffn",
-               "balanced", "conservative", "local", "cpu", "float32", "tiny", "hellaswag", "kjv_cloze", "auto:8",
-               "spectral_stable", "org/name", "./model", "~nosuchuser-invarlock", "/tmp", ""]
+SUITE_KEYS = [
+    "name",
+    "description",
+    "device",
+    "runs",
+    "errors",
+    "models",
+    "scenarios",
+    "invarlock",
+    "benchmarks",
+    "min_signal_fraction",
+    "timeouts",
+]
+INNER_KEYS = [
+    "name",
+    "source",
+    "revision",
+    "size_class",
+    "dtype",
+    "params_b",
+    "architecture",
+    "invarlock",
+    "spec",
+    "kind",
+    "gating",
+    "detectors",
+    "runs",
+    "default",
+    "tasks",
+    "num_fewshot",
+    "limit",
+    "seq_len",
+    "stride",
+    "tier",
+    "dataset",
+    "acceptance",
+    "guard_overhead",
+    "min_tokens",
+    "lm_eval_batch",
+    "layers",
+    "clean",
+    "calibration",
+    "stress",
+    "error",
+    "min",
+    "max",
+]
+REAL_VALUES = [
+    "tiny-kjv",
+    "gpt2",
+    "calibration",
+    "clean",
+    "stress",
+    "error",
+    "noop",
+    "nan_injection",
+    "quant_rtn:8:128:ffn",
+    "balanced",
+    "conservative",
+    "local",
+    "cpu",
+    "float32",
+    "tiny",
+    "hellaswag",
+    "kjv_cloze",
+    "auto:8",
+    "spectral_stable",
+    "org/name",
+    "./model",
+    "~nosuchuser-invarlock",
+    "/tmp",
+    "",
+]
 
 scalars = st.one_of(
     st.none(),
@@ -252,8 +341,13 @@ def test_bad_overrides_name_the_option_and_the_value(tmp_path: Path, overrides: 
 def test_valid_overrides_still_work(tmp_path: Path) -> None:
     model_dir = tmp_path / "my-model-1b"
     model_dir.mkdir()
-    suite = override_suite(load_suite("tiny"), models=[str(model_dir), "org/other-7b"], tier="aggressive",
-                           benchmarks=["kjv_cloze", "hellaswag"], runs={"clean": 0, "stress": MAX_RUNS})
+    suite = override_suite(
+        load_suite("tiny"),
+        models=[str(model_dir), "org/other-7b"],
+        tier="aggressive",
+        benchmarks=["kjv_cloze", "hellaswag"],
+        runs={"clean": 0, "stress": MAX_RUNS},
+    )
     assert [m.source for m in suite.models] == [str(model_dir), "org/other-7b"]
     assert {m.settings.tier for m in suite.models} == {"aggressive"}
     assert suite.benchmarks.tasks == ("kjv_cloze", "hellaswag")
@@ -289,7 +383,8 @@ def test_the_invarlock_facts_mirror_the_installed_package() -> None:
     assert set(TIERS) == {name for name, value in tiers.items() if isinstance(value, dict)}
     tree = ast.parse((root / "core" / "runner_pairing.py").read_text(encoding="utf-8"))
     floors = next(
-        ast.literal_eval(node.value) for node in tree.body
+        ast.literal_eval(node.value)
+        for node in tree.body
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "BOOTSTRAP_COVERAGE_REQUIREMENTS" for t in node.targets)
     )
     assert floors == TIER_FLOORS
@@ -302,8 +397,9 @@ def test_the_invarlock_facts_mirror_the_installed_package() -> None:
 
 
 def run_pytest(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd, capture_output=True, text=True, timeout=180
+    )
 
 
 def assert_usage_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -321,14 +417,16 @@ def test_bad_suite_files_and_options_are_usage_errors_in_a_real_session(tmp_path
     assert_usage_error(run_pytest("--co", str(VALIDATION), "--models", ","), "--models ','", "names no model")
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    assert_usage_error(run_pytest("--co", str(VALIDATION), "--run-dir", str(blocker / "runs")),
-                       f"--run-dir {blocker / 'runs'}", "is a file")
+    assert_usage_error(
+        run_pytest("--co", str(VALIDATION), "--run-dir", str(blocker / "runs")), f"--run-dir {blocker / 'runs'}", "is a file"
+    )
 
 
 def test_bad_options_are_usage_errors_before_xdist_starts_workers() -> None:
     assert_usage_error(run_pytest("--co", str(VALIDATION), "-n", "2", "--gpus", "8y80"), "--gpus '8y80'", "COUNTxGB")
-    assert_usage_error(run_pytest("--co", str(VALIDATION), "--benchmarks", "kjv_cloze,nosuch_task"),
-                       "--benchmarks", "nosuch_task")
+    assert_usage_error(
+        run_pytest("--co", str(VALIDATION), "--benchmarks", "kjv_cloze,nosuch_task"), "--benchmarks", "nosuch_task"
+    )
 
 
 SUITE_TEST = "def test_calibration(invarlock_item):\n    pass\n"

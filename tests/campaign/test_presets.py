@@ -31,9 +31,7 @@ RUN_1 = CalibrationStats(
     rmt_epsilon={"ffn": 0.02, "attn": 0.001},
     delta_ci_half_width=0.002,
 )
-RUN_2 = CalibrationStats(
-    drift=1.02, spectral_z_at_budget={"ffn": 3.2, "attn": 1.0}, rmt_epsilon={"ffn": 0.04, "attn": 0.002}
-)
+RUN_2 = CalibrationStats(drift=1.02, spectral_z_at_budget={"ffn": 3.2, "attn": 1.0}, rmt_epsilon={"ffn": 0.04, "attn": 0.002})
 FAMILIES = st.sampled_from(["ffn", "attn", "embed", "other"])
 
 
@@ -45,7 +43,10 @@ def test_quantile_interpolates_linearly():
 def test_cap_budget_is_shared_in_proportion_to_module_counts():
     # 5 caps over 58 modules: attn 2.76 -> 3, ffn 2.07 -> 2, embed/other 0.09 -> 0.
     assert allocate_cap_budget({"attn": 32, "ffn": 24, "embed": 1, "other": 1}, 5) == {
-        "attn": 3, "ffn": 2, "embed": 0, "other": 0
+        "attn": 3,
+        "ffn": 2,
+        "embed": 0,
+        "other": 0,
     }
 
 
@@ -112,15 +113,14 @@ def test_derive_preset_by_hand():
 def test_min_effect_has_a_floor_and_keeps_the_base_without_measurements():
     tiny = CalibrationStats(drift=1.0, delta_ci_half_width=0.0001)
     assert derive_preset([tiny], BASE)["variance_min_effect_lognll"] == 0.0009
-    assert derive_preset([CalibrationStats(drift=1.0)], {**BASE, "variance_min_effect_lognll": 0.016})[
-        "variance_min_effect_lognll"
-    ] == 0.016
+    assert (
+        derive_preset([CalibrationStats(drift=1.0)], {**BASE, "variance_min_effect_lognll": 0.016})["variance_min_effect_lognll"]
+        == 0.016
+    )
 
 
 @settings(max_examples=50, deadline=None)
-@given(
-    st.lists(st.floats(0.0, 8.0), min_size=1, max_size=6), st.lists(st.floats(-0.5, 0.5), min_size=1, max_size=6)
-)
+@given(st.lists(st.floats(0.0, 8.0), min_size=1, max_size=6), st.lists(st.floats(-0.5, 0.5), min_size=1, max_size=6))
 def test_calibration_never_loosens_below_the_base(zs, epsilons):
     runs = [
         CalibrationStats(drift=1.0 + i * 0.01, spectral_z_at_budget={"ffn": z}, rmt_epsilon={"ffn": e})
@@ -158,4 +158,6 @@ def test_calibration_stats_round_trip():
 def test_min_effect_floor_applies_without_measured_half_widths():
     # Issue 12: the old derivation returned the base value (here 0.0) untouched when no run measured
     # a delta CI; the seed's floor 0.0009 applies either way.
-    assert derive_preset([CalibrationStats(drift=1.0), CalibrationStats(drift=1.01)], BASE)["variance_min_effect_lognll"] == 0.0009
+    assert (
+        derive_preset([CalibrationStats(drift=1.0), CalibrationStats(drift=1.01)], BASE)["variance_min_effect_lognll"] == 0.0009
+    )

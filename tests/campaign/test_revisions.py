@@ -19,6 +19,7 @@ def fake_hub(calls: list[str]):
     def resolve(repo: str) -> str:
         calls.append(repo)
         return {"gpt2": SHA, "gpt2-medium": OTHER}[repo]
+
     return resolve
 
 
@@ -46,8 +47,9 @@ def test_a_suite_pin_wins_over_the_file(tmp_path: Path) -> None:
     path = tmp_path / "revs.json"
     path.write_text(json.dumps({"revisions": {"gpt2": OTHER}}))
     suite_file = tmp_path / "s.yaml"
-    suite_file.write_text(f"name: s\nmodels: [{{name: g, source: gpt2, revision: '{SHA}', params_b: 0.1}}]\n"
-                          "scenarios: [calibration]\n")
+    suite_file.write_text(
+        f"name: s\nmodels: [{{name: g, source: gpt2, revision: '{SHA}', params_b: 0.1}}]\nscenarios: [calibration]\n"
+    )
     suite, _ = resolve_revisions(load_suite(str(suite_file)), path, online=True, resolver=fake_hub([]))
     assert suite.models[0].revision == SHA
 
@@ -62,9 +64,22 @@ def test_a_bad_revisions_file_is_a_clear_error(tmp_path: Path, content: str) -> 
 
 def test_offline_refuses_an_unpinned_hub_model_and_says_how_to_pin(tmp_path: Path) -> None:
     suite = load_suite("ci")
-    state = ConfigState(suite=suite, items=[], options=Options(calibrate_only=False, no_benchmarks=False, offline=True, recompute=False,
-                                                       certify_mode="auto", determinism="throughput"),
-                        run_dir=tmp_path, device="cuda", session="s", revisions_file=tmp_path / REVISIONS_FILE)
+    state = ConfigState(
+        suite=suite,
+        items=[],
+        options=Options(
+            calibrate_only=False,
+            no_benchmarks=False,
+            offline=True,
+            recompute=False,
+            certify_mode="auto",
+            determinism="throughput",
+        ),
+        run_dir=tmp_path,
+        device="cuda",
+        session="s",
+        revisions_file=tmp_path / REVISIONS_FILE,
+    )
     reason = state._model_unavailable(suite.models[0])
     assert reason is not None and "without a pinned revision" in reason
     assert "--online" in reason and "--revisions FILE" in reason and "model_revisions.json" in reason

@@ -58,8 +58,10 @@ def test_item_ids_are_readable_and_map_back_from_nodeids() -> None:
 @pytest.mark.parametrize(
     ("body", "needles"),
     [
-        ("models: [tiny-kjv]\nscenarios: [{name: bad, spec: 'quant_rtn:banana:ffn', kind: clean}]\n",
-         ["scenarios[0].spec", "banana", "BITS"]),
+        (
+            "models: [tiny-kjv]\nscenarios: [{name: bad, spec: 'quant_rtn:banana:ffn', kind: clean}]\n",
+            ["scenarios[0].spec", "banana", "BITS"],
+        ),
         ("models: [tiny-kjv]\nscenarios: [quant_rtn_8bit_clen]\n", ["scenarios[0]", "quant_rtn_8bit_clean"]),
         ("models: [no-such-model]\n", ["models[0]", "no-such-model"]),
         ("models: []\n", ["models", "at least one model"]),
@@ -103,7 +105,9 @@ def test_overrides_replace_models_runs_errors_and_tier() -> None:
 
 
 def test_inline_models_and_scenarios_override_size_class_settings(tmp_path: Path) -> None:
-    path = write_suite(tmp_path, """
+    path = write_suite(
+        tmp_path,
+        """
         name: mine
         models:
           - {name: local-one, source: /tmp, size_class: 7b, params_b: 7, invarlock: {seq_len: 256}}
@@ -111,7 +115,8 @@ def test_inline_models_and_scenarios_override_size_class_settings(tmp_path: Path
           - calibration
           - {name: q6, spec: "quant_rtn:6:64:attn", kind: stress, gating: false}
         invarlock: {stride: 128, acceptance: [0.95, 1.10]}
-    """)
+    """,
+    )
     suite = load_suite(str(path))
     settings_ = suite.models[0].settings
     assert (settings_.seq_len, settings_.stride, settings_.acceptance_min, settings_.acceptance_max) == (256, 128, 0.95, 1.10)

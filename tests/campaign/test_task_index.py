@@ -34,15 +34,27 @@ def test_scan_reads_tasks_groups_and_tags_as_lm_eval_indexes_them(tmp_path: Path
     write(tmp_path / "a" / "plain.yaml", "task: plain_task\ndataset_path: x\n")
     write(tmp_path / "a" / "quoted.yaml", '"task": "quoted_task"\n"tag": "quoted_tag"\n')
     write(tmp_path / "b" / "group.yaml", "group: my_group\ntask:\n  - plain_task\n  - task: inline_member\n")
-    write(tmp_path / "b" / "tags.yaml", "task: tagged\ntag:\n  - tag_one\n  - tag_two  # comment\nmetric_list:\n  - metric: acc\n")
+    write(
+        tmp_path / "b" / "tags.yaml", "task: tagged\ntag:\n  - tag_one\n  - tag_two  # comment\nmetric_list:\n  - metric: acc\n"
+    )
     write(tmp_path / "b" / "flow.yaml", "task: flowed\ntag: [flow_one, 'flow_two']\n")
     write(tmp_path / "c" / "legacy.yaml", "group: legacy_group_name\ntask: legacy_task\n")
     write(tmp_path / "c" / "_template_yaml", "tag: template_tag\ntask: not_a_task\n")
     write(tmp_path / "c" / "README.md", "task: readme_task\n")
     names = task_index.scan_tasks(tmp_path)
     assert names == {
-        "plain_task", "quoted_task", "quoted_tag", "my_group", "tagged", "tag_one", "tag_two",
-        "flowed", "flow_one", "flow_two", "legacy_task", "template_tag",
+        "plain_task",
+        "quoted_task",
+        "quoted_tag",
+        "my_group",
+        "tagged",
+        "tag_one",
+        "tag_two",
+        "flowed",
+        "flow_one",
+        "flow_two",
+        "legacy_task",
+        "template_tag",
     }
 
 
@@ -84,6 +96,11 @@ def test_the_index_never_imports_lm_eval(tmp_path: Path) -> None:
         "names = installed_tasks()\n"
         "print(names is None or 'hellaswag' in names, 'lm_eval' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-                            env={"PYTEST_INVARLOCK_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTEST_INVARLOCK_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
     assert result.stdout.split() == ["True", "False"], result.stderr

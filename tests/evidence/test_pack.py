@@ -31,11 +31,29 @@ def record(pid: str, kind: str, scenario: str, run: int, store: Path, **fields) 
     report.write_text(json.dumps({"validation": {"primary_metric_acceptable": True}, "run": run}))
     (result / "evaluate.log").write_text("log lines are not part of the pack\n")
     expectation = {"calibration": "pass", "clean": "pass", "stress": "fail", "error": "detect"}[kind]
-    return {"param_id": pid, "model": "m", "scenario": scenario, "variant": scenario, "kind": kind, "run": run,
-            "expectation": expectation, "definition_key": f"d-{pid}", "outcome": "passed", "met": True,
-            "flagged": False, "detected": False, "signal": False, "ratio": 1.0 + run / 1000, "drift": 1.0,
-            "degraded": False, "invalid": False, "report": str(report), "window_digest": f"w-{pid}",
-            "window_seed": 41 + run, **fields}
+    return {
+        "param_id": pid,
+        "model": "m",
+        "scenario": scenario,
+        "variant": scenario,
+        "kind": kind,
+        "run": run,
+        "expectation": expectation,
+        "definition_key": f"d-{pid}",
+        "outcome": "passed",
+        "met": True,
+        "flagged": False,
+        "detected": False,
+        "signal": False,
+        "ratio": 1.0 + run / 1000,
+        "drift": 1.0,
+        "degraded": False,
+        "invalid": False,
+        "report": str(report),
+        "window_digest": f"w-{pid}",
+        "window_seed": 41 + run,
+        **fields,
+    }
 
 
 def make_run(run_dir: Path) -> Path:
@@ -56,8 +74,11 @@ def make_run(run_dir: Path) -> Path:
     (store / "benchmarks" / "b-1" / "benchmark.json").write_text('{"accuracy": 0.6}')
     items = {r["param_id"]: r["definition_key"] for r in records}
     compiled = compile_records(records, items=list(items))
-    header = {"suite": "t", "suite_file": "t.yaml",
-              "campaign": {"items": items, "min_signal_fraction": 0.5, "options": {"offline": True}, "revisions": {}}}
+    header = {
+        "suite": "t",
+        "suite_file": "t.yaml",
+        "campaign": {"items": items, "min_signal_fraction": 0.5, "options": {"offline": True}, "revisions": {}},
+    }
     write_reports(compiled, run_dir, header=header)
     return run_dir
 
@@ -91,9 +112,16 @@ def test_a_fresh_pack_verifies_with_the_signers_key(pristine: Path, keys: dict[s
     assert outcome.status == OK, outcome.message
     assert outcome.signature == "verified with the given public key" and not outcome.notes
     names = {p.relative_to(pristine).as_posix() for p in pristine.rglob("*") if p.is_file()}
-    assert {MANIFEST, ENVELOPE, "reports/final_verdict.json", "records/m-nan-run1.json", "store/presets/p-1/preset.yaml",
-            "store/edits/e-1/error_metadata.json", "store/benchmarks/b-1/benchmark.json",
-            "store/results/r-m-clean-run1/reports/eval/evaluation.report.json"} <= names
+    assert {
+        MANIFEST,
+        ENVELOPE,
+        "reports/final_verdict.json",
+        "records/m-nan-run1.json",
+        "store/presets/p-1/preset.yaml",
+        "store/edits/e-1/error_metadata.json",
+        "store/benchmarks/b-1/benchmark.json",
+        "store/results/r-m-clean-run1/reports/eval/evaluation.report.json",
+    } <= names
     assert not any(n.endswith(".log") for n in names)
     manifest = json.loads((pristine / MANIFEST).read_text())
     assert len(manifest["records"]) == 4 and manifest["phase0"]["status"]
@@ -117,8 +145,7 @@ def test_the_tarball_verifies_and_is_reproducible(pristine: Path, keys: dict[str
 
 def test_pae_matches_the_dsse_spec_example() -> None:
     # From the DSSE protocol document: PAE("http://example.com/HelloWorld", "hello world").
-    assert dsse.pae("http://example.com/HelloWorld", b"hello world") == \
-        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    assert dsse.pae("http://example.com/HelloWorld", b"hello world") == b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
 
 
 def pack_files(pack: Path) -> list[str]:
@@ -130,8 +157,9 @@ FILES = st.integers(0, 10_000)
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(which=FILES, position=st.integers(0, 1 << 30), flip=st.integers(1, 255))
-def test_any_one_byte_change_is_caught(pristine: Path, keys: dict[str, Path], tmp_path: Path,
-                                       which: int, position: int, flip: int) -> None:
+def test_any_one_byte_change_is_caught(
+    pristine: Path, keys: dict[str, Path], tmp_path: Path, which: int, position: int, flip: int
+) -> None:
     pack = copy(pristine, tmp_path)
     files = pack_files(pack)
     target = pack / files[which % len(files)]
@@ -154,10 +182,15 @@ def test_deleting_any_file_is_caught(pristine: Path, keys: dict[str, Path], tmp_
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(where=FILES, name=st.text("abcdefghij._-", min_size=1, max_size=12).filter(lambda n: n not in (".", "..")),
-       content=st.binary(max_size=64), as_dir=st.booleans())
-def test_adding_any_file_or_directory_is_caught(pristine: Path, keys: dict[str, Path], tmp_path: Path,
-                                                where: int, name: str, content: bytes, as_dir: bool) -> None:
+@given(
+    where=FILES,
+    name=st.text("abcdefghij._-", min_size=1, max_size=12).filter(lambda n: n not in (".", "..")),
+    content=st.binary(max_size=64),
+    as_dir=st.booleans(),
+)
+def test_adding_any_file_or_directory_is_caught(
+    pristine: Path, keys: dict[str, Path], tmp_path: Path, where: int, name: str, content: bytes, as_dir: bool
+) -> None:
     pack = copy(pristine, tmp_path)
     dirs = sorted({pack, *(p for p in pack.rglob("*") if p.is_dir())})
     target = dirs[where % len(dirs)] / name
@@ -171,8 +204,7 @@ def test_adding_any_file_or_directory_is_caught(pristine: Path, keys: dict[str, 
     assert outcome.status == DIFFERS and target.name in outcome.message, outcome.message
 
 
-def test_a_rewritten_manifest_resigned_with_another_key_is_caught(pristine: Path, keys: dict[str, Path],
-                                                                   tmp_path: Path) -> None:
+def test_a_rewritten_manifest_resigned_with_another_key_is_caught(pristine: Path, keys: dict[str, Path], tmp_path: Path) -> None:
     pack = copy(pristine, tmp_path)
     manifest = json.loads((pack / MANIFEST).read_text())
     manifest["environment"]["gpus"] = [{"name": "NVIDIA B200"}]  # a claim the signer never made
@@ -187,8 +219,9 @@ def test_a_rewritten_manifest_resigned_with_another_key_is_caught(pristine: Path
 
 
 @pytest.mark.parametrize("edit", ["keyid", "whitespace"])
-def test_edits_to_the_envelope_that_keep_its_meaning_are_caught(pristine: Path, keys: dict[str, Path],
-                                                               tmp_path: Path, edit: str) -> None:
+def test_edits_to_the_envelope_that_keep_its_meaning_are_caught(
+    pristine: Path, keys: dict[str, Path], tmp_path: Path, edit: str
+) -> None:
     pack = copy(pristine, tmp_path)
     raw = (pack / ENVELOPE).read_text()
     if edit == "keyid":
@@ -200,8 +233,9 @@ def test_edits_to_the_envelope_that_keep_its_meaning_are_caught(pristine: Path, 
     assert verify_pack(pack, keys["public"]).status == DIFFERS
 
 
-def test_a_phase0_block_that_does_not_follow_from_the_records_is_caught(pristine: Path, keys: dict[str, Path],
-                                                                       tmp_path: Path) -> None:
+def test_a_phase0_block_that_does_not_follow_from_the_records_is_caught(
+    pristine: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
     # A producer that flips a record but keeps the old block, with every checksum redone and signed.
     pack = copy(pristine, tmp_path)
     rel = "records/m-nan-run1.json"
@@ -210,8 +244,9 @@ def test_a_phase0_block_that_does_not_follow_from_the_records_is_caught(pristine
     (pack / rel).write_text(json.dumps(data))
     manifest = json.loads((pack / MANIFEST).read_text())
     manifest["files"][rel] = {"sha256": sha256_file(pack / rel), "size": (pack / rel).stat().st_size}
-    manifest["records"] = [({k: v for k, v in data.items() if k != "checksum"} if r["param_id"] == "m-nan-run1" else r)
-                           for r in manifest["records"]]
+    manifest["records"] = [
+        ({k: v for k, v in data.items() if k != "checksum"} if r["param_id"] == "m-nan-run1" else r) for r in manifest["records"]
+    ]
     payload = dumps(manifest)
     (pack / MANIFEST).write_bytes(payload)
     (pack / ENVELOPE).write_bytes(dsse.dumps(dsse.sign(payload, dsse.load_private_key(keys["private"]))))

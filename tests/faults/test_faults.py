@@ -62,16 +62,23 @@ def group_members(pgid: int) -> list[str]:
             text = stat.read_text()
         except OSError:
             continue
-        fields = text[text.rindex(")") + 2:].split()
+        fields = text[text.rindex(")") + 2 :].split()
         if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(f"{stat.parent.name} {text[text.index('(') + 1:text.rindex(')')]}")
+            members.append(f"{stat.parent.name} {text[text.index('(') + 1 : text.rindex(')')]}")
     return members
 
 
 def start_suite(run_dir: Path, *args: str) -> subprocess.Popen:
     """The suite in its own process group and session, as a terminal starts a command."""
-    return subprocess.Popen(suite_command(run_dir, *args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, env={**os.environ, **OFFLINE_ENV})
+    return subprocess.Popen(
+        suite_command(run_dir, *args),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **OFFLINE_ENV},
+    )
 
 
 def wait_for_evaluate(run_dir: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
@@ -111,8 +118,9 @@ def reference(warm_campaign) -> dict:
 
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["single", "xdist"])
-def test_ctrl_c_stops_within_seconds_leaves_nothing_and_the_same_command_resumes(run_dir: Path, reference: dict,
-                                                                                   xdist: list[str]) -> None:
+def test_ctrl_c_stops_within_seconds_leaves_nothing_and_the_same_command_resumes(
+    run_dir: Path, reference: dict, xdist: list[str]
+) -> None:
     forget(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1", "tiny-kjv-prune_10pct_clean-run1")
     args = ["-k", EDIT_ITEMS, *xdist]
     proc = start_suite(run_dir, *args)
@@ -126,8 +134,10 @@ def test_ctrl_c_stops_within_seconds_leaves_nothing_and_the_same_command_resumes
             os.killpg(proc.pid, signal.SIGINT)  # impatient second Ctrl-C
     run = finish(proc, timeout=60)
     stop_s = time.perf_counter() - interrupted
-    print(f"Ctrl-C ({'-n 2' if xdist else 'single process'}): stopped after {stop_s:.1f} s, exit {run.returncode}\n"
-          + "\n".join(run.output.splitlines()[-12:]))
+    print(
+        f"Ctrl-C ({'-n 2' if xdist else 'single process'}): stopped after {stop_s:.1f} s, exit {run.returncode}\n"
+        + "\n".join(run.output.splitlines()[-12:])
+    )
     assert stop_s < 30, run.output[-3000:]
     assert run.returncode == pytest.ExitCode.INTERRUPTED, run.output[-3000:]
     time.sleep(0.5)
@@ -151,8 +161,9 @@ def test_ctrl_c_stops_within_seconds_leaves_nothing_and_the_same_command_resumes
 # --------------------------------------------------------------------------- damage
 
 
-def test_damaged_artifacts_and_records_are_never_trusted_and_the_outcomes_stay(run_dir: Path, reference: dict,
-                                                                               warm_campaign) -> None:
+def test_damaged_artifacts_and_records_are_never_trusted_and_the_outcomes_stay(
+    run_dir: Path, reference: dict, warm_campaign
+) -> None:
     edits = sorted((run_dir / "store" / "edits").glob("e-*/model.safetensors"))
     weights = next(w for w in edits if json.loads((w.parent / "artifact.json").read_text())["scenario"] == "prune_10pct_clean")
     os.truncate(weights, weights.stat().st_size // 2)  # cut short
@@ -171,8 +182,7 @@ def test_damaged_artifacts_and_records_are_never_trusted_and_the_outcomes_stay(r
     warnings = [line for line in run.output.splitlines() if line.startswith("warning:")]
     assert any("e-" in w and "model.safetensors has" in w and "not trusted, rebuilding it" in w for w in warnings), warnings
     assert any("verdict.json does not match its sha256" in w for w in warnings), warnings
-    assert any("record of tiny-kjv-svd_rank96_clean-run1 not trusted" in w and "does not parse" in w
-               for w in warnings), warnings
+    assert any("record of tiny-kjv-svd_rank96_clean-run1 not trusted" in w and "does not parse" in w for w in warnings), warnings
     assert len(warnings) == 3, warnings
     assert sorted(b.split("/")[1] for b in builds(run_dir)[before:]) == ["edits", "results"]
     assert record(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1")["overall_pass"] is True
@@ -180,8 +190,7 @@ def test_damaged_artifacts_and_records_are_never_trusted_and_the_outcomes_stay(r
     # --lf with the damaged record still reports (pytest's own cache; the plugin's record is rebuilt by a rerun)
     command = [a for a in suite_command(run_dir, "--lf", "-o", f"cache_dir={run_dir}/.cache") if a != "no:cacheprovider"]
     command.remove("-p")
-    lf = subprocess.run(command,
-                        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **OFFLINE_ENV})
+    lf = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **OFFLINE_ENV})
     assert lf.returncode == 0, (lf.stdout + lf.stderr)[-3000:]
     assert "Phase 0 verdict" in lf.stdout
     assert phase0(run_dir) == reference  # the full campaign ran: every record rewritten, nothing damaged left
@@ -204,7 +213,7 @@ def test_two_racing_processes_build_each_artifact_once_and_agree(run_dir: Path, 
     built = builds(run_dir)[before:]
     print(f"racing: {len(built)} artifacts built across both processes: {built}")
     assert len(built) == len(set(built)) == 3, built  # the edit and two certificates, each once
-    block = [o[o.index("Phase 0 verdict"):].splitlines()[:12] for o in (one.output, two.output)]
+    block = [o[o.index("Phase 0 verdict") :].splitlines()[:12] for o in (one.output, two.output)]
     assert block[0] == block[1]
     assert phase0(run_dir) == reference
 
@@ -212,8 +221,9 @@ def test_two_racing_processes_build_each_artifact_once_and_agree(run_dir: Path, 
 # --------------------------------------------------------------------------- dead workers
 
 
-def test_a_worker_killed_mid_evaluate_is_reported_with_its_item_and_only_that_item_is_redone(run_dir: Path,
-                                                                                           reference: dict) -> None:
+def test_a_worker_killed_mid_evaluate_is_reported_with_its_item_and_only_that_item_is_redone(
+    run_dir: Path, reference: dict
+) -> None:
     forget(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1")
     args = ["-k", EDIT_ITEMS, "-n", "2", "-v"]  # -v undoes -q: xdist prints its worker lines at verbosity >= 0
     proc = start_suite(run_dir, *args)
@@ -264,23 +274,35 @@ def test_a_run_dir_too_small_is_refused_before_work_starts_naming_the_numbers(tm
         run = run_suite(mount / "run")
         print(run.output.strip().splitlines()[-1])
         assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.output[-3000:]
-        assert re.search(r"not enough disk space for this run: it needs about [\d.]+ MiB .* edited model\(s\) not yet "
-                         r"stored.* has [\d.]+ MiB free", run.output), run.output[-3000:]
+        assert re.search(
+            r"not enough disk space for this run: it needs about [\d.]+ MiB .* edited model\(s\) not yet "
+            r"stored.* has [\d.]+ MiB free",
+            run.output,
+        ), run.output[-3000:]
         assert not (mount / "run" / "store" / "edits").exists()
 
 
-def test_a_disk_that_fills_fails_only_the_items_that_could_not_write_and_a_rerun_completes(warm_campaign,
-                                                                                         reference: dict) -> None:
+def test_a_disk_that_fills_fails_only_the_items_that_could_not_write_and_a_rerun_completes(
+    warm_campaign, reference: dict
+) -> None:
     """The run directory on a small tmpfs (at the warmed path), holding the warm store without its edits."""
     run_dir = warm_campaign.run_dir
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    stored = sum(-(-p.stat().st_size // 4096) * 4096 for p in warm_campaign.pristine.rglob("*")  # tmpfs pages
-                 if p.is_file() and not p.is_symlink() and "/store/edits/" not in str(p))
+    stored = sum(
+        -(-p.stat().st_size // 4096) * 4096
+        for p in warm_campaign.pristine.rglob("*")  # tmpfs pages
+        if p.is_file() and not p.is_symlink() and "/store/edits/" not in str(p)
+    )
     room = stored + 12 * 2**20  # one tiny edit (8 MiB) fits, two do not
     with small_filesystem(run_dir, f"{room // 2**20 + 1}m"):
-        shutil.copytree(warm_campaign.pristine, run_dir, symlinks=True, dirs_exist_ok=True,
-                        ignore=lambda d, names: [n for n in names if d.endswith("/store/edits")])
+        shutil.copytree(
+            warm_campaign.pristine,
+            run_dir,
+            symlinks=True,
+            dirs_exist_ok=True,
+            ignore=lambda d, names: [n for n in names if d.endswith("/store/edits")],
+        )
         args = ["-k", "test_edit and (quant_rtn_8bit_clean or prune_10pct_clean) and run1"]
         full = run_suite(run_dir, *args, "--no-disk-preflight")
         print("\n".join(line for line in full.output.splitlines() if "ENOSPC" in line)[:2000])

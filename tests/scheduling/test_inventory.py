@@ -150,12 +150,15 @@ def test_free_memory_after_a_colon():
     assert parse_gpu_spec(format_gpu_spec(mixed)) == mixed
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("80:81", "81 GB free on a 80 GB GPU; free memory cannot exceed the total"),
-    ("8x80:", "cannot read '8x80:'"),
-    ("80:-1", "cannot read '80:-1'"),
-    ("80:79:78", "cannot read '80:79:78'"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("80:81", "81 GB free on a 80 GB GPU; free memory cannot exceed the total"),
+        ("8x80:", "cannot read '8x80:'"),
+        ("80:-1", "cannot read '80:-1'"),
+        ("80:79:78", "cannot read '80:79:78'"),
+    ],
+)
 def test_bad_free_memory_is_refused_with_the_syntax(spec, message):
     with pytest.raises(ValueError, match=re.escape(message)) as excinfo:
         parse_gpu_spec(spec)

@@ -18,17 +18,55 @@ from pytest_invarlock.scheduling.memory import (
 
 # Hand-copied from each model's public config.json (only the fields the count needs); the expected
 # totals are the parameter counts the model cards and HF report.
-MISTRAL_7B = {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-              "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000, "tie_word_embeddings": False}
-LLAMA_2_13B = {"model_type": "llama", "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
-               "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32000}
-QWEN25_14B = {"model_type": "qwen2", "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 48,
-              "num_attention_heads": 40, "num_key_value_heads": 8, "vocab_size": 152064, "tie_word_embeddings": False}
-MIXTRAL_8X7B = {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
-                "num_experts_per_tok": 2, "vocab_size": 32000}
-LLAMA_2_70B = {"model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
-               "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000}
+MISTRAL_7B = {
+    "model_type": "mistral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 32000,
+    "tie_word_embeddings": False,
+}
+LLAMA_2_13B = {
+    "model_type": "llama",
+    "hidden_size": 5120,
+    "intermediate_size": 13824,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 40,
+    "vocab_size": 32000,
+}
+QWEN25_14B = {
+    "model_type": "qwen2",
+    "hidden_size": 5120,
+    "intermediate_size": 13824,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 8,
+    "vocab_size": 152064,
+    "tie_word_embeddings": False,
+}
+MIXTRAL_8X7B = {
+    "model_type": "mixtral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "num_local_experts": 8,
+    "num_experts_per_tok": 2,
+    "vocab_size": 32000,
+}
+LLAMA_2_70B = {
+    "model_type": "llama",
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 32000,
+}
 GPT2 = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024, "vocab_size": 50257}
 
 
@@ -111,7 +149,10 @@ def test_item_memory_follows_the_seed_formulas():
 )
 def test_item_peaks_are_ordered(params_b, seq_len, batch):
     profile = ModelProfile.from_declared(params_b, "bfloat16")
-    peak = {kind: item_memory_gb(profile, kind, seq_len=seq_len, batch=batch) for kind in ("benchmark", "calibration", "edit", "error")}
+    peak = {
+        kind: item_memory_gb(profile, kind, seq_len=seq_len, batch=batch)
+        for kind in ("benchmark", "calibration", "edit", "error")
+    }
     assert profile.weights_gb + 6 == pytest.approx(peak["benchmark"]) and peak["benchmark"] <= peak["calibration"]
     assert peak["calibration"] <= peak["edit"] == peak["error"]
     assert item_memory_gb(profile, "calibration", seq_len=2 * seq_len, batch=batch) > peak["calibration"]

@@ -116,7 +116,11 @@ def test_small_models_go_first():
 def affinity_case(affinity: bool) -> list[str]:
     """a1 runs first; then a's error item competes with b's higher-priority calibration."""
     p = policy(
-        [task("a1", model="a", size=60), task("a2", model="a", kind="error", size=60), task("b1", model="b", size=10, deps=["a1"])],
+        [
+            task("a1", model="a", size=60),
+            task("a2", model="a", kind="error", size=60),
+            task("b1", model="b", size=10, deps=["a1"]),
+        ],
         queue_depth=1,
         affinity=affinity,
     )
@@ -137,8 +141,12 @@ def test_without_affinity_priority_alone_decides():
 
 
 def test_a_dry_worker_steals_a_model_new_to_it_before_going_back():
-    tasks = [task("a1", model="a"), task("b1", model="b", deps=["a1"]),
-             task("a2", model="a", deps=["b1"]), task("c1", model="c", kind="error", deps=["b1"])]
+    tasks = [
+        task("a1", model="a"),
+        task("b1", model="b", deps=["a1"]),
+        task("a2", model="a", deps=["b1"]),
+        task("c1", model="c", kind="error", deps=["b1"]),
+    ]
     p = policy(tasks, queue_depth=1)
     for expected in ("a1", "b1", "c1", "a2"):
         (assignment,) = p.schedule()
@@ -187,7 +195,7 @@ def test_too_large_for_the_node_is_reported_with_the_numbers():
     p = policy([task("huge", mem=300), task("after", kind="clean", deps=["huge"])], "2x80")
     assert p.unplaceable == {
         "huge": "needs 300.0 GB on 4 GPU(s); this node offers 2 x 75.0 GB usable "
-                "(free memory less a 2%-10% safety margin and 1 GB worker residue per GPU; 150.0 GB in all)"
+        "(free memory less a 2%-10% safety margin and 1 GB worker residue per GPU; 150.0 GB in all)"
     }
     assert [a.task.id for a in p.schedule()] == ["after"]  # its dependency will never run: released
 
@@ -208,8 +216,12 @@ def test_review_repro_a_gather_that_cannot_complete_skips_only_its_own_item():
 
 def test_readings_that_drop_under_an_open_gather_dissolve_it_and_the_rest_runs():
     """Planned on the ideal figure, then NVML reads 79 GB on both idle GPUs: the gather can never complete."""
-    tasks = [task("s1", model="x", size=10), task("big", model="y", mem=149.5, size=75),
-             task("s2", model="x", kind="error", size=10), task("s3", model="x", kind="error", size=10)]
+    tasks = [
+        task("s1", model="x", size=10),
+        task("big", model="y", mem=149.5, size=75),
+        task("s2", model="x", kind="error", size=10),
+        task("s3", model="x", kind="error", size=10),
+    ]
     p = policy(tasks, "2x80", queue_depth=1)
     assert placed(p.schedule()) == [("w0", "s1", (0,))]  # w1 gathers GPU 0 for big (75 + 75 >= 149.5)
     assert p.observe_free(1, 79.0)  # GPU 1 is lent, idle: the reading counts
@@ -231,8 +243,11 @@ def test_an_item_the_readings_no_longer_fit_on_one_gpu_runs_on_a_set():
 
 
 def test_a_lost_workers_gpu_waits_for_its_replacement_while_idle_workers_keep_working():
-    tasks = [task("big1", model="b", mem=50), task("big2", model="b", mem=50, kind="error"),
-             *(task(f"s{i}", model="s", mem=10, kind="error") for i in range(3))]
+    tasks = [
+        task("big1", model="b", mem=50),
+        task("big2", model="b", mem=50, kind="error"),
+        *(task(f"s{i}", model="s", mem=10, kind="error") for i in range(3)),
+    ]
     p = policy(tasks, "80,24", queue_depth=1)
     assert sorted(placed(p.schedule())) == [("w0", "big1", (0,)), ("w1", "s0", (1,))]
     p.worker_lost("w0")  # big1 crashed; big2 needs GPU 0, whose replacement is coming
@@ -273,7 +288,11 @@ def test_consecutive_sharded_tasks_keep_their_set():
 
 
 def test_a_worker_gathers_gpus_for_a_sharded_task():
-    tasks = [task("s1", model="x", size=10), task("big", model="y", mem=150, size=75), task("s2", model="x", kind="error", size=10)]
+    tasks = [
+        task("s1", model="x", size=10),
+        task("big", model="y", mem=150, size=75),
+        task("s2", model="x", kind="error", size=10),
+    ]
     p = policy(tasks, "2x80", queue_depth=1)
     assert placed(p.schedule()) == [("w0", "s1", (0,))]  # w1 chose big and now waits for GPU 0
     p.finished("w0", "s1")
@@ -314,14 +333,16 @@ def scenarios(draw):
     tasks = []
     for i in range(draw(st.integers(1, 14))):
         deps = draw(st.sets(st.integers(0, i - 1), max_size=3)) if i else set()
-        tasks.append(Task(
-            f"t{i}",
-            f"m{draw(st.integers(0, 2))}",
-            draw(st.sampled_from(KINDS)),
-            draw(st.floats(1, 500)),
-            draw(st.sampled_from([5.0, 50.0, 150.0])),
-            frozenset(f"t{d}" for d in deps),
-        ))
+        tasks.append(
+            Task(
+                f"t{i}",
+                f"m{draw(st.integers(0, 2))}",
+                draw(st.sampled_from(KINDS)),
+                draw(st.floats(1, 500)),
+                draw(st.sampled_from([5.0, 50.0, 150.0])),
+                frozenset(f"t{d}" for d in deps),
+            )
+        )
     workers_per_gpu = draw(st.lists(st.integers(1, 2), min_size=len(gpus), max_size=len(gpus)))
     live = draw(st.booleans())  # also feed live free-memory readings
     return gpus, tasks, workers_per_gpu, draw(st.integers(1, 3)), live, draw(st.randoms(use_true_random=False))
@@ -421,8 +442,16 @@ def real_nodes(draw):
     for i in range(draw(st.integers(1, 14))):
         deps = draw(st.sets(st.integers(0, i - 1), max_size=2)) if i else set()
         mem = draw(st.sampled_from(edges) | st.floats(1, 600))
-        tasks.append(Task(f"t{i}", f"m{draw(st.integers(0, 2))}", draw(st.sampled_from(KINDS)), mem,
-                          draw(st.sampled_from([5.0, 50.0, 150.0])), frozenset(f"t{d}" for d in deps)))
+        tasks.append(
+            Task(
+                f"t{i}",
+                f"m{draw(st.integers(0, 2))}",
+                draw(st.sampled_from(KINDS)),
+                mem,
+                draw(st.sampled_from([5.0, 50.0, 150.0])),
+                frozenset(f"t{d}" for d in deps),
+            )
+        )
     return gpus, tasks, draw(st.integers(1, 3)), draw(st.randoms(use_true_random=False))
 
 
@@ -505,6 +534,9 @@ def test_seed_priorities_eval_baseline_and_lagging_models():
     assert kinds["eval_baseline"] == 6 * 4 and kinds["benchmark"] == 6 * 4 * 8  # baseline x 4 tasks; 8 edits x 4
     assert BASE_PRIORITY["calibration"] > BASE_PRIORITY["eval_baseline"] == 80 > BASE_PRIORITY["clean"]
     plain = priority(task("b", kind="benchmark", size=140), dependents=0, waited_s=0, in_flight_same_model=0)
-    assert priority(task("b", kind="benchmark", size=140), dependents=0, waited_s=0, in_flight_same_model=0, lagging=True) == plain + 15
+    assert (
+        priority(task("b", kind="benchmark", size=140), dependents=0, waited_s=0, in_flight_same_model=0, lagging=True)
+        == plain + 15
+    )
     assert lagging_models(Counter({"a": 8, "b": 1}), Counter({"a": 10, "b": 10})) == {"b"}  # 10% < half of 45%
     assert lagging_models(Counter(), Counter({"a": 10})) == set()

@@ -26,16 +26,25 @@ def test_shard_specs(spec, parsed):
     assert parse_shard(spec) == parsed
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("0/3", "K must be between 1 and N"), ("4/3", "K must be between 1 and N"), ("1/0", "K must be between 1 and N"),
-    ("2", "write K/N"), ("a/b", "write K/N"), ("", "write K/N"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("0/3", "K must be between 1 and N"),
+        ("4/3", "K must be between 1 and N"),
+        ("1/0", "K must be between 1 and N"),
+        ("2", "write K/N"),
+        ("a/b", "write K/N"),
+        ("", "write K/N"),
+    ],
+)
 def test_bad_shard_specs_say_how_to_write_one(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_shard(spec)
 
 
-@pytest.mark.parametrize(("suite", "n", "gpu_gb"), [("full", 2, 80), ("full", 3, 80), ("b200", 2, 180), ("b200", 4, 180), ("tiny", 3, 80)])
+@pytest.mark.parametrize(
+    ("suite", "n", "gpu_gb"), [("full", 2, 80), ("full", 3, 80), ("b200", 2, 180), ("b200", 4, 180), ("tiny", 3, 80)]
+)
 def test_every_item_in_exactly_one_shard_and_the_split_is_balanced(suite, n, gpu_gb):
     items = build_items(load_suite(suite))
     assignment = split_items(items, n, gpu_gb)
@@ -62,17 +71,28 @@ def test_models_stay_whole_where_balance_allows_and_calibrations_lead_a_cut_mode
 
 def test_the_split_does_not_depend_on_the_process(tmp_path):
     """Another interpreter with another hash seed computes the same split (each node runs its own)."""
-    code = ("from pytest_invarlock.campaign.items import build_items; from pytest_invarlock.campaign.suite import load_suite;"
-            "from pytest_invarlock.scheduling.shards import split_items; import json;"
-            "print(json.dumps(split_items(build_items(load_suite('full')), 3, 80), sort_keys=True))")
-    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    code = (
+        "from pytest_invarlock.campaign.items import build_items; from pytest_invarlock.campaign.suite import load_suite;"
+        "from pytest_invarlock.scheduling.shards import split_items; import json;"
+        "print(json.dumps(split_items(build_items(load_suite('full')), 3, 80), sort_keys=True))"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}
+        ).stdout
+        for seed in ("1", "2")
+    }
     assert len(outputs) == 1
 
 
 def collected(*args: str, cwd: Path = ROOT) -> list[str]:
-    result = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", *args],
-                            capture_output=True, text=True, cwd=cwd, env={**os.environ, **OFFLINE})
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **OFFLINE},
+    )
     assert result.returncode in (0, 5), result.stdout + result.stderr
     return [line for line in result.stdout.splitlines() if "::" in line]
 
@@ -86,9 +106,28 @@ def test_collect_only_over_k_lists_a_partition_of_the_suite(tmp_path):
 
 
 def test_a_bad_shard_is_a_usage_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "validation/",
-                             "--suite", "tiny", "--run-dir", str(tmp_path), "--shard", "5/4"],
-                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, **OFFLINE})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--co",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "validation/",
+            "--suite",
+            "tiny",
+            "--run-dir",
+            str(tmp_path),
+            "--shard",
+            "5/4",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **OFFLINE},
+    )
     assert result.returncode == 4 and "--shard '5/4': K must be between 1 and N" in result.stderr
 
 
@@ -106,15 +145,26 @@ def test_a_slurm_task_runs_its_shard(tmp_path):
     fake = tmp_path / "python"
     fake.write_text('#!/usr/bin/env bash\necho "$@" > "$ARGS_LOG"\nexit 1\n')
     fake.chmod(0o755)
-    env = {**os.environ, "SLURM_PROCID": "2", "SLURM_NTASKS": "4", "INVARLOCK_SUITE": "b200",
-           "INVARLOCK_RUN_DIR": str(tmp_path / "run"), "PYTHON": str(fake), "ARGS_LOG": str(tmp_path / "args")}
+    env = {
+        **os.environ,
+        "SLURM_PROCID": "2",
+        "SLURM_NTASKS": "4",
+        "INVARLOCK_SUITE": "b200",
+        "INVARLOCK_RUN_DIR": str(tmp_path / "run"),
+        "PYTHON": str(fake),
+        "ARGS_LOG": str(tmp_path / "args"),
+    }
     result = subprocess.run(["bash", str(SLURM / "shard_task.sh"), "-k", "mistral"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     args = (tmp_path / "args").read_text().split()
     assert args[:8] == ["-m", "pytest", "validation/", "--suite", "b200", "-n", "auto", "--shard"] and args[8] == "3/4"
     assert args[-2:] == ["-k", "mistral"] and str(tmp_path / "run") in args
-    missing = subprocess.run(["bash", str(SLURM / "shard_task.sh")], capture_output=True, text=True,
-                             env={k: v for k, v in env.items() if k != "SLURM_PROCID"})
+    missing = subprocess.run(
+        ["bash", str(SLURM / "shard_task.sh")],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in env.items() if k != "SLURM_PROCID"},
+    )
     assert missing.returncode != 0 and "run me under srun" in missing.stderr
 
 
@@ -126,8 +176,12 @@ def test_submit_chains_the_merge_after_the_campaign(tmp_path):
     (bin_dir / "sbatch").write_text('#!/usr/bin/env bash\necho "$@" >> "$SBATCH_LOG"\necho $((RANDOM + 100))\n')
     (bin_dir / "sbatch").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "sbatch.log")}
-    result = subprocess.run(["bash", str(SLURM / "submit.sh"), "full", str(tmp_path / "run"), "2", "-k", "mistral"],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        ["bash", str(SLURM / "submit.sh"), "full", str(tmp_path / "run"), "2", "-k", "mistral"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     campaign, merge = (tmp_path / "sbatch.log").read_text().splitlines()
     job = result.stdout.split()[2]

@@ -33,16 +33,31 @@ def final_phase0(run_dir: Path) -> dict:
 def test_three_shards_at_once_merge_into_the_single_process_verdict(tmp_path):
     env = {**os.environ, **OFFLINE_ENV}
     shared, single = tmp_path / "shared", tmp_path / "single"
-    shards = [subprocess.Popen(suite_command(shared, *SELECTION, "--shard", f"{k}/{SHARDS}"), cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in range(1, SHARDS + 1)]
+    shards = [
+        subprocess.Popen(
+            suite_command(shared, *SELECTION, "--shard", f"{k}/{SHARDS}"),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for k in range(1, SHARDS + 1)
+    ]
     outputs = [process.communicate(timeout=3600)[0] for process in shards]
     for process, output in zip(shards, outputs):
         assert process.returncode == 0, output[-3000:]
     alone = subprocess.run(suite_command(single, *SELECTION), cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     assert alone.returncode == 0, (alone.stdout + alone.stderr)[-3000:]
 
-    merged = subprocess.run([sys.executable, "-m", "pytest_invarlock", "report", str(shared), "--suite", "tiny"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    merged = subprocess.run(
+        [sys.executable, "-m", "pytest_invarlock", "report", str(shared), "--suite", "tiny"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert merged.returncode in (0, 1), merged.stdout + merged.stderr
     records = sorted(p.name for p in (shared / "records").glob("*.json"))
     assert records == sorted(p.name for p in (single / "records").glob("*.json")) and records

@@ -40,10 +40,23 @@ def make_state(directory: Path, session: str, gpus: list[Gpu] | None = None) -> 
     path = directory / "suite.yaml"
     path.write_text(SUITE)
     suite = load_suite(str(path))
-    options = Options(calibrate_only=False, no_benchmarks=False, offline=True, recompute=False,
-                      certify_mode="subprocess", determinism="throughput")
-    return ConfigState(suite=suite, items=build_items(suite), options=options, run_dir=directory / "run",
-                       device="cpu", session=session, gpus=list(gpus or []))
+    options = Options(
+        calibrate_only=False,
+        no_benchmarks=False,
+        offline=True,
+        recompute=False,
+        certify_mode="subprocess",
+        determinism="throughput",
+    )
+    return ConfigState(
+        suite=suite,
+        items=build_items(suite),
+        options=options,
+        run_dir=directory / "run",
+        device="cpu",
+        session=session,
+        gpus=list(gpus or []),
+    )
 
 
 def unfit_reason(state: ConfigState, item) -> str | None:
@@ -52,8 +65,14 @@ def unfit_reason(state: ConfigState, item) -> str | None:
 
 def scheduler_for(state: ConfigState, devices, homes, **kwargs) -> GpuScheduling:
     """The adapter wired to the state as `distribution` wires it."""
-    return GpuScheduling(state.index, state.skip_reason, lambda item, worker, placed: write_placement(
-        state.run_dir, state.session, item, worker, placed), devices, homes, **kwargs)
+    return GpuScheduling(
+        state.index,
+        state.skip_reason,
+        lambda item, worker, placed: write_placement(state.run_dir, state.session, item, worker, placed),
+        devices,
+        homes,
+        **kwargs,
+    )
 
 
 def nodeid(item) -> str:
@@ -117,8 +136,14 @@ class Cluster:
         self.homes = GpuHomes([d.index for d in self.devices])
         self.skipped: dict[str, str] = {}
         self.fallback = FakeFallback()
-        self.sched = scheduler_for(state, self.devices, self.homes, numnodes=workers or len(gpus), fallback=self.fallback,
-                                   on_unplaceable=self.skipped.__setitem__)
+        self.sched = scheduler_for(
+            state,
+            self.devices,
+            self.homes,
+            numnodes=workers or len(gpus),
+            fallback=self.fallback,
+            on_unplaceable=self.skipped.__setitem__,
+        )
         self.nodes: list[FakeNode] = []
         self.events: list[Event] = []
         self.crashed: list[str] = []
@@ -239,8 +264,9 @@ def test_plan_rows_table_and_csv(workdir):
     assert lines[0] == f"GPUs: 1 x 80 GB, 75.0 GB usable each + 1 x 24 GB, 20.6 GB usable each; {len(rows)} item(s)"
     assert lines[1].split()[:3] == ["item", "kind", "weights"] and len(lines) == len(rows) + 3
     assert lines[-1] == "placement: 8 of 12 item(s) placed (8 on 1 GPU); 4 unplaceable"
-    real = format_plan_table(plan_rows(state.index, parse_gpu_spec("2x80:79"), suite_collection(state), lambda item: None),
-                             parse_gpu_spec("2x80:79"))
+    real = format_plan_table(
+        plan_rows(state.index, parse_gpu_spec("2x80:79"), suite_collection(state), lambda item: None), parse_gpu_spec("2x80:79")
+    )
     assert real[0].startswith("GPUs: 2 x 80 GB (79 GB free), 74.0 GB usable each;")
     assert real[-1] == "placement: 12 of 12 item(s) placed (8 on 1 GPU, 4 on 2 GPUs); 0 unplaceable; across GPUs: wide"
     write_plan_csv(rows, workdir / "plan.csv")
@@ -325,7 +351,9 @@ def check_events(cluster: Cluster, gpus: list[Gpu], margin: MarginRule = MarginR
         if item is None or cluster.state.skip_reason(item):
             continue
         if item.kind == "clean":
-            calibrations = {i for i, other in enumerate(items) if other and other.model == item.model and other.kind == "calibration"}
+            calibrations = {
+                i for i, other in enumerate(items) if other and other.model == item.model and other.kind == "calibration"
+            }
             assert calibrations <= ended, f"{item.param_id} started before its model's calibrations ended"
         assert event.devices[0] == event.home
         assert sum(usable[d] for d in event.devices) >= item_need_gb(item)
@@ -335,8 +363,11 @@ def check_events(cluster: Cluster, gpus: list[Gpu], margin: MarginRule = MarginR
 
 
 @settings(max_examples=25, deadline=None)
-@given(spec=st.sampled_from(["80,80,24", "2x80", "180,24", "80,24,24", "4x80"]), seed=st.integers(0, 10**6),
-       crash=st.none() | st.integers(0, 20))
+@given(
+    spec=st.sampled_from(["80,80,24", "2x80", "180,24", "80,24,24", "4x80"]),
+    seed=st.integers(0, 10**6),
+    crash=st.none() | st.integers(0, 20),
+)
 def test_every_item_runs_once_in_any_completion_order(workdir, spec, seed, crash):
     gpus = parse_gpu_spec(spec)
     state = make_state(workdir, f"prop-{spec}-{seed}-{crash}", gpus)
@@ -424,8 +455,9 @@ def test_a_session_without_suite_items_goes_to_xdists_scheduler(workdir):
 def test_workers_that_collected_differently_go_to_xdists_scheduler(workdir):
     state = make_state(workdir, "differ")
     fallback = FakeFallback()
-    sched = scheduler_for(state, parse_gpu_spec("2x80"), GpuHomes([0, 1]), numnodes=2, fallback=fallback,
-                          on_unplaceable=lambda *_: None)
+    sched = scheduler_for(
+        state, parse_gpu_spec("2x80"), GpuHomes([0, 1]), numnodes=2, fallback=fallback, on_unplaceable=lambda *_: None
+    )
     first, second = FakeNode("gw0"), FakeNode("gw1")
     for node in (first, second):
         sched.add_node(node)
@@ -482,8 +514,17 @@ def test_free_memory_is_re_read_at_dispatch_at_most_once_per_interval(workdir):
         return [Gpu(0, 80.0, 79.0, 0, "nvml"), Gpu(1, 80.0, 40.0, 0, "nvml"), Gpu(7, 80.0, 1.0, 0, "not ours")]
 
     homes = GpuHomes([0, 1])
-    sched = scheduler_for(state, gpus, homes, numnodes=2, fallback=FakeFallback(), on_unplaceable=lambda *_: None,
-                          probe=probe, probe_interval_s=5.0, clock=lambda: now[0])
+    sched = scheduler_for(
+        state,
+        gpus,
+        homes,
+        numnodes=2,
+        fallback=FakeFallback(),
+        on_unplaceable=lambda *_: None,
+        probe=probe,
+        probe_interval_s=5.0,
+        clock=lambda: now[0],
+    )
     nodes = [FakeNode("gw0"), FakeNode("gw1")]
     for node in nodes:
         homes.assign(node.worker)
@@ -514,8 +555,11 @@ def test_a_gpus_simulation_plans_as_that_node_but_device_cpu_keeps_the_cpu_size_
 
 def test_workers_get_a_share_of_a_node_wide_host_ram_budget(workdir):
     state = make_state(workdir, "ram")
-    config = SimpleNamespace(getoption=lambda name, default=None: {"gpus": None}.get(name, default),
-                             stash={}, option=SimpleNamespace(numprocesses=4, tx=[], dist="no"))
+    config = SimpleNamespace(
+        getoption=lambda name, default=None: {"gpus": None}.get(name, default),
+        stash={},
+        option=SimpleNamespace(numprocesses=4, tx=[], dist="no"),
+    )
     distribution = ControllerDistribution(config, state)
     distribution._homes = GpuHomes([0, 1, 2, 3])
     node = SimpleNamespace(gateway=SimpleNamespace(id="gw0"), workerinput={})

@@ -21,7 +21,7 @@ from helpers import SCHED_SUITE as SUITE
 USABLE_GB = {80: 75.0, 24: 20.6}
 SUITE_ITEMS = 12  # 3 models x (2 calibrations + 2 clean edits)
 
-TEST_MODULE = '''
+TEST_MODULE = """
 import json, os, time
 from pytest_invarlock.state import STATE_KEY
 from pytest_invarlock.scheduling.placement import placement_devices
@@ -51,9 +51,9 @@ def test_edit(invarlock_item, request):
 
 def test_plain():
     pass
-'''
+"""
 
-CONFTEST = '''
+CONFTEST = """
 import json, os, sys
 
 import pytest
@@ -81,7 +81,7 @@ def pytest_sessionfinish(session):
     if not hasattr(session.config, "workerinput"):
         with open(os.environ["CONTROLLER_MODULES"], "w") as out:
             json.dump(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "invarlock")), out)
-'''
+"""
 
 
 class Sandbox:
@@ -89,7 +89,14 @@ class Sandbox:
         self.pytester, self.path = pytester, pytester.path
         pytester.makefile(".yaml", suite=SUITE)
         pytester.makepyfile(test_items=TEST_MODULE, conftest=CONFTEST)
-        for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_TESTRUNUID", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "FAIL_ITEM", "CRASH_ITEM"):
+        for name in (
+            "PYTEST_XDIST_WORKER",
+            "PYTEST_XDIST_TESTRUNUID",
+            "CUDA_VISIBLE_DEVICES",
+            "CUDA_DEVICE_ORDER",
+            "FAIL_ITEM",
+            "CRASH_ITEM",
+        ):
             monkeypatch.delenv(name, raising=False)
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
             monkeypatch.setenv(name, "1")
@@ -165,7 +172,9 @@ def test_an_item_no_two_gpus_can_hold_is_skipped_with_the_reason(sandbox):
 def test_a_worker_that_dies_mid_item_is_reported_crashed_and_the_rest_runs(sandbox):
     result = sandbox.run("-n", "2", "--gpus", "2x80", "-v", CRASH_ITEM="mid-quant_rtn_8bit_clean-run1")
     result.assert_outcomes(passed=SUITE_ITEMS, failed=1)
-    crash = re.search(r"worker '(gw\d)' crashed while running '.*test_edit\[mid-quant_rtn_8bit_clean-run1\]'", result.stdout.str())
+    crash = re.search(
+        r"worker '(gw\d)' crashed while running '.*test_edit\[mid-quant_rtn_8bit_clean-run1\]'", result.stdout.str()
+    )
     assert crash, result.stdout.str()
     assert len(sandbox.log()) == SUITE_ITEMS - 1
     bindings = sandbox.bindings()
@@ -203,21 +212,25 @@ def test_an_explicit_dist_mode_gets_xdists_scheduler(sandbox):
 
 def test_gpu_plan_with_collect_only(sandbox):
     result = sandbox.run("--co", "-q", "--gpus", "80,24,24", "--gpu-plan", "-p", "no:cacheprovider")
-    result.stdout.fnmatch_lines(["*invarlock memory plan*",
-                                 "GPUs: 1 x 80 GB, 75.0 GB usable each + 2 x 24 GB, 20.6 GB usable each; 12 item(s)",
-                                 "test_calibration?wide-calibration-run1?*139.9*2*needs 139.9 GB on 2 GPU(s)*",
-                                 "placement: 8 of 12 item(s) placed (8 on 1 GPU); 4 unplaceable"])
+    result.stdout.fnmatch_lines(
+        [
+            "*invarlock memory plan*",
+            "GPUs: 1 x 80 GB, 75.0 GB usable each + 2 x 24 GB, 20.6 GB usable each; 12 item(s)",
+            "test_calibration?wide-calibration-run1?*139.9*2*needs 139.9 GB on 2 GPU(s)*",
+            "placement: 8 of 12 item(s) placed (8 on 1 GPU); 4 unplaceable",
+        ]
+    )
     assert len(sandbox.need_gb()) == SUITE_ITEMS
 
 
 def test_an_item_the_scheduler_gives_up_on_is_reported_skipped(pytester):
     """The controller-side report (used when live memory never frees up) reaches the summary and junit."""
-    pytester.makeconftest('''
+    pytester.makeconftest("""
 from pytest_invarlock.distribution import report_unplaceable
 
 def pytest_collection_finish(session):
     report_unplaceable(session.config, "test_gone.py::test_big[x]", "needs 99.0 GB on 2 GPU(s); too little free")
-''')
+""")
     pytester.makepyfile(test_gone="def test_small(): pass")
     result = pytester.runpytest_inprocess("-rs", "--junitxml=out.xml", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, skipped=1)

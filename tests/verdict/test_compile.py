@@ -14,26 +14,77 @@ from pytest_invarlock.verdict.compile import KEY_FALLBACK, KEY_WINDOWS, compile_
 from pytest_invarlock.verdict.render import correlation_analysis, render_table, write_reports
 
 
-def certify(model, scenario, kind, run=1, *, met=True, flagged=False, detected=False, ratio=1.0, degraded=False,
-            expectation=None, outcome=None, drift=1.0, **extra):
+def certify(
+    model,
+    scenario,
+    kind,
+    run=1,
+    *,
+    met=True,
+    flagged=False,
+    detected=False,
+    ratio=1.0,
+    degraded=False,
+    expectation=None,
+    outcome=None,
+    drift=1.0,
+    **extra,
+):
     expectation = expectation or {"calibration": "pass", "clean": "pass", "stress": "fail", "error": "detect"}[kind]
-    return {"param_id": f"{model}-{scenario}-run{run}", "model": model, "scenario": scenario,
-            "variant": "baseline" if kind == "calibration" else scenario,
-            "kind": kind, "run": run, "expectation": expectation, "outcome": outcome or ("passed" if met else "failed"),
-            "met": met, "flagged": flagged, "detected": detected, "signal": flagged, "ratio": ratio,
-            "ci": None if ratio is None else [ratio - 0.01, ratio + 0.01],
-            "drift": drift, "degraded": degraded, "flags": {"primary_metric_acceptable": not flagged}, "reused": [], **extra}
+    return {
+        "param_id": f"{model}-{scenario}-run{run}",
+        "model": model,
+        "scenario": scenario,
+        "variant": "baseline" if kind == "calibration" else scenario,
+        "kind": kind,
+        "run": run,
+        "expectation": expectation,
+        "outcome": outcome or ("passed" if met else "failed"),
+        "met": met,
+        "flagged": flagged,
+        "detected": detected,
+        "signal": flagged,
+        "ratio": ratio,
+        "ci": None if ratio is None else [ratio - 0.01, ratio + 0.01],
+        "drift": drift,
+        "degraded": degraded,
+        "flags": {"primary_metric_acceptable": not flagged},
+        "reused": [],
+        **extra,
+    }
 
 
 def errored(model, scenario, kind, run=1, reason="PipelineError: evaluate crashed"):
-    return {"param_id": f"{model}-{scenario}-run{run}", "model": model, "scenario": scenario, "variant": scenario,
-            "kind": kind, "run": run, "expectation": "pass", "outcome": "error", "error": reason}
+    return {
+        "param_id": f"{model}-{scenario}-run{run}",
+        "model": model,
+        "scenario": scenario,
+        "variant": scenario,
+        "kind": kind,
+        "run": run,
+        "expectation": "pass",
+        "outcome": "error",
+        "error": reason,
+    }
 
 
 def bench(model, variant, task, accuracy, n=400, **extra):
-    return {"param_id": f"{model}-{variant}-{task}", "model": model, "variant": variant, "scenario": None,
-            "kind": "benchmark", "benchmark": task, "run": 1, "outcome": "passed", "met": True, "accuracy": accuracy,
-            "stderr": 0.02, "n": n, "finite_logits": True, **extra}
+    return {
+        "param_id": f"{model}-{variant}-{task}",
+        "model": model,
+        "variant": variant,
+        "scenario": None,
+        "kind": "benchmark",
+        "benchmark": task,
+        "run": 1,
+        "outcome": "passed",
+        "met": True,
+        "accuracy": accuracy,
+        "stderr": 0.02,
+        "n": n,
+        "finite_logits": True,
+        **extra,
+    }
 
 
 def campaign(with_benchmarks: bool):
@@ -47,8 +98,12 @@ def campaign(with_benchmarks: bool):
         certify("m", "zero", "error", 1, met=False, ratio=1.1),
     ]
     if with_benchmarks:
-        records += [bench("m", "baseline", "t", 0.60), bench("m", "clean8", "t", 0.60), bench("m", "stress4", "t", 0.40),
-                    bench("m", "info8", "t", 0.59)]
+        records += [
+            bench("m", "baseline", "t", 0.60),
+            bench("m", "clean8", "t", 0.60),
+            bench("m", "stress4", "t", 0.40),
+            bench("m", "info8", "t", 0.59),
+        ]
     return records
 
 
@@ -82,15 +137,19 @@ def test_an_edit_without_scores_falls_back_to_its_expectation() -> None:
 
 
 def test_non_finite_benchmark_logits_count_as_regression() -> None:
-    rows = [{"model": "m", "variant": "baseline", "task": "t", "accuracy": 0.5, "n": 100},
-            {"model": "m", "variant": "e", "task": "t", "accuracy": 0.5, "n": 100, "finite_logits": False}]
+    rows = [
+        {"model": "m", "variant": "baseline", "task": "t", "accuracy": 0.5, "n": 100},
+        {"model": "m", "variant": "e", "task": "t", "accuracy": 0.5, "n": 100, "finite_logits": False},
+    ]
     assert regressions(rows) == {("m", "e"): True}
 
 
 def test_a_failed_non_finite_benchmark_item_still_gives_its_score() -> None:
     # The benchmark item fails on non-finite logits now; its row must still mark the edit as regressed.
-    records = [bench("m", "baseline", "t", 0.6),
-               bench("m", "stress4", "t", 0.6, outcome="failed", met=False, finite_logits=False)]
+    records = [
+        bench("m", "baseline", "t", 0.6),
+        bench("m", "stress4", "t", 0.6, outcome="failed", met=False, finite_logits=False),
+    ]
     assert compile_records(records).regressions == {("m", "stress4"): True}
 
 
@@ -100,8 +159,9 @@ def test_copies_with_the_same_weights_and_windows_are_counted_once() -> None:
     records = []
     for scenario in ("a", "b", "c", "d"):
         for run in (1, 2):
-            records.append(certify("m", scenario, "clean", run, ratio=1.0001902008411632, window_digest="w0",
-                                   weights=f"e-{scenario}"))
+            records.append(
+                certify("m", scenario, "clean", run, ratio=1.0001902008411632, window_digest="w0", weights=f"e-{scenario}")
+            )
     records.append(certify("m", "s", "stress", 1, flagged=True, ratio=1.5, window_digest="w0", weights="e-s"))
     compiled = compile_records(records)
     assert compiled.phase0.confusion.tn == 4
@@ -127,8 +187,13 @@ def test_records_without_window_digest_fall_back_to_ratio_and_drift_bits() -> No
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from("ab"), st.integers(1, 4), st.sampled_from(["w1", "w2", None])), max_size=12,
-                unique_by=lambda t: (t[0], t[1])))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("ab"), st.integers(1, 4), st.sampled_from(["w1", "w2", None])),
+        max_size=12,
+        unique_by=lambda t: (t[0], t[1]),
+    )
+)
 def test_dedupe_keeps_one_record_per_key_and_loses_nothing_else(runs) -> None:
     records = [certify("m", s, "clean", r, ratio=1.0 + r / 10, window_digest=w) for s, r, w in runs]
     kept, merged, _ = dedupe(records)
@@ -145,11 +210,25 @@ def test_every_suite_item_is_accounted_for() -> None:
         certify("m", "stress4", "stress", 1, flagged=True, ratio=1.4),
         certify("m", "nan", "error", 1, flagged=True, detected=True, ratio=None),
         errored("m", "zero", "error", 1, reason="Timeout >600s"),
-        {"param_id": "m-svd-run1", "model": "m", "scenario": "svd", "kind": "stress", "run": 1, "outcome": "skipped",
-         "reason": "needs a GPU"},
+        {
+            "param_id": "m-svd-run1",
+            "model": "m",
+            "scenario": "svd",
+            "kind": "stress",
+            "run": 1,
+            "outcome": "skipped",
+            "reason": "needs a GPU",
+        },
         # a call that failed without recording anything (e.g. a timeout inside the call)
-        {"param_id": "m-inf-run1", "model": "m", "scenario": "inf", "kind": "error", "run": 1, "outcome": "failed",
-         "message": "Failed: Timeout"},
+        {
+            "param_id": "m-inf-run1",
+            "model": "m",
+            "scenario": "inf",
+            "kind": "error",
+            "run": 1,
+            "outcome": "failed",
+            "message": "Failed: Timeout",
+        },
     ]
     items = [r["param_id"] for r in records] + ["m-never-run1"]
     compiled = compile_records(records, items=items)
@@ -172,18 +251,30 @@ def test_invalid_primary_metric_is_flagged() -> None:
 
 
 def test_calibration_false_alarms_are_counted_with_their_gate() -> None:
-    records = [certify("m", "calibration", "calibration", 1, drift=1.01),
-               certify("m", "calibration", "calibration", 2, met=False, flagged=True, drift=1.06,
-                       failed_gates=["preview_final_drift_acceptable"]),
-               errored("m", "calibration", "calibration", 3)]
+    records = [
+        certify("m", "calibration", "calibration", 1, drift=1.01),
+        certify(
+            "m",
+            "calibration",
+            "calibration",
+            2,
+            met=False,
+            flagged=True,
+            drift=1.06,
+            failed_gates=["preview_final_drift_acceptable"],
+        ),
+        errored("m", "calibration", "calibration", 3),
+    ]
     p0 = compile_records(records).phase0
     assert (p0.noop_false_alarms, p0.noop_total) == (2, 3)
     assert p0.noop_gates == {"pipeline error": 1, "preview_final_drift_acceptable": 1}
 
 
 def test_min_signal_fraction_comes_from_the_caller() -> None:
-    records = [certify("m", "info", "stress", 1, expectation="signal", flagged=False),
-               certify("m", "info", "stress", 2, expectation="signal", flagged=True, ratio=1.2)]
+    records = [
+        certify("m", "info", "stress", 1, expectation="signal", flagged=False),
+        certify("m", "info", "stress", 2, expectation="signal", flagged=True, ratio=1.2),
+    ]
     assert compile_records(records, min_signal_fraction=0.5).phase0.informational_met is True
     assert compile_records(records, min_signal_fraction=0.75).phase0.informational_met is False
 
@@ -192,8 +283,14 @@ def test_reports_are_written_and_consistent(tmp_path: Path) -> None:
     compiled = compile_records(campaign(True))
     paths = write_reports(compiled, tmp_path, header={"suite": "x"})
     names = {p.relative_to(tmp_path).as_posix() for p in paths}
-    assert names == {"reports/final_verdict.json", "reports/final_verdict.txt", "analysis/invarlock_results.csv",
-                     "analysis/eval_results.csv", "analysis/calibration_summary.json", "analysis/correlation_analysis.json"}
+    assert names == {
+        "reports/final_verdict.json",
+        "reports/final_verdict.txt",
+        "analysis/invarlock_results.csv",
+        "analysis/eval_results.csv",
+        "analysis/calibration_summary.json",
+        "analysis/correlation_analysis.json",
+    }
     verdict = json.loads((tmp_path / "reports/final_verdict.json").read_text())
     assert verdict["phase0"] == json.loads(json.dumps(compiled.phase0.to_dict()))
     assert compiled.phase0.status in (tmp_path / "reports/final_verdict.txt").read_text()

@@ -57,10 +57,7 @@ def cells(tp: int = 0, fp: int = 0, tn: int = 0, fn: int = 0) -> list[EditOutcom
 
 
 def errors(detected: int, total: int, *, degraded: bool = False) -> list[ErrorOutcome]:
-    return [
-        ErrorOutcome(model="tiny", scenario="nan", run=i, detected=i < detected, degraded=degraded)
-        for i in range(total)
-    ]
+    return [ErrorOutcome(model="tiny", scenario="nan", run=i, detected=i < detected, degraded=degraded) for i in range(total)]
 
 
 # ---------------------------------------------------------------- Wilson
@@ -227,8 +224,16 @@ def test_confidence_score_saturates_at_100() -> None:
 
 @pytest.mark.parametrize(
     ("score", "level"),
-    [(100, "HIGH"), (85, "HIGH"), (84.99, "MEDIUM"), (70, "MEDIUM"), (69.99, "LOW"),
-     (50, "LOW"), (49.99, "VERY_LOW"), (0, "VERY_LOW")],
+    [
+        (100, "HIGH"),
+        (85, "HIGH"),
+        (84.99, "MEDIUM"),
+        (70, "MEDIUM"),
+        (69.99, "LOW"),
+        (50, "LOW"),
+        (49.99, "VERY_LOW"),
+        (0, "VERY_LOW"),
+    ],
 )
 def test_confidence_level_boundaries(score: float, level: str) -> None:
     assert confidence_level(score) == level
@@ -349,10 +354,19 @@ def test_render_text_shows_the_verdict_compactly() -> None:
     verdict = phase0_verdict(cells(tp=3, fp=1, tn=4, fn=2), errors(16, 16))
     text = verdict.render_text()
     assert len(text.splitlines()) <= 16
-    for fragment in ("TP 3", "FP 1", "FN 2", "TN 4", "70.0%", "39.7% - 89.2%", "16/16 (100.0%)",
-                     "F1 66.7%", "truth per edit: scenario expectation for 10 run(s) of 2 edit(s)",
-                     "no-op false alarms: 0 of 0",
-                     "PHASE0_VALIDATED (confidence MEDIUM, score 68.6/100)"):
+    for fragment in (
+        "TP 3",
+        "FP 1",
+        "FN 2",
+        "TN 4",
+        "70.0%",
+        "39.7% - 89.2%",
+        "16/16 (100.0%)",
+        "F1 66.7%",
+        "truth per edit: scenario expectation for 10 run(s) of 2 edit(s)",
+        "no-op false alarms: 0 of 0",
+        "PHASE0_VALIDATED (confidence MEDIUM, score 68.6/100)",
+    ):
         assert fragment in text
     assert text.splitlines()[-1].strip() == verdict.status_line
 
@@ -427,21 +441,34 @@ def test_informational_scenarios_are_judged_by_the_minimum_signal_fraction() -> 
 
 
 def test_noop_false_alarms_are_reported_with_their_gates() -> None:
-    noops = [NoopOutcome("m", 1, False), NoopOutcome("m", 2, True, ("preview_final_drift_acceptable",)),
-             NoopOutcome("m", 3, False)]
+    noops = [
+        NoopOutcome("m", 1, False),
+        NoopOutcome("m", 2, True, ("preview_final_drift_acceptable",)),
+        NoopOutcome("m", 3, False),
+    ]
     verdict = phase0_verdict(cells(tp=1, tn=1), [], noops=noops)
     assert (verdict.noop_false_alarms, verdict.noop_total) == (1, 3)
     assert "no-op false alarms: 1 of 3 (gate preview_final_drift_acceptable: 1)" in verdict.render_text()
 
 
 def test_accounting_is_rendered_and_serialised() -> None:
-    accounting = Accounting(suite_items=5, with_verdict=2, errored=(("m-x-run1", "boom"),),
-                            skipped=(("m-y-run1", "needs a GPU"),), not_run=("m-z-run1",),
-                            merged=(("m-c-run2", "m-c-run1"),), merge_key="model, weights, window digest")
+    accounting = Accounting(
+        suite_items=5,
+        with_verdict=2,
+        errored=(("m-x-run1", "boom"),),
+        skipped=(("m-y-run1", "needs a GPU"),),
+        not_run=("m-z-run1",),
+        merged=(("m-c-run2", "m-c-run1"),),
+        merge_key="model, weights, window digest",
+    )
     verdict = phase0_verdict(cells(tp=1, tn=1), [], accounting=accounting)
     text = verdict.render_text()
-    for fragment in ("suite items     5: 2 with a verdict, 1 errored, 1 skipped, 1 not run",
-                     "1 merged (key: model, weights, window digest)", "m-x-run1: boom", "m-y-run1: needs a GPU",
-                     "not run (no record in the run directory): m-z-run1"):
+    for fragment in (
+        "suite items     5: 2 with a verdict, 1 errored, 1 skipped, 1 not run",
+        "1 merged (key: model, weights, window digest)",
+        "m-x-run1: boom",
+        "m-y-run1: needs a GPU",
+        "not run (no record in the run directory): m-z-run1",
+    ):
         assert fragment in text
     assert json.loads(json.dumps(verdict.to_dict()))["accounting"]["merged"] == [["m-c-run2", "m-c-run1"]]

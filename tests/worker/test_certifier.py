@@ -173,16 +173,27 @@ def tiny_assets(tmp_path_factory) -> dict[str, Any]:
     verses = [json.loads(line)["text"] for line in kjv.open()][:3000]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator(verses, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    ))
+    bpe.train_from_iterator(
+        verses,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     paths = {name: root / name for name in ("baseline", "noisy", "nan")}
     for name, path in paths.items():
@@ -215,8 +226,14 @@ def test_real_evaluate_feeds_the_preset_back_and_restores_the_process(tmp_path, 
     preset = {**edit_preset(calibrated, "quant_rtn"), "drift_band": [0.9, 1.1]}
     state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), socket.socket)
     verdict = certify(
-        baseline, tiny_assets["noisy"], tmp_path / "edit", settings, edit_label="noise",
-        preset=preset, baseline_report=baseline_report, mode="inprocess",
+        baseline,
+        tiny_assets["noisy"],
+        tmp_path / "edit",
+        settings,
+        edit_label="noise",
+        preset=preset,
+        baseline_report=baseline_report,
+        mode="inprocess",
     )
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), socket.socket) == state
     assert verdict.failure is None, verdict.failure

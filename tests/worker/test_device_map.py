@@ -23,13 +23,34 @@ from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
 from pytest_invarlock.scheduling.tasks import item_need_gb, model_profile
 
 # Hub configs written out (no hub here): Mixtral-8x7B-v0.1 and Qwen1.5-72B.
-MIXTRAL_8X7B = dict(model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                    num_attention_heads=32, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2,
-                    vocab_size=32000, max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=1e6,
-                    tie_word_embeddings=False)
-QWEN15_72B = dict(model_type="qwen2", hidden_size=8192, intermediate_size=24576, num_hidden_layers=80,
-                  num_attention_heads=64, num_key_value_heads=64, vocab_size=152064, max_position_embeddings=32768,
-                  rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False)
+MIXTRAL_8X7B = dict(
+    model_type="mixtral",
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    vocab_size=32000,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-5,
+    rope_theta=1e6,
+    tie_word_embeddings=False,
+)
+QWEN15_72B = dict(
+    model_type="qwen2",
+    hidden_size=8192,
+    intermediate_size=24576,
+    num_hidden_layers=80,
+    num_attention_heads=64,
+    num_key_value_heads=64,
+    vocab_size=152064,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    tie_word_embeddings=False,
+)
 
 
 def _nodes(spec_total: float, spec_free: float, count: int) -> list[Gpu]:
@@ -60,11 +81,14 @@ def test_kwargs_name_the_placed_gpus_as_the_child_sees_them():
         device_plan([9], _nodes(80, 79, 8), need_gb=1, weights_gb=1)
 
 
-@pytest.mark.parametrize(("name", "config", "model_name", "spec"), [
-    ("mixtral-8x7b", MIXTRAL_8X7B, "mixtral-8x7b", (80, 79, 8)),
-    ("qwen1.5-72b", QWEN15_72B, "qwen1.5-72b", (80, 79, 8)),
-    ("qwen1.5-72b on 48 GB GPUs", QWEN15_72B, "qwen1.5-72b", (48, 47, 8)),
-])
+@pytest.mark.parametrize(
+    ("name", "config", "model_name", "spec"),
+    [
+        ("mixtral-8x7b", MIXTRAL_8X7B, "mixtral-8x7b", (80, 79, 8)),
+        ("qwen1.5-72b", QWEN15_72B, "qwen1.5-72b", (80, 79, 8)),
+        ("qwen1.5-72b on 48 GB GPUs", QWEN15_72B, "qwen1.5-72b", (48, 47, 8)),
+    ],
+)
 def test_meta_model_spreads_over_exactly_the_placed_gpus(name, config, model_name, spec, capsys):
     """What from_pretrained(device_map="auto", max_memory=...) computes (transformers' own _get_device_map)."""
     import torch
@@ -85,10 +109,13 @@ def test_meta_model_spreads_over_exactly_the_placed_gpus(name, config, model_nam
     assert set(device_map.values()) == set(local)  # embeddings, norm and head too: no cpu, no disk, no other GPU
     assert sum(counts.values()) == config["num_hidden_layers"]
     with capsys.disabled():
-        per_gpu = ", ".join(f"GPU {plan.devices[d]} (cuda:{d}, max_memory {plan.max_memory_gb[d]} GiB): {counts[d]} layers"
-                            for d in local)
-        print(f"\n[device map] {name}: {sum(p.numel() for p in model.parameters()) / 1e9:.1f}B params bf16 on "
-              f"{len(local)} x {spec[0]} GB (free {spec[1]}): {per_gpu}")
+        per_gpu = ", ".join(
+            f"GPU {plan.devices[d]} (cuda:{d}, max_memory {plan.max_memory_gb[d]} GiB): {counts[d]} layers" for d in local
+        )
+        print(
+            f"\n[device map] {name}: {sum(p.numel() for p in model.parameters()) / 1e9:.1f}B params bf16 on "
+            f"{len(local)} x {spec[0]} GB (free {spec[1]}): {per_gpu}"
+        )
 
 
 # --- the kwargs that reach the loaders --------------------------------------------------------------
@@ -106,18 +133,31 @@ def small_model(tmp_path_factory) -> dict:
     verses = [json.loads(line)["text"] for line in kjv.open()][:3000]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator(verses, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        verses,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     path = root / "m0"
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     corpus = root / "eval.jsonl"
-    corpus.write_text("".join(json.dumps({"text": " ".join(verses[i: i + 2])}) + "\n" for i in range(0, 720, 2)))
+    corpus.write_text("".join(json.dumps({"text": " ".join(verses[i : i + 2])}) + "\n" for i in range(0, 720, 2)))
     return {"path": path, "corpus": corpus}
 
 
@@ -138,8 +178,9 @@ def test_invarlock_loader_receives_the_device_map(tmp_path, small_model, monkeyp
 
     monkeypatch.setattr(hf_loading, "apply_memory_efficient_load_defaults", spy)
     settings = EvaluateSettings(dataset_file=small_model["corpus"], seq_len=32, stride=32, min_tokens=1000)
-    verdict = certify(small_model["path"], small_model["path"], tmp_path, settings, edit_label="noop",
-                      mode="inprocess", load_kwargs=kwargs)
+    verdict = certify(
+        small_model["path"], small_model["path"], tmp_path, settings, edit_label="noop", mode="inprocess", load_kwargs=kwargs
+    )
     assert verdict.crashed and "MODEL-LOAD-FAILED" in (verdict.failure or "")  # InvarLock's wrap of our stop
     assert seen, "InvarLock never reached its HF loader"
     assert seen[0]["device_map"] == "auto" == kwargs["device_map"]
@@ -174,7 +215,17 @@ def test_benchmark_child_loads_with_the_device_map(small_model, tmp_path):
     from pytest_invarlock.worker.lm_eval_scoring import run_benchmark_subprocess
 
     kwargs = {"device_map": "auto", "max_memory": {"cpu": "2GiB"}}
-    result, load = run_benchmark_subprocess(small_model["path"], "float32", "kjv_cloze", num_fewshot=0, batch_size=4,
-                                            limit=4, load_kwargs=kwargs, env=None, workdir=tmp_path, timeout_s=300)
+    result, load = run_benchmark_subprocess(
+        small_model["path"],
+        "float32",
+        "kjv_cloze",
+        num_fewshot=0,
+        batch_size=4,
+        limit=4,
+        load_kwargs=kwargs,
+        env=None,
+        workdir=tmp_path,
+        timeout_s=300,
+    )
     assert load == {"load_kwargs": kwargs, "devices": ["cpu"]}
     assert result.n == 4 and 0 <= result.accuracy <= 1

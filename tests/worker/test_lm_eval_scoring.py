@@ -189,7 +189,9 @@ def no_disk_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.mark.parametrize("task", sorted(LOCAL_TASKS))
-def test_run_benchmark_scores_the_model_object_without_loading(task: str, tokenizer, no_disk_loads: list[str], tmp_path: Path) -> None:
+def test_run_benchmark_scores_the_model_object_without_loading(
+    task: str, tokenizer, no_disk_loads: list[str], tmp_path: Path
+) -> None:
     result = run_benchmark(random_llama(tokenizer), tokenizer, task, limit=20, batch_size=8, task_dir=tmp_path)
     assert no_disk_loads == []
     assert result.task == task and result.n == 20 and result.metric == TASK_METRICS[task]

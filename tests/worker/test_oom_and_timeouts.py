@@ -41,8 +41,13 @@ def test_watchdog_ends_an_xdist_worker_stuck_where_signals_cannot_reach(tmp_path
             time.sleep(30)
     """)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTEST_XDIST_WORKER": "gw3"},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTEST_XDIST_WORKER": "gw3"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == EXIT_TIMED_OUT and time.monotonic() - started < 20
     note = (tmp_path / "logs" / "timeouts.log").read_text()
     assert "m-x-run1: clean item m-x-run1 timed out after 0.3 s" in note and "replacement" in note
@@ -86,18 +91,31 @@ def assets(tmp_path_factory) -> dict:
     verses = [json.loads(line)["text"] for line in kjv.open()][:3000]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator(verses, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        verses,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model_dir = root / "m0"
     LlamaForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     corpus = root / "eval.jsonl"
-    corpus.write_text("".join(json.dumps({"text": " ".join(verses[i: i + 2])}) + "\n" for i in range(0, 720, 2)))
+    corpus.write_text("".join(json.dumps({"text": " ".join(verses[i : i + 2])}) + "\n" for i in range(0, 720, 2)))
     suite_file = root / "faults.yaml"
     suite_file.write_text(SUITE.format(source=model_dir))
     return {"model": model_dir, "corpus": corpus, "suite": suite_file}
@@ -110,18 +128,32 @@ def worker(assets, tmp_path, monkeypatch):
     suite = load_suite(str(assets["suite"]))
     # the test's limits are seconds: drop the size class's floor so the suite's figure applies
     model = suite.models[0]
-    suite = dataclasses.replace(suite, models=(dataclasses.replace(
-        model, settings=dataclasses.replace(model.settings, timeout_floor_s=None)),))
-    state = ConfigState(suite=suite, items=build_items(suite), run_dir=tmp_path / "run", device="cpu", session="s",
-                        options=Options(calibrate_only=False, no_benchmarks=False, offline=True, recompute=False,
-                                        certify_mode="inprocess", determinism="throughput"))
+    suite = dataclasses.replace(
+        suite, models=(dataclasses.replace(model, settings=dataclasses.replace(model.settings, timeout_floor_s=None)),)
+    )
+    state = ConfigState(
+        suite=suite,
+        items=build_items(suite),
+        run_dir=tmp_path / "run",
+        device="cpu",
+        session="s",
+        options=Options(
+            calibrate_only=False,
+            no_benchmarks=False,
+            offline=True,
+            recompute=False,
+            certify_mode="inprocess",
+            determinism="throughput",
+        ),
+    )
     monkeypatch.setattr(execution, "BACKOFF_BASE_S", 0.0)
     w = Worker(state, "gw0")
     # fixed windows from the test's corpus: these tests are about time limits and OOM, not the window plan
     from pytest_invarlock.worker.certifier import EvaluateSettings
 
-    settings = EvaluateSettings(dataset_file=assets["corpus"], seq_len=32, stride=32, min_tokens=1000,
-                                measure_guard_overhead=False)
+    settings = EvaluateSettings(
+        dataset_file=assets["corpus"], seq_len=32, stride=32, min_tokens=1000, measure_guard_overhead=False
+    )
     monkeypatch.setattr(w, "settings", lambda model, **kwargs: settings)
     monkeypatch.setattr(w, "window_fields", lambda model, run: {}, raising=False)
     return w
@@ -201,8 +233,16 @@ def test_a_hung_evaluate_subprocess_is_killed_at_its_timeout(assets, tmp_path):
     (hook / "sitecustomize.py").write_text("import time\ntime.sleep(120)\n")  # the child hangs before it answers
     settings = EvaluateSettings(dataset_file=assets["corpus"], seq_len=32, stride=32, min_tokens=1000)
     started = time.monotonic()
-    verdict = certify(assets["model"], assets["model"], tmp_path / "w", settings, edit_label="noop", mode="subprocess",
-                      timeout_s=2, env={"PYTHONPATH": str(hook)})
+    verdict = certify(
+        assets["model"],
+        assets["model"],
+        tmp_path / "w",
+        settings,
+        edit_label="noop",
+        mode="subprocess",
+        timeout_s=2,
+        env={"PYTHONPATH": str(hook)},
+    )
     assert verdict.crashed and verdict.failure == "invarlock evaluate timed out after 2 s"
     assert time.monotonic() - started < 20
 
