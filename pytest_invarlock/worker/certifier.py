@@ -404,7 +404,8 @@ def certify(
     if mode == "subprocess":
         returncode = _run_subprocess(options, env, workdir, timeout_s)
     else:
-        returncode = _run_inprocess(options, env, workdir)
+        with interrupts_kept():
+            returncode = _run_inprocess(options, env, workdir)
     elapsed = round(time.perf_counter() - started, 2)
     if returncode == TIMED_OUT_RETURNCODE:
         return Verdict.from_failure(f"invarlock evaluate timed out after {timeout_s:g} s", crashed=True, elapsed_s=elapsed)
@@ -552,6 +553,42 @@ def _die_with_parent(parent: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+@contextlib.contextmanager
+def interrupts_kept() -> Iterator[None]:
+    """Ctrl-C during an item (an in-process evaluate above all) stops the session, even when it is swallowed.
+
+    Measured: a SIGINT that lands while torch lazily imports ``_inductor``/``_dynamo`` inside evaluate
+    came back as an ImportError (then an AttributeError in the next item) instead of KeyboardInterrupt.
+    So the SIGINT is noted here and re-raised once the block ends, whatever it returned or raised.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except Exception:
+        if seen:  # e.g. the ImportError of an interrupted lazy import
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if seen:
+        raise KeyboardInterrupt
 
 
 def _run_inprocess(options: Mapping[str, Any], env: Mapping[str, str], workdir: Path) -> int:

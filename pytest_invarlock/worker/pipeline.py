@@ -335,7 +335,8 @@ class Worker:
         failure: str | None = None
         try:
             with deadline(limit, f"{item.kind} item {item.param_id}", note=timeout_note(self.state.run_dir, item.param_id)):
-                result = self._benchmark(item) if item.benchmark else self._certify(item)
+                with self.certifier.interrupts_kept():  # a Ctrl-C swallowed by torch/InvarLock still stops the session
+                    result = self._benchmark(item) if item.benchmark else self._certify(item)
         except ItemTimeout as timeout:
             failure = f"{timeout} (the suite's limit for {item.kind} items of size class {item.model.size_class})"
         except (PipelineError, execution.ItemError) as error:
