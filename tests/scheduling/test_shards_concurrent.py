@@ -1,6 +1,6 @@
 """Three shard processes of the tiny suite at once on one run directory, then the report command.
 
-Heavy (real InvarLock on CPU; ~see the report for its runtime): marked `slow`, run with `-m slow`.
+Heavy (real InvarLock on CPU, several minutes on 2 cores): marked `slow`, run with `-m slow`.
 The merged Phase 0 block equals one process's over the same selection, every item has one record,
 and no artifact of the store was built twice.
 """
@@ -51,7 +51,7 @@ def test_three_shards_at_once_merge_into_the_single_process_verdict(tmp_path):
     assert alone.returncode == 0, (alone.stdout + alone.stderr)[-3000:]
 
     merged = subprocess.run(
-        [sys.executable, "-m", "pytest_invarlock", "report", str(shared), "--suite", "tiny"],
+        [sys.executable, "-m", "pytest_invarlock", "report", str(shared)],  # the campaign the shards wrote
         cwd=REPO,
         env=env,
         capture_output=True,
