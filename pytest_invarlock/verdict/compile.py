@@ -303,7 +303,7 @@ def compile_records(
         with_verdict=sum(has_verdict(r) for r in by_id.values()),
         errored=tuple(errored_all),
         skipped=tuple(skipped),
-        not_run=tuple(pid for pid in item_ids if pid not in by_id),
+        not_run=tuple(sorted(pid for pid in item_ids if pid not in by_id)),  # the same for every source of the item list
         merged=tuple(merged),
         merge_key=merge_key,
     )

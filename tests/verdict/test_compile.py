@@ -243,6 +243,19 @@ def test_every_suite_item_is_accounted_for() -> None:
     assert "m-zero-run1: Timeout >600s" in text and "m-svd-run1: needs a GPU" in text and "m-never-run1" in text
 
 
+def test_the_verdict_does_not_depend_on_the_order_of_items_or_records() -> None:
+    """Shards merged by `report` list items and records in another order than one process: same block."""
+    records = [
+        certify("m", "calibration", "calibration", 1),
+        certify("m", "clean8", "clean", 1, ratio=1.001),
+        errored("m", "zero", "error", 1, reason="Timeout >600s"),
+    ]
+    items = [r["param_id"] for r in records] + ["m-b-run1", "m-a-run1"]
+    one = compile_records(records, items=items).phase0.to_dict()
+    other = compile_records(records[::-1], items=items[::-1]).phase0.to_dict()
+    assert one == other and one["accounting"]["not_run"] == ["m-a-run1", "m-b-run1"]
+
+
 def test_invalid_primary_metric_is_flagged() -> None:
     # The reference's stricter overall pass: invalid counts as flagged even where overall_pass held.
     records = [certify("m", "a", "clean", 1, ratio=1.0, invalid=True), certify("m", "b", "clean", 1, ratio=1.01)]
