@@ -267,3 +267,13 @@ def random_small_model(root: Path, variants: dict[str, Callable[[Any], None]] | 
     corpus = root / "eval.jsonl"
     corpus.write_text("".join(json.dumps({"text": " ".join(verses[i : i + 2])}) + "\n" for i in range(0, 720, 2)))
     return {**paths, "corpus": corpus}
+
+
+def fake_suite_session(tmp_path: Path, tests_source: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A real pytest session of the tiny suite over stand-in test functions (no models run), in tmp_path."""
+    (tmp_path / "test_fake_suite.py").write_text(tests_source)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")}
+    command = [sys.executable, "-m", "pytest", "test_fake_suite.py", "--suite", "tiny", "--run-dir", str(tmp_path / "run")]
+    return subprocess.run(
+        [*command, "-p", "no:cacheprovider", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import fake_suite_session
 from pytest_invarlock.progress import Progress, fmt_duration
 
 FAKE_SUITE_TESTS = """
@@ -72,28 +73,7 @@ def test_lanes_follow_placement_then_reports_and_show_idle_workers() -> None:
 
 
 def _session(tmp_path: Path, *args: str, slow: float = 0.2, fast: float = 0.05) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "test_fake_suite.py").write_text(FAKE_SUITE_TESTS.format(slow=slow, fast=fast))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "test_fake_suite.py",
-            "--suite",
-            "tiny",
-            "--run-dir",
-            str(tmp_path / "run"),
-            "-p",
-            "no:cacheprovider",
-            *args,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    return fake_suite_session(tmp_path, FAKE_SUITE_TESTS.format(slow=slow, fast=fast), *args)
 
 
 def test_without_a_terminal_plain_lines_with_an_eta_and_junit_untouched(tmp_path: Path) -> None:

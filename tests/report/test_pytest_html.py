@@ -7,13 +7,13 @@ from records the controller stamped with real start/end times.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import fake_suite_session
 
 pytest.importorskip("pytest_html", reason="pytest-html is a test dependency (requirements.lock)")
 
@@ -30,30 +30,7 @@ def test_benchmark(invarlock_item): pass
 
 
 def _session(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "test_fake_suite.py").write_text(TESTS)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "test_fake_suite.py",
-            "--suite",
-            "tiny",
-            "--run-dir",
-            str(tmp_path / "run"),
-            "-p",
-            "no:cacheprovider",
-            "-W",
-            "ignore::pytest.PytestWarning",
-            *args,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    return fake_suite_session(tmp_path, TESTS, "-W", "ignore::pytest.PytestWarning", *args)
 
 
 def test_pytest_html_page_carries_the_summary_pictures_and_each_items_numbers(tmp_path: Path) -> None:
