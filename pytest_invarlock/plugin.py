@@ -36,6 +36,14 @@ USAGE_ERROR_KEY = pytest.StashKey[pytest.UsageError]()  # bad input met while ac
 USAGE_ERROR_OUTPUT = "invarlock_usage_error"  # the same, in an xdist worker's workeroutput
 
 
+def _seconds(value: str) -> float:
+    """A non-negative, finite number of seconds (argparse turns the ValueError into a usage error)."""
+    seconds = float(value)
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(value)
+    return seconds
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("invarlock", "InvarLock edit-detection validation")
     group.addoption(
@@ -127,7 +135,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--progress-interval",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="SECONDS",
         help="without a terminal (CI logs, | tee): print a progress line at most this often and at "

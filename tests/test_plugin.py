@@ -46,6 +46,7 @@ def test_full_suite_collects_fast_with_readable_ids_and_without_torch() -> None:
         (("--suite", "nosuch"), "unknown suite 'nosuch'"),
         (("--models", "no-such-model"), "unknown model 'no-such-model'"),
         (("--runs-clean", "-1"), "--runs-clean must be >= 0"),
+        (("--progress-interval", "-1"), "argument --progress-interval: invalid _seconds value"),
     ],
 )
 def test_bad_command_lines_are_usage_errors(args: tuple[str, ...], needle: str) -> None:
