@@ -9,6 +9,7 @@ reused by every worker and by the next run. Imports torch (through `models`) onl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -116,16 +117,8 @@ class Worker:
 
         def make():
             source, baseline = self.window_pool(model), self.baseline(model)
-
-            def load():
-                hf_model = self.cache.get(baseline.path, model.dtype)[0]
-                return hf_model.to(self.state.device)
-
-            try:
+            with self._baseline_on_device(model) as load:
                 pilot = windows.pilot(self.store, source, baseline.path.name, load, self.state.device)
-            finally:
-                if self.state.device != "cpu":
-                    self.cache.get(baseline.path, model.dtype)[0].to("cpu")
             runs = max((self.state.suite.runs_for(s) for s in self.state.suite.scenarios), default=1)
             plan = windows.plan(model.settings, pilot, source.windows, runs)
             windows.record_plan(self.state.run_dir, model.name, plan)
@@ -148,11 +141,39 @@ class Worker:
         from pytest_invarlock.worker import windows
 
         plan = self.window_plan(model)
+
+        def score(ids):
+            with self._baseline_on_device(model) as load:
+                return windows.window_nll(load(), ids, self.state.device)
+
         return self._once(
             "windows",
             f"{model.name}/{run}",
-            lambda: windows.draw(self.store, self.window_pool(model), plan.preview_n, plan.final_n, run),
+            lambda: windows.draw(
+                self.store,
+                self.window_pool(model),
+                plan.preview_n,
+                plan.final_n,
+                run,
+                weights=self.baseline(model).path.name,
+                score=score,
+            ),
         )
+
+    @contextlib.contextmanager
+    def _baseline_on_device(self, model: Model):
+        """A loader of the cached baseline on the worker's device (for the pilot and the draws' difficulty scores);
+        on a GPU the model goes back to host memory afterwards, leaving the GPU to the evaluates."""
+        path, dtype = self.baseline(model).path, self.certifier.evaluation_dtype(model.dtype, self.state.device)
+
+        def load():
+            return self.cache.get(path, dtype)[0].to(self.state.device)
+
+        try:
+            yield load
+        finally:
+            if self.state.device != "cpu":
+                self.cache.get(path, dtype)[0].to("cpu")
 
     def window_fields(self, model: Model, run: int) -> dict[str, Any]:
         """What a record stores about run `run`'s windows and seeds (Phase 0 dedupes on weights + window_digest)."""

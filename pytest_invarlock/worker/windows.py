@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ from typing import Any
 from pytest_invarlock.store import Store, digest
 
 PACKER_VERSION = 1
+DRAW_VERSION = 2  # 2: matched on the baseline's per-window NLL (1: neighbouring pairs of the pool)
 POOL_FILE = "pool.jsonl"
 DRAW_FILE = "windows.jsonl"
+SCORES_FILE = "scores.json"
 WINDOW_SEED = 20240611  # the permutation seed of epoch 0; epoch e uses WINDOW_SEED + e
 BOOTSTRAP_SEED_BASE = 41  # the seed suite's calibration seeds were 41 + run; bootstrap seeds follow it
 SEGMENT_JOINER = " "
@@ -182,43 +185,53 @@ def read_pool(path: Path) -> list[Window]:
     return windows
 
 
-def draw_indices(pool_size: int, preview_n: int, final_n: int, run: int) -> tuple[list[int], int, int]:
-    """(pool indices in preview-then-final order, window_seed, block) of run ``run`` (1-based).
-
-    With equal arms the draw is *paired*: the pool's neighbouring windows (2j, 2j+1: the same chapter, as a
-    rule) form a pair, run k takes block k of a seeded permutation of the pairs, and a coin flip per pair
-    sends one window to preview and the other to final. Each pair's two windows are exchangeable, so the
-    no-op drift is still unbiased, but the windows' shared difficulty cancels in final/preview: on the
-    tiny model neighbouring windows correlate at 0.45 and the drift's variance halves. Unequal arms
-    fall back to an unpaired random block.
-    """
+def candidate_block(pool_size: int, preview_n: int, final_n: int, run: int) -> tuple[list[int], int, int]:
+    """(pool indices, window_seed, block) of run ``run``'s (1-based) candidate windows: block k of a seeded
+    permutation of the pool, so the first ``pool // (preview_n + final_n)`` runs see disjoint windows (later runs
+    reshuffle with the next seed)."""
     if run < 1:
         raise ValueError(f"run must be >= 1, got {run}")
-    paired = preview_n == final_n
-    units, per_block = (pool_size // 2, preview_n) if paired else (pool_size, preview_n + final_n)
-    if per_block > units or preview_n < 1 or final_n < 1:
+    per_block = preview_n + final_n
+    if per_block > pool_size or preview_n < 1 or final_n < 1:
         raise WindowError(
             f"The packed corpus holds {pool_size} windows but {preview_n}+{final_n} were asked for. "
             "Ask for fewer windows (or a shorter seq_len), or use a larger corpus."
         )
-    blocks = units // per_block
-    epoch, block = divmod(run - 1, blocks)
+    epoch, block = divmod(run - 1, pool_size // per_block)
     seed = WINDOW_SEED + epoch
-    rng = random.Random(seed)
-    order = list(range(units))
-    rng.shuffle(order)
-    chosen = order[block * per_block : (block + 1) * per_block]
-    if not paired:
-        return chosen, seed, block
+    order = list(range(pool_size))
+    random.Random(seed).shuffle(order)
+    return order[block * per_block : (block + 1) * per_block], seed, block
+
+
+def matched_split(candidates: Sequence[int], scores: Sequence[float], preview_n: int, seed: int, block: int) -> list[int]:
+    """``candidates`` in preview-then-final order, matched on the baseline's difficulty.
+
+    InvarLock's own WikiText-2 provider stratifies its windows the same way (``stratify_wikitext_candidates``:
+    sort by a difficulty score, pair neighbours, one of each pair to each arm); here the score is the baseline's
+    own per-window NLL (``scores``, one per candidate), so the two arms carry the same difficulty and a no-op's
+    final/preview drift is left with the pairs' small residual instead of the spread between windows (SmolLM2:
+    0.41 nats per window unmatched, 0.02 matched). A coin flip per pair picks which of its two windows goes to
+    preview, so the arms stay exchangeable and the drift unbiased. Unequal arms get a random split.
+    """
     flips = random.Random(f"{seed}-{block}")
+    final_n = len(candidates) - preview_n
+    if preview_n != final_n:
+        shuffled = list(candidates)
+        flips.shuffle(shuffled)
+        return shuffled
+    ranked = sorted(zip(candidates, scores, strict=True), key=lambda c: (_finite_or_inf(c[1]), c[0]))
     preview, final = [], []
-    for pair in chosen:
-        first, second = 2 * pair, 2 * pair + 1
+    for first, second in zip(ranked[0::2], ranked[1::2], strict=True):
         if flips.random() < 0.5:
             first, second = second, first
-        preview.append(first)
-        final.append(second)
-    return preview + final, seed, block
+        preview.append(first[0])
+        final.append(second[0])
+    return preview + final
+
+
+def _finite_or_inf(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
 
 
 def window_digest(windows: Sequence[Window]) -> str:
@@ -226,13 +239,26 @@ def window_digest(windows: Sequence[Window]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def write_draw(directory: Path, pool: Sequence[Window], preview_n: int, final_n: int, run: int) -> dict[str, Any]:
-    """Write run ``run``'s draw file into ``directory``; return its metadata (digest, seed, block)."""
-    indices, seed, block = draw_indices(len(pool), preview_n, final_n, run)
+def write_draw(
+    directory: Path,
+    pool: Sequence[Window],
+    preview_n: int,
+    final_n: int,
+    run: int,
+    score: Callable[[Sequence[Sequence[int]]], Sequence[float]],
+) -> dict[str, Any]:
+    """Write run ``run``'s draw file into ``directory`` (with ``scores.json``: the baseline's NLL of every
+    candidate); return its metadata (digest, seed, block, the matched pairs' residual spread)."""
+    candidates, seed, block = candidate_block(len(pool), preview_n, final_n, run)
+    scores = [float(x) for x in score([pool[i].ids for i in candidates])]
+    indices = matched_split(candidates, scores, preview_n, seed, block)
     chosen = [pool[i] for i in indices]
     with (directory / DRAW_FILE).open("w", encoding="utf-8") as handle:
         for window in chosen:
             handle.write(json.dumps({"text": window.text}, ensure_ascii=False) + "\n")
+    by_index = dict(zip(candidates, scores, strict=True))
+    (directory / SCORES_FILE).write_text(json.dumps({"indices": indices, "nll": [by_index[i] for i in indices]}) + "\n")
+    preview_nll, final_nll = [by_index[i] for i in indices[:preview_n]], [by_index[i] for i in indices[preview_n:]]
     return {
         "window_digest": window_digest(chosen),
         "window_seed": seed,
@@ -241,7 +267,13 @@ def write_draw(directory: Path, pool: Sequence[Window], preview_n: int, final_n:
         "preview_n": preview_n,
         "final_n": final_n,
         "run": run,
+        "baseline_nll": [_mean(preview_nll), _mean(final_nll)],  # what the baseline's drift will be, to rounding
     }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
 
 
 def invarlock_tokenizer(model_dir: Path) -> tuple[Any, str]:
@@ -286,10 +318,21 @@ def pool(store: Store, model_dir: Path, corpus: str, documents: Callable[[], Seq
     return Pool(key, artifact.path / POOL_FILE, int(store.metadata(artifact.path)["windows"]), seq_len)
 
 
-def draw(store: Store, source: Pool, preview_n: int, final_n: int, run: int) -> WindowDraw:
-    """Run ``run``'s draw from ``source`` (store kind ``windows``): the file InvarLock reads and its digest."""
-    key = digest("window-draw", source.key, preview_n, final_n, run, WINDOW_SEED)
-    artifact = store.produce("windows", key, lambda tmp: write_draw(tmp, read_pool(source.file), preview_n, final_n, run))
+def draw(
+    store: Store,
+    source: Pool,
+    preview_n: int,
+    final_n: int,
+    run: int,
+    *,
+    weights: str,
+    score: Callable[[Sequence[Sequence[int]]], Sequence[float]],
+) -> WindowDraw:
+    """Run ``run``'s draw from ``source`` (store kind ``windows``), matched on the difficulty ``score`` gives (the
+    baseline ``weights``' per-window NLL, computed only when the draw is first built): the file InvarLock reads
+    and its digest."""
+    key = digest("window-draw", DRAW_VERSION, source.key, weights, preview_n, final_n, run, WINDOW_SEED)
+    artifact = store.produce("windows", key, lambda tmp: write_draw(tmp, read_pool(source.file), preview_n, final_n, run, score))
     meta = store.metadata(artifact.path)
     return WindowDraw(
         dataset_file=(artifact.path / DRAW_FILE).resolve(),
@@ -304,7 +347,7 @@ def draw(store: Store, source: Pool, preview_n: int, final_n: int, run: int) -> 
     )
 
 
-PILOT_WINDOWS = 128  # 64 neighbouring pairs: 24 pairs once read 0.17 on the tiny model where 300 read 0.26
+PILOT_WINDOWS = 128  # random windows of the pool; 24 pairs once read 0.17 on the tiny model where 300 read 0.26
 PILOT_SEED = WINDOW_SEED - 1
 
 
@@ -325,23 +368,26 @@ def window_nll(model: Any, ids: Sequence[Sequence[int]], device: str, batch: int
 def pilot(
     store: Store, source: Pool, weights: str, load_model: Callable[[], Any], device: str, windows: int = PILOT_WINDOWS
 ) -> dict[str, Any]:
-    """Per-window mean NLL of the baseline on ``windows // 2`` random neighbouring pairs of the pool (cached per
-    pool and weights): ``sigma`` is their plain spread, ``sigma_drift`` the spread that drives a paired draw's
-    drift, std(x_a - x_b) / sqrt(2)."""
-    key = digest("window-pilot", source.key, weights, windows, PILOT_SEED)
+    """Per-window mean NLL of the baseline on ``windows`` random windows of the pool (cached per pool and
+    weights): ``sigma`` is their plain spread, ``sigma_drift`` the spread left in a matched draw's drift
+    (``campaign.window_planner.matched_sigma``: the pilot's own neighbours in difficulty, coarser than a draw's)."""
+    key = digest("window-pilot", DRAW_VERSION, source.key, weights, windows, PILOT_SEED)
 
     def build(tmp: Path) -> dict[str, Any]:
-        from pytest_invarlock.campaign.window_planner import paired_sigma, pilot_sigma
+        from pytest_invarlock.campaign.window_planner import matched_sigma, pilot_sigma
 
         entries = read_pool(source.file)
-        pairs = random.Random(PILOT_SEED).sample(range(len(entries) // 2), min(windows // 2, len(entries) // 2))
-        chosen = [i for pair in pairs for i in (2 * pair, 2 * pair + 1)]
-        model = load_model()
-        nll = window_nll(model, [entries[i].ids for i in chosen], device)
+        chosen = random.Random(PILOT_SEED).sample(range(len(entries)), min(windows, len(entries)))
+        nll = window_nll(load_model(), [entries[i].ids for i in chosen], device)
         mean, sigma = pilot_sigma(nll)
-        sigma_drift = paired_sigma(nll[0::2], nll[1::2])
         (tmp / "pilot.json").write_text(json.dumps({"indices": chosen, "nll": nll}) + "\n")
-        return {"windows": len(nll), "mean_nll": mean, "sigma": sigma, "sigma_drift": sigma_drift, "weights": weights}
+        return {
+            "windows": len(nll),
+            "mean_nll": mean,
+            "sigma": sigma,
+            "sigma_drift": matched_sigma(nll),
+            "weights": weights,
+        }
 
     return store.metadata(store.produce("windows", key, build).path)
 

@@ -74,8 +74,15 @@ def test_z_at_zero_budget_is_the_largest_magnitude():
 
 
 def test_drift_band_is_mean_plus_minus_three_sd():
-    # mean 1.02, sample sd 0.02.
-    assert drift_band([1.00, 1.02, 1.04]) == pytest.approx((0.96, 1.08), abs=1e-4)
+    # mean 1.0, sample sd 0.04.
+    assert drift_band([0.96, 1.00, 1.04]) == pytest.approx((0.88, 1.12), abs=1e-4)
+
+
+def test_drift_band_never_narrows_the_stock_band():
+    """Matched windows make no-ops drift by ~0.1%: mean +- 3 sd would be a band clean edits fail on noise."""
+    assert drift_band([1.0004, 0.9998, 1.0001]) == (0.95, 1.05)
+    assert drift_band([0.97, 0.99, 1.01]) == pytest.approx((0.93, 1.05))  # 0.93..1.05: the stock upper edge stays
+    assert drift_band([0.96, 0.99, 1.02]) == pytest.approx((0.9, 1.08), abs=1e-4)
 
 
 def test_drift_band_falls_back_with_fewer_than_two_runs():
@@ -84,7 +91,7 @@ def test_drift_band_falls_back_with_fewer_than_two_runs():
 
 
 def test_identical_drifts_are_rejected_with_a_fix():
-    with pytest.raises(ValueError, match="calibration file"):
+    with pytest.raises(ValueError, match="its own windows"):
         drift_band([1.01, 1.01, 1.01])
 
 
@@ -99,8 +106,8 @@ def test_drift_band_holds_every_calibration_run(drifts):
 
 def test_derive_preset_by_hand():
     preset = derive_preset([RUN_1, RUN_2], BASE)
-    # drift: mean 1.01, sd 0.014142 -> [0.967574, 1.052426], rounded outwards.
-    assert preset["drift_band"] == pytest.approx([0.9675, 1.0525])
+    # drift: mean 1.01, sd 0.014142 -> [0.967574, 1.052426], rounded outwards, holding the stock [0.95, 1.05].
+    assert preset["drift_band"] == pytest.approx([0.95, 1.0525])
     # kappa: max(observed z, existing) + 0.05; embed never observed keeps its value.
     assert preset["spectral_kappa"] == pytest.approx({"ffn": 3.25, "attn": 2.45, "embed": 1.05})
     # epsilon: q90 of ffn [0.02, 0.04] = 0.038; attn q90 0.0019 stays at the existing 0.01.

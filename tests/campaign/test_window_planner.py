@@ -140,6 +140,26 @@ def test_paired_sigma_removes_what_neighbours_share() -> None:
     assert wp.pilot_sigma(first + second)[1] == pytest.approx(math.hypot(0.3, 0.2), rel=0.05)
 
 
+def test_matched_sigma_overestimates_the_drift_spread_of_a_denser_matched_draw() -> None:
+    """The pilot pairs its own 128 windows by NLL; a draw pairs hundreds, so neighbours sit closer: the pilot's
+    residual (plus the scoring noise) must not understate what a simulated matched draw's drift shows."""
+    rng = random.Random(5)
+    pilot = [rng.gauss(3.5, 0.4) for _ in range(128)]
+    planned = wp.matched_sigma(pilot)
+    assert wp.SCORER_NOISE < planned < 0.4 / 4
+    assert wp.matched_sigma(pilot, scorer_noise=0.0) < planned
+    n, gaps = 200, []
+    for _ in range(300):
+        # InvarLock's pass differs from the scoring pass by the scorer noise; pairs are matched on the scores
+        scored = sorted(rng.gauss(3.5, 0.4) for _ in range(2 * n))
+        evaluated = [x + rng.gauss(0, wp.SCORER_NOISE / 2) for x in scored]
+        flips = [rng.random() < 0.5 for _ in range(n)]
+        preview = [evaluated[2 * j + f] for j, f in enumerate(flips)]
+        final = [evaluated[2 * j + 1 - f] for j, f in enumerate(flips)]
+        gaps.append(sum(final) / n - sum(preview) / n)
+    assert statistics.pstdev(gaps) < planned * math.sqrt(2 / n)
+
+
 def test_gpu_plan_lines_show_the_recorded_plan_or_what_will_happen(tmp_path) -> None:
     import json
     from types import SimpleNamespace

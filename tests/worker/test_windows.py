@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_invarlock.assets.tiny_model import build_tiny_assets, heldout_documents, heldout_identity
 from pytest_invarlock.store import Store
@@ -57,32 +60,60 @@ def test_documents_are_joined_with_the_tokenizers_separator(tokenizer) -> None:
 
 def test_runs_draw_disjoint_blocks_then_reshuffle() -> None:
     pool_size, preview, final = 1000, 150, 150
-    draws = [w.draw_indices(pool_size, preview, final, run) for run in range(1, 5)]
+    draws = [w.candidate_block(pool_size, preview, final, run) for run in range(1, 5)]
     first_three = [set(d[0]) for d in draws[:3]]
     assert all(len(s) == 300 for s in first_three)
     assert not (first_three[0] & first_three[1]) and not (first_three[1] & first_three[2])
     assert draws[3][1] == w.WINDOW_SEED + 1 and draws[3][2] == 0  # epoch 2: a fresh permutation
-    assert w.draw_indices(pool_size, preview, final, 2) == draws[1]  # deterministic
+    assert w.candidate_block(pool_size, preview, final, 2) == draws[1]  # deterministic
     with pytest.raises(w.WindowError, match="holds 100 windows"):
-        w.draw_indices(100, 60, 60, 1)
+        w.candidate_block(100, 60, 60, 1)
 
 
-def test_preview_and_final_are_exchangeable_halves() -> None:
-    """Across draws, each pool position lands in the preview half about as often as in the final half."""
-    preview_counts = [0] * 400
-    final_counts = [0] * 400
-    for run in range(1, 201):
-        indices, _, _ = w.draw_indices(400, 100, 100, run)
-        for i in indices[:100]:
-            preview_counts[i] += 1
-        for i in indices[100:]:
-            final_counts[i] += 1
-    early, late = range(0, 200), range(200, 400)  # contiguous blocks of the corpus: the old, biased split
-    share = lambda r: sum(preview_counts[i] for i in r) / max(1, sum(preview_counts[i] + final_counts[i] for i in r))  # noqa: E731
-    assert share(early) == pytest.approx(0.5, abs=0.03) and share(late) == pytest.approx(0.5, abs=0.03)
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=2, max_size=60, unique=True).filter(lambda v: len(v) % 2 == 0),
+    st.integers(0, 50),
+)
+def test_a_matched_split_pairs_neighbours_in_difficulty_across_the_arms(scores, block) -> None:
+    candidates = list(range(100, 100 + len(scores)))
+    order = w.matched_split(candidates, scores, len(scores) // 2, w.WINDOW_SEED, block)
+    half = len(scores) // 2
+    assert sorted(order) == candidates
+    by_index = dict(zip(candidates, scores, strict=True))
+    ranked = sorted(scores)
+    for j, (p, f) in enumerate(zip(order[:half], order[half:], strict=True)):
+        assert sorted((by_index[p], by_index[f])) == ranked[2 * j : 2 * j + 2]  # pair j: the j-th two in rank order
+
+
+def test_matched_halves_are_exchangeable_and_carry_the_same_difficulty() -> None:
+    """Across blocks each window lands in preview about half the time, and a no-op's drift (the arms' mean
+    difference) is far smaller than random halves give: the spread of the old, unmatched split."""
+    rng = random.Random(7)
+    scores = [rng.gauss(3.5, 0.4) for _ in range(400)]
+    candidates = list(range(400))
+    in_preview = [0] * 400
+    matched, unmatched = [], []
+    for block in range(200):
+        order = w.matched_split(candidates, scores, 200, w.WINDOW_SEED, block)
+        for i in order[:200]:
+            in_preview[i] += 1
+        matched.append(sum(scores[i] for i in order[:200]) / 200 - sum(scores[i] for i in order[200:]) / 200)
+        shuffled = rng.sample(candidates, 400)
+        unmatched.append(sum(scores[i] for i in shuffled[:200]) / 200 - sum(scores[i] for i in shuffled[200:]) / 200)
+    assert all(40 <= n <= 160 for n in in_preview) and sum(in_preview) / 400 == 100
+    assert abs(statistics.fmean(matched)) < 0.001
+    assert statistics.pstdev(matched) < statistics.pstdev(unmatched) / 20
+
+
+def test_unequal_arms_get_a_random_split() -> None:
+    order = w.matched_split(list(range(10)), [float(i) for i in range(10)], 4, w.WINDOW_SEED, 0)
+    assert sorted(order) == list(range(10)) and order != list(range(10))
 
 
 def test_pool_draws_and_pilot_are_cached_in_the_store(tmp_path: Path, documents) -> None:
+    from transformers import AutoModelForCausalLM
+
     assets = build_tiny_assets()
     store = Store(tmp_path / "store")
     calls = []
@@ -94,25 +125,35 @@ def test_pool_draws_and_pilot_are_cached_in_the_store(tmp_path: Path, documents)
     source = w.pool(store, assets.model_dir, heldout_identity() + "-test40", docs, seq_len=SEQ_LEN)
     again = w.pool(store, assets.model_dir, heldout_identity() + "-test40", docs, seq_len=SEQ_LEN)
     assert calls == [1] and again == source and source.windows > 50
-    one, two = w.draw(store, source, 20, 20, 1), w.draw(store, source, 20, 20, 2)
+    model = AutoModelForCausalLM.from_pretrained(assets.model_dir).eval()
+    scored = []
+
+    def score(ids):
+        scored.append(len(ids))
+        return w.window_nll(model, ids, "cpu")
+
+    one, two = (w.draw(store, source, 20, 20, run, weights="tiny-weights", score=score) for run in (1, 2))
     assert one.digest != two.digest and one.dataset_file != two.dataset_file
-    assert w.draw(store, source, 20, 20, 1) == one
+    assert w.draw(store, source, 20, 20, 1, weights="tiny-weights", score=score) == one and scored == [40, 40]
+    assert w.draw(store, source, 20, 20, 1, weights="other-weights", score=score) != one  # scores belong to weights
     lines = [json.loads(line)["text"] for line in one.dataset_file.read_text().splitlines()]
     pool = w.read_pool(source.file)
     by_text = {window.text: window for window in pool}
     assert w.window_digest([by_text[t] for t in lines]) == one.digest
     assert one.record_fields()["window_digest"] == one.digest and one.record_fields()["windows"] == [20, 20]
-
-    from transformers import AutoModelForCausalLM
+    # the file's preview and final halves carry the same difficulty under the model that scored them
+    nll = w.window_nll(model, [by_text[t].ids for t in lines], "cpu")
+    assert abs(statistics.fmean(nll[:20]) - statistics.fmean(nll[20:])) < 0.25 * statistics.stdev(nll) / (20**0.5)
 
     loads = []
 
     def load():
         loads.append(1)
-        return AutoModelForCausalLM.from_pretrained(assets.model_dir).eval()
+        return model
 
     meta = w.pilot(store, source, "tiny-weights", load, "cpu", windows=6)
     assert meta["windows"] == 6 and 0 < meta["sigma"] < 2 and 1 < meta["mean_nll"] < 6
+    assert 0 < meta["sigma_drift"] < meta["sigma"]
     assert w.pilot(store, source, "tiny-weights", load, "cpu", windows=6) == meta and loads == [1]
 
 
