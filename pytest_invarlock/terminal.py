@@ -17,6 +17,7 @@ import pytest
 
 from pytest_invarlock.campaign.items import item_from_nodeid
 from pytest_invarlock.campaign.kinds import Kind
+from pytest_invarlock.campaign.window_planner import plan_lines
 from pytest_invarlock.records import earlier_records, record_from_report, record_path
 from pytest_invarlock.state import ConfigState
 from pytest_invarlock.store import StoreError, write_json_sealed
@@ -125,6 +126,9 @@ class VerdictReporter:
                 f"benchmark items that loaded their model from disk: {loads} of {len(scored)} "
                 "(the others used the model their worker already held)"
             )
+        ran = {r.get("model") for r in self.records.values()}
+        for line in plan_lines(self.state.run_dir, [m for m in self.state.suite.models if m.name in ran], recorded_only=True):
+            write("windows: " + line)
         write("")
         write(render_table(compiled))
         benchmarks = render_benchmarks(compiled)

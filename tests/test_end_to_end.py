@@ -32,6 +32,14 @@ def test_first_run_passes_every_item_and_validates(campaign: dict) -> None:
     first: Run = campaign["first"]
     assert first.returncode == 0, first.output[-6000:]
     assert "PHASE0_VALIDATED" in first.output
+    # the planner's choice and why, with the no-op drift promise, next to the verdict
+    plan = json.loads((campaign["run_dir"] / "state" / "window_plan.json").read_text())["tiny-kjv"]
+    windows_line = next(line for line in first.output.splitlines() if line.startswith("windows: tiny-kjv: "))
+    assert f"{plan['preview_n']}+{plan['final_n']} windows (auto)" in windows_line and "no-op drift false alarm" in windows_line
+    drifts = [
+        json.loads(p.read_text())["drift"] for p in (campaign["run_dir"] / "records").glob("tiny-kjv-calibration-run*.json")
+    ]
+    assert len(drifts) == 3 and all(plan["drift_95"][0] / 1.01 <= d <= plan["drift_95"][1] * 1.01 for d in drifts)
     closing = [line for line in first.output.splitlines() if re.search(r"\d+ passed", line)][-1]
     assert "failed" not in closing and "error" not in closing and "skipped" not in closing
     verdict = json.loads((campaign["run_dir"] / "reports" / "final_verdict.json").read_text())

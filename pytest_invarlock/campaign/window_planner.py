@@ -317,9 +317,10 @@ def scaled_sigma(sigma: float, from_seq_len: int, to_seq_len: int) -> float:
     return sigma * math.sqrt(from_seq_len / to_seq_len)
 
 
-def plan_lines(run_dir: Any, models: Sequence[Any]) -> list[str]:
+def plan_lines(run_dir: Any, models: Sequence[Any], *, recorded_only: bool = False) -> list[str]:
     """What ``--gpu-plan`` prints about windows: each model's recorded plan (``state/window_plan.json``, written by
-    the worker after its pilot pass), else the settings the pilot will plan or assess."""
+    the worker after its pilot pass), else the settings the pilot will plan or assess (``recorded_only``: the
+    recorded plans alone, as the end-of-session summary shows them)."""
     import json
     from pathlib import Path
 
@@ -330,6 +331,8 @@ def plan_lines(run_dir: Any, models: Sequence[Any]) -> list[str]:
     lines = []
     for model in models:
         settings, entry = model.settings, recorded.get(model.name)
+        if recorded_only and not (isinstance(entry, dict) and "summary" in entry):
+            continue
         if settings.dataset != "local":
             lines.append(
                 f"{model.name}: {settings.preview_windows}+{settings.final_windows} windows of "

@@ -177,6 +177,7 @@ def test_gpu_plan_lines_show_the_recorded_plan_or_what_will_happen(tmp_path) -> 
     assert "260+260 windows (explicit; assessed" in lines[1]
     assert "hub dataset" in lines[2]
     assert "(recorded) UNDERPOWERED" in lines[3] and "drift gate with probability" in lines[3]
+    assert wp.plan_lines(tmp_path, models, recorded_only=True) == lines[3:]  # the session summary's lines
 
 
 def test_a_suite_accepts_windows_auto_and_refuses_anything_else(tmp_path) -> None:
