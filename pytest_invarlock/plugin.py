@@ -180,6 +180,12 @@ def activate(config: pytest.Config, suite_name: str) -> ConfigState:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    given = config.getoption("suite", None)
+    if given is not None and not str(given).strip():  # e.g. `--suite "$SUITE"` with SUITE unset
+        raise pytest.UsageError(
+            "--suite was given an empty name. Name a suite (tiny, smol, ci, subset, showcase, workshop3, full, b200) "
+            "or a suite YAML file, or leave --suite out."
+        )
     suite = declared_suite(config)
     if suite is not None:
         activate(config, suite)

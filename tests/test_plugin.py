@@ -44,6 +44,8 @@ def test_full_suite_collects_fast_with_readable_ids_and_without_torch() -> None:
     ("args", "needle"),
     [
         (("--suite", "nosuch"), "unknown suite 'nosuch'"),
+        (("--suite", ""), "--suite was given an empty name"),
+        (("--suite", "  "), "--suite was given an empty name"),
         (("--models", "no-such-model"), "unknown model 'no-such-model'"),
         (("--runs-clean", "-1"), "--runs-clean must be >= 0"),
         (("--progress-interval", "-1"), "argument --progress-interval: invalid _seconds value"),
