@@ -1,6 +1,6 @@
 """Per-item cost of one InvarLock certify, in-process vs subprocess, on the tiny model.
 
-    .venv/bin/python benchmarks/certify_modes.py [--repeat 2]
+    .venv/bin/python perf/certify_modes.py [--repeat 2]
 
 Builds (or reuses) the tiny model, makes one 8-bit RTN edit, evaluates the baseline once to get a
 reusable baseline report, then times `certifier.certify` of the edit in each mode with the tiny

@@ -1,6 +1,6 @@
 """Collection time of the largest suite, and proof that collection imports no torch.
 
-    .venv/bin/python benchmarks/collection.py [--suite full] [--repeat 5]
+    .venv/bin/python perf/collection.py [--suite full] [--repeat 5]
 
 Target (issue 2): `pytest --co validation/ --suite full -q` lists every item in under 3 seconds.
 Prints the wall time of each repetition (a fresh interpreter each time) and the median.

@@ -1,6 +1,6 @@
 """Wall time of the tiny suite on this machine: a fresh run, the same run again (all reused), and -n 2.
 
-    .venv/bin/python benchmarks/tiny_suite.py [--keep DIR]
+    .venv/bin/python perf/tiny_suite.py [--keep DIR]
 
 Targets (issue 3): first run under 20 minutes on 2 CPU cores, second run at least 3x faster, -n 2
 faster than one process with the same verdict. Prints each run's seconds, item counts and verdict line.

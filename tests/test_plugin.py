@@ -37,7 +37,7 @@ def test_full_suite_collects_fast_with_readable_ids_and_without_torch() -> None:
     assert "test_edit[mistral-7b-quant_rtn_8bit_clean-run2]" in result.stdout
     assert "test_benchmark[qwen2.5-14b-prune_10pct_clean-hellaswag]" in result.stdout
     assert "test_error[qwen1.5-72b-nan_injection-run1]" in result.stdout
-    print(f"collection wall time {wall:.2f} s")  # benchmarks/ measures it; not asserted here
+    print(f"collection wall time {wall:.2f} s")  # perf/collection.py measures it; not asserted here
 
 
 @pytest.mark.parametrize(
