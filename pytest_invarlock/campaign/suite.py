@@ -499,9 +499,6 @@ def _model(where: _Where, entry: Any, key: str, suite_invarlock: Mapping[str, An
     source = where.text(entry["source"], f"{key}.source")
     if not source.strip():
         raise where.error(f"{key}.source", "is empty", "Give a hub id (org/name), a local directory or builtin:<name>.")
-    missing = None if source.startswith("builtin:") else _local_directory_problem(source, f"{where.path}: {key}.source")
-    if missing:
-        raise where.error(f"{key}.source", *missing)
     params_b = where.number(entry.get("params_b", _params_from_name(source) or 1.0), f"{key}.params_b")
     if params_b <= 0:
         raise where.error(f"{key}.params_b", f"must be positive, got {params_b}", "Give the parameter count in billions.")
@@ -803,25 +800,6 @@ def override_suite(
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
-def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
-
-
-def _local_directory_problem(source: str, what: str) -> tuple[str, str] | None:
-    """(problem, fix) when ``source`` names a local model directory that is missing or not a directory."""
-    path = user_path(source, what)
-    if not (_looks_local(source) or path.exists()):
-        return None
-    if not path.exists():
-        return (
-            f"local model directory '{path}' does not exist",
-            "Check the path (relative paths start from the current directory), or give a hub id as org/name.",
-        )
-    if not path.is_dir():
-        return f"'{path}' is not a directory", "Pass the model's directory (with its config.json)."
-    return None
-
-
 def _check_model_argument(entry: str, i: int) -> None:
     """A `--models` value names a catalogue model, a hub id (org/name) or an existing local directory."""
     option = f"--models {_show(entry)}"
@@ -830,10 +808,16 @@ def _check_model_argument(entry: str, i: int) -> None:
     catalogue = _catalogue("models.yaml")
     if entry in catalogue:
         return
-    problem = _local_directory_problem(entry, option)
-    if problem:
-        raise SuiteError(f"{option}: {problem[0]}. {problem[1]}")
-    if _looks_local(entry) or user_path(entry, option).exists():
+    path = user_path(entry, option)
+    looks_local = entry.startswith((".", "/", "~")) or entry.count("/") > 1 or "\\" in entry
+    if looks_local or path.exists():
+        if not path.exists():
+            raise SuiteError(
+                f"{option}: local model directory '{path}' does not exist. "
+                "Check the path (relative paths start from the current directory), or give a hub id as org/name."
+            )
+        if not path.is_dir():
+            raise SuiteError(f"{option}: '{path}' is not a directory. Pass the model's directory (with its config.json).")
         return
     if _HUB_ID.match(entry):
         return
