@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ def source_directory(model: Model, *, offline: bool) -> Path:
                 f"local model directory '{local}' has no config.json; point the suite at a Hugging Face model folder"
             )
         return local.resolve()
+    if model.source.startswith((".", "/", "~")):  # a path, not a hub id: say so instead of a hub-cache miss
+        raise ModelUnavailable(
+            f"local model directory '{local}' does not exist on {socket.gethostname()} (relative paths start from "
+            f"{Path.cwd()}); fix the suite's source or run where the directory is"
+        )
     return _hub_snapshot(model, offline=offline)
 
 

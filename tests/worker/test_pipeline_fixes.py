@@ -42,3 +42,17 @@ def test_dataset_digest_is_the_content(tmp_path: Path) -> None:
     assert _file_digest(first) == _file_digest(second)
     first.write_text('{"text": "in the beginninG"}\n')  # same size, new content
     assert _file_digest(first) != _file_digest(second)
+
+
+def test_a_missing_local_model_directory_is_named_as_such(tmp_path: Path, monkeypatch) -> None:
+    """Not a confusing hub-cache miss for './model': the item's error names the path and where it was looked for."""
+    import pytest
+
+    from pytest_invarlock.worker.artifacts import ModelUnavailable, source_directory
+
+    monkeypatch.chdir(tmp_path)
+    model = replace(load_suite("tiny").models[0], source="./no-such-model")
+    with pytest.raises(
+        ModelUnavailable, match=r"local model directory 'no-such-model' does not exist on .*relative paths start from"
+    ):
+        source_directory(model, offline=True)
