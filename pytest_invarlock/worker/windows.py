@@ -16,12 +16,12 @@ are joined segment by segment with a space, documents with the tokenizer's separ
 of the segment it cuts is skipped, so every window begins with natural text). The pool is cached per
 tokenizer and ``seq_len`` (``pool``: one JSON line per window with its ``text`` and token ``ids``).
 
-A *draw* for run ``k`` takes a block of ``preview_n + final_n`` windows from a seeded permutation of the
-pool: run k gets block k, so the first ``pool // n`` runs see disjoint windows (later runs reshuffle with
-the next seed). The block is in random order, so its first ``preview_n`` windows (preview) and the rest
-(final) are exchangeable samples. ``window_digest`` is the sha256 of the token ids of preview then final
-windows (JSON list of lists, no spaces): two results with the same weights and digest are the same
-evidence. Pure Python apart from the tokenizer the caller passes in.
+A *draw* for run ``k`` takes a block of ``preview_n + final_n`` candidate windows from a seeded permutation
+of the pool: run k gets block k, so the first ``pool // n`` runs see disjoint windows (later runs reshuffle
+with the next seed). The baseline scores the candidates (per-window NLL) and ``matched_split`` pairs them by
+difficulty across the two arms, which stay exchangeable. ``window_digest`` is the sha256 of the token ids of
+preview then final windows (JSON list of lists, no spaces): two results with the same weights and digest are
+the same evidence. Pure Python apart from the tokenizer the caller passes in.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def matched_split(candidates: Sequence[int], scores: Sequence[float], preview_n:
     sort by a difficulty score, pair neighbours, one of each pair to each arm); here the score is the baseline's
     own per-window NLL (``scores``, one per candidate), so the two arms carry the same difficulty and a no-op's
     final/preview drift is left with the pairs' small residual instead of the spread between windows (SmolLM2:
-    0.41 nats per window unmatched, 0.02 matched). A coin flip per pair picks which of its two windows goes to
+    0.41 nats per window unmatched, 0.04 matched in the pilot). A coin flip per pair picks which of its two windows goes to
     preview, so the arms stay exchangeable and the drift unbiased. Unequal arms get a random split.
     """
     flips = random.Random(f"{seed}-{block}")
@@ -248,7 +248,7 @@ def write_draw(
     score: Callable[[Sequence[Sequence[int]]], Sequence[float]],
 ) -> dict[str, Any]:
     """Write run ``run``'s draw file into ``directory`` (with ``scores.json``: the baseline's NLL of every
-    candidate); return its metadata (digest, seed, block, the matched pairs' residual spread)."""
+    candidate); return its metadata (digest, seed, block, the baseline's mean NLL on each arm)."""
     candidates, seed, block = candidate_block(len(pool), preview_n, final_n, run)
     scores = [float(x) for x in score([pool[i].ids for i in candidates])]
     indices = matched_split(candidates, scores, preview_n, seed, block)
