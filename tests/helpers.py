@@ -88,15 +88,15 @@ class Run:
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
 
 
-def suite_command(run_dir: Path, *args: str) -> list[str]:
-    """`pytest validation/ --suite tiny --run-dir RUN_DIR ...` as an argv for this interpreter."""
+def suite_command(run_dir: Path, *args: str, suite: str = "tiny") -> list[str]:
+    """`pytest validation/ --suite SUITE --run-dir RUN_DIR ...` as an argv for this interpreter."""
     return [
         sys.executable,
         "-m",
         "pytest",
         str(VALIDATION),
         "--suite",
-        "tiny",
+        suite,
         "--run-dir",
         str(run_dir),
         "-p",
@@ -107,10 +107,10 @@ def suite_command(run_dir: Path, *args: str) -> list[str]:
     ]
 
 
-def run_suite(run_dir: Path, *args: str, timeout: float = 3600) -> Run:
+def run_suite(run_dir: Path, *args: str, timeout: float = 3600, suite: str = "tiny") -> Run:
     started = time.perf_counter()
     result = subprocess.run(
-        suite_command(run_dir, *args),
+        suite_command(run_dir, *args, suite=suite),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -276,4 +276,18 @@ def fake_suite_session(tmp_path: Path, tests_source: str, *args: str) -> subproc
     command = [sys.executable, "-m", "pytest", "test_fake_suite.py", "--suite", "tiny", "--run-dir", str(tmp_path / "run")]
     return subprocess.run(
         [*command, "-p", "no:cacheprovider", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def offline_options(certify_mode: str = "auto") -> Any:
+    """The session options of a plain offline run (state.Options), for tests that build a ConfigState by hand."""
+    from pytest_invarlock.state import Options
+
+    return Options(
+        calibrate_only=False,
+        no_benchmarks=False,
+        offline=True,
+        recompute=False,
+        certify_mode=certify_mode,
+        determinism="throughput",
     )

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import REPO, VALIDATION
+from pytest_invarlock.campaign import suite as suite_module
 from pytest_invarlock.campaign.suite import (
     DETECTORS,
     MAX_RUNS,
@@ -192,19 +193,7 @@ def test_a_directory_and_an_oversized_file_are_refused(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- random structures
 
-SUITE_KEYS = [
-    "name",
-    "description",
-    "device",
-    "runs",
-    "errors",
-    "models",
-    "scenarios",
-    "invarlock",
-    "benchmarks",
-    "min_signal_fraction",
-    "timeouts",
-]
+SUITE_KEYS = list(suite_module._SUITE_KEYS)  # the real top-level keys: a key the loader gains is fuzzed too
 INNER_KEYS = [
     "name",
     "source",

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import offline_options
 from pytest_invarlock.campaign.revisions import REVISIONS_FILE, read_revisions, resolve_revisions
 from pytest_invarlock.campaign.suite import SuiteError, load_suite
-from pytest_invarlock.state import ConfigState, Options
+from pytest_invarlock.state import ConfigState
 
 SHA = "607a30d783dfa663caf39e06633721c8d4cfcd7e"
 OTHER = "1" * 40
@@ -67,14 +68,7 @@ def test_offline_refuses_an_unpinned_hub_model_and_says_how_to_pin(tmp_path: Pat
     state = ConfigState(
         suite=suite,
         items=[],
-        options=Options(
-            calibrate_only=False,
-            no_benchmarks=False,
-            offline=True,
-            recompute=False,
-            certify_mode="auto",
-            determinism="throughput",
-        ),
+        options=offline_options(),
         run_dir=tmp_path,
         device="cuda",
         session="s",

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import SCHED_SUITE
+from helpers import SCHED_SUITE, offline_options
 from pytest_invarlock.campaign.items import build_items
 from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.distribution import ControllerDistribution
@@ -27,7 +27,7 @@ from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, placement_
 from pytest_invarlock.scheduling.plan_table import format_plan_table, plan_rows, write_plan_csv
 from pytest_invarlock.scheduling.tasks import item_need_gb, scheduling_devices, task_id, tasks_from_items
 from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
-from pytest_invarlock.state import HOST_CACHE_INPUT, ConfigState, Options, node_host_cache_bytes
+from pytest_invarlock.state import HOST_CACHE_INPUT, ConfigState, node_host_cache_bytes
 
 # Three float32 models of 0.5 B parameters (1.86 GB of weights) whose KV caches make their items
 # need about 10, 30 and 140 GB: KV = 2 x layers x batch x seq_len x kv_heads x head_dim x 4 bytes.
@@ -40,14 +40,7 @@ def make_state(directory: Path, session: str, gpus: list[Gpu] | None = None) -> 
     path = directory / "suite.yaml"
     path.write_text(SUITE)
     suite = load_suite(str(path))
-    options = Options(
-        calibrate_only=False,
-        no_benchmarks=False,
-        offline=True,
-        recompute=False,
-        certify_mode="subprocess",
-        determinism="throughput",
-    )
+    options = offline_options("subprocess")
     return ConfigState(
         suite=suite,
         items=build_items(suite),

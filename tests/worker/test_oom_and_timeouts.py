@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import random_small_model
+from helpers import offline_options, random_small_model
 from pytest_invarlock.campaign.items import build_items
 from pytest_invarlock.campaign.suite import load_suite
-from pytest_invarlock.state import ConfigState, Options
+from pytest_invarlock.state import ConfigState
 from pytest_invarlock.worker import execution
 from pytest_invarlock.worker.resources import EXIT_TIMED_OUT, ItemTimeout, deadline, is_oom, smaller_batch
 
@@ -105,14 +105,7 @@ def worker(assets, tmp_path, monkeypatch):
         run_dir=tmp_path / "run",
         device="cpu",
         session="s",
-        options=Options(
-            calibrate_only=False,
-            no_benchmarks=False,
-            offline=True,
-            recompute=False,
-            certify_mode="inprocess",
-            determinism="throughput",
-        ),
+        options=offline_options("inprocess"),
     )
     monkeypatch.setattr(execution, "BACKOFF_BASE_S", 0.0)
     w = Worker(state, "gw0")
