@@ -1,7 +1,8 @@
-"""This repository's own test conventions (not the plugin's): opt-in `gpu` and `slow` tests.
+"""This repository's own test conventions (not the plugin's): opt-in `gpu` and `slow` tests, the `campaign` marker.
 
 - `gpu`: needs a CUDA GPU that NVML sees (a --gpus simulation does not count); skipped elsewhere.
 - `slow`: minutes of CPU; runs only when selected with `-m slow`.
+- `campaign`: imports torch or InvarLock, runs models, lm-eval or a browser; `./dev.sh test --fast` leaves these out.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ pytest_plugins = ["pytester"]
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped where NVML sees none")
     config.addinivalue_line("markers", "slow: minutes of CPU time; opt in with -m slow")
+    config.addinivalue_line(
+        "markers", "campaign: imports torch or InvarLock, runs models, lm-eval or a browser (left out of ./dev.sh test --fast)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,7 +3,9 @@
 #
 #   ./dev.sh suite [pytest args]   # pytest validation/ --suite tiny [args]
 #   ./dev.sh test  [pytest args]   # pytest tests/ [args]
-#   ./dev.sh lint                  # ruff check, ruff format --check, mypy (pure packages), import contracts
+#   ./dev.sh test --fast [args]    # the pure, hypothesis and pytester tests only (no model runs): under a minute
+#   ./dev.sh lowest [pytest args]  # the fast tests on the lowest pytest and pytest-xdist pyproject.toml allows
+#   ./dev.sh lint                  # ruff check, ruff format --check, mypy --strict, import contracts
 #   ./dev.sh setup                 # only create .venv and install the pinned set
 #
 # Needs Python >= 3.12 (InvarLock requires it): $PYTHON, python3.12/python3.13 on PATH, or a pyenv install.
@@ -26,7 +28,7 @@ find_python() {
 
 setup() {
   local stamp=.venv/.installed hash
-  hash=$(cat requirements.lock requirements-nodeps.lock pyproject.toml | sha256sum | cut -c1-16)
+  hash=$(cat requirements.lock requirements-nodeps.lock requirements-peers.lock requirements-lowest.lock pyproject.toml | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ] && [ -x .venv/bin/python ]; then
     return 0
   fi
@@ -37,6 +39,11 @@ setup() {
   .venv/bin/python -m pip install --quiet -r requirements.lock
   .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.lock
   .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+  # Popular pytest plugins, beside ours only in the sessions of tests/test_citizenship.py (PYTHONPATH=.venv/peers),
+  # and the lowest pytest/pytest-xdist we declare, for ./dev.sh lowest (PYTHONPATH=.venv/lowest).
+  rm -rf .venv/peers .venv/lowest
+  .venv/bin/python -m pip install --quiet --no-deps --target .venv/peers -r requirements-peers.lock
+  .venv/bin/python -m pip install --quiet --no-deps --target .venv/lowest -r requirements-lowest.lock
   echo "$hash" > "$stamp"
 }
 
@@ -61,7 +68,14 @@ command=${1:-}
 case "$command" in
   setup) setup ;;
   suite) setup; exec .venv/bin/python -m pytest validation/ --suite tiny "$@" ;;
-  test)  setup; exec .venv/bin/python -m pytest tests/ "$@" ;;
+  test)
+    setup
+    if [ "${1:-}" = "--fast" ]; then
+      shift
+      exec .venv/bin/python -m pytest tests/ -m "not campaign and not slow and not gpu" "$@"
+    fi
+    exec .venv/bin/python -m pytest tests/ "$@" ;;
+  lowest) setup; PYTHONPATH="$PWD/.venv/lowest" exec .venv/bin/python -m pytest tests/ -m "not campaign and not slow and not gpu" "$@" ;;
   lint)  setup; lint ;;
-  *) echo "usage: ./dev.sh suite|test|lint|setup [pytest args]" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh suite|test [--fast]|lowest|lint|setup [pytest args]" >&2; exit 2 ;;
 esac

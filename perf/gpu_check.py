@@ -180,7 +180,7 @@ def _tiny_suite(workers: int, device: str, dry_run: bool, run_dir: Path) -> dict
         "validation/",
         "--suite",
         "tiny",
-        "--device",
+        "--invarlock-device",
         device,
         "--no-benchmarks",
         "-q",

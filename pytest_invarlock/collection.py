@@ -18,6 +18,28 @@ SIZE_MARKER_PREFIX = "size_"
 SUITE_TESTS = (*CERTIFY_TESTS, BENCHMARK_TEST)
 
 
+def add_options(group: pytest.OptionGroup) -> None:
+    """Which suite items this session runs."""
+    group.addoption(
+        "--calibrate-only",
+        dest="invarlock_calibrate_only",
+        action="store_true",
+        help="run the calibration items only (and write the presets)",
+    )
+    group.addoption(
+        "--no-benchmarks", dest="invarlock_no_benchmarks", action="store_true", help="deselect the lm-eval benchmark items"
+    )
+    group.addoption(
+        "--shard",
+        dest="invarlock_shard",
+        default=None,
+        metavar="K/N",
+        help="run shard K of N (1-based) of the suite's items: a deterministic split balanced on the "
+        "memory plan's cost, each model's items kept together where balance allows; "
+        "non-suite tests run in shard 1",
+    )
+
+
 def is_suite_nodeid(nodeid: str) -> bool:
     """Whether a nodeid names a parametrized suite test (test_calibration[...], ...)."""
     return any(f"::{name}[" in nodeid for name in SUITE_TESTS)
@@ -59,7 +81,7 @@ def shard_of(config: pytest.Config, state: ConfigState) -> tuple[int, dict[str, 
     The split (`scheduling.shards.split_items`) depends only on the suite, the options and the GPUs'
     total size, so every shard process computes the same one (run all shards on one GPU model).
     """
-    spec = config.getoption("shard", None)
+    spec = config.getoption("invarlock_shard", None)
     if not spec:
         return None
     try:

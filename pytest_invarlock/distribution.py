@@ -20,28 +20,50 @@ put in `workerinput`, or when `state.declared_suite` names a suite; the rest is 
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from dataclasses import asdict
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest.runner import runtestprotocol  # the protocol without reports; pytest exports no public alias
 
+from pytest_invarlock.compat import runtestprotocol, worker_count
 from pytest_invarlock.scheduling.inventory import host_cache_share, probe_gpus
 from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, write_placement
 from pytest_invarlock.scheduling.plan_table import PLAN_CSV, PlanRow, format_plan_table, plan_rows, write_plan_csv
 from pytest_invarlock.scheduling.tasks import scheduling_devices
 from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
 from pytest_invarlock.state import GPUS_INPUT, HOST_CACHE_INPUT, SESSION_INPUT, ConfigState, declared_suite, node_gpus
-from pytest_invarlock.terminal import VerdictReporter
+from pytest_invarlock.terminal import VERDICT_PLUGIN, VerdictReporter
 
 HOME_INPUT, SPACER_INPUT = "invarlock_home_gpu", "invarlock_spacer"
 SPACER_NAME = "invarlock-spacer"
 DIST_CHOSEN_KEY = pytest.StashKey[bool]()
 
 
+def add_options(group: pytest.OptionGroup) -> None:
+    """The node's GPUs and the memory plan."""
+    group.addoption(
+        "--gpus",
+        dest="invarlock_gpus",
+        default=None,
+        metavar="SPEC",
+        help="simulate this node's GPUs instead of asking NVML: 8x180, 80,80,24 or 2x80,24 (sizes in GB), "
+        "with the free memory NVML would report after a colon: 8x80:78.5, 80:79,80:79,24:23. "
+        "With --invarlock-device auto on a host without GPUs, the plan is that node's (no CPU-size skip)",
+    )
+    group.addoption(
+        "--gpu-plan",
+        dest="invarlock_gpu_plan",
+        action="store_true",
+        help="print each item's memory plan (weights, KV cache, peak GB, GPUs) and write "
+        "<run-dir>/analysis/memory_plan.csv; works with --co",
+    )
+
+
 @pytest.hookimpl(wrapper=True)
-def pytest_cmdline_main(config: pytest.Config):
+def pytest_cmdline_main(config: pytest.Config) -> Generator[None, int | pytest.ExitCode, int | pytest.ExitCode]:
     """Bind a worker to its GPU before anything is configured; note whether --dist was given.
 
     On a worker this runs right after xdist sets `workerinput` and before every pytest_configure;
@@ -67,26 +89,23 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
     """Called once the session is a validation session: the controller's and the worker's plugins."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
-        config.pluginmanager.register(VerdictReporter(state), "invarlock-verdict")
+        from pytest_invarlock import evidence_writer, progress
         from pytest_invarlock.preflight import StorePreflight
-
-        config.pluginmanager.register(StorePreflight(config, state), "invarlock-preflight")
-        config.pluginmanager.register(ControllerDistribution(config, state), "invarlock-distribution")
-        from pytest_invarlock import progress
         from pytest_invarlock.report.pytest_html import register_pytest_html
 
+        verdict = VerdictReporter(state)
+        config.pluginmanager.register(verdict, VERDICT_PLUGIN)
+        config.pluginmanager.register(StorePreflight(config, state), "invarlock-preflight")
+        config.pluginmanager.register(ControllerDistribution(config, state), "invarlock-distribution")
         progress.register(config, state)
-        register_pytest_html(config, state)
-        if config.getoption("gpu_plan"):
-            config.pluginmanager.register(MemoryPlanReporter(state, config.getoption("shard", None)), "invarlock-memory-plan")
+        register_pytest_html(config, state, verdict.campaign_verdict)
+        evidence_writer.register(config, verdict)
+        if config.getoption("invarlock_gpu_plan"):
+            config.pluginmanager.register(
+                MemoryPlanReporter(state, config.getoption("invarlock_shard", None)), "invarlock-memory-plan"
+            )
     elif workerinput.get(SPACER_INPUT):
         config.pluginmanager.register(WorkerSpacer(), "invarlock-spacer")
-
-
-def _worker_count(config: pytest.Config) -> int:
-    from xdist.workermanage import parse_tx_spec_config
-
-    return len(parse_tx_spec_config(config))
 
 
 class ControllerDistribution:
@@ -98,9 +117,24 @@ class ControllerDistribution:
 
     def homes(self) -> GpuHomes:
         if self._homes is None:
-            devices = scheduling_devices(self.state.gpus, _worker_count(self.config))
+            devices = scheduling_devices(self.state.gpus, worker_count(self.config))
             self._homes = GpuHomes([d.index for d in devices])
         return self._homes
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Under -n the controller collects nothing, so a path pytest cannot find would reach the workers, which
+        report no items and leave xdist without a collection: say it here, as pytest does without -n (exit 4)."""
+        if self.config.getoption("dist", "no") == "no" or self.config.getoption("pyargs", False):
+            return
+        invoked = Path(self.config.invocation_params.dir)
+        for arg in self.config.args:
+            path = invoked / arg.partition("[")[0].split("::")[0]
+            if not path.exists():
+                raise pytest.UsageError(
+                    f"file or directory not found: {arg} (relative to {invoked}). Run from the directory that holds "
+                    "it, or pass its path (the validation tests live in the project's validation/ directory)."
+                )
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -109,7 +143,7 @@ class ControllerDistribution:
         node.workerinput[HOME_INPUT] = home if self.state.gpus else None
         node.workerinput[GPUS_INPUT] = [asdict(gpu) for gpu in self.state.gpus]
         node.workerinput[SPACER_INPUT] = not self.config.stash.get(DIST_CHOSEN_KEY, False)
-        node.workerinput[HOST_CACHE_INPUT] = host_cache_share(_worker_count(self.config))
+        node.workerinput[HOST_CACHE_INPUT] = host_cache_share(worker_count(self.config))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> GpuScheduling | None:
@@ -117,7 +151,7 @@ class ControllerDistribution:
             return None
         from xdist.scheduler import LoadScheduling
 
-        state, workers = self.state, _worker_count(config)
+        state, workers = self.state, worker_count(config)
         scheduler = GpuScheduling(
             state.index,
             state.skip_reason,
@@ -128,7 +162,7 @@ class ControllerDistribution:
             fallback=LoadScheduling(config, log),
             on_unplaceable=partial(report_unplaceable, config),
             log=log.gpusched,
-            probe=probe_gpus if state.gpus and not config.getoption("gpus") else None,  # NVML, never a simulation
+            probe=probe_gpus if state.gpus and not config.getoption("invarlock_gpus") else None,  # NVML, never a simulation
         )
         config.pluginmanager.register(scheduler, "invarlock-scheduler")
         return scheduler
@@ -146,8 +180,9 @@ def report_unplaceable(config: pytest.Config, nodeid: str, reason: str) -> None:
     """Report an item the scheduler gave up on as skipped, as if a worker had skipped it."""
     path = nodeid.split("::")[0]
     location = (path, None, nodeid.split("::", 1)[-1])
+    # As a skip mark reports it: the `skip` keyword makes -rs fold it by path and reason (no line number).
     report = pytest.TestReport(
-        nodeid, location, keywords={}, outcome="skipped", longrepr=(path, None, f"Skipped: {reason}"), when="setup"
+        nodeid, location, keywords={"skip": 1}, outcome="skipped", longrepr=(path, 0, f"Skipped: {reason}"), when="setup"
     )
     config.hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
     config.hook.pytest_runtest_logreport(report=report)

@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_invarlock.campaign.items import Item
-from pytest_invarlock.campaign.suite import Model, Scenario
+from pytest_invarlock.campaign.suite import Model, Scenario, Suite
 from pytest_invarlock.state import STATE_KEY, ConfigState
+
+if TYPE_CHECKING:
+    from pytest_invarlock.worker.pipeline import ItemResult, Worker
 
 
 def session_state(request: pytest.FixtureRequest) -> ConfigState:
@@ -31,7 +35,7 @@ def session_state(request: pytest.FixtureRequest) -> ConfigState:
 
 
 @pytest.fixture(scope="session")
-def invarlock_worker(request: pytest.FixtureRequest):
+def invarlock_worker(request: pytest.FixtureRequest) -> Worker:
     """This process's `pipeline.Worker`: model cache, store access, InvarLock calls."""
     from pytest_invarlock.worker.pipeline import Worker
 
@@ -39,25 +43,25 @@ def invarlock_worker(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(scope="session")
-def invarlock_suite(request: pytest.FixtureRequest):
+def invarlock_suite(request: pytest.FixtureRequest) -> Suite:
     """The suite after command-line overrides."""
     return session_state(request).suite
 
 
 @pytest.fixture(scope="session")
-def invarlock_baseline(invarlock_worker) -> Callable[[Model], Any]:
+def invarlock_baseline(invarlock_worker: Worker) -> Callable[[Model], Path]:
     """invarlock_baseline(model) -> the baseline artifact: a neutral local directory plus model_profile.json."""
     return lambda model: invarlock_worker.baseline(model).path
 
 
 @pytest.fixture(scope="session")
-def invarlock_preset(invarlock_worker) -> Callable[[Model], Any]:
+def invarlock_preset(invarlock_worker: Worker) -> Callable[[Model], Path]:
     """invarlock_preset(model) -> path of the calibrated preset YAML (runs missing calibration runs itself)."""
     return lambda model: invarlock_worker.preset(model)[1]
 
 
 @pytest.fixture(scope="session")
-def invarlock_edited_model(invarlock_worker) -> Callable[[Model, Scenario], Any]:
+def invarlock_edited_model(invarlock_worker: Worker) -> Callable[[Model, Scenario], Path]:
     """invarlock_edited_model(model, scenario) -> directory of the scenario's edited or error-injected weights."""
     return lambda model, scenario: invarlock_worker.edited_model(model, scenario).path
 
@@ -72,7 +76,7 @@ def invarlock_item() -> Item:
 
 
 @pytest.fixture
-def invarlock_result(invarlock_item: Item, invarlock_worker, request: pytest.FixtureRequest):
+def invarlock_result(invarlock_item: Item, invarlock_worker: Worker, request: pytest.FixtureRequest) -> ItemResult:
     """Run (or reuse) the item's certify or benchmark and record its numbers for junit and the verdict.
 
     The numbers go to the item's user_properties, which xdist forwards to the controller and
@@ -85,8 +89,9 @@ def invarlock_result(invarlock_item: Item, invarlock_worker, request: pytest.Fix
     try:
         result = invarlock_worker.run(invarlock_item)
     except Exception as error:  # an item error (OOM after retries, time limit) still reports what happened
-        if isinstance(getattr(error, "record", None), dict):
-            properties.append((RECORD_PROPERTY, json.dumps(error.record, default=str)))
+        record = getattr(error, "record", None)
+        if isinstance(record, dict):
+            properties.append((RECORD_PROPERTY, json.dumps(record, default=str)))
         raise
     properties.append((RECORD_PROPERTY, json.dumps(result.record, default=str)))
     properties.extend(result.properties)

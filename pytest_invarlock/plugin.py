@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from pytest_invarlock import collection
-from pytest_invarlock.campaign.kinds import KIND_HELP, SCENARIO_KINDS
+from pytest_invarlock import collection, distribution, evidence_writer, preflight, progress
+from pytest_invarlock import state as session_state
+from pytest_invarlock.campaign.kinds import KIND_HELP
 from pytest_invarlock.campaign.suite import SuiteError
 from pytest_invarlock.state import STATE_KEY, SUITE_INI, ConfigState, build_state, declared_suite
 
@@ -36,118 +37,17 @@ USAGE_ERROR_KEY = pytest.StashKey[pytest.UsageError]()  # bad input met while ac
 USAGE_ERROR_OUTPUT = "invarlock_usage_error"  # the same, in an xdist worker's workeroutput
 
 
-def _seconds(value: str) -> float:
-    """A non-negative, finite number of seconds (argparse turns the ValueError into a usage error)."""
-    seconds = float(value)
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(value)
-    return seconds
+# The modules that own options, each registering its own in `add_options(group)`.
+OPTION_OWNERS = (session_state, collection, distribution, preflight, progress, evidence_writer)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Every concern registers its own options. Their names avoid the option names of popular plugins
+    (tests/test_citizenship.py keeps the survey) and every `dest` starts with `invarlock_`, because all
+    plugins of an environment share argparse's one namespace."""
     group = parser.getgroup("invarlock", "InvarLock edit-detection validation")
-    group.addoption(
-        "--suite",
-        default=None,
-        help="suite name (tiny, smol, ci, subset, showcase, workshop3, full, b200) or path to a suite YAML; naming it makes this a validation session (default suite: tiny)",
-    )
-    group.addoption(
-        "--models",
-        action="append",
-        default=[],
-        help="override the suite's models: catalogue names, hub ids or local dirs, comma-separated or repeated",
-    )
-    for kind in SCENARIO_KINDS:
-        group.addoption(
-            f"--runs-{kind}", type=int, default=None, metavar="N", help=f"override the number of {kind} runs per scenario"
-        )
-    group.addoption("--no-errors", action="store_true", help="drop the error-injection scenarios")
-    group.addoption("--benchmarks", default=None, help="override the lm-eval tasks, comma-separated")
-    group.addoption("--no-benchmarks", action="store_true", help="deselect the lm-eval benchmark items")
-    group.addoption(
-        "--run-dir",
-        default=None,
-        help="where artifacts, records and reports go; default: validation-runs/<suite> under the rootdir",
-    )
-    group.addoption("--calibrate-only", action="store_true", help="run the calibration items only (and write the presets)")
-    group.addoption("--tier", default=None, help="override the InvarLock tier (balanced, conservative, aggressive)")
-    group.addoption(
-        "--determinism",
-        choices=("throughput", "strict"),
-        default="throughput",
-        help="throughput: TF32 and cuDNN benchmark on; strict: off, deterministic cuBLAS",
-    )
-    group.addoption(
-        "--offline", action="store_true", default=None, help="never touch a model hub (default when no network is reachable)"
-    )
-    group.addoption(
-        "--online", action="store_false", dest="offline", help="allow hub downloads (default when the hub is reachable)"
-    )
-    group.addoption(
-        "--revisions",
-        default=None,
-        metavar="FILE",
-        help="pinned hub commits (model_revisions.json from an online run); default <run-dir>/state/model_revisions.json",
-    )
-    group.addoption(
-        "--evidence-pack",
-        default=None,
-        metavar="DIR",
-        help="at the end of the run, write a signed evidence pack to DIR and DIR.tar.gz (see --signing-key)",
-    )
-    group.addoption(
-        "--signing-key",
-        default=None,
-        metavar="FILE",
-        help="Ed25519 private key (PEM) that signs the evidence pack's manifest; make one with "
-        "`python -m pytest_invarlock keygen`",
-    )
-    group.addoption(
-        "--recompute", action="store_true", help="recompute presets, edits, baseline reports and results instead of reusing them"
-    )
-    group.addoption(
-        "--no-disk-preflight",
-        action="store_true",
-        help="start even when the run directory's filesystem looks too small for the selected items (the preflight estimate is skipped)",
-    )
-    group.addoption(
-        "--certify-mode",
-        choices=("auto", "subprocess", "inprocess"),
-        default="auto",
-        help="run invarlock evaluate in the worker process (faster) or a subprocess (isolated); auto: in-process unless an item spans several GPUs",
-    )
-    group.addoption("--device", choices=("auto", "cpu", "cuda"), default=None, help="override the suite's device")
-    group.addoption(
-        "--gpus",
-        default=None,
-        metavar="SPEC",
-        help="simulate this node's GPUs instead of asking NVML: 8x180, 80,80,24 or 2x80,24 (sizes in GB), "
-        "with the free memory NVML would report after a colon: 8x80:78.5, 80:79,80:79,24:23. "
-        "With --device auto on a host without GPUs, the plan is that node's (no CPU-size skip)",
-    )
-    group.addoption(
-        "--shard",
-        default=None,
-        metavar="K/N",
-        help="run shard K of N (1-based) of the suite's items: a deterministic split balanced on the "
-        "memory plan's cost, each model's items kept together where balance allows; "
-        "non-suite tests run in shard 1",
-    )
-    group.addoption(
-        "--progress-interval",
-        type=_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="without a terminal (CI logs, | tee): print a progress line at most this often and at "
-        "every further 10%% of the items (default 30); on a terminal the status updates in place; "
-        "0 turns progress off (so does -q)",
-    )
-    group.addoption(
-        "--gpu-plan",
-        action="store_true",
-        help="print each item's memory plan (weights, KV cache, peak GB, GPUs) and write "
-        "<run-dir>/analysis/memory_plan.csv; works with --co",
-    )
+    for owner in OPTION_OWNERS:
+        owner.add_options(group)
     parser.addini(
         SUITE_INI, "make every session of this project a validation session with this suite (name or YAML path)", default=None
     )
@@ -180,7 +80,7 @@ def activate(config: pytest.Config, suite_name: str) -> ConfigState:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    given = config.getoption("suite", None)
+    given = config.getoption("invarlock_suite", None)
     if given is not None and not str(given).strip():  # e.g. `--suite "$SUITE"` with SUITE unset
         raise pytest.UsageError(
             "--suite was given an empty name. Name a suite (tiny, smol, ci, subset, showcase, workshop3, full, b200) "

@@ -37,6 +37,15 @@ MARGIN_BYTES = 64 * 2**20
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
+def add_options(group: pytest.OptionGroup) -> None:
+    group.addoption(
+        "--no-disk-preflight",
+        dest="invarlock_no_disk_preflight",
+        action="store_true",
+        help="start even when the run directory's filesystem looks too small for the selected items (the preflight estimate is skipped)",
+    )
+
+
 def _artifacts(store: Path, kind: str) -> Iterable[tuple[Path, dict[str, Any]]]:
     for directory in sorted((store / kind).glob("?-*")):
         if not (directory / CHECKSUMS).is_file():
@@ -122,7 +131,7 @@ class StorePreflight:
         self.check(ids)
 
     def check(self, nodeids: list[str]) -> None:
-        if self.checked or self.config.getoption("no_disk_preflight", False) or self.config.getoption("collectonly"):
+        if self.checked or self.config.getoption("invarlock_no_disk_preflight", False) or self.config.getoption("collectonly"):
             return
         self.checked = True
         items = [item for item in (item_from_nodeid(n, self.state.index) for n in nodeids) if item is not None]

@@ -428,9 +428,30 @@ class LiveStatus:
             self._stop.set()
 
 
+def _seconds(value: str) -> float:
+    """A non-negative, finite number of seconds (argparse turns the ValueError into a usage error)."""
+    seconds = float(value)
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(value)
+    return seconds
+
+
+def add_options(group: pytest.OptionGroup) -> None:
+    group.addoption(
+        "--progress-interval",
+        dest="invarlock_progress_interval",
+        type=_seconds,
+        default=DEFAULT_INTERVAL_S,
+        metavar="SECONDS",
+        help="without a terminal (CI logs, | tee): print a progress line at most this often and at "
+        "every further 10%% of the items (default 30); on a terminal the status updates in place; "
+        "0 turns progress off (so does -q)",
+    )
+
+
 def progress_mode(config: pytest.Config) -> tuple[bool, float] | None:
     """(live, interval) for this session, or None when progress is off (-q, --progress-interval 0)."""
-    interval = config.getoption("progress_interval", DEFAULT_INTERVAL_S)
+    interval = config.getoption("invarlock_progress_interval", DEFAULT_INTERVAL_S)
     if config.get_verbosity() < 0 or interval is None or interval <= 0:
         return None
     stream = sys.stdout

@@ -40,9 +40,94 @@ SUITE_INI = "invarlock_suite"
 CONFTEST_ATTRIBUTE = "INVARLOCK_SUITE"
 
 
+def add_options(group: pytest.OptionGroup) -> None:
+    """What the campaign is (suite, models, runs, settings) and how its work is done."""
+    group.addoption(
+        "--suite",
+        dest="invarlock_suite",
+        default=None,
+        help="suite name (tiny, smol, ci, subset, showcase, workshop3, full, b200) or path to a suite YAML; naming it makes this a validation session (default suite: tiny)",
+    )
+    group.addoption(
+        "--models",
+        dest="invarlock_models",
+        action="append",
+        default=[],
+        help="override the suite's models: catalogue names, hub ids or local dirs, comma-separated or repeated",
+    )
+    for kind in SCENARIO_KINDS:
+        group.addoption(
+            f"--runs-{kind}",
+            dest=f"invarlock_runs_{kind}",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"override the number of {kind} runs per scenario",
+        )
+    group.addoption("--no-errors", dest="invarlock_no_errors", action="store_true", help="drop the error-injection scenarios")
+    group.addoption("--benchmarks", dest="invarlock_benchmarks", default=None, help="override the lm-eval tasks, comma-separated")
+    group.addoption(
+        "--tier", dest="invarlock_tier", default=None, help="override the InvarLock tier (balanced, conservative, aggressive)"
+    )
+    group.addoption(
+        "--run-dir",
+        dest="invarlock_run_dir",
+        default=None,
+        help="where artifacts, records and reports go; default: validation-runs/<suite> under the rootdir",
+    )
+    group.addoption(
+        "--offline",
+        dest="invarlock_offline",
+        action="store_true",
+        default=None,
+        help="never touch a model hub (default when no network is reachable)",
+    )
+    group.addoption(
+        "--online",
+        dest="invarlock_offline",
+        action="store_false",
+        help="allow hub downloads (default when the hub is reachable)",
+    )
+    group.addoption(
+        "--revisions",
+        dest="invarlock_revisions",
+        default=None,
+        metavar="FILE",
+        help="pinned hub commits (model_revisions.json from an online run); default <run-dir>/state/model_revisions.json",
+    )
+    group.addoption(
+        "--recompute",
+        dest="invarlock_recompute",
+        action="store_true",
+        help="recompute presets, edits, baseline reports and results instead of reusing them",
+    )
+    group.addoption(
+        "--determinism",
+        dest="invarlock_determinism",
+        choices=("throughput", "strict"),
+        default="throughput",
+        help="throughput: TF32 and cuDNN benchmark on; strict: off, deterministic cuBLAS",
+    )
+    group.addoption(
+        "--certify-mode",
+        dest="invarlock_certify_mode",
+        choices=("auto", "subprocess", "inprocess"),
+        default="auto",
+        help="run invarlock evaluate in the worker process (faster) or a subprocess (isolated); auto: in-process unless an item spans several GPUs",
+    )
+    group.addoption(
+        # not --device: pytest-playwright owns that name
+        "--invarlock-device",
+        dest="invarlock_device",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help="override the suite's device",
+    )
+
+
 def declared_suite(config: pytest.Config) -> str | None:
     """The suite this session names (rules 1-3 of `plugin`'s docstring), or None: then it is passive so far."""
-    suite = config.getoption("suite", None) or config.getini(SUITE_INI)
+    suite = config.getoption("invarlock_suite", None) or config.getini(SUITE_INI)
     if suite:
         return str(suite)
     for plugin in config.pluginmanager.get_plugins():
@@ -122,7 +207,7 @@ class ConfigState:
                     f"none in {self.revisions_file}): {HOW_TO_PIN}"
                 )
             if not _in_hub_cache(model.source, model.revision):
-                return f"hub model {model.source}@{model.revision[:12]} is not in the local Hugging Face cache and this run is offline"
+                return f"hub model {model.source}@{(model.revision or '')[:12]} is not in the local Hugging Face cache and this run is offline"
         if model.settings.dataset != "local" and self.options.offline:
             return (
                 f"model {model.name} is evaluated on InvarLock's hub dataset '{model.settings.dataset}' and this run "
@@ -160,7 +245,7 @@ def node_gpus(config: pytest.Config) -> list[Gpu]:
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None and GPUS_INPUT in workerinput:
         return [Gpu(**gpu) for gpu in workerinput[GPUS_INPUT]]
-    spec = config.getoption("gpus")
+    spec = config.getoption("invarlock_gpus")
     if spec:
         try:
             return parse_gpu_spec(spec)
@@ -206,34 +291,34 @@ def run_dir_problem(run_dir: Path) -> str | None:
 
 def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
     suite = load_suite(suite_name)
-    models_option = config.getoption("models")
+    models_option = config.getoption("invarlock_models")
     models = [m.strip() for value in models_option for m in value.split(",") if m.strip()]
     if models_option and not models:
         raise SuiteError(
             f"--models {','.join(models_option)!r} names no model. Give catalogue names, hub ids (org/name) or "
             "local model directories, comma-separated, or leave --models out to run the suite's models."
         )
-    benchmarks = config.getoption("benchmarks")
+    benchmarks = config.getoption("invarlock_benchmarks")
     suite = override_suite(
         suite,
         models=models or None,
-        runs={kind: config.getoption(f"runs_{kind}") for kind in SCENARIO_KINDS},
-        errors=not config.getoption("no_errors"),
+        runs={kind: config.getoption(f"invarlock_runs_{kind}") for kind in SCENARIO_KINDS},
+        errors=not config.getoption("invarlock_no_errors"),
         benchmarks=[b.strip() for b in benchmarks.split(",") if b.strip()] if benchmarks is not None else None,
-        tier=config.getoption("tier"),
+        tier=config.getoption("invarlock_tier"),
     )
-    offline = config.getoption("offline")
+    offline = config.getoption("invarlock_offline")
     if offline is None:
         offline = not any(m.is_hub for m in suite.models) or not hub_reachable()
     options = Options(
-        calibrate_only=config.getoption("calibrate_only"),
-        no_benchmarks=config.getoption("no_benchmarks"),
+        calibrate_only=config.getoption("invarlock_calibrate_only"),
+        no_benchmarks=config.getoption("invarlock_no_benchmarks"),
         offline=offline,
-        recompute=config.getoption("recompute"),
-        certify_mode=config.getoption("certify_mode"),
-        determinism=config.getoption("determinism"),
+        recompute=config.getoption("invarlock_recompute"),
+        certify_mode=config.getoption("invarlock_certify_mode"),
+        determinism=config.getoption("invarlock_determinism"),
     )
-    run_dir_option = config.getoption("run_dir")
+    run_dir_option = config.getoption("invarlock_run_dir")
     run_dir = user_path(run_dir_option, "--run-dir") if run_dir_option else Path(config.rootpath) / "validation-runs" / suite.name
     if not run_dir.is_absolute():
         run_dir = Path(config.invocation_params.dir) / run_dir
@@ -243,7 +328,7 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
         raise SuiteError(
             f"{given}: {problem}. Pass --run-dir with a directory you can write, e.g. --run-dir /tmp/invarlock-runs."
         )
-    revisions_option = config.getoption("revisions", None)
+    revisions_option = config.getoption("invarlock_revisions", None)
     revisions_file = (
         Path(config.invocation_params.dir) / user_path(revisions_option, "--revisions")
         if revisions_option
@@ -265,9 +350,10 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
         items=build_items(suite),
         options=options,
         run_dir=run_dir,
-        device=resolve_device(config.getoption("device") or suite.device),
+        device=resolve_device(config.getoption("invarlock_device") or suite.device),
         session=session_token(config),
         gpus=node_gpus(config),
         host_cache_bytes=node_host_cache_bytes(config),
-        simulated_gpu_node=bool(config.getoption("gpus")) and (config.getoption("device") or suite.device) == "auto",
+        simulated_gpu_node=bool(config.getoption("invarlock_gpus"))
+        and (config.getoption("invarlock_device") or suite.device) == "auto",
     )

@@ -10,6 +10,7 @@ definition is unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from pytest_invarlock.campaign.window_planner import plan_lines
 from pytest_invarlock.records import earlier_records, record_from_report, record_path
 from pytest_invarlock.state import ConfigState
 from pytest_invarlock.store import StoreError, write_json_sealed
-from pytest_invarlock.verdict.compile import compile_records
+from pytest_invarlock.verdict.compile import Compiled, compile_records
 from pytest_invarlock.verdict.render import render_benchmarks, render_table, write_reports
+
+VERDICT_PLUGIN = "invarlock-verdict"
 
 
 class VerdictReporter:
@@ -30,6 +33,7 @@ class VerdictReporter:
         self.state = state
         self.records: dict[str, dict[str, Any]] = {}
         self._setup_started: dict[str, float] = {}
+        self.written: Written | None = None
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -50,11 +54,6 @@ class VerdictReporter:
             write_json_sealed(record_path(self.state.run_dir, item), record)
         except StoreError as exc:
             self.state.warnings.append(str(exc))
-
-    def campaign_records(self) -> tuple[list[dict[str, Any]], int]:
-        """This session's records plus earlier ones for the other suite items; and how many came from earlier."""
-        earlier = earlier_records(self.state.run_dir, self.state.items, set(self.records), self.state.warnings)
-        return [*self.records.values(), *earlier], len(earlier)
 
     @pytest.hookimpl
     def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
@@ -78,39 +77,39 @@ class VerdictReporter:
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signal.SIGINT, on_sigint)
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-        if not self.records and not interrupted:
-            return
-        records, earlier = self.campaign_records()
-        if not records:
-            if interrupted:
-                terminalreporter.write_line(_resume_line(config, 0, _selected(terminalreporter)), yellow=True)
-            return
-        compiled = compile_records(
-            records, items=[item.param_id for item in self.state.items], min_signal_fraction=self.state.suite.min_signal_fraction
+    def campaign_verdict(self) -> tuple[list[dict[str, Any]], Compiled] | None:
+        """The campaign's records and compiled verdict, once `pytest_sessionfinish` made them."""
+        written = self.written
+        return None if written is None or written.compiled is None else (written.records, written.compiled)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Write the verdict files here, not in the terminal summary: they must exist with `-p no:terminal`
+        and after an internal error too (as junitxml writes its file). The summary only prints `self.written`."""
+        partial = partial_reason(session, exitstatus)
+        self.written = write_verdict(
+            self.state,
+            self.records,
+            partial=partial,
+            args=list(session.config.invocation_params.args),
+            selected=session.testscollected,
         )
-        header = {
-            "suite": self.state.suite.name,
-            "suite_file": str(self.state.suite.path),
-            "run_dir": str(self.state.run_dir),
-            "items_this_session": len(self.records),
-            "items_from_earlier_sessions": earlier,
-            "partial": interrupted,
-            # what `verify` needs to recompute the Phase 0 block from the records of an evidence pack
-            "campaign": {
-                "items": {item.param_id: item.definition_key for item in self.state.items},
-                "min_signal_fraction": self.state.suite.min_signal_fraction,
-                "options": {**vars(self.state.options), "device": self.state.device, "args": list(config.invocation_params.args)},
-                "revisions": {m.source: m.revision for m in self.state.suite.models if m.revision},
-            },
-        }
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
+        written = self.written
+        if written is None:
+            return
         write = terminalreporter.write_line
-        terminalreporter.section("InvarLock validation" + (" (PARTIAL: interrupted)" if interrupted else ""))
+        if written.compiled is None:
+            if written.partial:
+                write(_resume_line(config, 0, written.selected), yellow=True)
+            return
+        compiled = written.compiled
+        terminalreporter.section("InvarLock validation" + (f" (PARTIAL: {written.partial})" if written.partial else ""))
         write(
             f"suite {self.state.suite.name}: {len(self.records)} item(s) this session"
-            + (f", {earlier} from earlier sessions in {self.state.run_dir}" if earlier else "")
+            + (f", {written.earlier} from earlier sessions in {self.state.run_dir}" if written.earlier else "")
         )
         reused = _reuse_counts(self.records.values())
         if reused:
@@ -127,8 +126,8 @@ class VerdictReporter:
                 "(the others used the model their worker already held)"
             )
         ran = {r.get("model") for r in self.records.values()}
-        for line in plan_lines(self.state.run_dir, [m for m in self.state.suite.models if m.name in ran], recorded_only=True):
-            write("windows: " + line)
+        for plan in plan_lines(self.state.run_dir, [m for m in self.state.suite.models if m.name in ran], recorded_only=True):
+            write("windows: " + plan)
         write("")
         write(render_table(compiled))
         benchmarks = render_benchmarks(compiled)
@@ -137,24 +136,93 @@ class VerdictReporter:
             write(benchmarks)
         write("")
         status = compiled.phase0.status
-        for line in compiled.phase0.render_text().splitlines():
-            write(line, green=status == "PHASE0_VALIDATED" and status in line, red=status == "PHASE0_FAILED" and status in line)
-        try:
-            paths = write_reports(compiled, self.state.run_dir, header=header)
-        except StoreError as exc:
-            write(f"could not write the reports: {exc}", red=True)
-        else:
-            write("")
-            write(
-                f"reports: {_common_parent(paths)} (final_verdict.json/.txt, analysis/*.csv, *.json)"
-                + (" marked partial" if interrupted else "")
-            )
-            _html_report(records, compiled, self.state.run_dir, header, write)
-            _evidence_pack(config, self.state.run_dir, write)
+        for text in compiled.phase0.render_text().splitlines():
+            write(text, green=status == "PHASE0_VALIDATED" and status in text, red=status == "PHASE0_FAILED" and status in text)
+        write("")
+        for line in written.lines:
+            write(line.text, red=line.problem)
         for warning in self.state.warnings:
             write(f"warning: {warning}", yellow=True)
-        if interrupted:
-            write(_resume_line(config, len(self.records), _selected(terminalreporter)), yellow=True)
+        if written.partial:
+            write(_resume_line(config, len(self.records), written.selected), yellow=True)
+
+
+@dataclass(frozen=True)
+class Line:
+    """A line the summary prints about what was written; `problem` lines are printed red."""
+
+    text: str
+    problem: bool = False
+
+
+@dataclass
+class Written:
+    """What the session wrote at its end, for the terminal summary to print."""
+
+    compiled: Compiled | None
+    records: list[dict[str, Any]]  # the campaign's: this session's and earlier sessions' for the other items
+    earlier: int
+    partial: str | None
+    selected: int
+    lines: list[Line] = field(default_factory=list)
+
+
+def partial_reason(session: pytest.Session, exitstatus: int) -> str | None:
+    """Why this session's verdict covers less than it selected, or None when every selected item ran."""
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "interrupted"
+    if exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+        return "internal error"
+    if session.shouldfail or session.shouldstop:
+        return "stopped early"
+    return None
+
+
+def write_verdict(
+    state: ConfigState, records: dict[str, dict[str, Any]], *, partial: str | None, args: list[str], selected: int
+) -> Written | None:
+    """Compile this session's records with earlier ones and write reports/, analysis/ and report.html.
+
+    None when the session ran no suite item and was not cut short (nothing to say).
+    """
+    if not records and partial is None:
+        return None
+    earlier_records_ = earlier_records(state.run_dir, state.items, set(records), state.warnings)
+    campaign = [*records.values(), *earlier_records_]
+    if not campaign:
+        return Written(None, [], 0, partial, selected)
+    compiled = compile_records(
+        campaign, items=[item.param_id for item in state.items], min_signal_fraction=state.suite.min_signal_fraction
+    )
+    header = {
+        "suite": state.suite.name,
+        "suite_file": str(state.suite.path),
+        "run_dir": str(state.run_dir),
+        "items_this_session": len(records),
+        "items_from_earlier_sessions": len(earlier_records_),
+        "partial": partial or False,
+        # what `verify` needs to recompute the Phase 0 block from the records of an evidence pack
+        "campaign": {
+            "items": {item.param_id: item.definition_key for item in state.items},
+            "min_signal_fraction": state.suite.min_signal_fraction,
+            "options": {**vars(state.options), "device": state.device, "args": args},
+            "revisions": {m.source: m.revision for m in state.suite.models if m.revision},
+        },
+    }
+    written = Written(compiled, campaign, len(earlier_records_), partial, selected)
+    try:
+        paths = write_reports(compiled, state.run_dir, header=header)
+    except StoreError as exc:
+        written.lines.append(Line(f"could not write the reports: {exc}", problem=True))
+        return written
+    written.lines.append(
+        Line(
+            f"reports: {_common_parent(paths)} (final_verdict.json/.txt, analysis/*.csv, *.json)"
+            + (f" marked partial ({partial})" if partial else "")
+        )
+    )
+    written.lines.append(_html_report(campaign, compiled, state.run_dir, header))
+    return written
 
 
 def stamp_where_and_when(
@@ -180,39 +248,15 @@ def stamp_where_and_when(
     return stamp
 
 
-def _html_report(records: list[dict[str, Any]], compiled: Any, run_dir: Path, header: dict[str, Any], write: Any) -> None:
-    """reports/report.html; a failure to draw it is reported, never allowed to hide the verdict above."""
+def _html_report(records: list[dict[str, Any]], compiled: Compiled, run_dir: Path, header: dict[str, Any]) -> Line:
+    """reports/report.html; a failure to draw it is reported, never allowed to hide the verdict."""
     from pytest_invarlock.report import page_header, write_report
 
     try:
         path = write_report(records, compiled, run_dir=run_dir, header=page_header(header))
     except Exception as exc:  # noqa: BLE001 - matplotlib or the filesystem: say so and keep the verdict
-        write(f"could not write reports/report.html: {type(exc).__name__}: {exc}", red=True)
-    else:
-        write(f"html report: {path}")
-
-
-def _evidence_pack(config: pytest.Config, run_dir: Path, write: Any) -> None:
-    """--evidence-pack DIR: pack the run directory now that its verdict is written."""
-    target = config.getoption("evidence_pack", None)
-    if not target:
-        return
-    from pytest_invarlock.evidence.dsse import SignatureError
-    from pytest_invarlock.evidence.pack import PackError, build_pack, describe
-
-    key = config.getoption("signing_key", None)
-    base = Path(config.invocation_params.dir)
-    try:
-        pack = build_pack(run_dir, base / Path(target).expanduser(), signing_key=base / Path(key).expanduser() if key else None)
-    except (PackError, SignatureError, OSError) as exc:
-        write(f"evidence pack not written: {exc}", red=True)
-        return
-    write(describe(pack), green=pack.signed, yellow=not pack.signed)
-
-
-def _selected(terminalreporter: Any) -> int | None:
-    session = getattr(terminalreporter, "_session", None)
-    return getattr(session, "testscollected", None)
+        return Line(f"could not write reports/report.html: {type(exc).__name__}: {exc}", problem=True)
+    return Line(f"html report: {path}")
 
 
 def _resume_line(config: pytest.Config, finished: int, selected: int | None) -> str:

@@ -11,6 +11,18 @@ import pytest
 from helpers import Run, restore_run_dir, run_suite
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Our own warnings are errors in our tests (a test that expects one says so with pytest.warns).
+    config.addinivalue_line("filterwarnings", "error::pytest_invarlock.campaign.window_planner.UnderpoweredWindows")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the warmed tiny campaign run models: they are `campaign` tests."""
+    for item in items:
+        if "warm_campaign" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.campaign)
+
+
 @dataclass(frozen=True)
 class WarmCampaign:
     """One uninterrupted tiny-suite run, made once per test session and shared by e2e and fault tests.

@@ -107,17 +107,34 @@ def suite_command(run_dir: Path, *args: str, suite: str = "tiny") -> list[str]:
     ]
 
 
-def run_suite(run_dir: Path, *args: str, timeout: float = 3600, suite: str = "tiny") -> Run:
+def run_suite(run_dir: Path, *args: str, timeout: float = 3600, suite: str = "tiny", plugin_dir: Path | None = None) -> Run:
+    """Run the suite in a subprocess; `plugin_dir` goes first on PYTHONPATH (for `-p some_test_plugin`)."""
+    env = {**os.environ, **OFFLINE_ENV}
+    if plugin_dir is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin_dir), env.get("PYTHONPATH")]))
     started = time.perf_counter()
     result = subprocess.run(
-        suite_command(run_dir, *args, suite=suite),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **OFFLINE_ENV},
+        suite_command(run_dir, *args, suite=suite), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
     return Run(result.returncode, result.stdout + result.stderr, time.perf_counter() - started)
+
+
+def flip_gate(run_dir: Path, param_id: str, gate: str = "primary_metric_acceptable") -> None:
+    """Rewrite the cached certificate of an item with `gate` failed, resealed as InvarLock could have written it,
+    so the store trusts it and the item's next run judges it."""
+    import json
+
+    from pytest_invarlock.store import seal
+    from pytest_invarlock.worker.certifier import Verdict
+
+    record = json.loads((run_dir / "records" / f"{param_id}.json").read_text())
+    report_path = Path(record["report"])
+    report = json.loads(report_path.read_text())
+    report["validation"][gate] = False
+    report_path.write_text(json.dumps(report))
+    verdict_file = report_path.parents[2] / "verdict.json"
+    verdict_file.write_text(json.dumps(Verdict.from_report(report, report_path=str(report_path)).to_dict()))
+    seal(verdict_file.parent)
 
 
 def restore_run_dir(pristine: Path, run_dir: Path) -> Path:

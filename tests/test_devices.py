@@ -13,13 +13,15 @@ import pytest
 
 from helpers import run_suite
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 
 @pytest.mark.gpu
 def test_tiny_items_on_cuda_agree_with_the_cpu_verdicts(tmp_path: Path) -> None:
     """Edits and evaluates on the GPU reach the same verdicts; nothing stays on the device between items."""
     result = run_suite(
         tmp_path / "run",
-        "--device",
+        "--invarlock-device",
         "cuda",
         "-k",
         "calibration or quant_rtn_8bit_clean-run1 or prune_70pct_stress or nan_injection",

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Run, run_suite
+from helpers import Run, flip_gate, run_suite
+
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
 
 
 @pytest.fixture(scope="module")
@@ -111,18 +113,8 @@ def test_user_tests_get_the_campaigns_artifacts_from_the_fixtures(campaign: dict
 
 def test_a_tampered_certificate_turns_its_item_red(campaign: dict) -> None:
     """Flip a gate in a cached clean-edit report: the item must fail and say which gate and the numbers."""
-    from pytest_invarlock.store import seal
-    from pytest_invarlock.worker.certifier import Verdict
-
     run_dir = campaign["run_dir"]
-    record = json.loads((run_dir / "records" / "tiny-kjv-quant_rtn_8bit_clean-run1.json").read_text())
-    report_path = Path(record["report"])
-    report = json.loads(report_path.read_text())
-    report["validation"]["primary_metric_acceptable"] = False
-    report_path.write_text(json.dumps(report))
-    verdict_file = report_path.parents[2] / "verdict.json"
-    verdict_file.write_text(json.dumps(Verdict.from_report(report, report_path=str(report_path)).to_dict()))
-    seal(verdict_file.parent)  # a certificate InvarLock could have written: resealed, so the store trusts it
+    flip_gate(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1")
     rerun = run_suite(run_dir, "-k", "quant_rtn_8bit_clean-run1 and test_edit")
     assert rerun.returncode == 1
     assert "1 failed" in rerun.output

@@ -71,7 +71,8 @@ def _run(
         if not _pytester_own(p.relative_to(pytester.path))
     )
     lines = sorted(XDIST_TAG.sub("", line) for line in result.outlines if not VOLATILE.search(line))
-    envs = {p.stem: json.loads(p.read_text()) for p in dump.glob("*.json")}
+    # Keyed by test, not by test and worker: which xdist worker runs which test varies from run to run.
+    envs = {p.stem.rsplit("-", 1)[0]: json.loads(p.read_text()) for p in dump.glob("*.json")}
     return lines, envs, created
 
 

@@ -81,7 +81,7 @@ def test_markers_and_selection_options(tmp_path: Path) -> None:
 
 def test_models_that_cannot_run_here_are_skipped_with_the_reason() -> None:
     result = run_pytest(
-        "-q", "-rs", str(VALIDATION), "--suite", "subset", "--offline", "--device", "cpu", "-k", "calibration-run1"
+        "-q", "-rs", str(VALIDATION), "--suite", "subset", "--offline", "--invarlock-device", "cpu", "-k", "calibration-run1"
     )
     assert result.returncode == 0, result.stdout
     assert "needs a GPU" in result.stdout
@@ -89,6 +89,15 @@ def test_models_that_cannot_run_here_are_skipped_with_the_reason() -> None:
 
 def test_offline_refuses_hub_models_without_a_pinned_revision() -> None:
     result = run_pytest(
-        "-q", "-rs", str(VALIDATION), "--suite", "ci", "--offline", "--device", "cuda", "-k", "gpt2-calibration-run1"
+        "-q", "-rs", str(VALIDATION), "--suite", "ci", "--offline", "--invarlock-device", "cuda", "-k", "gpt2-calibration-run1"
     )
     assert "without a pinned revision" in result.stdout
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["single-process", "xdist"])
+def test_a_path_pytest_cannot_find_is_a_usage_error(tmp_path: Path, xdist: tuple[str, ...]) -> None:
+    """`pytest validation/ --suite tiny` from a directory without validation/: exit 4 naming the path, with or without -n."""
+    result = run_pytest("validation/", "--suite", "tiny", *xdist, cwd=tmp_path)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    assert "file or directory not found: validation/" in result.stderr
+    assert "INTERNALERROR" not in result.stdout + result.stderr

@@ -204,6 +204,7 @@ def heatmap_svg(data: Heatmap) -> str:
     titles = {}
     for i, cell in enumerate(data.cells):
         row, col = data.models.index(cell.model), data.scenarios.index(cell.scenario)
+        face: str | tuple[float, float, float, float]
         if not cell.runs:
             face = "#eeeeee"
         else:

@@ -2,27 +2,32 @@
 
 Registered on the controller of a validation session only when pytest-html is loaded and `--html` is
 given; its hooks are optional, so without pytest-html nothing of this exists. pytest-html builds its
-page in its own `pytest_sessionfinish`, before the terminal summary, so the summary is compiled here
-from the verdict reporter's records (the same ones `report.html` is drawn from a moment later).
+page in its own (trylast) `pytest_sessionfinish`, after the verdict reporter's (tryfirst) wrote the
+verdict, so the section shows that same compiled verdict.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from pytest_invarlock.state import ConfigState
+from pytest_invarlock.verdict.compile import Compiled
+
+# The verdict this session compiled: its campaign's records and their compiled verdict (None before that).
+CampaignVerdict = Callable[[], tuple[list[dict[str, Any]], Compiled] | None]
 
 PLUGIN_NAME = "invarlock-pytest-html"
 COLUMNS = ("InvarLock ratio (95% CI)", "gates / accuracy")
 
 
-def register_pytest_html(config: pytest.Config, state: ConfigState) -> None:
+def register_pytest_html(config: pytest.Config, state: ConfigState, verdict: CampaignVerdict) -> None:
     if config.pluginmanager.hasplugin("html") and getattr(config.option, "htmlpath", None):
-        config.pluginmanager.register(PytestHtmlSection(config, state), PLUGIN_NAME)
+        config.pluginmanager.register(PytestHtmlSection(state, verdict), PLUGIN_NAME)
 
 
 def _record(report: Any) -> dict[str, Any] | None:
@@ -61,8 +66,8 @@ def row_cells(record: dict[str, Any] | None) -> list[str]:
 
 
 class PytestHtmlSection:
-    def __init__(self, config: pytest.Config, state: ConfigState) -> None:
-        self.config, self.state = config, state
+    def __init__(self, state: ConfigState, verdict: CampaignVerdict) -> None:
+        self.state, self.verdict = state, verdict
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_header(self, cells: list[str]) -> None:
@@ -74,18 +79,14 @@ class PytestHtmlSection:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str], session: Any) -> None:
-        verdict = self.config.pluginmanager.get_plugin("invarlock-verdict")
-        if verdict is None or not verdict.records:
+        campaign = self.verdict()
+        if campaign is None:
             return
         from pytest_invarlock.report import REPORT_FILE, pictures
         from pytest_invarlock.report.data import report_data
         from pytest_invarlock.report.page import phase0_html
-        from pytest_invarlock.verdict.compile import compile_records
 
-        records, _ = verdict.campaign_records()
-        compiled = compile_records(
-            records, items=[item.param_id for item in self.state.items], min_signal_fraction=self.state.suite.min_signal_fraction
-        )
+        records, compiled = campaign
         data = report_data(records, compiled.benchmarks, self.state.run_dir / REPORT_FILE.parent)
         svgs = pictures(data, compiled.phase0)
         path = self.state.run_dir / REPORT_FILE

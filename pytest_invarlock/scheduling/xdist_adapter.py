@@ -101,6 +101,7 @@ class GpuScheduling:
         self._numnodes, self._fallback, self._on_unplaceable, self._log = numnodes, fallback, on_unplaceable, log
         self._delegate: Scheduling | None = None
         self._collections: dict[Node, list[str]] = {}
+        self._departed: list[Node] = []  # workers that finished before the collection was complete
         self._pending: dict[Node, list[int]] = {}  # indices sent and not completed, spacers included
         self._admitted: dict[str, Node] = {}  # worker id -> node the policy knows
         self._collection: list[str] = []
@@ -187,6 +188,8 @@ class GpuScheduling:
         worker = node.gateway.id
         self._homes.release(worker)
         pending = self._pending.pop(node)  # KeyError for a node never added, which xdist expects
+        if self._policy is None:
+            self._departed.append(node)  # a fallback chosen later must hear of it too
         if self._admitted.pop(worker, None) is None:
             return None
         # A worker runs its pending items in order: the head is what ran, unless it was the spacer.
@@ -223,10 +226,7 @@ class GpuScheduling:
         if not any(items) or any(other != collection for other in collections):
             self._log("no suite items or differing collections: handing over to", type(self._fallback).__name__)
             self._delegate = self._fallback
-            for node in self._pending:
-                self._delegate.add_node(node)
-                if node in self._collections:
-                    self._delegate.add_node_collection(node, self._collections[node])
+            self._replay_to(self._fallback)
             return
         self._collection, self._items = collection, items
         seen: Counter[str] = Counter()
@@ -237,6 +237,16 @@ class GpuScheduling:
         self._policy = Policy(self._tasks(), self._devices)
         for node in self._collections:
             self._admit(node)
+
+    def _replay_to(self, fallback: Scheduling) -> None:
+        """Tell the fallback what xdist told this adapter so far: every worker, its collection, and the workers
+        that already finished (a worker with nothing to run can finish before the last collection arrives)."""
+        for node in [*self._collections, *(n for n in self._pending if n not in self._collections)]:
+            fallback.add_node(node)
+            if node in self._collections:
+                fallback.add_node_collection(node, self._collections[node])
+            if node in self._departed:
+                fallback.remove_node(node)
 
     def _tasks(self) -> list[Task]:
         """Planned tasks for the suite items that will run here; free tasks for the rest."""

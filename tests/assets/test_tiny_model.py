@@ -24,6 +24,8 @@ SMALL = tm.TinyBuildParams(
     calibration_passages=4,
 )
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 
 @pytest.fixture(scope="module")
 def twin_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[tm.TinyAssets, tm.TinyAssets]:

@@ -9,6 +9,8 @@ from pytest_invarlock.campaign.judging import judge
 from pytest_invarlock.campaign.suite import Scenario
 from pytest_invarlock.worker.certifier import Verdict
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 CLEAN = Scenario("quant_rtn_8bit_clean", "quant_rtn:8:128:ffn", "clean")
 STRESS = Scenario("prune_70pct_stress", "magnitude_prune:0.7:all", "stress", detectors=("primary_metric_acceptable",))
 ANY_STRESS = Scenario("svd_rank32_stress", "lowrank_svd:32:all", "stress")

@@ -40,6 +40,8 @@ EDIT_SPECS = (
     "lowrank_svd:4:attn",
 )
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:

@@ -30,6 +30,8 @@ from pytest_invarlock.edits.kernels.quant import (  # noqa: E402
     rtn_quantize_,
 )
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 FAST = settings(max_examples=40, deadline=None)
 MXFP4_BLOCK = 32  # the spec's group size, written here rather than read from the kernel module
 Tensor = torch.Tensor

@@ -20,6 +20,8 @@ import pytest
 
 from helpers import OFFLINE_ENV, REPO, Run, run_suite, small_filesystem, suite_command
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 EDIT_ITEMS = "test_edit and (quant_rtn_8bit_clean or prune_10pct_clean)"  # 4 certify items, 2 edits
 
 

@@ -7,6 +7,8 @@ import signal
 
 import pytest
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 
 def test_a_swallowed_ctrl_c_inside_an_inprocess_evaluate_is_raised_again() -> None:
     from pytest_invarlock.worker.certifier import interrupts_kept

@@ -19,9 +19,12 @@ from pytest_invarlock.report import render_report
 from pytest_invarlock.verdict.compile import compile_records
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium is not installed here (apt-get install -y chromium; .ci/run does it)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="headless Chromium is not installed here (apt-get install -y chromium; .ci/run does it)"
+    ),
+    pytest.mark.campaign,  # a browser: not in ./dev.sh test --fast
+]
 
 
 def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,8 @@ import pytest
 
 from helpers import OFFLINE_ENV, REPO, suite_command
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 # A smaller suite through options (the split is over the suite the options leave, so every shard gets
 # work; a -k selection would act after the split): shard 1 runs the 2 calibrations, shards 2 and 3 two
 # clean edits each, which need the preset shard 1 is making.

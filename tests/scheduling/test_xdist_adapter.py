@@ -460,6 +460,31 @@ def test_workers_that_collected_differently_go_to_xdists_scheduler(workdir):
     assert ("schedule",) in fallback.calls and first.queue == second.queue == []
 
 
+def test_a_worker_that_finished_before_the_last_collection_is_replayed_to_xdists_scheduler(workdir):
+    """A worker with nothing to run can finish (and be removed) before the other worker's collection arrives;
+    the fallback must hear of it, or xdist's LoadScheduling waits for a collection that never comes."""
+    state = make_state(workdir, "early")
+    fallback = FakeFallback()
+    sched = scheduler_for(
+        state, parse_gpu_spec("2x80"), GpuHomes([0, 1]), numnodes=2, fallback=fallback, on_unplaceable=lambda *_: None
+    )
+    first, second = FakeNode("gw0"), FakeNode("gw1")
+    for node in (first, second):
+        sched.add_node(node)
+    sched.add_node_collection(first, [])
+    assert sched.remove_node(first) is None
+    sched.add_node_collection(second, [])
+    sched.schedule()
+    assert fallback.calls == [
+        ("add_node", first),
+        ("add_node_collection", first, []),
+        ("remove_node", first),
+        ("add_node", second),
+        ("add_node_collection", second, []),
+        ("schedule",),
+    ]
+
+
 def test_nothing_is_sent_after_shutdown(workdir):
     """-x: xdist shuts every node down mid-run; completions after that must send nothing."""
     gpus = parse_gpu_spec("2x80")
@@ -542,7 +567,7 @@ def test_a_gpus_simulation_plans_as_that_node_but_device_cpu_keeps_the_cpu_size_
     state = make_state(workdir, "simulated", parse_gpu_spec("8x80:79"))
     large = replace(state.items[0].model, params_b=72.0)
     assert "needs a GPU and none is visible" in state._model_unavailable(large)  # device cpu, no simulation
-    state.simulated_gpu_node = True  # --gpus with --device auto on a host without NVML GPUs
+    state.simulated_gpu_node = True  # --gpus with --invarlock-device auto on a host without NVML GPUs
     assert state._model_unavailable(large) is None
 
 
@@ -557,7 +582,7 @@ def test_workers_get_a_share_of_a_node_wide_host_ram_budget(workdir):
     distribution._homes = GpuHomes([0, 1, 2, 3])
     node = SimpleNamespace(gateway=SimpleNamespace(id="gw0"), workerinput={})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("pytest_invarlock.distribution._worker_count", lambda config: 4)
+        patch.setattr("pytest_invarlock.distribution.worker_count", lambda config: 4)
         distribution.pytest_configure_node(node)
     assert node.workerinput[HOST_CACHE_INPUT] == host_cache_share(4) == host_cache_share(1) // 4
     worker = SimpleNamespace(workerinput=node.workerinput)

@@ -25,6 +25,8 @@ from pytest_invarlock.worker.certifier import (
     tier_preset,
 )
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 
 def test_from_report_reads_the_numbers():
     verdict = Verdict.from_report(synthetic_report(guard_warnings_present=False), report_path="r.json")

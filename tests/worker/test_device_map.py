@@ -49,6 +49,8 @@ QWEN15_72B = dict(
     tie_word_embeddings=False,
 )
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 
 def _nodes(spec_total: float, spec_free: float, count: int) -> list[Gpu]:
     return [Gpu(i, spec_total, spec_free, 0, "test") for i in range(count)]

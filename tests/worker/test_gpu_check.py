@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO
+
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
 
 
 def test_gpu_check_dry_run_writes_its_figures(tmp_path):

@@ -23,6 +23,8 @@ from pytest_invarlock.worker.lm_eval_scoring import (
     run_benchmark,
 )
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

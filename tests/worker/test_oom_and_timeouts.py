@@ -21,6 +21,8 @@ from pytest_invarlock.state import ConfigState
 from pytest_invarlock.worker import execution
 from pytest_invarlock.worker.resources import EXIT_TIMED_OUT, ItemTimeout, deadline, is_oom, smaller_batch
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 
 def test_deadline_interrupts_the_main_thread():
     started = time.monotonic()

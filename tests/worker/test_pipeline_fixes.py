@@ -7,9 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.worker import certifier
 from pytest_invarlock.worker.pipeline import Worker, _file_digest, calibration_runs
+
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
 
 
 def test_calibration_runs_use_stride_equal_to_seq_len() -> None:

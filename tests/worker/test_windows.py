@@ -15,6 +15,8 @@ from pytest_invarlock.assets.tiny_model import build_tiny_assets, heldout_docume
 from pytest_invarlock.store import Store
 from pytest_invarlock.worker import windows as w
 
+pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
+
 SEQ_LEN = 128
 
 
