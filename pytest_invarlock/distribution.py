@@ -15,6 +15,8 @@ scheduler uses to release a held item.
 Passive outside a validation session: the module-level hooks act only on what an active controller
 put in `workerinput`, or when `state.declared_suite` names a suite; the rest is registered by
 `register_session_pieces`. Torch-free: this module is loaded on the controller.
+PYTEST_DONT_REWRITE: `plugin` imports this module before pytest reaches its `pytest_plugins` list (for the
+options), so pytest < 9 would warn that it is already imported; it has no asserts to rewrite.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from pytest_invarlock.compat import runtestprotocol, worker_count
+from pytest_invarlock.compat import runtestprotocol
 from pytest_invarlock.scheduling.inventory import host_cache_share, probe_gpus
 from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, write_placement
 from pytest_invarlock.scheduling.plan_table import PLAN_CSV, PlanRow, format_plan_table, plan_rows, write_plan_csv
@@ -106,6 +108,15 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
             )
     elif workerinput.get(SPACER_INPUT):
         config.pluginmanager.register(WorkerSpacer(), "invarlock-spacer")
+
+
+def worker_count(config: pytest.Config) -> int:
+    """The workers a distributed session starts: xdist's `--tx` specs (`-n N` became N of them), `K*spec` counting K."""
+    count = 0
+    for spec in config.getoption("tx", None) or []:
+        multiplier, star, _ = spec.partition("*")
+        count += int(multiplier) if star and multiplier.isdigit() else 1
+    return count
 
 
 class ControllerDistribution:
