@@ -7,10 +7,12 @@ its predecessor freed), re-reads NVML's free memory while dispatching, and sched
 gets ours. `--gpu-plan` prints the per-item memory plan and writes it as CSV, with or without `-n`,
 and with `--co`.
 
-Worker: sets CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER as soon as xdist hands it `workerinput`
-(in pytest_cmdline_main, before any pytest_configure); conftest files are imported earlier still,
-so they may import torch but must not touch CUDA at import time. It also adds the spacer item the
-scheduler uses to release a held item.
+Worker: sets the visibility variables of its home device (`placement.cuda_env`: CUDA_VISIBLE_DEVICES,
+or ROCR_/HIP_VISIBLE_DEVICES on AMD) as soon as xdist hands it `workerinput` (in pytest_cmdline_main,
+before any pytest_configure); conftest files are imported earlier still, so they may import torch
+but must not touch CUDA at import time. It also adds the spacer item the scheduler uses to release
+a held item. A session without xdist binds itself the same way to the probed devices it may use
+(all of them, less those --gpu-require-idle left out).
 
 Passive outside a validation session: the module-level hooks act only on what an active controller
 put in `workerinput`, or when `state.declared_suite` names a suite; the rest is registered by
@@ -27,9 +29,10 @@ from typing import Any
 import pytest
 from _pytest.runner import runtestprotocol  # the protocol without reports; pytest exports no public alias
 
-from pytest_invarlock.scheduling.inventory import host_cache_share, probe_gpus
+from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share
 from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, write_placement
 from pytest_invarlock.scheduling.plan_table import PLAN_CSV, PlanRow, format_plan_table, plan_rows, write_plan_csv
+from pytest_invarlock.scheduling.probe import probe_gpus
 from pytest_invarlock.scheduling.tasks import scheduling_devices
 from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
 from pytest_invarlock.state import GPUS_INPUT, HOST_CACHE_INPUT, SESSION_INPUT, ConfigState, declared_suite, node_gpus
@@ -49,7 +52,7 @@ def pytest_cmdline_main(config: pytest.Config):
     """
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and workerinput.get(HOME_INPUT) is not None:
-        os.environ.update(cuda_env([workerinput[HOME_INPUT]]))
+        os.environ.update(cuda_env([workerinput[HOME_INPUT]], [Gpu(**gpu) for gpu in workerinput[GPUS_INPUT]]))
     option = config.option
     config.stash[DIST_CHOSEN_KEY] = getattr(option, "dist", "no") != "no" or bool(getattr(option, "distload", False))
     return (yield)
@@ -67,6 +70,8 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
     """Called once the session is a validation session: the controller's and the worker's plugins."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
+        if state.gpus and not config.getoption("gpus") and not _distributed(config):
+            os.environ.update(cuda_env([gpu.index for gpu in state.gpus], state.gpus))
         config.pluginmanager.register(VerdictReporter(state), "invarlock-verdict")
         from pytest_invarlock.preflight import StorePreflight
 
@@ -81,6 +86,11 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
             config.pluginmanager.register(MemoryPlanReporter(state, config.getoption("shard", None)), "invarlock-memory-plan")
     elif workerinput.get(SPACER_INPUT):
         config.pluginmanager.register(WorkerSpacer(), "invarlock-spacer")
+
+
+def _distributed(config: pytest.Config) -> bool:
+    """Whether xdist runs the items in workers (it has turned `-n`/`--tx` into its options by now)."""
+    return getattr(config.option, "dist", "no") != "no" or bool(getattr(config.option, "tx", None))
 
 
 def _worker_count(config: pytest.Config) -> int:
@@ -128,7 +138,7 @@ class ControllerDistribution:
             fallback=LoadScheduling(config, log),
             on_unplaceable=partial(report_unplaceable, config),
             log=log.gpusched,
-            probe=probe_gpus if state.gpus and not config.getoption("gpus") else None,  # NVML, never a simulation
+            probe=probe_gpus if state.gpus and not config.getoption("gpus") else None,  # the driver, never a simulation
         )
         config.pluginmanager.register(scheduler, "invarlock-scheduler")
         return scheduler

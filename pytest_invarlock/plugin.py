@@ -121,7 +121,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--gpus",
         default=None,
         metavar="SPEC",
-        help="simulate this node's GPUs instead of asking NVML: 8x180, 80,80,24 or 2x80,24 (sizes in GB), "
+        help="simulate this node's GPUs instead of asking the driver (NVML, ROCm): 8x180, 80,80,24 or 2x80,24 (sizes in GB), "
         "with the free memory NVML would report after a colon: 8x80:78.5, 80:79,80:79,24:23. "
         "With --device auto on a host without GPUs, the plan is that node's (no CPU-size skip)",
     )
@@ -141,6 +141,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="without a terminal (CI logs, | tee): print a progress line at most this often and at "
         "every further 10%% of the items (default 30); on a terminal the status updates in place; "
         "0 turns progress off (so does -q)",
+    )
+    group.addoption(
+        "--gpu-require-idle",
+        action="store_true",
+        default=None,
+        dest="invarlock_gpu_require_idle",
+        help="leave out GPUs that run other processes when the session starts (the suite's gpu_require_idle; "
+        "default on, as the B200 suite's GPU_REQUIRE_IDLE)",
+    )
+    group.addoption(
+        "--no-gpu-require-idle",
+        action="store_false",
+        dest="invarlock_gpu_require_idle",
+        help="share GPUs with other processes wherever their free memory holds an item",
     )
     group.addoption(
         "--gpu-plan",

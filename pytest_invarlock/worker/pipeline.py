@@ -234,7 +234,7 @@ class Worker:
             mode = "subprocess" if plan and plan.multi_gpu else "inprocess"
         options: dict[str, Any] = {
             "mode": mode,
-            "env": cuda_env(devices) if devices and mode == "subprocess" else None,
+            "env": cuda_env(devices, self.state.gpus) if devices and mode == "subprocess" else None,
             "load_kwargs": load_kwargs(plan) if mode == "subprocess" else {},
         }
         if mode == "subprocess" and self._item_deadline is not None:  # in-process work is bounded by run()'s deadline
@@ -552,7 +552,7 @@ class Worker:
                 batch_size=batch,
                 limit=suite.benchmarks.limit,
                 load_kwargs=load_kwargs(plan),
-                env=cuda_env(list(plan.devices)),
+                env=cuda_env(list(plan.devices), self.state.gpus),
                 workdir=tmp / "subprocess",
                 offline=self.state.options.offline,
                 timeout_s=remaining,
@@ -608,9 +608,12 @@ def _log_to(path: Path) -> None:
 
 
 def _threads_per_worker() -> int:
-    """The host's cores shared out between xdist workers, so two workers do not fight over each core."""
+    """The CPUs this process may use (affinity and cgroup quota, `scheduling.cpus`) shared out between xdist
+    workers, so two workers do not fight over each core."""
+    from pytest_invarlock.scheduling.cpus import available_cpus
+
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return max(1, available_cpus() // max(1, workers))
 
 
 def apply_determinism(mode: str, device: str) -> None:
