@@ -29,13 +29,22 @@ from typing import Any
 import pytest
 from _pytest.runner import runtestprotocol  # the protocol without reports; pytest exports no public alias
 
-from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share
+from pytest_invarlock.campaign.suite import SuiteError, load_suite
+from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, split_busy
 from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, write_placement
 from pytest_invarlock.scheduling.plan_table import PLAN_CSV, PlanRow, format_plan_table, plan_rows, write_plan_csv
 from pytest_invarlock.scheduling.probe import probe_gpus
 from pytest_invarlock.scheduling.tasks import scheduling_devices
 from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
-from pytest_invarlock.state import GPUS_INPUT, HOST_CACHE_INPUT, SESSION_INPUT, ConfigState, declared_suite, node_gpus
+from pytest_invarlock.state import (
+    GPUS_INPUT,
+    HOST_CACHE_INPUT,
+    SESSION_INPUT,
+    ConfigState,
+    declared_suite,
+    gpu_require_idle,
+    node_gpus,
+)
 from pytest_invarlock.terminal import VerdictReporter
 
 HOME_INPUT, SPACER_INPUT = "invarlock_home_gpu", "invarlock_spacer"
@@ -60,10 +69,17 @@ def pytest_cmdline_main(config: pytest.Config):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """`-n auto` in a validation session: one worker per GPU where there are GPUs (xdist counts CPUs otherwise)."""
-    if declared_suite(config) is None:
+    """`-n auto` in a validation session: one worker per GPU it may use (xdist counts CPUs where there is none)."""
+    name = declared_suite(config)
+    if name is None:
         return None
-    return len(node_gpus(config)) or None
+    gpus = node_gpus(config)
+    idle, _busy = split_busy(gpus)
+    try:
+        require_idle = gpu_require_idle(config, load_suite(name))
+    except SuiteError:  # the session reports it with the fix when it builds its state
+        require_idle = True
+    return len(idle if idle and require_idle else gpus) or None
 
 
 def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:

@@ -2,9 +2,9 @@
 
 Torch-free: the controller builds it too (to map nodeids to items, plan memory and judge skips).
 Hardware and hub checks here use the GPU driver's reading (NVML, ROCm's SMI) and the local Hugging
-Face cache only. The same function
-builds it on the controller and on each xdist worker; a worker takes the controller's GPU inventory
-and session token from `workerinput`, so both sides agree on every item and every skip.
+Face cache only. The same function builds it on the controller and on each xdist worker; a worker
+takes the controller's GPU inventory and session token from `workerinput`, so both sides agree on
+every item and every skip.
 """
 
 from __future__ import annotations
@@ -175,6 +175,12 @@ def node_gpus(config: pytest.Config, require_idle: bool = False, warnings: list[
     return idle_gpus(gpus, warnings if warnings is not None else []) if require_idle else gpus
 
 
+def gpu_require_idle(config: pytest.Config, suite: Suite) -> bool:
+    """--gpu-require-idle / --no-gpu-require-idle, else the suite's `gpu_require_idle`."""
+    chosen = config.getoption("invarlock_gpu_require_idle", None)
+    return suite.gpu_require_idle if chosen is None else bool(chosen)
+
+
 def idle_gpus(gpus: list[Gpu], warnings: list[str]) -> list[Gpu]:
     """The GPUs without other processes (read before any worker of ours exists), or a usage error when none is."""
     idle, busy = split_busy(gpus)
@@ -247,7 +253,6 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
     offline = config.getoption("offline")
     if offline is None:
         offline = not any(m.is_hub for m in suite.models) or not hub_reachable()
-    require_idle = config.getoption("invarlock_gpu_require_idle", None)
     options = Options(
         calibrate_only=config.getoption("calibrate_only"),
         no_benchmarks=config.getoption("no_benchmarks"),
@@ -255,7 +260,7 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
         recompute=config.getoption("recompute"),
         certify_mode=config.getoption("certify_mode"),
         determinism=config.getoption("determinism"),
-        gpu_require_idle=suite.gpu_require_idle if require_idle is None else require_idle,
+        gpu_require_idle=gpu_require_idle(config, suite),
     )
     run_dir_option = config.getoption("run_dir")
     run_dir = user_path(run_dir_option, "--run-dir") if run_dir_option else Path(config.rootpath) / "validation-runs" / suite.name

@@ -131,7 +131,7 @@ def placement_summary(rows: Sequence[PlanRow]) -> list[str]:
     spread = ", ".join(f"{n} on {gpus} GPU{'s' if gpus != 1 else ''}" for gpus, n in sorted(placed.items()))
     wide = sorted({row.model for row in rows if row.fits and (row.gpus or 0) > 1})
     return [
-        f"placement: {sum(placed.values())} of {len(rows)} item(s) placed ({spread}); {unfit} unplaceable"
+        f"placement: {sum(placed.values())} of {len(rows)} item(s) placed{f' ({spread})' if spread else ''}; {unfit} unplaceable"
         + (f"; across GPUs: {', '.join(wide)}" if wide else "")
         + (f"; {other} placed but skipped here for another reason (see note)" if other else "")
     ]

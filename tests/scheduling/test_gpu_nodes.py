@@ -136,6 +136,8 @@ def test_the_plan_on_a_mig_node_fits_slices_and_never_combines_them(no_visibilit
     fits = {row.nodeid.split("::")[-1]: row.fits for row in rows}
     assert fits == {f"{item.test}[{item.param_id}]": item.model.name == "small" and item.kind == "calibration" for item in items}
     assert lines[-1].startswith("placement: 2 of 12 item(s) placed (2 on 1 GPU); 10 unplaceable")
+    mid = [row for row in rows if row.model == "mid"]
+    assert format_plan_table(mid, gpus)[-1] == "placement: 0 of 3 item(s) placed; 3 unplaceable"
 
     placed, unplaceable = run_policy(items, gpus, workers=7)
     assert sorted(placed) == sorted(task_id(i) for i in items if i.model.name == "small" and i.kind == "calibration")

@@ -261,9 +261,10 @@ MIG_SUITE = SUITE.split("  - {name: mid")[0].replace("params_b: 0.5", "params_b:
 
 
 def test_real_xdist_on_a_mig_node_binds_workers_to_idle_slices(sandbox):
-    """The fake NVML of a 7 x 1g.10gb node, slice 2 busy with another process: 6 slices, one per worker by UUID."""
+    """The fake NVML of a 7 x 1g.10gb node, slice 2 busy with another process: `-n auto` starts a worker on
+    each of the 6 other slices, bound by its UUID."""
     (sandbox.path / "suite.yaml").write_text(MIG_SUITE)
-    result = sandbox.run("-n", "3", "-rs", PYTHONPATH=sandbox.with_drivers("mig", busy_slots=(2,)))
+    result = sandbox.run("-n", "auto", "-rs", PYTHONPATH=sandbox.with_drivers("mig", busy_slots=(2,)))
     result.assert_outcomes(passed=2 + 1, skipped=2)  # the calibrations and test_plain; the edits need 8.2 GB
     result.stdout.fnmatch_lines(
         [
@@ -271,8 +272,9 @@ def test_real_xdist_on_a_mig_node_binds_workers_to_idle_slices(sandbox):
             "*SKIPPED*needs 8.2 GB on 2 GPU(s); this node offers 6 x 7.5 GB usable*MIG slices are never combined*",
         ]
     )
-    assert sandbox.bindings() == {"gw0": mig_uuid(0), "gw1": mig_uuid(1), "gw2": mig_uuid(3)}
-    assert {r["visible"] for r in sandbox.log()} <= {mig_uuid(0), mig_uuid(1), mig_uuid(3)}
+    idle = [mig_uuid(slot) for slot in (0, 1, 3, 4, 5, 6)]
+    assert sandbox.bindings() == {f"gw{n}": uuid for n, uuid in enumerate(idle)}
+    assert {r["visible"] for r in sandbox.log()} <= set(idle)
     assert all(len(r["placement"]) == 1 for r in sandbox.log())
 
 
