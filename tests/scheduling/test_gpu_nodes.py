@@ -9,8 +9,10 @@ started with (`cuda_env`). Real xdist runs on the same fakes: test_xdist_pyteste
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,7 +27,7 @@ from pytest_invarlock.scheduling.plan_table import format_plan_table, plan_rows
 from pytest_invarlock.scheduling.policy import Policy
 from pytest_invarlock.scheduling.rocm import probe_amd, sysfs_devices
 from pytest_invarlock.scheduling.tasks import task_id, tasks_from_items
-from pytest_invarlock.state import idle_gpus
+from pytest_invarlock.state import gpu_require_idle, idle_gpus
 
 # Four models whose items need about 6 (small), 20 (7B), 137 (70B) and 340 GB (180B) on a GPU.
 SUITE = """
@@ -265,3 +267,27 @@ def test_a_node_whose_every_gpu_is_busy_is_a_usage_error_with_the_fix(no_visibil
         SuiteError, match=r"every GPU visible here runs other processes \(GPU 0 \(NVIDIA A100.*--no-gpu-require-idle"
     ):
         idle_gpus(gpus, [])
+
+
+def test_a_run_without_xdist_binds_itself_to_the_idle_slices(pytester, no_visibility):
+    """The process that runs the items itself sees only the devices it may use, as a worker would."""
+    no_visibility.setitem(sys.modules, "pynvml", mig_node(busy_slots=(0,)))
+    no_visibility.setenv("CUDA_VISIBLE_DEVICES", "0")  # GPU 0: all of its slices (and restored after the test)
+    pytester.makefile(".yaml", suite=SUITE)
+    result = pytester.runpytest_inprocess("--suite", "suite.yaml", "--run-dir", "run", "--co", "-q", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED  # the suite's test modules are not in this directory
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ",".join(mig_uuid(slot) for slot in range(1, 7))
+
+
+def test_the_option_wins_over_the_suite_setting(tmp_path):
+    path = tmp_path / "suite.yaml"
+    path.write_text(SUITE + "gpu_require_idle: false\n")
+    suite = load_suite(str(path))
+    given = lambda value: SimpleNamespace(getoption=lambda name, default=None: value)  # noqa: E731
+    assert [gpu_require_idle(given(value), suite) for value in (None, True, False)] == [False, True, False]
+    path.write_text(SUITE + "gpu_require_idle: sometimes\n")
+    with pytest.raises(
+        SuiteError,
+        match="key 'gpu_require_idle': expected true or false, got 'sometimes'. Write gpu_require_idle: true or false.",
+    ):
+        load_suite(str(path))
