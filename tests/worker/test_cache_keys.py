@@ -20,6 +20,7 @@ from pytest_invarlock.worker.pipeline import Worker
 
 ITEMS = build_items(load_suite("tiny"))
 MODEL = ITEMS[0].model
+EDIT = next(item for item in ITEMS if item.kind == "clean")
 BENCHMARK = next(item for item in ITEMS if item.benchmark and item.variant == "baseline")
 
 
@@ -35,38 +36,49 @@ def store_at(key: str, *_: object) -> None:
 
 
 def stand_in(determinism: str, device: str = "cuda") -> SimpleNamespace:
-    """What calibration() and _benchmark() use of a Worker, up to the store."""
+    """What calibration(), _certify(), baseline_report() and _benchmark() use of a Worker, up to the store."""
     suite = load_suite("tiny")
     return SimpleNamespace(
         state=SimpleNamespace(options=SimpleNamespace(determinism=determinism), device=device, suite=suite),
         baseline=lambda model: SimpleNamespace(path=Path("/store/baselines/b-0123"), reused=False),
+        preset=lambda model: ({"spectral_max_caps": 5}, Path("/store/presets/p-4567/preset.yaml"), False),
+        baseline_report=lambda model, item: (Path("/store/reports/r-89ab/report.json"), False),
+        edited_model=lambda model, scenario, item: SimpleNamespace(path=Path("/store/edits/e-cdef"), reused=False),
         settings=lambda model, **run: SimpleNamespace(seq_len=128, **run),
         _settings_key=lambda settings: dict(vars(settings)),
+        _once=lambda kind, name, make: make(),
         _verdict_artifact=store_at,
         store=SimpleNamespace(produce=lambda kind, key, build: store_at(key)),
         invarlock_version="0.12.1",  # the key part the code before versions were keyed read
     )
 
 
-def certificate_key(determinism: str, device: str = "cuda") -> str:
-    with pytest.raises(Stored) as stored:
-        Worker.calibration(stand_in(determinism, device), MODEL, 1)  # type: ignore[arg-type]
-    return stored.value.key
+def key_of(method, *args):
+    """The key under which the real `Worker.method` would look its product up."""
+
+    def key(determinism: str, device: str = "cuda") -> str:
+        with pytest.raises(Stored) as stored:
+            method(stand_in(determinism, device), *args)
+        return stored.value.key
+
+    key.__name__ = method.__name__
+    return key
 
 
-def score_key(determinism: str, device: str = "cuda") -> str:
-    with pytest.raises(Stored) as stored:
-        Worker._benchmark(stand_in(determinism, device), BENCHMARK)  # type: ignore[arg-type]
-    return stored.value.key
+certificate_key = key_of(Worker.calibration, MODEL, 1)
+edit_certificate_key = key_of(Worker._certify, EDIT)
+baseline_report_key = key_of(Worker.baseline_report, MODEL, EDIT)
+score_key = key_of(Worker._benchmark, BENCHMARK)
+CERTIFICATES = [certificate_key, edit_certificate_key, baseline_report_key]
 
 
-@pytest.mark.parametrize("key", [certificate_key, score_key])
+@pytest.mark.parametrize("key", [*CERTIFICATES, score_key])
 def test_strict_never_reuses_a_throughput_product_on_a_gpu(key):
     assert key("strict") != key("throughput")
     assert key("strict") == key("strict")  # and the same mode still reuses
 
 
-@pytest.mark.parametrize("key", [certificate_key, score_key])
+@pytest.mark.parametrize("key", [*CERTIFICATES, score_key])
 def test_on_cpu_the_mode_changes_nothing_and_the_product_is_reused(key):
     assert key("strict", "cpu") == key("throughput", "cpu")
     assert key("strict", "cpu") != key("strict", "cuda")
@@ -82,12 +94,8 @@ def versions(monkeypatch, **changed: str) -> None:
 @pytest.mark.parametrize(
     ("key", "package"),
     [
-        (certificate_key, "invarlock"),
-        (certificate_key, "torch"),
-        (certificate_key, "transformers"),
-        (score_key, "lm_eval"),
-        (score_key, "torch"),
-        (score_key, "transformers"),
+        *((key, package) for key in CERTIFICATES for package in ("invarlock", "torch", "transformers")),
+        *((score_key, package) for package in ("lm_eval", "torch", "transformers")),
     ],
 )
 def test_another_package_version_is_another_product(monkeypatch, key, package):
@@ -96,7 +104,7 @@ def test_another_package_version_is_another_product(monkeypatch, key, package):
     assert key("throughput") != before
 
 
-@pytest.mark.parametrize(("key", "package"), [(certificate_key, "lm_eval"), (score_key, "invarlock")])
+@pytest.mark.parametrize(("key", "package"), [*((key, "lm_eval") for key in CERTIFICATES), (score_key, "invarlock")])
 def test_a_package_that_does_not_compute_a_product_leaves_its_key(monkeypatch, key, package):
     before = key("throughput")
     versions(monkeypatch, **{package: "99.0"})
