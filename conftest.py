@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     slow_selected = "slow" in (config.getoption("markexpr") or "")
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]
     if gpu_items:
-        from pytest_invarlock.scheduling.inventory import probe_gpus
+        from pytest_invarlock.scheduling.probe import probe_gpus
 
         if not probe_gpus():
             for test_item in gpu_items:

@@ -7,10 +7,12 @@ its predecessor freed), re-reads NVML's free memory while dispatching, and sched
 gets ours. `--gpu-plan` prints the per-item memory plan and writes it as CSV, with or without `-n`,
 and with `--co`.
 
-Worker: sets CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER as soon as xdist hands it `workerinput`
-(in pytest_cmdline_main, before any pytest_configure); conftest files are imported earlier still,
-so they may import torch but must not touch CUDA at import time. It also adds the spacer item the
-scheduler uses to release a held item.
+Worker: sets the visibility variables of its home device (`placement.cuda_env`: CUDA_VISIBLE_DEVICES,
+or ROCR_/HIP_VISIBLE_DEVICES on AMD) as soon as xdist hands it `workerinput` (in pytest_cmdline_main,
+before any pytest_configure); conftest files are imported earlier still, so they may import torch
+but must not touch CUDA at import time. It also adds the spacer item the scheduler uses to release
+a held item. A session without xdist binds itself the same way to the probed devices it may use
+(all of them, less those --gpu-require-idle left out).
 
 Passive outside a validation session: the module-level hooks act only on what an active controller
 put in `workerinput`, or when `state.declared_suite` names a suite; the rest is registered by
@@ -30,13 +32,23 @@ from typing import Any
 
 import pytest
 
+from pytest_invarlock.campaign.suite import SuiteError, load_suite
 from pytest_invarlock.compat import runtestprotocol
-from pytest_invarlock.scheduling.inventory import host_cache_share, probe_gpus
+from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, split_busy
 from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, write_placement
 from pytest_invarlock.scheduling.plan_table import PLAN_CSV, PlanRow, format_plan_table, plan_rows, write_plan_csv
+from pytest_invarlock.scheduling.probe import probe_gpus
 from pytest_invarlock.scheduling.tasks import scheduling_devices
 from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
-from pytest_invarlock.state import GPUS_INPUT, HOST_CACHE_INPUT, SESSION_INPUT, ConfigState, declared_suite, node_gpus
+from pytest_invarlock.state import (
+    GPUS_INPUT,
+    HOST_CACHE_INPUT,
+    SESSION_INPUT,
+    ConfigState,
+    declared_suite,
+    gpu_require_idle,
+    node_gpus,
+)
 from pytest_invarlock.terminal import VERDICT_PLUGIN, VerdictReporter
 
 HOME_INPUT, SPACER_INPUT = "invarlock_home_gpu", "invarlock_spacer"
@@ -51,9 +63,23 @@ def add_options(group: pytest.OptionGroup) -> None:
         dest="invarlock_gpus",
         default=None,
         metavar="SPEC",
-        help="simulate this node's GPUs instead of asking NVML: 8x180, 80,80,24 or 2x80,24 (sizes in GB), "
+        help="simulate this node's GPUs instead of asking the driver (NVML, ROCm): 8x180, 80,80,24 or 2x80,24 (sizes in GB), "
         "with the free memory NVML would report after a colon: 8x80:78.5, 80:79,80:79,24:23. "
         "With --invarlock-device auto on a host without GPUs, the plan is that node's (no CPU-size skip)",
+    )
+    group.addoption(
+        "--gpu-require-idle",
+        action="store_true",
+        default=None,
+        dest="invarlock_gpu_require_idle",
+        help="leave out GPUs that run other processes when the session starts (the suite's gpu_require_idle; "
+        "default on, as the B200 suite's GPU_REQUIRE_IDLE)",
+    )
+    group.addoption(
+        "--no-gpu-require-idle",
+        action="store_false",
+        dest="invarlock_gpu_require_idle",
+        help="share GPUs with other processes wherever their free memory holds an item",
     )
     group.addoption(
         "--gpu-plan",
@@ -73,7 +99,7 @@ def pytest_cmdline_main(config: pytest.Config) -> Generator[None, int | pytest.E
     """
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and workerinput.get(HOME_INPUT) is not None:
-        os.environ.update(cuda_env([workerinput[HOME_INPUT]]))
+        os.environ.update(cuda_env([workerinput[HOME_INPUT]], [Gpu(**gpu) for gpu in workerinput[GPUS_INPUT]]))
     option = config.option
     config.stash[DIST_CHOSEN_KEY] = getattr(option, "dist", "no") != "no" or bool(getattr(option, "distload", False))
     return (yield)
@@ -81,16 +107,25 @@ def pytest_cmdline_main(config: pytest.Config) -> Generator[None, int | pytest.E
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """`-n auto` in a validation session: one worker per GPU where there are GPUs (xdist counts CPUs otherwise)."""
-    if declared_suite(config) is None:
+    """`-n auto` in a validation session: one worker per GPU it may use (xdist counts CPUs where there is none)."""
+    name = declared_suite(config)
+    if name is None:
         return None
-    return len(node_gpus(config)) or None
+    gpus = node_gpus(config)
+    idle, _busy = split_busy(gpus)
+    try:
+        require_idle = gpu_require_idle(config, load_suite(name))
+    except SuiteError:  # the session reports it with the fix when it builds its state
+        require_idle = True
+    return len(idle if idle and require_idle else gpus) or None
 
 
 def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
     """Called once the session is a validation session: the controller's and the worker's plugins."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
+        if state.gpus and not config.getoption("invarlock_gpus") and not _distributed(config):
+            os.environ.update(cuda_env([gpu.index for gpu in state.gpus], state.gpus))
         from pytest_invarlock import evidence_writer, progress
         from pytest_invarlock.preflight import StorePreflight
         from pytest_invarlock.report.pytest_html import register_pytest_html
@@ -108,6 +143,11 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
             )
     elif workerinput.get(SPACER_INPUT):
         config.pluginmanager.register(WorkerSpacer(), "invarlock-spacer")
+
+
+def _distributed(config: pytest.Config) -> bool:
+    """Whether xdist runs the items in workers (it has turned `-n`/`--tx` into its options by now)."""
+    return getattr(config.option, "dist", "no") != "no" or bool(getattr(config.option, "tx", None))
 
 
 def worker_count(config: pytest.Config) -> int:
@@ -173,7 +213,7 @@ class ControllerDistribution:
             fallback=LoadScheduling(config, log),
             on_unplaceable=partial(report_unplaceable, config),
             log=log.gpusched,
-            probe=probe_gpus if state.gpus and not config.getoption("invarlock_gpus") else None,  # NVML, never a simulation
+            probe=probe_gpus if state.gpus and not config.getoption("invarlock_gpus") else None,  # the driver, never a simulation
         )
         config.pluginmanager.register(scheduler, "invarlock-scheduler")
         return scheduler

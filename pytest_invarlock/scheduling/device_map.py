@@ -1,7 +1,7 @@
 """Multi-GPU loading: the load kwargs that spread one model over exactly the GPUs of its placement. Pure.
 
-The scheduler places an item on k GPUs (`placement.placement_devices`: NVML indices, home first).
-The code that runs it starts with `CUDA_VISIBLE_DEVICES` set to those indices in that order
+The scheduler places an item on k GPUs (`placement.placement_devices`: inventory indices, home first).
+The code that runs it starts with the visibility variables set to those devices in that order
 (`placement.cuda_env`), so inside it the placed GPUs are CUDA devices 0..k-1 and nothing else is
 visible. Loading with `device_map="auto"` and a `max_memory` that names exactly those local indices
 (and no "cpu"/"disk" entry) then lets accelerate spread the layers over the placed GPUs only, with
@@ -37,7 +37,7 @@ MIN_RESERVE_GB = 2.0  # activations, KV cache and CUDA context per device, at le
 
 @dataclass(frozen=True)
 class DevicePlan:
-    """Where one item's model goes: placed GPUs (NVML indices, home first) and each one's weight budget."""
+    """Where one item's model goes: placed GPUs (inventory indices, home first) and each one's weight budget."""
 
     devices: tuple[int, ...]
     max_memory_gb: tuple[float, ...]

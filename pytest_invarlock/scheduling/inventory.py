@@ -1,9 +1,11 @@
-"""GPU inventory for the controller: probed through NVML, or simulated with --gpus. No torch, no CUDA.
+"""GPU inventory for the controller: the device records, --gpus simulations and which devices a process sees.
 
-The controller must not initialise a CUDA context (that would pin memory on every device and
-fix the device order for the whole process), so it asks NVML, which only reads driver state.
-`index` is NVML's index, which follows PCI bus order: a worker that pins its device with
-CUDA_VISIBLE_DEVICES=<index> must also set CUDA_DEVICE_ORDER=PCI_BUS_ID.
+The controller must not initialise a CUDA or HIP context (that would pin memory on every device and
+fix the device order for the whole process), so it reads driver state only: `probe` asks NVML or
+ROCm's SMI and builds the `Gpu` records defined here. A record's `index` is the campaign's number for
+the device (its position among the devices this process sees); `bind_id` is what a worker's
+visibility variable names to see it (`placement.cuda_env`): a whole NVIDIA GPU's NVML index (with
+CUDA_DEVICE_ORDER=PCI_BUS_ID), a MIG slice's `MIG-<uuid>`, an AMD GPU's ROCr index.
 """
 
 from __future__ import annotations
@@ -12,9 +14,6 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import ModuleType
-
-from pytest_invarlock.scheduling.memory import GIB
 
 _TERM = re.compile(r"^(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)(?:\s*:\s*(\d+(?:\.\d+)?))?$")
 MAX_SIMULATED_GPUS, MAX_SIMULATED_GB = 1024, 100_000.0  # beyond these a --gpus spec is a typo
@@ -22,15 +21,34 @@ _SPEC_HELP = (
     "Write COUNTxGB (e.g. 8x180), a comma-separated list of sizes in GB (e.g. 80,80,24) or a mix (2x80,24); "
     "add :FREE to give the free memory NVML would report (e.g. 8x80:78.5 or 80:79,80:79,24:23)."
 )
+CUDA, ROCM = "cuda", "rocm"  # the platforms: NVIDIA (whole GPUs and MIG slices) and AMD through HIP
+MIG_PREFIX = "MIG-"
 
 
 @dataclass(frozen=True)
 class Gpu:
-    index: int
+    index: int  # the campaign's number for the device: its position among the devices this process sees
     total_gb: float
     free_gb: float
-    processes: int
+    processes: int  # compute processes on it when read (at the session's start none of them is ours)
     name: str
+    bind_id: str = ""  # what a visibility variable names to show the device; "" for a simulated one (its index)
+    platform: str = CUDA
+
+    @property
+    def binding(self) -> str:
+        return self.bind_id or str(self.index)
+
+    @property
+    def mig(self) -> bool:
+        """A MIG slice: CUDA shows a process one MIG device at most, so a model never spans slices."""
+        return self.binding.startswith(MIG_PREFIX)
+
+
+def capacity_gb(gpus: Sequence[Gpu], budgets: Sequence[float]) -> float:
+    """The most one item may use given each device's budget: the largest device, or all the devices one
+    placement may combine (MIG slices never are)."""
+    return max(max(budgets, default=0.0), sum(b for gpu, b in zip(gpus, budgets, strict=True) if not gpu.mig))
 
 
 def parse_gpu_spec(spec: str) -> list[Gpu]:
@@ -111,66 +129,43 @@ def host_cache_share(workers: int, total_bytes: int | None = None, fraction: flo
     return int(total * fraction) // workers
 
 
-def visible_indices(cuda_visible_devices: str | None, uuids: Sequence[str]) -> list[int]:
-    """NVML indices a CUDA_VISIBLE_DEVICES value exposes, given each device's UUID in NVML order.
+@dataclass(frozen=True)
+class Unit:
+    """One device a visibility variable can name: its ordinal, the physical GPU it belongs to, its UUIDs.
 
-    Follows CUDA: unset means all; entries are indices or (unique prefixes of) UUIDs; the list
-    stops at the first entry that names no device, so '' or '-1' hides every GPU.
+    A whole GPU is its own `group`; the MIG slices of one GPU share the GPU's UUID as their group (and
+    list it among their names), so naming the GPU names all its slices.
     """
-    if cuda_visible_devices is None:
-        return list(range(len(uuids)))
+
+    ordinal: int
+    group: str
+    names: tuple[str, ...]
+
+
+def visible_devices(value: str | None, units: Sequence[Unit]) -> list[int]:
+    """Positions in `units` of the devices a CUDA_/HIP_/ROCR_VISIBLE_DEVICES value shows, in its order.
+
+    Follows CUDA: unset means all; entries are ordinals or unique prefixes of UUIDs; the list stops at
+    the first entry that names no device (or one already listed), so '' or '-1' hides every GPU. An
+    ordinal or UUID of a GPU in MIG mode names all of its slices.
+    """
+    if value is None:
+        return list(range(len(units)))
     visible: list[int] = []
-    for entry in (e.strip() for e in cuda_visible_devices.split(",")):
+    for entry in (e.strip() for e in value.split(",")):
         if entry.isdigit():
-            index = int(entry) if int(entry) < len(uuids) else None
+            chosen = [i for i, unit in enumerate(units) if unit.ordinal == int(entry)]
         else:
-            matches = [i for i, uuid in enumerate(uuids) if entry and uuid.startswith(entry)]
-            index = matches[0] if len(matches) == 1 else None
-        if index is None or index in visible:
+            chosen = [i for i, unit in enumerate(units) if entry and any(n.startswith(entry) for n in unit.names)]
+            groups = {units[i].group for i in chosen}
+            if len(chosen) > 1 and not (len(groups) == 1 and groups.pop().startswith(entry)):
+                chosen = []  # an ambiguous prefix names no device (a GPU's own UUID names all its slices)
+        if not chosen or any(i in visible for i in chosen):
             break
-        visible.append(index)
+        visible += chosen
     return visible
 
 
-def probe_gpus() -> list[Gpu]:
-    """The visible GPUs as NVML reports them; [] where there is no NVML (no driver, no nvidia-ml-py)."""
-    try:
-        import pynvml  # nvidia-ml-py; imported here so a CPU-only controller never needs it
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return []
-    try:
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
-        gpus = []
-        for index in visible_indices(os.environ.get("CUDA_VISIBLE_DEVICES"), uuids):
-            handle = handles[index]
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(
-                Gpu(
-                    index=index,
-                    total_gb=memory.total / GIB,
-                    free_gb=memory.free / GIB,
-                    processes=_process_count(pynvml, handle),
-                    name=_text(pynvml.nvmlDeviceGetName(handle)),
-                )
-            )
-        return gpus
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def _process_count(pynvml: ModuleType, handle: object) -> int:
-    """Compute processes on a device; some virtualised GPUs do not report them (counted as 0)."""
-    try:
-        return len(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
-    except pynvml.NVMLError:
-        return 0
-
-
-def _text(value: str | bytes) -> str:
-    """Older NVML bindings return bytes."""
-    return value.decode() if isinstance(value, bytes) else value
+def split_busy(gpus: Sequence[Gpu]) -> tuple[list[Gpu], list[Gpu]]:
+    """The devices without compute processes, and those with some (read before any worker of ours starts)."""
+    return [g for g in gpus if not g.processes], [g for g in gpus if g.processes]

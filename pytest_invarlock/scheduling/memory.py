@@ -218,7 +218,8 @@ class MarginRule:
 
     The driver's own reserve (an idle 80 GB H100 reports ~79.2 GB free) is in the reading, so it is
     never planned for: planning on the total made multi-GPU gathers that no reading could complete.
-    A device with less than min_free_gb free (other processes hold it) takes no new work at all.
+    A device with less than min_free_gb free (other processes hold it) takes no new work at all; on a
+    device smaller than twice that (a 10 GB MIG slice) the floor is half its total, so an idle one works.
     """
 
     large_gb: float = 160.0
@@ -240,7 +241,7 @@ class MarginRule:
 
     def usable_gb(self, total_gb: float, free_gb: float | None = None) -> float:
         """GB an item may plan for on a device: its free memory (the total when unknown) less the reserve."""
-        if free_gb is not None and free_gb < self.min_free_gb:
+        if free_gb is not None and free_gb < min(self.min_free_gb, total_gb / 2):
             return 0.0
         available = total_gb if free_gb is None else min(free_gb, total_gb)
         return max(0.0, available - self.reserve_gb(total_gb))

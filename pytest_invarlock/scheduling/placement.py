@@ -13,14 +13,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.scheduling.inventory import ROCM, Gpu
 from pytest_invarlock.store import write_json_atomic
 
 PLACEMENT_DIR = Path("state") / "placement"
 
 
-def cuda_env(devices: Sequence[int]) -> dict[str, str]:
-    """Environment that shows a process exactly `devices` (NVML indices, hence PCI bus order)."""
-    return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+def cuda_env(devices: Sequence[int], gpus: Sequence[Gpu]) -> dict[str, str]:
+    """Environment that shows a process exactly `devices` (inventory indices), in that order, as its devices 0..k-1.
+
+    NVIDIA: CUDA_VISIBLE_DEVICES names NVML indices (with CUDA_DEVICE_ORDER=PCI_BUS_ID, NVML's order)
+    or a MIG slice's MIG-<uuid>. AMD (torch's HIP backend, which also calls its devices "cuda"):
+    ROCR_VISIBLE_DEVICES names ROCr's numbers and HIP_/CUDA_VISIBLE_DEVICES count 0..k-1 within
+    them, so a value the process inherited (Slurm's) cannot hide them again.
+    """
+    by_index = {gpu.index: gpu for gpu in gpus}
+    missing = [d for d in devices if d not in by_index]
+    if missing:
+        raise ValueError(f"device(s) {missing} are not in the node's inventory {sorted(by_index)}")
+    chosen = [by_index[d] for d in devices]
+    ids = ",".join(gpu.binding for gpu in chosen)
+    if chosen and all(gpu.platform == ROCM for gpu in chosen):
+        local = ",".join(str(i) for i in range(len(chosen)))
+        return {"ROCR_VISIBLE_DEVICES": ids, "HIP_VISIBLE_DEVICES": local, "CUDA_VISIBLE_DEVICES": local}
+    return {"CUDA_VISIBLE_DEVICES": ids, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
 
 class GpuHomes:
@@ -53,10 +69,10 @@ def write_placement(run_dir: Path, session: str, item: Item, worker: str, device
 
 
 def placement_devices(run_dir: Path, session: str, item: Item) -> list[int] | None:
-    """The GPUs (NVML indices, home first) this session's scheduler gave the item; None when it placed none.
+    """The GPUs (inventory indices, home first) this session's scheduler gave the item; None when it placed none.
 
     A multi-GPU item runs in its worker's process, which sees only its home GPU: start the code that
-    needs the others with `cuda_env(placement_devices(...))`.
+    needs the others with `cuda_env(placement_devices(...), state.gpus)`.
     """
     try:
         placement = json.loads(placement_path(run_dir, item).read_text(encoding="utf-8"))

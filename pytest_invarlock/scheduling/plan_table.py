@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from pytest_invarlock.campaign.items import Item, Kind, item_from_nodeid
-from pytest_invarlock.scheduling.inventory import Gpu
+from pytest_invarlock.scheduling.inventory import ROCM, Gpu, capacity_gb
 from pytest_invarlock.scheduling.memory import MarginRule, kv_cache_gb, required_gpus
 from pytest_invarlock.scheduling.tasks import item_need_gb, model_profile
 
@@ -46,7 +46,7 @@ def plan_rows(
     GPUs are counted with the policy's own budget (`MarginRule.usable_gb` of each GPU's free memory).
     """
     budgets = [margin.usable_gb(g.total_gb, g.free_gb) for g in gpus]
-    largest, capacity = max(budgets, default=0.0), sum(budgets)
+    largest, capacity = max(budgets, default=0.0), capacity_gb(gpus, budgets)
     rows = []
     for nodeid in nodeids:
         item = item_from_nodeid(nodeid, index)
@@ -88,13 +88,13 @@ def write_plan_csv(rows: Sequence[PlanRow], path: Path) -> None:
 
 def format_plan_table(rows: Sequence[PlanRow], gpus: Sequence[Gpu], margin: MarginRule = MarginRule()) -> list[str]:
     """The plan as aligned text lines: an inventory line, a header, one line per item, a placement summary."""
-    sizes = Counter((g.total_gb, round(g.free_gb, 1)) for g in gpus)
+    sizes = Counter((g.total_gb, round(g.free_gb, 1), _kind(g)) for g in gpus)
     inventory = (
         " + ".join(
-            f"{n} x {size:g} GB"
+            f"{n} x {size:g} GB{kind}"
             + ("" if free == size else f" ({free:g} GB free)")
             + f", {margin.usable_gb(size, free):.1f} GB usable each"
-            for (size, free), n in sorted(sizes.items(), reverse=True)
+            for (size, free, kind), n in sorted(sizes.items(), reverse=True)
         )
         or "no GPU (CPU run)"
     )
@@ -116,6 +116,11 @@ def format_plan_table(rows: Sequence[PlanRow], gpus: Sequence[Gpu], margin: Marg
     return [f"GPUs: {inventory}; {len(rows)} item(s)", *lines, *placement_summary(rows)]
 
 
+def _kind(gpu: Gpu) -> str:
+    """What the inventory line says of a device besides its size: MIG slice, AMD (ROCm), or nothing."""
+    return " MIG slice" if gpu.mig else " ROCm" if gpu.platform == ROCM else ""
+
+
 def placement_summary(rows: Sequence[PlanRow]) -> list[str]:
     """One line: how many items the node places on how many GPUs, how many it cannot, how many skip for other reasons."""
     if not rows or rows[0].fits is None:
@@ -126,7 +131,7 @@ def placement_summary(rows: Sequence[PlanRow]) -> list[str]:
     spread = ", ".join(f"{n} on {gpus} GPU{'s' if gpus != 1 else ''}" for gpus, n in sorted(placed.items()))
     wide = sorted({row.model for row in rows if row.fits and (row.gpus or 0) > 1})
     return [
-        f"placement: {sum(placed.values())} of {len(rows)} item(s) placed ({spread}); {unfit} unplaceable"
+        f"placement: {sum(placed.values())} of {len(rows)} item(s) placed{f' ({spread})' if spread else ''}; {unfit} unplaceable"
         + (f"; across GPUs: {', '.join(wide)}" if wide else "")
         + (f"; {other} placed but skipped here for another reason (see note)" if other else "")
     ]

@@ -16,7 +16,8 @@ so a plan made on a node whose free memory is below its total holds when dispatc
 affinity (a worker keeps to the model it holds, so each model is loaded about once per worker);
 then work stealing by the seed's small_first priority, preferring models the worker has not held
 before. A task larger than every single GPU runs sharded on a set of GPUs owned by one worker:
-the other GPUs of the set are idle when it is placed and take no work until it ends. When no such
+the other GPUs of the set are idle when it is placed and take no work until it ends. MIG slices
+are never part of a set (CUDA shows a process one MIG device at most). When no such
 set is idle the worker gathers one: it lends itself and the GPUs that will drain soonest, which
 take nothing new until the set is complete. A gather whose set no longer holds its task (a
 later reading came in lower) is dissolved and the task picks a set again.
@@ -39,7 +40,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from pytest_invarlock.scheduling.inventory import Gpu
+from pytest_invarlock.scheduling.inventory import Gpu, capacity_gb
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
 
 # The seed's small_first priorities (verdict.md, "Priorities"), keyed by item kind.
@@ -193,7 +194,7 @@ class Policy:
         for task_id in [t for t, deps in self._waiting.items() if not deps]:
             self._make_ready(task_id, now)
         self._wide: set[str] = set()  # ready tasks no single home GPU holds now; recomputed each round
-        node_capacity = sum(map(self._budget, self._gpus))
+        node_capacity = self._capacity()
         for task in self._tasks.values():
             if task.mem_gb > node_capacity:
                 self._give_up(task.id, self._shortfall(task, live=False))
@@ -339,7 +340,7 @@ class Policy:
         Open gathers were completed or dissolved just before (`_complete_gathers`), so none holds a
         GPU here; the ready tasks that fit stay ready, and the caller tries them again.
         """
-        capacity = sum(map(self._budget, self._gpus))
+        capacity = self._capacity()
         unfit = sorted(t for t in self._ready if self._tasks[t].mem_gb > capacity)
         for task_id in unfit:
             self._give_up(task_id, self._shortfall(self._tasks[task_id], live=True))
@@ -366,6 +367,9 @@ class Policy:
 
     def _budget(self, device: int) -> float:
         return self._margin.usable_gb(self._gpus[device].total_gb, self._free[device])
+
+    def _capacity(self) -> float:
+        return capacity_gb(list(self._gpus.values()), [self._budget(d) for d in self._gpus])
 
     def _workers_on(self, device: int) -> list[str]:
         return [w for w, home in self._home.items() if home == device]
@@ -408,9 +412,12 @@ class Policy:
         offer = " + ".join(f"{n} x {size:.1f} GB" for size, n in sorted(sizes.items(), reverse=True))
         state = "free now, with nothing of ours running" if live else "usable"
         gpus = f" on {required_gpus(task.mem_gb, budgets[0])} GPU(s)" if budgets[0] > 0 else ""
+        mig = (
+            "; MIG slices are never combined (CUDA shows a process one slice)" if any(g.mig for g in self._gpus.values()) else ""
+        )
         return (
             f"needs {task.mem_gb:.1f} GB{gpus}; this node offers {offer} {state} "
-            f"({self._margin.describe()}; {sum(budgets):.1f} GB in all)"
+            f"({self._margin.describe()}; {sum(budgets):.1f} GB in all{mig})"
         )
 
     # ------------------------------------------------------------------ placement
@@ -427,18 +434,26 @@ class Policy:
     def _place_sharded(self, worker: str, task: Task) -> tuple[int, ...] | None:
         """A set of GPUs for a sharded task on `worker`: the set it already holds, or idle GPUs."""
         queue, home = self._queues[worker], self._home[worker]
+        if self._gpus[home].mig:
+            return None
         if queue and len(queue[-1].devices) > 1 and sum(map(self._budget, queue[-1].devices)) >= task.mem_gb:
             return queue[-1].devices
         if any(self._queues[w] for w in self._workers_on(home) if w != worker):
             return None
-        idle = [d for d in self._gpus if d != home and self._idle(d) and self._lender_to(d) is None]
+        idle = [d for d in self._gpus if d != home and not self._gpus[d].mig and self._idle(d) and self._lender_to(d) is None]
         idle.sort(key=lambda d: (bool(self._workers_on(d)), -self._budget(d), d))
         return self._grow_set(home, idle, task.mem_gb)
 
     def _open_gather(self, worker: str, task: Task) -> bool:
         """Reserve the GPUs that drain soonest for `task`; they take nothing new until it is placed."""
         home = self._home[worker]
-        spare = [d for d in self._gpus if d != home and self._lender_to(d) is None and self._claim_owner(d) is None]
+        if self._gpus[home].mig:
+            return False
+        spare = [
+            d
+            for d in self._gpus
+            if d != home and not self._gpus[d].mig and self._lender_to(d) is None and self._claim_owner(d) is None
+        ]
         spare.sort(key=lambda d: (sum(len(self._queues[w]) for w in self._workers_on(d)), -self._budget(d), d))
         devices = self._grow_set(home, spare, task.mem_gb)
         if devices is None:

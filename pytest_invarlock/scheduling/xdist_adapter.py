@@ -11,7 +11,7 @@ workers append to their items and run as a silent no-op (`distribution.WorkerSpa
 are never shut down one by one: a crash can hand work back to the policy at any time, so shutdown
 comes for all of them at once, from xdist, when `tests_finished` says nothing real is left.
 
-Live memory: with `probe` (NVML's `inventory.probe_gpus` on a real node; none for a --gpus
+Live memory: with `probe` (`probe.probe_gpus`, the driver's reading on a real node; none for a --gpus
 simulation) the adapter re-reads every GPU's free memory when it dispatches, at most once per
 `probe_interval_s`, and hands the readings to the policy, which keeps those of idle GPUs.
 """

@@ -53,10 +53,18 @@ class ItemResult:
             pytest.fail(self.explanation, pytrace=False)
 
 
-def _invarlock_version() -> str:
+CERTIFICATE_PACKAGES = ("invarlock", "torch", "transformers")  # what computes a certificate (and a baseline report)
+SCORE_PACKAGES = ("lm-eval", "torch", "transformers")  # what computes a benchmark score
+
+
+def _computed_by(state: ConfigState, packages: tuple[str, ...]) -> dict[str, str]:
+    """The part of a certificate's or score's cache key that is not its input: the determinism mode in effect
+    (TF32 and cuDNN autotuning change GPU numerics; on CPU it changes nothing) and the versions of `packages`."""
     from importlib.metadata import version
 
-    return version("invarlock")
+    return {"determinism": state.options.determinism if state.device == "cuda" else "cpu"} | {
+        name: version(name) for name in packages
+    }
 
 
 class Worker:
@@ -71,7 +79,6 @@ class Worker:
         self.stats = execution.ItemStats()  # the running item's retries and placement (execution.py)
         self._item: Item | None = None  # the running item: shared work it triggers runs on its placement
         self._item_deadline: float | None = None
-        self.invarlock_version = _invarlock_version()
         self._memo: dict[tuple[str, str], Any] = {}
         apply_determinism(state.options.determinism, state.device)
         _log_to(state.run_dir / "logs" / f"{worker_id}.log")
@@ -234,7 +241,7 @@ class Worker:
             mode = "subprocess" if plan and plan.multi_gpu else "inprocess"
         options: dict[str, Any] = {
             "mode": mode,
-            "env": cuda_env(devices) if devices and mode == "subprocess" else None,
+            "env": cuda_env(devices, self.state.gpus) if devices and mode == "subprocess" else None,
             "load_kwargs": load_kwargs(plan) if mode == "subprocess" else {},
         }
         if mode == "subprocess" and self._item_deadline is not None:  # in-process work is bounded by run()'s deadline
@@ -253,7 +260,9 @@ class Worker:
             reports = sorted((artifact.path / "runs" / "source").glob("*/report.json"))
             if verdict.failure is None and reports:
                 return reports[-1], artifact.reused
-        key = digest("baseline-report", baseline.path.name, self._settings_key(settings), self.invarlock_version)
+        key = digest(
+            "baseline-report", baseline.path.name, self._settings_key(settings), _computed_by(self.state, CERTIFICATE_PACKAGES)
+        )
 
         def build(tmp: Path) -> dict[str, Any]:
             report = self.certifier.run_baseline(baseline.path, tmp, settings, **self.evaluate_options(item))
@@ -266,7 +275,9 @@ class Worker:
         """One calibration run: the baseline against itself on run `run`'s windows."""
         baseline = self.baseline(model)
         settings = self.settings(model, calibration_run=run)
-        key = digest("calibration", baseline.path.name, run, self._settings_key(settings), self.invarlock_version)
+        key = digest(
+            "calibration", baseline.path.name, run, self._settings_key(settings), _computed_by(self.state, CERTIFICATE_PACKAGES)
+        )
         return self._verdict_artifact(
             key,
             lambda tmp: self.certifier.certify(
@@ -423,7 +434,7 @@ class Worker:
                 self._settings_key(settings),
                 report.parent.name,
                 item.run,
-                self.invarlock_version,
+                _computed_by(self.state, CERTIFICATE_PACKAGES),
             )
             verdict, artifact = self._verdict_artifact(
                 key,
@@ -483,7 +494,14 @@ class Worker:
         baseline = self.baseline(model)
         directory = baseline.path if item.variant == "baseline" else self.edited_model(model, item.scenario, item).path
         suite = self.state.suite
-        key = digest("benchmark", directory.name, item.benchmark, suite.benchmarks.num_fewshot, suite.benchmarks.limit)
+        key = digest(
+            "benchmark",
+            directory.name,
+            item.benchmark,
+            suite.benchmarks.num_fewshot,
+            suite.benchmarks.limit,
+            _computed_by(self.state, SCORE_PACKAGES),
+        )
         loaded = False
 
         def build(tmp: Path) -> dict[str, Any]:
@@ -552,7 +570,7 @@ class Worker:
                 batch_size=batch,
                 limit=suite.benchmarks.limit,
                 load_kwargs=load_kwargs(plan),
-                env=cuda_env(list(plan.devices)),
+                env=cuda_env(list(plan.devices), self.state.gpus),
                 workdir=tmp / "subprocess",
                 offline=self.state.options.offline,
                 timeout_s=remaining,
@@ -608,9 +626,12 @@ def _log_to(path: Path) -> None:
 
 
 def _threads_per_worker() -> int:
-    """The host's cores shared out between xdist workers, so two workers do not fight over each core."""
+    """The CPUs this process may use (affinity and cgroup quota, `scheduling.cpus`) shared out between xdist
+    workers, so two workers do not fight over each core."""
+    from pytest_invarlock.scheduling.cpus import available_cpus
+
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return max(1, available_cpus() // max(1, workers))
 
 
 def apply_determinism(mode: str, device: str) -> None:

@@ -1,23 +1,27 @@
-"""GPU inventory: --gpus specs, CUDA_VISIBLE_DEVICES, and NVML probing (faked; no driver here)."""
+"""GPU inventory: --gpus specs, visibility variables, and NVML probing of whole GPUs (faked; no driver here).
+
+MIG slices and AMD GPUs: test_gpu_nodes.py."""
 
 from __future__ import annotations
 
 import re
 import sys
-from types import SimpleNamespace
 
 import pytest
 
+from helpers import FakeNvml
 from pytest_invarlock.scheduling.inventory import (
     Gpu,
+    Unit,
     format_gpu_spec,
     host_cache_share,
     host_ram_bytes,
     parse_gpu_spec,
-    probe_gpus,
-    visible_indices,
+    split_busy,
+    visible_devices,
 )
 from pytest_invarlock.scheduling.memory import GIB
+from pytest_invarlock.scheduling.probe import probe_gpus
 
 
 def test_count_times_size():
@@ -41,6 +45,7 @@ def test_bad_spec_names_itself_and_the_fix(spec):
 
 
 UUIDS = ["GPU-aa11", "GPU-bb22", "GPU-bb33"]
+WHOLE = [Unit(i, uuid, (uuid,)) for i, uuid in enumerate(UUIDS)]
 
 
 @pytest.mark.parametrize(
@@ -56,72 +61,62 @@ UUIDS = ["GPU-aa11", "GPU-bb22", "GPU-bb33"]
         ("1,1", [1]),  # a repeat ends the list: one device is never listed twice
     ],
 )
-def test_visible_indices_follow_cuda(value, visible):
-    assert visible_indices(value, UUIDS) == visible
+def test_visible_devices_follow_cuda(value, visible):
+    assert visible_devices(value, WHOLE) == visible
 
 
-class FakeNvml(SimpleNamespace):
-    """Just enough of pynvml for probe_gpus; device 1 cannot list its processes (as on some vGPUs)."""
+# GPU 0 in MIG mode with two slices, GPU 1 whole.
+MIXED = [Unit(0, "GPU-mm", ("MIG-s1", "GPU-mm")), Unit(0, "GPU-mm", ("MIG-s2", "GPU-mm")), Unit(1, "GPU-ww", ("GPU-ww",))]
 
-    class NVMLError(Exception):
-        pass
 
-    def __init__(self, fail_init: bool = False) -> None:
-        super().__init__(shut_down=False)
-        self.fail_init = fail_init
-        self.devices = [
-            dict(uuid=b"GPU-aa11", name=b"NVIDIA H100 80GB HBM3", total=80 * GIB, free=70 * GIB, procs=[1, 2]),
-            dict(uuid="GPU-bb22", name="NVIDIA H100 80GB HBM3", total=80 * GIB, free=80 * GIB, procs=None),
+@pytest.mark.parametrize(
+    ("value", "visible"),
+    [
+        ("MIG-s2", [1]),  # Slurm on a MIG node: one slice by its UUID
+        ("MIG-s2,MIG-s1", [1, 0]),
+        ("0", [0, 1]),  # the GPU's index names all of its slices
+        ("GPU-mm,1", [0, 1, 2]),  # so does its UUID
+        ("MIG-s", []),  # two slices: ambiguous
+        ("MIG-s1,0", [0]),  # the GPU again after one of its slices: a repeat
+    ],
+)
+def test_visible_devices_name_mig_slices(value, visible):
+    assert visible_devices(value, MIXED) == visible
+
+
+def three_gpus(**kwargs) -> FakeNvml:
+    """An H100 with two processes, an H100 that cannot list them (as some vGPUs), an A10; bytes names (old bindings)."""
+    return FakeNvml(
+        [
+            dict(uuid=b"GPU-aa11", name=b"NVIDIA H100 80GB HBM3", total=80 * GIB, free=70 * GIB, procs=[1, 2], mig_capable=True),
+            dict(uuid="GPU-bb22", name="NVIDIA H100 80GB HBM3", total=80 * GIB, free=80 * GIB, procs=None, mig_capable=True),
             dict(uuid="GPU-cc33", name="NVIDIA A10", total=24 * GIB, free=20 * GIB, procs=[]),
-        ]
-
-    def nvmlInit(self):
-        if self.fail_init:
-            raise self.NVMLError("NVML Shared Library Not Found")
-
-    def nvmlShutdown(self):
-        self.shut_down = True
-
-    def nvmlDeviceGetCount(self):
-        return len(self.devices)
-
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return self.devices[index]
-
-    def nvmlDeviceGetUUID(self, handle):
-        return handle["uuid"]
-
-    def nvmlDeviceGetName(self, handle):
-        return handle["name"]
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        return SimpleNamespace(total=handle["total"], free=handle["free"], used=handle["total"] - handle["free"])
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle):
-        if handle["procs"] is None:
-            raise self.NVMLError("Not Supported")
-        return handle["procs"]
+        ],
+        **kwargs,
+    )
 
 
 def test_probe_reads_visible_devices(monkeypatch):
-    nvml = FakeNvml()
+    nvml = three_gpus()
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-aa")
-    assert probe_gpus() == [
-        Gpu(index=2, total_gb=24.0, free_gb=20.0, processes=0, name="NVIDIA A10"),
-        Gpu(index=0, total_gb=80.0, free_gb=70.0, processes=2, name="NVIDIA H100 80GB HBM3"),
+    assert probe_gpus() == [  # numbered as this process sees them, bound by NVML index
+        Gpu(index=0, total_gb=24.0, free_gb=20.0, processes=0, name="NVIDIA A10", bind_id="2"),
+        Gpu(index=1, total_gb=80.0, free_gb=70.0, processes=2, name="NVIDIA H100 80GB HBM3", bind_id="0"),
     ]
     assert nvml.shut_down
 
 
 def test_probe_counts_unlisted_processes_as_none(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml())
+    monkeypatch.setitem(sys.modules, "pynvml", three_gpus())
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert [g.processes for g in probe_gpus()] == [2, 0, 0]
+    gpus = probe_gpus()
+    assert [g.processes for g in gpus] == [2, 0, 0]
+    assert [(g.index, g.bind_id, g.mig) for g in gpus] == [(0, "0", False), (1, "1", False), (2, "2", False)]
 
 
 def test_probe_without_a_driver_is_empty(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(fail_init=True))
+    monkeypatch.setitem(sys.modules, "pynvml", three_gpus(fail_init=True))
     assert probe_gpus() == []
 
 
@@ -139,6 +134,11 @@ def test_probe_on_this_machine_without_a_driver():
     else:
         pynvml.nvmlShutdown()
         pytest.skip("an NVIDIA driver is present: the no-driver path cannot be exercised here")
+
+
+def test_busy_devices_are_split_off():
+    gpus = [Gpu(0, 80, 70, 2, "a"), Gpu(1, 80, 80, 0, "b"), Gpu(2, 24, 20, 0, "c")]
+    assert split_busy(gpus) == (gpus[1:], gpus[:1])
 
 
 def test_free_memory_after_a_colon():

@@ -291,8 +291,12 @@ def test_placement_is_read_back_only_in_its_own_session(workdir):
     assert placement_devices(later.run_dir, later.session, item) is None
 
 
-def test_cuda_env_pins_pci_order():
-    assert cuda_env([3, 1]) == {"CUDA_VISIBLE_DEVICES": "3,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+def test_cuda_env_names_nvml_indices_in_pci_order():
+    gpus = [Gpu(i, 80.0, 79.0, 0, "nvml", bind_id=str(7 - i)) for i in range(4)]  # CUDA_VISIBLE_DEVICES=7,6,5,4 here
+    assert cuda_env([3, 1], gpus) == {"CUDA_VISIBLE_DEVICES": "4,6", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert cuda_env([1], parse_gpu_spec("2x80")) == {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    with pytest.raises(ValueError, match=r"device\(s\) \[9\] are not in the node's inventory \[0, 1, 2, 3\]"):
+        cuda_env([9], gpus)
 
 
 # --------------------------------------------------------------------------- the adapter
@@ -574,7 +578,7 @@ def test_a_gpus_simulation_plans_as_that_node_but_device_cpu_keeps_the_cpu_size_
 def test_workers_get_a_share_of_a_node_wide_host_ram_budget(workdir):
     state = make_state(workdir, "ram")
     config = SimpleNamespace(
-        getoption=lambda name, default=None: {"gpus": None}.get(name, default),
+        getoption=lambda name, default=None: {"invarlock_gpus": None}.get(name, default),
         stash={},
         option=SimpleNamespace(numprocesses=4, tx=[], dist="no"),
     )

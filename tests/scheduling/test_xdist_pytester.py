@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -17,6 +18,7 @@ from collections import defaultdict
 import pytest
 
 from helpers import SCHED_SUITE as SUITE
+from helpers import fake_driver_dir, mig_uuid
 
 USABLE_GB = {80: 75.0, 24: 20.6}
 SUITE_ITEMS = 12  # 3 models x (2 calibrations + 2 clean edits)
@@ -62,8 +64,9 @@ import pytest
 def pytest_configure(config):
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:  # the GPU binding must already be in place here
+        names = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
         with open(os.environ["BINDINGS_LOG"], "a") as log:
-            log.write(json.dumps([workerinput["workerid"], os.environ.get("CUDA_VISIBLE_DEVICES")]) + "\\n")
+            log.write(json.dumps([workerinput["workerid"], {n: os.environ.get(n) for n in names}]) + "\\n")
 
 
 def pytest_runtest_setup(item):
@@ -94,6 +97,8 @@ class Sandbox:
             "PYTEST_XDIST_TESTRUNUID",
             "CUDA_VISIBLE_DEVICES",
             "CUDA_DEVICE_ORDER",
+            "ROCR_VISIBLE_DEVICES",
+            "HIP_VISIBLE_DEVICES",
             "FAIL_ITEM",
             "CRASH_ITEM",
         ):
@@ -123,7 +128,17 @@ class Sandbox:
         return len(path.read_text().split()) if path.exists() else 0
 
     def bindings(self) -> dict[str, str]:
+        """Worker -> its CUDA_VISIBLE_DEVICES."""
+        return {worker: env["CUDA_VISIBLE_DEVICES"] for worker, env in self.binding_envs().items()}
+
+    def binding_envs(self) -> dict[str, dict[str, str | None]]:
+        """Worker -> its visibility variables when pytest_configure ran."""
         return dict(json.loads(line) for line in (self.path / "bindings.jsonl").read_text().splitlines())
+
+    def with_drivers(self, node: str, **options: object) -> str:
+        """PYTHONPATH that puts a fake GPU driver (helpers.fake_driver_dir) before everything else."""
+        drivers = fake_driver_dir(self.path / "drivers", node, **options)
+        return os.pathsep.join(filter(None, [str(drivers), os.environ.get("PYTHONPATH")]))
 
     def need_gb(self) -> dict[str, float]:
         """param_id -> peak GB, from the --gpu-plan CSV."""
@@ -237,3 +252,37 @@ def pytest_collection_finish(session):
     result.stdout.fnmatch_lines(["SKIPPED [1] test_gone.py: needs 99.0 GB on 2 GPU(s); too little free"])
     skipped = ET.parse(pytester.path / "out.xml").getroot().find(".//testcase[@name='test_big[x]']/skipped")
     assert skipped is not None and "needs 99.0 GB" in skipped.get("message")
+
+
+# The sandbox suite's `small` model cut to a size whose calibrations fit a 10 GB MIG slice (its edits do not).
+MIG_SUITE = SUITE.split("  - {name: mid")[0].replace("params_b: 0.5", "params_b: 0.1").replace("float32", "float16") + (
+    "scenarios: [calibration, quant_rtn_8bit_clean]\nbenchmarks: {tasks: []}\n"
+)
+
+
+def test_real_xdist_on_a_mig_node_binds_workers_to_idle_slices(sandbox):
+    """The fake NVML of a 7 x 1g.10gb node, slice 2 busy with another process: `-n auto` starts a worker on
+    each of the 6 other slices, bound by its UUID."""
+    (sandbox.path / "suite.yaml").write_text(MIG_SUITE)
+    result = sandbox.run("-n", "auto", "-rs", PYTHONPATH=sandbox.with_drivers("mig", busy_slots=(2,)))
+    result.assert_outcomes(passed=2 + 1, skipped=2)  # the calibrations and test_plain; the edits need 8.2 GB
+    result.stdout.fnmatch_lines(
+        [
+            "*left out GPU(s) running other processes (--gpu-require-idle): GPU 2 (NVIDIA A100-SXM4-80GB MIG 1g.10gb, 1 process)*",
+            "*SKIPPED*needs 8.2 GB on 2 GPU(s); this node offers 6 x 7.5 GB usable*MIG slices are never combined*",
+        ]
+    )
+    idle = [mig_uuid(slot) for slot in (0, 1, 3, 4, 5, 6)]
+    assert sandbox.bindings() == {f"gw{n}": uuid for n, uuid in enumerate(idle)}
+    assert {r["visible"] for r in sandbox.log()} <= set(idle)
+    assert all(len(r["placement"]) == 1 for r in sandbox.log())
+
+
+def test_real_xdist_on_an_mi300x_node_binds_workers_through_rocr(sandbox):
+    """The fake amdsmi of an 8 x MI300X node, of which Slurm gave this job GPUs 4-7: a 140 GB item fits one GPU."""
+    result = sandbox.run("-n", "3", PYTHONPATH=sandbox.with_drivers("mi300x"), ROCR_VISIBLE_DEVICES="4,5,6,7")
+    result.assert_outcomes(passed=SUITE_ITEMS + 1)
+    assert sandbox.binding_envs() == {
+        f"gw{n}": {"ROCR_VISIBLE_DEVICES": str(4 + n), "HIP_VISIBLE_DEVICES": "0", "CUDA_VISIBLE_DEVICES": "0"} for n in range(3)
+    }
+    assert {len(r["placement"]) for r in sandbox.log()} == {1}
