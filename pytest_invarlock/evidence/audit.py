@@ -140,7 +140,7 @@ def _check_certificates(
             continue
         try:
             certificate = parse(root / rel)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             findings.problems.append(f"{rel}: cannot be read as an InvarLock report ({type(exc).__name__}: {exc})")
             continue
         findings.certificates += 1
@@ -156,10 +156,10 @@ def audit(root: Path, parse: ParseCertificate) -> Findings:
     _check_certificates(root, records, refused, parse, findings)
     try:
         verdict = json.loads((root / VERDICT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        findings.problems.append(f"{VERDICT_FILE}: cannot be read ({exc})")
+        block = recompute_phase0(records, verdict)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        findings.problems.append(f"{VERDICT_FILE}: the Phase 0 block cannot be recomputed ({type(exc).__name__}: {exc})")
         return findings
-    block = recompute_phase0(records, verdict)
     findings.phase0 = f"{block.get('status')} (score {block.get('score', 0):.1f}/100)"
     if normal(verdict.get("phase0")) != block:
         findings.problems.append(f"{VERDICT_FILE}: its Phase 0 block differs from the one recomputed from the records")

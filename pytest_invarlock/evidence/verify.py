@@ -44,6 +44,11 @@ NO_KEY = (
     "no signer to check against: pass --public-key KEY.pem.pub (or --expected-fingerprint sha256:..., or "
     "--trust-store FILE) to check who signed the pack, or --integrity-only to check only that it is intact"
 )
+AUTHENTICITY = {  # InvarLock's `authenticity` of the signer
+    "pinned": "the signer you named",
+    "mismatch": "NOT the signer you named",
+    "unpinned": "NOT checked against a signer you named (--integrity-only)",
+}
 HOST_PROVENANCE = (
     "(host-mode evaluates write no container runtime manifest: InvarLock's unverified-provenance allowance "
     "was on for its nested verify)"
@@ -99,19 +104,22 @@ def _signer(public_key: Path | None, expected: str | None) -> str | None:
     return expected
 
 
+def _left_out(root: Path) -> list[str]:
+    """Why records were left out when packing, as the manifest says (nothing when it cannot be read)."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        return [str(entry["reason"]) for entry in manifest.get("records_left_out") or []]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []  # InvarLock's verifier has said what is wrong with the manifest
+
+
 def check(root: Path, *, expected_fingerprint: str | None, trust_store: Path | None, integrity_only: bool) -> Outcome:
     if not (root / MANIFEST).is_file():
         return Outcome(DIFFERS, [f"DIFFERS: {root}: no {MANIFEST} (not an evidence pack, or it was removed)"])
     native = invarlock_verify(root, expected_fingerprint=expected_fingerprint, trust_store=trust_store)
-    signer = native.get("signer_fingerprint") or "none"
     lines = [
         "InvarLock evidence-pack verify --strict: " + ("PASS" if native.get("ok") else "FAIL"),
-        f"  signer {signer}: "
-        + (
-            "pinned to the key you gave"
-            if native.get("authenticity") == "pinned"
-            else "NOT checked against a key (--integrity-only)"
-        ),
+        f"  signer {native.get('signer_fingerprint') or 'unknown'}: {AUTHENTICITY.get(str(native.get('authenticity')), '?')}",
     ]
     lines += [f"  error: {e}" for e in native.get("errors", [])]
     lines += [f"  warning: {w}" for w in native.get("warnings", [])]
@@ -137,8 +145,7 @@ def check(root: Path, *, expected_fingerprint: str | None, trust_store: Path | N
         f"Phase 0 recomputed: {findings.phase0 or 'n/a'}"
     )
     lines += [f"  DIFFERS: {problem}" for problem in findings.problems]
-    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    lines += [f"  left out when packed: {e.get('reason')}" for e in manifest.get("records_left_out") or []]
+    lines += [f"  left out when packed: {reason}" for reason in _left_out(root)]
     if integrity_only:
         lines.append("integrity only: the pack is intact, but who signed it was NOT checked (no --public-key)")
     return Outcome(OK if native.get("ok") and not findings.problems else DIFFERS, lines)

@@ -158,7 +158,8 @@ def test_invarlock_rejects_a_pack_pinned_to_another_signer(signed: tuple[Pack, P
     _other, other_public, other_fingerprint = write_keypair(tmp_path / "other.pem")
     status, payload, _ = invarlock_verify(pack.directory, "--expected-fingerprint", other_fingerprint)
     assert status == SIGNATURE and payload["authenticity"] == "mismatch", payload
-    assert verify_pack(pack.directory, public_key=other_public).status == DIFFERS
+    ours = verify_pack(pack.directory, public_key=other_public)
+    assert ours.status == DIFFERS and f"  signer {pack.fingerprint}: NOT the signer you named" in ours.lines
 
 
 def test_our_verify_passes_with_the_key_or_integrity_only_and_refuses_without(signed: tuple[Pack, Path]) -> None:
@@ -167,7 +168,7 @@ def test_our_verify_passes_with_the_key_or_integrity_only_and_refuses_without(si
     outcome = verify_pack(pack.directory, public_key=public)
     print("\n".join(outcome.lines) + f"\npytest_invarlock verify: {time.perf_counter() - started:.1f} s")
     assert outcome.status == OK, outcome.lines
-    assert f"  signer {pack.fingerprint}: pinned to the key you gave" in outcome.lines
+    assert f"  signer {pack.fingerprint}: the signer you named" in outcome.lines
     assert any(line.startswith("campaign checks: PASS") for line in outcome.lines)
     assert verify_pack(pack.archive, public_key=public).status == OK
     integrity = verify_pack(pack.directory, integrity_only=True)
