@@ -165,7 +165,7 @@ def _readme(
         "against its certificate, Phase 0 recomputed from the records):",
         "",
         f"    INVARLOCK_ALLOW_UNVERIFIED_PROVENANCE=1 invarlock advanced evidence-pack verify PACK --strict --expected-fingerprint {signer}",
-        "    (the allowance: the certificates come from host-mode evaluates, which write no container runtime manifest)",
+        "    (the allowance: the certificates come from host-mode evaluates; their runtime manifests say host-bypass)",
         "    python -m pytest_invarlock verify PACK --public-key KEY.pem.pub",
         "    sha256sum -c checksums.sha256",
     ]

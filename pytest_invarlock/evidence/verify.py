@@ -6,9 +6,9 @@ PACK is a pack directory or its .tar.gz. Two layers, both must pass:
    Ed25519 signature over manifest.json, pinned to the signer the reader names (--public-key,
    --expected-fingerprint or --trust-store); manifest.json binding checksums.sha256; every file's
    sha256, and no file it does not list; the digest references; `invarlock verify` of every bundled
-   report. The plugin's certificates come from host-mode evaluates, which carry no container runtime
-   manifest, so that nested verify runs with InvarLock's unverified-provenance allowance, and the
-   output says so;
+   report. The plugin's certificates come from host-mode evaluates (their runtime manifests say
+   `host-bypass`), so that nested verify runs with InvarLock's unverified-provenance allowance, and
+   the output says so;
 2. the campaign checks (`audit`): every record's seal, every record against its certificate, the
    Phase 0 block recomputed from the records.
 
@@ -50,8 +50,8 @@ AUTHENTICITY = {  # InvarLock's `authenticity` of the signer
     "unpinned": "NOT checked against a signer you named (--integrity-only)",
 }
 HOST_PROVENANCE = (
-    "(host-mode evaluates write no container runtime manifest: InvarLock's unverified-provenance allowance "
-    "was on for its nested verify)"
+    "(host-mode evaluates: their runtime manifests say host-bypass, not a container; InvarLock's "
+    "unverified-provenance allowance was on for its nested verify)"
 )
 
 
