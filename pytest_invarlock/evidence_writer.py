@@ -53,7 +53,6 @@ class EvidencePackWriter:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self) -> None:
-        from pytest_invarlock.evidence.dsse import SignatureError
         from pytest_invarlock.evidence.pack import PackError, build_pack, describe
 
         written = self.verdict.written
@@ -62,7 +61,7 @@ class EvidencePackWriter:
             return
         try:
             pack = build_pack(self.verdict.state.run_dir, self.target, signing_key=self.signing_key)
-        except (PackError, SignatureError, OSError) as exc:
+        except (PackError, OSError) as exc:
             self.line = (f"evidence pack not written: {exc}", {"red": True})
             return
         self.line = (describe(pack), {"green": pack.signed, "yellow": not pack.signed})

@@ -27,28 +27,44 @@ class Judgement:
     explanation: str
 
 
+@dataclass(frozen=True)
+class Reactions:
+    """What InvarLock's verdict says happened, whatever was expected."""
+
+    flagged: bool
+    detected: bool
+    signal: bool
+
+
 def remediations(verdict: Verdict) -> int:
     """Guard interventions that do not flip a gate (spectral caps applied)."""
     return verdict.spectral_caps_applied or 0
 
 
-def judge(scenario: Scenario, verdict: Verdict) -> Judgement:
-    failed = list(verdict.failed_gates)
+def reactions(verdict: Verdict) -> Reactions:
     # The reference's stricter overall pass also requires a primary metric that is not invalid.
     flagged = verdict.failure is not None or not verdict.overall_pass or verdict.degraded or verdict.invalid
     detected = flagged or verdict.flags.get("invariants_pass") is False
-    signal = flagged or remediations(verdict) > 0
-    expectation = scenario.expectation
+    return Reactions(flagged, detected, flagged or remediations(verdict) > 0)
+
+
+def expectation_met(expectation: str, reacted: Reactions, detector_hit: bool | None) -> bool:
+    """Whether the reactions meet the expectation; `detector_hit`: whether one of the scenario's detectors
+    is among the failed gates (None when the scenario lists no detectors: any gate will do)."""
     if expectation == "pass":
-        met = verdict.failure is None and verdict.overall_pass and not verdict.degraded and not verdict.invalid
-    elif expectation == "detect":
-        met = detected
-    elif expectation == "fail":
-        hit = [d for d in scenario.detectors if d in failed] if scenario.detectors else failed
-        met = flagged and (bool(hit) or not scenario.detectors)
-    else:
-        met = True
-    return Judgement(met, flagged, detected, signal, explain(scenario, verdict, met=met))
+        return not reacted.flagged
+    if expectation == "detect":
+        return reacted.detected
+    if expectation == "fail":
+        return reacted.flagged and detector_hit is not False
+    return True
+
+
+def judge(scenario: Scenario, verdict: Verdict) -> Judgement:
+    reacted = reactions(verdict)
+    hit = any(d in verdict.failed_gates for d in scenario.detectors) if scenario.detectors else None
+    met = expectation_met(scenario.expectation, reacted, hit)
+    return Judgement(met, reacted.flagged, reacted.detected, reacted.signal, explain(scenario, verdict, met=met))
 
 
 _EXPECTED = {

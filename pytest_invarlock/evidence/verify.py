@@ -1,19 +1,23 @@
 """Verify an evidence pack: `python -m pytest_invarlock verify PACK --public-key KEY.pub` (or `invarlock-verify`).
 
-PACK is a pack directory or its .tar.gz. Checked, in this order, stopping at the first difference
-(which is named):
+PACK is a pack directory or its .tar.gz. Two layers, both must pass:
 
-1. the signature: with --public-key, manifest.dsse.json must carry an Ed25519 signature by that key
-   over exactly manifest.json (DSSE PAE); without it the signature is NOT checked and the output says
-   so plainly: a key shipped inside the pack would prove only that the pack is self-consistent;
-2. every file: each file the manifest lists exists with its sha256 and size, and no file, directory
-   or link exists that the manifest does not list;
-3. the records: records/*.json equal the records inside the manifest;
-4. the verdict: the Phase 0 block recomputed from the records (`verdict.compile`) equals the block in
-   the manifest and in reports/final_verdict.json.
+1. InvarLock's own verifier, `invarlock advanced evidence-pack verify --strict` in-process: the
+   Ed25519 signature over manifest.json, pinned to the signer the reader names (--public-key,
+   --expected-fingerprint or --trust-store); manifest.json binding checksums.sha256; every file's
+   sha256, and no file it does not list; the digest references; `invarlock verify` of every bundled
+   report. The plugin's certificates come from host-mode evaluates (their runtime manifests say
+   `host-bypass`), so that nested verify runs with InvarLock's unverified-provenance allowance, and
+   the output says so;
+2. the campaign checks (`audit`): every record's seal, every record against its certificate, the
+   Phase 0 block recomputed from the records.
 
-Exit status: 0 when everything matches, 1 when something differs, 2 for a usage problem (no such
-pack, unreadable key).
+Without a key it refuses to run (exit 2) unless --integrity-only is given: the public key inside a
+pack proves only that the pack is intact, not who made it. Exit status: 0 when everything passes,
+1 when something differs (each difference is named), 2 for a usage problem.
+
+This is a CLI: it imports InvarLock and the worker's report parser (no torch), which the controller
+never does; `audit` stays pure.
 """
 
 from __future__ import annotations
@@ -25,47 +29,58 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from pytest_invarlock.evidence import dsse
-from pytest_invarlock.evidence.manifest import CONTROL_FILES, ENVELOPE, MANIFEST, sha256_file, strip_seal
-from pytest_invarlock.verdict.compile import compile_records
+from pytest_invarlock.evidence.audit import Findings, audit
+from pytest_invarlock.evidence.keys import KeyFileError, load_public_key
+from pytest_invarlock.evidence.layout import MANIFEST, fingerprint
 
 OK, DIFFERS, USAGE = 0, 1, 2
-
-
-class Differs(Exception):
-    """The first thing in the pack that does not match; str() names the file."""
+NO_KEY = (
+    "no signer to check against: pass --public-key KEY.pem.pub (or --expected-fingerprint sha256:..., or "
+    "--trust-store FILE) to check who signed the pack, or --integrity-only to check only that it is intact"
+)
+AUTHENTICITY = {  # InvarLock's `authenticity` of the signer
+    "pinned": "the signer you named",
+    "mismatch": "NOT the signer you named",
+    "unpinned": "NOT checked against a signer you named (--integrity-only)",
+}
+HOST_PROVENANCE = (
+    "(host-mode evaluates: their runtime manifests say host-bypass, not a container; InvarLock's "
+    "unverified-provenance allowance was on for its nested verify)"
+)
 
 
 @dataclass
 class Outcome:
     status: int
-    message: str
-    signature: str = "not checked"
-    files: int = 0
-    notes: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def normal(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+def parse_certificate(path: Path) -> Mapping[str, Any]:
+    """A certificate as the worker read it (`Verdict.from_report`) plus the judgement's reactions."""
+    from pytest_invarlock.campaign.judging import reactions
+    from pytest_invarlock.worker.certifier import Verdict
+
+    verdict = Verdict.from_report(json.loads(path.read_text(encoding="utf-8")))
+    reacted = reactions(verdict)
+    return {**verdict.to_dict(), "flagged": reacted.flagged, "detected": reacted.detected, "signal": reacted.signal}
 
 
-def recompute_phase0(records: Sequence[dict[str, Any]], suite: dict[str, Any]) -> dict[str, Any]:
-    items = suite.get("items")
-    compiled = compile_records(
-        records,
-        items=list(items) if items is not None else None,
-        **({"min_signal_fraction": suite["min_signal_fraction"]} if suite.get("min_signal_fraction") is not None else {}),
-    )
-    block: dict[str, Any] = normal(compiled.phase0.to_dict())
-    return block
+def invarlock_verify(root: Path, *, expected_fingerprint: str | None, trust_store: Path | None) -> dict[str, Any]:
+    """InvarLock's `evidence-pack verify --strict` payload for the pack directory `root`."""
+    from invarlock.evidence_pack import verify_evidence_pack
+    from invarlock.runtime_provenance import configure_runtime_security
+
+    with configure_runtime_security(allow_unverified_provenance=True):
+        result = verify_evidence_pack(root, strict=True, expected_fingerprint=expected_fingerprint, trust_store_path=trust_store)
+    payload: dict[str, Any] = result.payload
+    return payload
 
 
 def _extract(archive: Path, into: Path) -> Path:
@@ -74,143 +89,95 @@ def _extract(archive: Path, into: Path) -> Path:
         with tarfile.open(archive, "r:gz") as tar:
             members = tar.getmembers()
             tops = {m.name.split("/", 1)[0] for m in members}
-            for member in members:
-                if not (member.isfile() or member.isdir()):
-                    raise Differs(f"{member.name}: not a regular file or directory (links are refused)")
-                if member.name.startswith("/") or ".." in Path(member.name).parts:
-                    raise Differs(f"{member.name}: path escapes the pack")
-            if len(tops) != 1:
-                raise Differs(f"{archive.name}: expected one top directory, found {sorted(tops)}")
+            bad = [m.name for m in members if not (m.isfile() or m.isdir())]
+            if bad or len(tops) != 1:
+                raise ValueError(f"links or special files {bad}" if bad else f"expected one top directory, found {sorted(tops)}")
             tar.extractall(into, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise Differs(f"{archive.name}: not a readable tar.gz ({exc})") from None
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"{archive.name}: not a pack archive ({exc})") from None
     return into / tops.pop()
 
 
-def _listing(root: Path) -> tuple[set[str], set[str], list[str]]:
-    """(files, directories, other entries) under root, as relative POSIX paths."""
-    files, dirs, other = set(), set(), []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            other.append(rel)
-        elif path.is_file():
-            files.add(rel)
-        elif path.is_dir():
-            dirs.add(rel)
-        else:
-            other.append(rel)
-    return files, dirs, sorted(other)
+def _signer(public_key: Path | None, expected: str | None) -> str | None:
+    if public_key is not None:
+        return fingerprint(load_public_key(public_key))
+    return expected
 
 
-def check(root: Path, public_key: Ed25519PublicKey | None) -> Outcome:
-    manifest_path = root / MANIFEST
+def _left_out(root: Path) -> list[str]:
+    """Why records were left out when packing, as the manifest says (nothing when it cannot be read)."""
     try:
-        payload = manifest_path.read_bytes()
-        manifest = json.loads(payload)
-    except FileNotFoundError:
-        raise Differs(f"{MANIFEST}: missing") from None
-    except (OSError, ValueError) as exc:
-        raise Differs(f"{MANIFEST}: unreadable ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise Differs(f"{MANIFEST}: not a pack manifest (no `files` mapping)")
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        return [str(entry["reason"]) for entry in manifest.get("records_left_out") or []]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []  # InvarLock's verifier has said what is wrong with the manifest
 
-    # 1. signature
-    envelope_path = root / ENVELOPE
-    if envelope_path.exists():
-        try:
-            raw = envelope_path.read_bytes()
-            envelope = json.loads(raw)
-            if not isinstance(envelope, dict) or dsse.dumps(envelope) != raw:
-                raise dsse.SignatureError("not in the canonical form the pack writes (edited by hand?)")
-            signed = dsse.verify(envelope, public_key) if public_key is not None else dsse.payload_of(envelope)
-        except (ValueError, dsse.SignatureError) as exc:
-            raise Differs(f"{ENVELOPE}: {exc}") from None
-        if signed != payload:
-            raise Differs(f"{MANIFEST}: differs from the payload signed in {ENVELOPE}")
-        signature = "verified with the given public key" if public_key is not None else "present, NOT checked (no --public-key)"
-    elif public_key is not None:
-        raise Differs(f"{ENVELOPE}: missing (the pack is unsigned), so no signature can be checked")
-    else:
-        signature = "absent (unsigned pack)"
 
-    # 2. files: every listed file matches; nothing unlisted
-    listed: dict[str, Any] = manifest["files"]
-    files, dirs, other = _listing(root)
-    if other:
-        raise Differs(f"{other[0]}: not a regular file (links and special files are refused)")
-    parents = {p.as_posix() for rel in listed for p in Path(rel).parents if p.as_posix() != "."}
-    for rel in sorted((files - set(CONTROL_FILES)) | set(listed) | (dirs - parents)):
-        if rel in dirs:
-            raise Differs(f"{rel}/: directory not listed in the manifest")
-        if rel not in listed:
-            raise Differs(f"{rel}: not listed in the manifest")
-        if rel not in files:
-            raise Differs(f"{rel}: listed in the manifest but missing")
-        entry = listed[rel]
-        path = root / rel
-        if not isinstance(entry, dict) or path.stat().st_size != entry.get("size") or sha256_file(path) != entry.get("sha256"):
-            raise Differs(f"{rel}: sha256 differs from the manifest")
-
-    # 3. records
-    records = []
-    for rel in sorted(r for r in listed if r.startswith("records/")):
-        try:
-            records.append(strip_seal(json.loads((root / rel).read_text(encoding="utf-8"))))
-        except ValueError as exc:
-            raise Differs(f"{rel}: not JSON ({exc})") from None
-    in_manifest = {str(r.get("param_id")): normal(r) for r in manifest.get("records") or []}
-    on_disk = {str(r.get("param_id")): normal(r) for r in records}
-    for pid in sorted(in_manifest.keys() | on_disk.keys()):
-        if in_manifest.get(pid) != on_disk.get(pid):
-            raise Differs(f"records/{pid}.json: differs from its copy in {MANIFEST}")
-
-    # 4. the Phase 0 block, recomputed
-    suite = manifest.get("suite") or {}
-    block = recompute_phase0(list(in_manifest.values()), suite)
-    if normal(manifest.get("phase0")) != block:
-        raise Differs(f"{MANIFEST}: its Phase 0 block differs from the one recomputed from the records")
-    verdict_file = root / "reports" / "final_verdict.json"
-    if verdict_file.is_file():
-        stored = json.loads(verdict_file.read_text(encoding="utf-8")).get("phase0")
-        if normal(stored) != block:
-            raise Differs("reports/final_verdict.json: its Phase 0 block differs from the one recomputed from the records")
-    phase0 = block
-    status = f"{phase0.get('status')} (score {phase0.get('score', 0):.1f}/100)"
-    return Outcome(
-        OK,
-        f"pack matches: {len(listed)} files, {len(in_manifest)} records, Phase 0 {status}",
-        signature=signature,
-        files=len(listed),
+def check(root: Path, *, expected_fingerprint: str | None, trust_store: Path | None, integrity_only: bool) -> Outcome:
+    if not (root / MANIFEST).is_file():
+        return Outcome(DIFFERS, [f"DIFFERS: {root}: no {MANIFEST} (not an evidence pack, or it was removed)"])
+    native = invarlock_verify(root, expected_fingerprint=expected_fingerprint, trust_store=trust_store)
+    lines = [
+        "InvarLock evidence-pack verify --strict: " + ("PASS" if native.get("ok") else "FAIL"),
+        f"  signer {native.get('signer_fingerprint') or 'unknown'}: {AUTHENTICITY.get(str(native.get('authenticity')), '?')}",
+    ]
+    lines += [f"  error: {e}" for e in native.get("errors", [])]
+    lines += [f"  warning: {w}" for w in native.get("warnings", [])]
+    nested = native.get("verify") or {}
+    if nested:
+        summary = nested.get("summary") or {}
+        provenance = Counter(
+            str(((r.get("verification") or {}).get("runtime_provenance") or {}).get("status"))
+            for r in nested.get("results") or []
+        )
+        lines.append(
+            f"  nested invarlock verify of {(nested.get('evaluation_report') or {}).get('count')} reports: "
+            + ("ok" if summary.get("ok") else f"FAILED ({summary.get('reason')})")
+            + "; runtime provenance "
+            + ", ".join(f"{status} {n}" for status, n in sorted(provenance.items()))
+            + (f" {HOST_PROVENANCE}" if provenance.get("skipped") else "")
+        )
+    findings: Findings = audit(root, parse_certificate)
+    lines.append(
+        "campaign checks: "
+        + ("PASS" if not findings.problems else f"FAIL ({len(findings.problems)})")
+        + f": {findings.records} sealed records, {findings.certificates} certificates compared, "
+        f"Phase 0 recomputed: {findings.phase0 or 'n/a'}"
     )
+    lines += [f"  DIFFERS: {problem}" for problem in findings.problems]
+    lines += [f"  left out when packed: {reason}" for reason in _left_out(root)]
+    if integrity_only:
+        lines.append("integrity only: the pack is intact, but who signed it was NOT checked (no --public-key)")
+    return Outcome(OK if native.get("ok") and not findings.problems else DIFFERS, lines)
 
 
-def verify_pack(pack: Path, public_key: Path | None = None) -> Outcome:
+def verify_pack(
+    pack: Path,
+    *,
+    public_key: Path | None = None,
+    expected_fingerprint: str | None = None,
+    trust_store: Path | None = None,
+    integrity_only: bool = False,
+) -> Outcome:
     started = time.perf_counter()
     pack = Path(pack)
     if not pack.exists():
-        return Outcome(USAGE, f"{pack}: no such pack (give the pack directory or its .tar.gz)")
+        return Outcome(USAGE, [f"{pack}: no such pack (give the pack directory or its .tar.gz)"])
+    if public_key is None and expected_fingerprint is None and trust_store is None and not integrity_only:
+        return Outcome(USAGE, [NO_KEY])
     try:
-        key = dsse.load_public_key(public_key) if public_key is not None else None
-    except dsse.SignatureError as exc:
-        return Outcome(USAGE, str(exc))
-    tmp = None
+        signer = _signer(public_key, expected_fingerprint)
+    except KeyFileError as exc:
+        return Outcome(USAGE, [str(exc)])
+    tmp = Path(tempfile.mkdtemp(prefix="invarlock-verify-")) if pack.is_file() else None
     try:
-        root = pack
-        if pack.is_file():
-            tmp = Path(tempfile.mkdtemp(prefix="invarlock-verify-"))
-            root = _extract(pack, tmp)
-        outcome = check(root, key)
-    except Differs as exc:
-        outcome = Outcome(DIFFERS, f"DIFFERS: {exc}")
+        root = _extract(pack, tmp) if tmp is not None else pack
+        outcome = check(root, expected_fingerprint=signer, trust_store=trust_store, integrity_only=integrity_only)
+    except ValueError as exc:
+        outcome = Outcome(DIFFERS, [f"DIFFERS: {exc}"])
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    if key is None and outcome.status == OK:
-        outcome.notes.append(
-            "integrity only: checksums, file list, records and Phase 0 were checked, but NOT who "
-            "signed the pack. Pass --public-key FILE (the signer's KEY.pem.pub) to check the signature."
-        )
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -220,21 +187,27 @@ def verify_pack(pack: Path, public_key: Path | None = None) -> Outcome:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pack", type=Path, help="the pack directory or its .tar.gz")
-    parser.add_argument(
-        "--public-key",
-        type=Path,
-        default=None,
-        help="the signer's Ed25519 public key (PEM) you trust; without it only integrity is checked",
+    signer = parser.add_mutually_exclusive_group()
+    signer.add_argument("--public-key", type=Path, default=None, help="the signer's Ed25519 public key (PEM) you trust")
+    signer.add_argument("--expected-fingerprint", default=None, help="the signer's fingerprint you trust (sha256:...)")
+    signer.add_argument(
+        "--trust-store", type=Path, default=None, help="InvarLock's JSON trust store of accepted signer fingerprints"
+    )
+    signer.add_argument(
+        "--integrity-only", action="store_true", help="check that the pack is intact without checking who signed it"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    outcome = verify_pack(args.pack, args.public_key)
-    print(outcome.message)
-    if outcome.status == OK:
-        print(f"signature: {outcome.signature}")
-    for note in outcome.notes:
-        print(note)
+    outcome = verify_pack(
+        args.pack,
+        public_key=args.public_key,
+        expected_fingerprint=args.expected_fingerprint,
+        trust_store=args.trust_store,
+        integrity_only=args.integrity_only,
+    )
+    for line in outcome.lines:
+        print(line)
     print(f"verify took {outcome.seconds:.2f} s")
     return outcome.status
 
