@@ -3,6 +3,7 @@
 #
 #   ./dev.sh suite [pytest args]   # pytest validation/ --suite tiny [args]
 #   ./dev.sh test  [pytest args]   # pytest tests/ [args]
+#   ./dev.sh rehearse [--models A,B]  # the GPU suites' path on CPU: miniatures on a local hub, online then offline
 #   ./dev.sh lint                  # ruff check, ruff format --check, mypy (pure packages), import contracts
 #   ./dev.sh setup                 # only create .venv and install the pinned set
 #
@@ -62,6 +63,8 @@ case "$command" in
   setup) setup ;;
   suite) setup; exec .venv/bin/python -m pytest validation/ --suite tiny "$@" ;;
   test)  setup; exec .venv/bin/python -m pytest tests/ "$@" ;;
+  # The local hub listens on 127.0.0.1 only; its sessions set their own HF variables (online, then offline).
+  rehearse) setup; exec .venv/bin/python -m pytest_invarlock.assets.rehearsal "$@" ;;
   lint)  setup; lint ;;
-  *) echo "usage: ./dev.sh suite|test|lint|setup [pytest args]" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh suite|test|rehearse|lint|setup [args]" >&2; exit 2 ;;
 esac

@@ -13,12 +13,11 @@ from hypothesis import strategies as st
 
 from pytest_invarlock.assets import build_tasks
 from pytest_invarlock.worker import lm_eval_scoring as benchmarks
+from pytest_invarlock.worker.hub_access import ALLOW_NETWORK_VARIABLE, OFFLINE_VARIABLES, hub_mode
 from pytest_invarlock.worker.lm_eval_scoring import (
     LOCAL_TASKS,
-    OFFLINE_VARIABLES,
     TASK_METRICS,
     local_task_data_dir,
-    offline_mode,
     prepare_local_tasks,
     run_benchmark,
 )
@@ -64,7 +63,7 @@ def test_rendered_tasks_load_through_task_manager_from_another_cwd(tmp_path: Pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    with offline_mode():
+    with hub_mode(online=False):
         loaded = TaskManager(include_path=str(include), include_defaults=False).load(list(LOCAL_TASKS))["tasks"]
         sizes = {name: len(list(task.test_docs())) for name, task in loaded.items()}
     assert sizes == LOCAL_TASKS
@@ -130,19 +129,21 @@ def test_similar_length_picks_are_distinct_and_exclude_the_target(pool: list[str
 # ---------------------------------------------------------------- offline flags
 
 
-def test_offline_mode_sets_loaded_flags_and_restores_them(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("online", [False, True])
+def test_hub_mode_sets_loaded_flags_both_ways_and_restores_them(monkeypatch: pytest.MonkeyPatch, online: bool) -> None:
     import datasets.config
     import huggingface_hub.constants
 
-    for name in OFFLINE_VARIABLES:
+    for name in (*OFFLINE_VARIABLES, ALLOW_NETWORK_VARIABLE):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    with offline_mode():
-        assert all(os.environ[name] == "1" for name in OFFLINE_VARIABLES)
-        assert huggingface_hub.constants.HF_HUB_OFFLINE and datasets.config.HF_HUB_OFFLINE
-    assert not any(name in os.environ for name in OFFLINE_VARIABLES)
-    assert not huggingface_hub.constants.HF_HUB_OFFLINE and not datasets.config.HF_HUB_OFFLINE
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", online)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", online)
+    with hub_mode(online=online):
+        assert all(os.environ[name] == ("0" if online else "1") for name in OFFLINE_VARIABLES)
+        assert os.environ[ALLOW_NETWORK_VARIABLE] == ("1" if online else "0")
+        assert huggingface_hub.constants.HF_HUB_OFFLINE is (not online) and datasets.config.HF_HUB_OFFLINE is (not online)
+    assert not any(name in os.environ for name in (*OFFLINE_VARIABLES, ALLOW_NETWORK_VARIABLE))
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is online and datasets.config.HF_HUB_OFFLINE is online
 
 
 # ---------------------------------------------------------------- scoring
