@@ -84,7 +84,8 @@ class Result:
     offline: Session
     seconds: float
     build_seconds: float
-    revisions: dict[str, str] = field(default_factory=dict)
+    revisions: dict[str, str] = field(default_factory=dict)  # state/model_revisions.json after the sessions
+    served: dict[str, str] = field(default_factory=dict)  # the hub's repos: "models/ID" -> commit
     problems: list[str] = field(default_factory=list)  # why the offline rerun is not ok
 
     @property
@@ -221,11 +222,12 @@ def rehearse(plan: Plan, workdir: Path, *, echo: bool = True, cache_dir: Path | 
         offline = run_session("offline", plan, suite_file, workdir, hub, online=False, echo=echo)
     revisions_file = workdir / "run" / "state" / "model_revisions.json"
     revisions = json.loads(revisions_file.read_text())["revisions"] if revisions_file.is_file() else {}
-    result = Result(plan, online, offline, time.perf_counter() - started, build_seconds, revisions)
+    result = Result(plan, online, offline, time.perf_counter() - started, build_seconds, revisions, dict(hub.repos))
     result.problems = offline_problems(online, offline)
-    missing = sorted({mini.miniature(m).repo_id for m in plan.models} - set(revisions))
-    if missing:
-        result.problems.append(f"no pinned revision resolved for {missing}")
+    for model in plan.models:
+        repo = mini.miniature(model).repo_id
+        if revisions.get(repo) != hub.repos.get(f"models/{repo}"):
+            result.problems.append(f"{repo}: pinned {revisions.get(repo)}, the hub serves {hub.repos.get(f'models/{repo}')}")
     return result
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 
 from pytest_invarlock.assets import build_tasks
 from pytest_invarlock.worker import lm_eval_scoring as benchmarks
-from pytest_invarlock.worker.hub_access import ALLOW_NETWORK_VARIABLE, OFFLINE_VARIABLES, hub_mode
+from pytest_invarlock.worker.hub_access import hub_mode
 from pytest_invarlock.worker.lm_eval_scoring import (
     LOCAL_TASKS,
     TASK_METRICS,
@@ -124,26 +123,6 @@ def test_similar_length_picks_are_distinct_and_exclude_the_target(pool: list[str
     picks = build_tasks.similar_length_picks(pool, target, excluded, random.Random(seed))
     assert len(picks) == len(set(picks)) == build_tasks.CHOICES - 1
     assert target not in picks and not excluded & set(picks)
-
-
-# ---------------------------------------------------------------- offline flags
-
-
-@pytest.mark.parametrize("online", [False, True])
-def test_hub_mode_sets_loaded_flags_both_ways_and_restores_them(monkeypatch: pytest.MonkeyPatch, online: bool) -> None:
-    import datasets.config
-    import huggingface_hub.constants
-
-    for name in (*OFFLINE_VARIABLES, ALLOW_NETWORK_VARIABLE):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", online)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", online)
-    with hub_mode(online=online):
-        assert all(os.environ[name] == ("0" if online else "1") for name in OFFLINE_VARIABLES)
-        assert os.environ[ALLOW_NETWORK_VARIABLE] == ("1" if online else "0")
-        assert huggingface_hub.constants.HF_HUB_OFFLINE is (not online) and datasets.config.HF_HUB_OFFLINE is (not online)
-    assert not any(name in os.environ for name in (*OFFLINE_VARIABLES, ALLOW_NETWORK_VARIABLE))
-    assert huggingface_hub.constants.HF_HUB_OFFLINE is online and datasets.config.HF_HUB_OFFLINE is online
 
 
 # ---------------------------------------------------------------- scoring
