@@ -279,7 +279,7 @@ def read_texts(jsonl_file: Path, limit: int | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class TokenizerStyle:
-    """A tokenizer's special tokens (they take the first ids, pad first) and whether it prepends BOS.
+    """A tokenizer's special tokens (they take the first ids) and whether it prepends BOS (when it has one).
 
     The tiny model's style (pad, BOS, EOS; BOS prepended) is the default; miniatures of hub models
     copy their family's style (Llama: BOS/EOS/unk, no pad; Qwen: one end-of-text token, no BOS).
@@ -291,8 +291,8 @@ class TokenizerStyle:
     unk: str | None = None
 
     def special_tokens(self) -> list[str]:
-        """The distinct special tokens, pad first (ids 0, 1, ...)."""
-        return list(dict.fromkeys(token for token in (self.pad, self.bos, self.eos, self.unk) if token is not None))
+        """The distinct special tokens in id order: pad, unk, BOS, EOS (Llama's and Yi's unk 0, BOS 1, EOS 2)."""
+        return list(dict.fromkeys(token for token in (self.pad, self.unk, self.bos, self.eos) if token is not None))
 
 
 def train_tokenizer(train_chapters: list[list[str]], params: TinyBuildParams, style: TokenizerStyle = TokenizerStyle()) -> Any:
