@@ -188,6 +188,7 @@ class LocalHub:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
+                env={k: v for k, v in os.environ.items() if not k.startswith("HF_")},  # the server is the hub
             )
         try:
             self._wait_until_serving()
