@@ -49,7 +49,7 @@ COMMIT_ENV = {
     "GIT_COMMITTER_EMAIL": "rehearsal@pytest-invarlock.invalid",
     "GIT_COMMITTER_DATE": "2024-01-01T00:00:00+00:00",
 }
-_DOWNLOAD = re.compile(r'"GET (/\S+/resolve/[0-9a-f]{40}/\S+) HTTP/[\d.]+" 200')
+_DOWNLOAD = re.compile(r'"GET (/\S+/resolve/\S+) HTTP/[\d.]+" 200')
 START_TIMEOUT_S = 60.0
 
 
@@ -213,7 +213,7 @@ class LocalHub:
         return {"HF_ENDPOINT": self.endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
 
     def downloads(self) -> list[str]:
-        """Files served so far (one `GET .../resolve/COMMIT/FILE` with status 200 each), in order."""
+        """Files served so far (one `GET .../resolve/REVISION/FILE` with status 200 each), in order."""
         text = self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.is_file() else ""
         return _DOWNLOAD.findall(text)
 
