@@ -197,9 +197,7 @@ def _config(spec: Miniature, tokenizer: Any) -> Any:
         "pad_token_id": tokenizer.pad_token_id,
     }
     fields = {**SHAPE, **special, "vocab_size": len(tokenizer), "tie_word_embeddings": False, **spec.config}
-    config = getattr(transformers, spec.config_class)(**fields)
-    config.dtype = spec.dtype
-    return config
+    return getattr(transformers, spec.config_class)(**fields)
 
 
 def _build_into(directory: Path, spec: Miniature, tokenizer: Any) -> None:
@@ -208,7 +206,8 @@ def _build_into(directory: Path, spec: Miniature, tokenizer: Any) -> None:
     started = time.perf_counter()
     train, heldout = tm.split_chapters(tm.load_chapters(TRAINING.chapter_limit), TRAINING)
     model, training = tm.train_model(train, tokenizer, TRAINING, _config(spec, tokenizer))
-    model = model.to(getattr(torch, spec.dtype))
+    model = model.to(getattr(torch, spec.dtype))  # trained in float32, published in the repo's dtype
+    model.config.dtype = spec.dtype
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     shard_bytes = max(1, math.ceil(total / spec.shards * 1.05)) if spec.shards > 1 else 50 * 2**30
     if spec.weights == "bin-sharded":
