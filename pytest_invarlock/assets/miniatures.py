@@ -204,6 +204,7 @@ def _build_into(directory: Path, spec: Miniature, tokenizer: Any) -> None:
     import torch
 
     started = time.perf_counter()
+    directory.mkdir(parents=True)
     train, heldout = tm.split_chapters(tm.load_chapters(TRAINING.chapter_limit), TRAINING)
     model, training = tm.train_model(train, tokenizer, TRAINING, _config(spec, tokenizer))
     model = model.to(getattr(torch, spec.dtype))  # trained in float32, published in the repo's dtype
@@ -216,7 +217,7 @@ def _build_into(directory: Path, spec: Miniature, tokenizer: Any) -> None:
         model.save_pretrained(directory, max_shard_size=shard_bytes)
     tokenizer.save_pretrained(directory)
     (directory / "README.md").write_text(_model_card(spec), encoding="utf-8")
-    perplexity = _heldout_perplexity(directory, heldout, tokenizer)
+    perplexity = _heldout_perplexity(directory, heldout)
     info = {
         "builder_version": BUILDER_VERSION,
         "miniature": asdict(spec),
@@ -256,10 +257,11 @@ def _save_bin_shards(model: Any, directory: Path, shard_bytes: int) -> None:
     shutil.rmtree(staging)
 
 
-def _heldout_perplexity(directory: Path, heldout: list[list[str]], tokenizer: Any) -> float:
-    passages = tm.pack_passages(heldout[:40], tokenizer, TRAINING.seq_len)[:200]
+def _heldout_perplexity(directory: Path, heldout: list[list[str]]) -> float:
+    """Perplexity on 200 held-out six-verse paragraphs (cut to 128 tokens), the shape of the rehearsal's windows."""
+    paragraphs = [" ".join(chapter[i : i + 6]) for chapter in heldout for i in range(0, len(chapter), 6)][:200]
     corpus = directory.with_name(directory.name + ".eval.jsonl")
-    tm.write_passages(corpus, passages)
+    tm.write_passages(corpus, [tm.Passage(text, 0) for text in paragraphs])
     try:
         return tm.perplexity(directory, corpus, seq_len=TRAINING.seq_len)
     finally:
