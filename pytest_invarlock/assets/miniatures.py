@@ -32,7 +32,7 @@ from pytest_invarlock.assets import tiny_model as tm
 BUILDER_VERSION = 1
 ROOT_PREFIX = "miniatures-"
 BUILD_INFO = "build_info.json"
-TRAINING = replace(tm.TinyBuildParams(), steps=160, warmup_steps=16, chapter_limit=400)
+TRAINING = replace(tm.TinyBuildParams(), steps=300, warmup_steps=30, chapter_limit=400)
 SHAPE = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "head_dim": 16, "max_position_embeddings": 512}
 
 # The families' special tokens (tokenizer_config.json of the real repos): Llama and Mistral prepend <s> and have no
