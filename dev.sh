@@ -5,6 +5,7 @@
 #   ./dev.sh test  [pytest args]   # pytest tests/ [args]
 #   ./dev.sh test --fast [args]    # the pure, hypothesis and pytester tests only (no model runs): under a minute
 #   ./dev.sh lowest [pytest args]  # the fast tests on the lowest pytest and pytest-xdist pyproject.toml allows
+#   ./dev.sh rehearse [--models A,B]  # the GPU suites' path on CPU: miniatures on a local hub, online then offline
 #   ./dev.sh lint                  # ruff check, ruff format --check, mypy --strict, import contracts
 #   ./dev.sh setup                 # only create .venv and install the pinned set
 #
@@ -76,6 +77,8 @@ case "$command" in
     fi
     exec .venv/bin/python -m pytest tests/ "$@" ;;
   lowest) setup; PYTHONPATH="$PWD/.venv/lowest" exec .venv/bin/python -m pytest tests/ -m "not campaign and not slow and not gpu" "$@" ;;
+  # The local hub listens on 127.0.0.1 only; its sessions set their own HF variables (online, then offline).
+  rehearse) setup; exec .venv/bin/python -m pytest_invarlock.assets.rehearsal "$@" ;;
   lint)  setup; lint ;;
-  *) echo "usage: ./dev.sh suite|test [--fast]|lowest|lint|setup [pytest args]" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh suite|test [--fast]|lowest|rehearse|lint|setup [args]" >&2; exit 2 ;;
 esac

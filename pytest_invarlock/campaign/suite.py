@@ -21,6 +21,7 @@ import yaml
 
 from pytest_invarlock.campaign.kinds import SCENARIO_KINDS, Kind
 from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
+from pytest_invarlock.campaign.model_files import ModelFiles, ModelFilesError, read_model_files
 from pytest_invarlock.campaign.task_index import installed_tasks
 from pytest_invarlock.edits.catalogue import SpecError, parse_spec
 
@@ -46,6 +47,8 @@ SIZE_SETTING_KEYS = (
     "lm_eval_batch",
 )
 DATASETS = ("local", "wikitext2")
+# The hub dataset repository InvarLock 0.12.1's provider of each hub dataset loads (WikiText2Provider.load).
+HUB_DATASET_REPOS = {"wikitext2": "Salesforce/wikitext"}
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -470,11 +473,27 @@ def _params_from_name(source: str) -> float | None:
 
 
 def model_from_source(source: str) -> dict[str, Any]:
-    """A model entry for a hub id or local path given without a catalogue entry (like MODEL_1..MODEL_8)."""
+    """A model entry for a hub id or local path given without a catalogue entry (like MODEL_1..MODEL_8).
+
+    A local checkpoint is sized from its own files (config.json, safetensors headers); a hub id from its name.
+    """
     stem = source.rstrip("/").split("/")[-1].lower()
     name = re.sub(r"[^a-z0-9._-]+", "-", stem).strip("-") or "model"
+    files = _local_model_files(source)
+    if files is not None:
+        shape = {key: value for key, value in files.shape().items() if key in ARCHITECTURE_KEYS}
+        size_class = "moe" if files.is_moe else infer_size_class(files.params_b, source)
+        return {"name": name, "source": source, "params_b": files.params_b, "size_class": size_class, "architecture": shape}
     params_b = _params_from_name(source) or 1.0
     return {"name": name, "source": source, "params_b": params_b, "size_class": infer_size_class(params_b, source)}
+
+
+def _local_model_files(source: str) -> ModelFiles | None:
+    try:
+        directory = Path(source).expanduser()
+        return read_model_files(directory) if (directory / "config.json").is_file() else None
+    except (RuntimeError, OSError, ModelFilesError):  # ~nosuchuser, unreadable: the caller's checks say so
+        return None
 
 
 def _model(where: _Where, entry: Any, key: str, suite_invarlock: Mapping[str, Any]) -> Model:

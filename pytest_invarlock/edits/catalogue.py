@@ -129,8 +129,8 @@ _SCOPE = Param("scope", "SCOPE", "must be one of " + "|".join(SCOPES), _one_of(S
 _QUANT_MAX_CAPS, _LOWRANK_MAX_CAPS = 15, 25
 
 
-def _error(kind: str, summary: str) -> EditType:
-    return EditType(kind, "error", f"{_KERNELS}.errors:{kind}", summary)
+def _error(kind: str, summary: str, code_version: int = 1) -> EditType:
+    return EditType(kind, "error", f"{_KERNELS}.errors:{kind}", summary, code_version=code_version)
 
 
 CATALOGUE: Mapping[str, EditType] = {
@@ -149,6 +149,7 @@ CATALOGUE: Mapping[str, EditType] = {
             ),
             "quant_rtn:8:128:ffn",
             max_caps=_QUANT_MAX_CAPS,
+            code_version=2,
         ),
         EditType(
             "fp8",
@@ -158,6 +159,7 @@ CATALOGUE: Mapping[str, EditType] = {
             (Param("variant", "FORMAT", "must be e4m3 or e5m2", _one_of(FP8_FORMATS)), _SCOPE),
             "fp8:e4m3:ffn",
             max_caps=_QUANT_MAX_CAPS,
+            code_version=2,
         ),
         EditType(
             "fp4",
@@ -174,6 +176,7 @@ CATALOGUE: Mapping[str, EditType] = {
             "zero the FRACTION smallest-|w| entries of each matrix",
             (Param("fraction", "FRACTION", "must be a number with 0 < FRACTION < 1", _open_unit_fraction), _SCOPE),
             "magnitude_prune:0.1:ffn",
+            code_version=2,
         ),
         EditType(
             "lowrank_svd",
@@ -183,10 +186,11 @@ CATALOGUE: Mapping[str, EditType] = {
             (Param("rank", "RANK", "must be an integer >= 1", _int_in(1, math.inf)), _SCOPE),
             "lowrank_svd:256:ffn",
             max_caps=_LOWRANK_MAX_CAPS,
+            code_version=2,
         ),
         _error("nan_injection", "one NaN in the first matrix of the first block"),
         _error("inf_injection", "one +inf in the first attention matrix of the first block"),
-        _error("extreme_quant", "2-bit RTN (group 128) of every matrix"),
+        _error("extreme_quant", "2-bit RTN (group 128) of every matrix", code_version=2),
         _error("scale_explosion", "the first MLP matrix times 100"),
         _error("zero_layer", "every parameter of the middle block set to zero"),
         _error("shape_mismatch", "vocabulary grown by 8 rows (old-row mean)"),

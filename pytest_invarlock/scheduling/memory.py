@@ -1,8 +1,8 @@
 """Memory plan: how much GPU memory an item needs, from a model profile. Pure, no torch.
 
 The controller places items before any weights are on its disk and must never import torch, so a
-profile comes either from a HF `config.json` dict (exact parameter count) or from the size a suite
-declares. The formulas are the seed suite's (shared/reference/verdict.md, "Memory planning").
+profile comes from the model's files once they are here (`campaign.model_files`: config.json and the
+safetensors headers), from a HF `config.json` dict, or, until then, from the size a suite declares. The formulas are the seed suite's (shared/reference/verdict.md, "Memory planning").
 GB means 2**30 bytes throughout, the unit NVML totals are converted with.
 """
 
@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from pytest_invarlock.campaign.model_files import DECODER_FAMILIES, GPT2_FAMILY, ModelFiles, count_parameters
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-# model_type -> whether the family ties lm_head to the input embeddings when the config is silent.
-DECODER_FAMILIES = {"llama": False, "mistral": False, "qwen2": False, "mixtral": False}
-GPT2_FAMILY = "gpt2"
 
 SETUP_OVERHEAD_GB = 4.0
 EDIT_OVERHEAD_GB = 8.0  # creating an edit holds the weights plus the edit's scratch tensors
@@ -91,6 +90,29 @@ class ModelProfile:
         return cls(params=params, weights_gb=params * width / GIB, dtype_bytes=width, **shape)
 
     @classmethod
+    def from_files(cls, files: ModelFiles, dtype: str) -> ModelProfile:
+        """Profile of a checkpoint on disk: its parameter count (safetensors headers first) and config shape,
+        any family; `dtype` is the one the suite loads it in."""
+        width = dtype_bytes(dtype)
+        shape = files.shape()
+        missing = [name for name in ("layers", "hidden", "heads") if name not in shape]
+        if missing:
+            declared = cls.from_declared(files.params_b, dtype, is_moe=files.is_moe, **shape)
+            return replace(declared, params=files.parameters, weights_gb=files.parameters * width / GIB)
+        return cls(
+            params=files.parameters,
+            weights_gb=files.parameters * width / GIB,
+            layers=shape["layers"],
+            hidden=shape["hidden"],
+            heads=shape["heads"],
+            kv_heads=shape["kv_heads"],
+            head_dim=shape["head_dim"],
+            dtype_bytes=width,
+            vocab=shape.get("vocab", 0),
+            is_moe=files.is_moe,
+        )
+
+    @classmethod
     def from_declared(
         cls,
         params_b: float,
@@ -130,44 +152,6 @@ class ModelProfile:
             vocab=vocab,
             is_moe=is_moe,
         )
-
-
-def count_parameters(config: Mapping[str, Any]) -> int:
-    """Parameters of a llama/mistral/qwen2/mixtral/gpt2 config; tied embeddings counted once."""
-    if config.get("model_type") == GPT2_FAMILY:
-        return _gpt2_parameters(config)
-    return _decoder_parameters(config)
-
-
-def _decoder_parameters(config: Mapping[str, Any]) -> int:
-    hidden, vocab = config["hidden_size"], config["vocab_size"]
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or hidden // heads
-    q_width, kv_width = heads * head_dim, kv_heads * head_dim
-    attention = hidden * q_width + 2 * hidden * kv_width + q_width * hidden
-    if config["model_type"] == "qwen2":  # Qwen2 always biases q, k and v
-        attention += q_width + 2 * kv_width
-    elif config.get("attention_bias"):  # llama's option biases all four projections
-        attention += q_width + 2 * kv_width + hidden
-    mlp = 3 * hidden * config["intermediate_size"]  # gate, up, down
-    experts = config.get("num_local_experts") or 0
-    if experts:
-        mlp = experts * mlp + hidden * experts  # per-expert MLPs plus the router
-    per_layer = attention + mlp + 2 * hidden  # two RMSNorm weights
-    tied = config.get("tie_word_embeddings", DECODER_FAMILIES[config["model_type"]])
-    embeddings = vocab * hidden * (1 if tied else 2)
-    return int(config["num_hidden_layers"] * per_layer + embeddings + hidden)  # + final norm
-
-
-def _gpt2_parameters(config: Mapping[str, Any]) -> int:
-    width = config["n_embd"]
-    inner = config.get("n_inner") or 4 * width
-    attention = width * 3 * width + 3 * width + width * width + width  # c_attn, c_proj (with biases)
-    mlp = width * inner + inner + inner * width + width  # c_fc, c_proj (with biases)
-    per_layer = attention + mlp + 4 * width  # ln_1, ln_2 (weight and bias)
-    embeddings = config["vocab_size"] * width + config["n_positions"] * width  # lm_head is tied
-    return int(config["n_layer"] * per_layer + embeddings + 2 * width)  # + ln_f
 
 
 def kv_cache_gb(profile: ModelProfile, *, seq_len: int, batch: int) -> float:

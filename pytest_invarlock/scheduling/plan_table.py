@@ -65,7 +65,7 @@ def plan_rows(
                 model.name,
                 item.kind,
                 model.dtype,
-                model.params_b,
+                profile.params / 1e9,
                 profile.weights_gb,
                 kv,
                 need,

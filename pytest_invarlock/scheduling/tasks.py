@@ -1,6 +1,7 @@
 """Suite items as policy tasks: memory need, dependencies, and which items no GPU set can hold.
 
-Pure and torch-free: the controller plans from the suite's declared sizes before any weights exist.
+Pure and torch-free: the controller plans from the model's files once they are here, from the suite's
+declared sizes before that.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from pytest_invarlock.campaign.items import AFTER_CALIBRATION, BASELINE, Item, Kind
+from pytest_invarlock.campaign.model_files import ModelFilesError, read_model_files, weights_directory
 from pytest_invarlock.campaign.suite import Model
 from pytest_invarlock.scheduling.inventory import Gpu
 from pytest_invarlock.scheduling.memory import ModelProfile, item_memory_gb
@@ -24,7 +26,14 @@ def task_id(item: Item) -> str:
 
 
 def model_profile(model: Model) -> ModelProfile:
-    """The torch-free profile from the suite's declared size and shape."""
+    """The torch-free profile: from the model's files once they are on this machine (a local directory always,
+    a hub model once its weights are in the local cache at its revision), else the suite's declared size."""
+    directory = None if model.is_builtin else weights_directory(model.source, model.revision, local=not model.is_hub)
+    if directory is not None:
+        try:
+            return ModelProfile.from_files(read_model_files(directory), model.dtype)
+        except ModelFilesError:  # unreadable files: the worker's load says what is wrong; plan as declared
+            pass
     return ModelProfile.from_declared(model.params_b, model.dtype, is_moe=model.size_class == "moe", **model.architecture)
 
 

@@ -24,7 +24,12 @@ from pytest_invarlock.store import Artifact, Store, digest
 
 log = logging.getLogger("pytest_invarlock")
 BASELINE_LAYOUT_VERSION = 1
+# What a hub snapshot downloads: config, tokenizer and safetensors weights; a repo published only as
+# pytorch_model*.bin gets its .bin shards instead (BIN_PATTERNS). Duplicates in other formats are left out
+# (consolidated.* for Mistral's own runtime, original/ for Meta's).
 WEIGHT_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*")
+BIN_PATTERNS = ("pytorch_model*.bin",)
+IGNORED_PATTERNS = ("consolidated*", "original/*")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -74,15 +79,31 @@ def source_directory(model: Model, *, offline: bool) -> Path:
 
 
 def _hub_snapshot(model: Model, *, offline: bool) -> Path:
+    """The model's snapshot in the local HF cache (downloaded first when online): safetensors, else .bin weights."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:
+    def download(patterns: tuple[str, ...]) -> Path:
         return Path(
             snapshot_download(
-                model.source, revision=model.revision, allow_patterns=list(WEIGHT_PATTERNS), local_files_only=offline
+                model.source,
+                revision=model.revision,
+                allow_patterns=list(patterns),
+                ignore_patterns=list(IGNORED_PATTERNS),
+                local_files_only=offline,
             )
         )
+
+    try:
+        snapshot = download(WEIGHT_PATTERNS)
+        if not any(snapshot.glob("*.safetensors")):  # published only as pytorch_model*.bin
+            snapshot = download((*WEIGHT_PATTERNS, *BIN_PATTERNS))
+        if not any(p.suffix in (".safetensors", ".bin") for p in snapshot.iterdir()):
+            raise ModelUnavailable(
+                f"hub model {model.source}@{model.revision or 'main'} has neither *.safetensors nor pytorch_model*.bin "
+                "weights at its top level; pick a revision that has them"
+            )
+        return snapshot
     except LocalEntryNotFoundError:
         raise ModelUnavailable(
             f"hub model {model.source}@{model.revision or 'main'} is not in the local Hugging Face cache and this run is "

@@ -3,6 +3,8 @@
 It knows, as measured on 0.12.1 (host, offline):
 
 - how to run ``invarlock evaluate`` on a host: ``--execution-mode host --assurance off``,
+  and online (``--allow-network``, ``INVARLOCK_ALLOW_NETWORK=1``, the HF offline switches off, so its
+  provider downloads WikiText-2) or offline (all of them the other way);
   ``--profile ci``, absolute ``--out``/``--report-out``, ``INVARLOCK_EVALUATE_TMP_DIR`` and
   a working directory of its own per call (it writes ``./tmp`` otherwise, and two calls
   sharing an ``--out`` overwrite each other);
@@ -46,6 +48,7 @@ from invarlock.reporting.report_summary import compute_console_validation_block
 from invarlock.security import enforce_network_policy
 
 from pytest_invarlock.campaign.presets import DEFAULT_DRIFT_BAND, CalibrationStats, z_at_cap_budget
+from pytest_invarlock.worker.hub_access import hub_mode, hub_variables
 
 EvaluateMode = Literal["inprocess", "subprocess"]
 
@@ -53,7 +56,12 @@ PROFILE = "ci"
 NON_FINITE_FAILURE = "non-finite model output (detected)"
 REPORT_FILE = Path("reports/eval/evaluation.report.json")
 LOG_FILE = "evaluate.log"
-_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# What an offline evaluate that needed the hub logs (datasets' and huggingface_hub's messages, InvarLock's guard).
+_OFFLINE_MISS_MARKERS = ("offline", "couldn't reach", "connectionerror", "localentrynotfound", "network access")
+OFFLINE_HOW_TO = (
+    "this run is offline and InvarLock's hub dataset is not in the local Hugging Face cache: run once with --online "
+    "(the first evaluate downloads it), or set `invarlock: {dataset: local}` in the suite"
+)
 _NON_FINITE_EVENTS = frozenset({"non_finite_loss_total", "primary_metric_invalid"})
 # Substrings InvarLock's model-family detection looks for in the model *path* (0.12.1
 # model_profile.py); one that the model's own config does not also name re-labels the model.
@@ -317,6 +325,7 @@ def run_baseline(
     env: Mapping[str, str] | None = None,
     load_kwargs: Mapping[str, Any] | None = None,
     timeout_s: float | None = None,
+    online: bool = False,
 ) -> Path:
     """Evaluate ``model`` against itself once and return its reusable baseline ``report.json``.
 
@@ -325,7 +334,16 @@ def run_baseline(
     tier and window plan strictly).
     """
     verdict = certify(
-        model, model, workdir, settings, edit_label="noop", mode=mode, env=env, load_kwargs=load_kwargs, timeout_s=timeout_s
+        model,
+        model,
+        workdir,
+        settings,
+        edit_label="noop",
+        mode=mode,
+        env=env,
+        load_kwargs=load_kwargs,
+        timeout_s=timeout_s,
+        online=online,
     )
     reports = sorted((workdir / "runs" / "source").glob("*/report.json"))
     if verdict.failure is not None or not reports:
@@ -349,6 +367,7 @@ def certify(
     timeout_s: float | None = None,
     env: Mapping[str, str] | None = None,
     load_kwargs: Mapping[str, Any] | None = None,
+    online: bool = False,
 ) -> Verdict:
     """Run ``invarlock evaluate`` (baseline vs subject) in ``workdir`` and read its verdict.
 
@@ -365,7 +384,9 @@ def certify(
     ``load_kwargs`` (e.g. ``device_map``/``max_memory`` from ``scheduling.device_map``) reach
     ``from_pretrained`` through the preset's ``model:`` block, which InvarLock merges into both
     runs' configs; user kwargs win over its own loading defaults. A subprocess that runs past
-    ``timeout_s`` is killed and the verdict's failure says "timed out after N s".
+    ``timeout_s`` is killed and the verdict's failure says "timed out after N s". ``online`` lets
+    InvarLock and the HF clients download (the hub dataset, above all); offline they refuse, and a failure
+    that came from it says how to get the dataset.
     """
     if mode not in ("subprocess", "inprocess"):
         raise ValueError(f"mode must be 'subprocess' or 'inprocess', got {mode!r}.")
@@ -392,9 +413,10 @@ def certify(
         "edit_label": edit_label,
         "execution_mode": "host",
         "assurance": "off",
+        "allow_network": online,
     }
     env = {
-        **_OFFLINE_ENV,
+        **hub_variables(online=online),
         "INVARLOCK_CONFIG_ROOT": str(workdir / "invarlock-config"),
         "INVARLOCK_EVALUATE_TMP_DIR": str(workdir / "tmp"),
         "INVARLOCK_OMP_THREADS": str(settings.threads),
@@ -404,12 +426,21 @@ def certify(
     if mode == "subprocess":
         returncode = _run_subprocess(options, env, workdir, timeout_s)
     else:
-        with interrupts_kept():
+        with interrupts_kept(), hub_mode(online=online):
             returncode = _run_inprocess(options, env, workdir)
     elapsed = round(time.perf_counter() - started, 2)
     if returncode == TIMED_OUT_RETURNCODE:
         return Verdict.from_failure(f"invarlock evaluate timed out after {timeout_s:g} s", crashed=True, elapsed_s=elapsed)
-    return read_verdict(workdir, returncode, elapsed_s=elapsed)
+    verdict = read_verdict(workdir, returncode, elapsed_s=elapsed)
+    if verdict.crashed and not online and settings.dataset_file is None and _log_mentions_offline(workdir):
+        return dataclasses.replace(verdict, failure=f"{OFFLINE_HOW_TO}; {verdict.failure}")
+    return verdict
+
+
+def _log_mentions_offline(workdir: Path) -> bool:
+    log = workdir / LOG_FILE
+    text = log.read_text(encoding="utf-8", errors="replace").lower() if log.is_file() else ""
+    return any(marker in text for marker in _OFFLINE_MISS_MARKERS)
 
 
 def read_verdict(workdir: Path, returncode: int, *, elapsed_s: float | None = None) -> Verdict:
@@ -517,7 +548,9 @@ def _command_line(options: Mapping[str, Any]) -> list[str]:
     # InvarLock's own CLI, run through a launcher that logs an OOM InvarLock's message would hide
     argv = [sys.executable, "-m", "pytest_invarlock.worker.evaluate_child", "evaluate", "--no-color", "--no-progress"]
     for key, value in options.items():
-        if value is not None:
+        if value is True:  # a flag (--allow-network)
+            argv.append(f"--{key.replace('_', '-')}")
+        elif value is not None and value is not False:
             argv += [f"--{key.replace('_', '-')}", str(value)]
     return argv
 

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -29,8 +29,8 @@ from typing import Any
 
 from pytest_invarlock.campaign.lm_eval_tasks import DEFAULT_METRIC, LOCAL_TASKS, TASK_METRICS
 from pytest_invarlock.scheduling.device_map import hflm_kwargs
+from pytest_invarlock.worker.hub_access import hub_mode
 
-OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE")
 TASK_TEMPLATE = "multiple_choice.yaml"
 
 
@@ -77,44 +77,6 @@ def prepare_local_tasks(dest_dir: Path) -> Path:
             staging.write_text(rendered, encoding="utf-8")
             staging.replace(target)
     return dest
-
-
-@contextmanager
-def offline_mode(enabled: bool = True) -> Iterator[None]:
-    """Keep the HF libraries off the network for the duration, then restore.
-
-    huggingface_hub, datasets and evaluate read their offline variables once, at
-    import, and a worker has imported them long before it scores a model, so
-    setting the environment alone is too late: the loaded flags are set too.
-    """
-    if not enabled:
-        yield
-        return
-    import datasets.config
-    import huggingface_hub.constants
-
-    flags = [
-        (huggingface_hub.constants, "HF_HUB_OFFLINE"),
-        (datasets.config, "HF_HUB_OFFLINE"),
-        (datasets.config, "HF_DATASETS_OFFLINE"),
-    ]
-    if "evaluate.config" in sys.modules:
-        flags.append((sys.modules["evaluate.config"], "HF_EVALUATE_OFFLINE"))
-    saved_flags = [(module, name, getattr(module, name)) for module, name in flags]
-    saved_env = {name: os.environ.get(name) for name in OFFLINE_VARIABLES}
-    os.environ.update(dict.fromkeys(OFFLINE_VARIABLES, "1"))
-    for module, name, _ in saved_flags:
-        setattr(module, name, True)
-    try:
-        yield
-    finally:
-        for module, name, value in saved_flags:
-            setattr(module, name, value)
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class FiniteLogitsWatch:
@@ -202,7 +164,7 @@ def run_benchmark(
     kjv_next_verse, 51 of 400 kjv_cloze items got wrong log-likelihoods).
     """
     metric = TASK_METRICS.get(task, DEFAULT_METRIC)
-    with offline_mode(offline), ExitStack() as stack:
+    with hub_mode(online=False) if offline else nullcontext(), ExitStack() as stack:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
 

@@ -234,7 +234,8 @@ class Worker:
         from pytest_invarlock.scheduling.placement import cuda_env
 
         item = item or self._item
-        plan = execution.item_device_plan(self.state, item) if item is not None else None
+        # On a CPU run (a --gpus simulation of a node) the placement is recorded but the model loads whole here.
+        plan = execution.item_device_plan(self.state, item) if item is not None and self.state.device == "cuda" else None
         devices = list(plan.devices) if plan else None
         mode = self.state.options.certify_mode
         if mode == "auto":
@@ -243,6 +244,7 @@ class Worker:
             "mode": mode,
             "env": cuda_env(devices, self.state.gpus) if devices and mode == "subprocess" else None,
             "load_kwargs": load_kwargs(plan) if mode == "subprocess" else {},
+            "online": not self.state.options.offline,
         }
         if mode == "subprocess" and self._item_deadline is not None:  # in-process work is bounded by run()'s deadline
             options["timeout_s"] = max(1.0, round(self._item_deadline - time.monotonic(), 1))
@@ -507,7 +509,7 @@ class Worker:
         def build(tmp: Path) -> dict[str, Any]:
             nonlocal loaded
             plan = execution.item_device_plan(self.state, item)
-            if plan is not None and plan.multi_gpu:  # this process sees only its home GPU: score in a child that sees all
+            if plan is not None and plan.multi_gpu and self.state.device == "cuda":  # a child that sees all placed GPUs
                 loaded = True
                 score = lambda batch: self._score_placed(item, directory, plan, batch, tmp)  # noqa: E731
             else:

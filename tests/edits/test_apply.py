@@ -145,14 +145,35 @@ def test_gpt2_rtn_groups_run_along_the_real_input_dim(tiny_models: dict) -> None
     assert bool(((weight - original).abs() <= half_steps * (1 + 1e-5)).all())
 
 
-def test_moe_experts_are_edited_one_slice_at_a_time(tiny_models: dict) -> None:
+def test_moe_experts_are_edited_one_checkpoint_matrix_at_a_time(tiny_models: dict) -> None:
+    """Each expert's w1 (gate), w3 (up) and w2 (down) is pruned on its own, as the checkpoint holds them,
+    though transformers fuses w1 and w3 into one gate_up_proj row block; the router is never an FFN matrix."""
     model = fresh(tiny_models, "mixtral")
     apply_spec(model, "magnitude_prune:0.3:ffn")
     experts = model.model.layers[0].mlp.experts
-    for fused in (experts.gate_up_proj, experts.down_proj):
-        for expert in fused:
-            assert int((expert == 0).sum()) == round(0.3 * expert.numel())
+    matrices = [half for expert in experts.gate_up_proj for half in expert.chunk(2)] + list(experts.down_proj)
+    for matrix in matrices:
+        assert int((matrix == 0).sum()) == round(0.3 * matrix.numel())
     assert not bool((model.model.layers[0].mlp.gate.weight == 0).any())  # the router is not ffn
+
+
+def test_moe_gate_and_up_halves_get_their_own_svd(tiny_models: dict) -> None:
+    model = fresh(tiny_models, "mixtral")
+    apply_spec(model, "lowrank_svd:2:ffn")
+    for expert in model.model.layers[1].mlp.experts.gate_up_proj:
+        assert [int(torch.linalg.matrix_rank(half.float())) for half in expert.chunk(2)] == [2, 2]
+        assert int(torch.linalg.matrix_rank(expert.float())) == 4  # one SVD of the fused pair would leave rank 2
+
+
+def test_blocks_without_an_mlp_child_still_have_ffn_matrices() -> None:
+    """OPT's decoder layer holds fc1 and fc2 itself: they are its FFN, so ffn-scoped edits and scale_explosion reach them."""
+    torch.manual_seed(0)
+    config = transformers.OPTConfig(
+        hidden_size=32, ffn_dim=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=96, word_embed_proj_dim=32
+    )
+    roles = module_roles(transformers.AutoModelForCausalLM.from_config(config))
+    assert roles["model.decoder.layers.0.fc1.weight"] == roles["model.decoder.layers.1.fc2.weight"] == "ffn"
+    assert roles["model.decoder.layers.0.self_attn.q_proj.weight"] == "attn"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pytest_invarlock.campaign.model_files import count_parameters
 from pytest_invarlock.scheduling.memory import (
     GIB,
     MarginRule,
     ModelProfile,
-    count_parameters,
     item_memory_gb,
     kv_cache_gb,
     required_gpus,

@@ -232,3 +232,29 @@ def test_hub_dataset_settings_write_the_provider_and_seed(tmp_path):
     assert dataset["provider"] == "wikitext2" and dataset["seed"] == 44
     assert (dataset["seq_len"], dataset["preview_n"], dataset["final_n"]) == (512, 180, 180)
     assert "file" not in dataset
+
+
+@pytest.mark.parametrize("online", [True, False])
+def test_the_command_line_allows_the_network_only_online(online):
+    from pytest_invarlock.worker.certifier import _command_line
+
+    argv = _command_line({"baseline": "/m", "allow_network": online, "baseline_report": None})
+    options = argv[argv.index("--baseline") :]
+    assert options == (["--baseline", "/m", "--allow-network"] if online else ["--baseline", "/m"])
+
+
+def test_offline_evaluate_without_the_hub_dataset_says_how_to_get_it(tmp_path, tiny_assets, monkeypatch):
+    """InvarLock's wikitext2 provider, offline, with an empty HF cache: the item's failure names the fix."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    from pytest_invarlock.worker.certifier import OFFLINE_HOW_TO
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    settings = EvaluateSettings(dataset_file=None, seq_len=32, stride=32, min_tokens=1000)
+    baseline = tiny_assets["baseline"]
+    verdict = certify(baseline, baseline, tmp_path / "work", settings, edit_label="noop", mode="inprocess", online=False)
+    assert verdict.crashed and verdict.failure is not None
+    assert verdict.failure.startswith(OFFLINE_HOW_TO), verdict.failure

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,11 @@ from hypothesis import strategies as st
 
 from pytest_invarlock.assets import build_tasks
 from pytest_invarlock.worker import lm_eval_scoring as benchmarks
+from pytest_invarlock.worker.hub_access import hub_mode
 from pytest_invarlock.worker.lm_eval_scoring import (
     LOCAL_TASKS,
-    OFFLINE_VARIABLES,
     TASK_METRICS,
     local_task_data_dir,
-    offline_mode,
     prepare_local_tasks,
     run_benchmark,
 )
@@ -66,7 +64,7 @@ def test_rendered_tasks_load_through_task_manager_from_another_cwd(tmp_path: Pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    with offline_mode():
+    with hub_mode(online=False):
         loaded = TaskManager(include_path=str(include), include_defaults=False).load(list(LOCAL_TASKS))["tasks"]
         sizes = {name: len(list(task.test_docs())) for name, task in loaded.items()}
     assert sizes == LOCAL_TASKS
@@ -127,24 +125,6 @@ def test_similar_length_picks_are_distinct_and_exclude_the_target(pool: list[str
     picks = build_tasks.similar_length_picks(pool, target, excluded, random.Random(seed))
     assert len(picks) == len(set(picks)) == build_tasks.CHOICES - 1
     assert target not in picks and not excluded & set(picks)
-
-
-# ---------------------------------------------------------------- offline flags
-
-
-def test_offline_mode_sets_loaded_flags_and_restores_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    import datasets.config
-    import huggingface_hub.constants
-
-    for name in OFFLINE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    with offline_mode():
-        assert all(os.environ[name] == "1" for name in OFFLINE_VARIABLES)
-        assert huggingface_hub.constants.HF_HUB_OFFLINE and datasets.config.HF_HUB_OFFLINE
-    assert not any(name in os.environ for name in OFFLINE_VARIABLES)
-    assert not huggingface_hub.constants.HF_HUB_OFFLINE and not datasets.config.HF_HUB_OFFLINE
 
 
 # ---------------------------------------------------------------- scoring

@@ -19,6 +19,21 @@ SCOPE_ROLES = {"ffn": ("ffn",), "attn": ("attn",), "all": ("attn", "ffn")}
 _ATTENTION_CHILDREN = {"attn", "self_attn", "attention", "self_attention", "crossattention", "cross_attn"}
 _MLP_CHILDREN = {"mlp", "feed_forward", "ffn", "block_sparse_moe", "moe"}
 _MLP_CLASS_MARKERS = ("MLP", "Moe", "MoE", "FeedForward")
+# Blocks that hold their projections directly, without an attention or MLP child (OPT's decoder layer: fc1, fc2).
+_MLP_PROJECTIONS = {
+    "fc1",
+    "fc2",
+    "fc_in",
+    "fc_out",
+    "c_fc",
+    "dense_h_to_4h",
+    "dense_4h_to_h",
+    "up_proj",
+    "down_proj",
+    "gate_proj",
+}
+_ATTENTION_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "qkv_proj", "query_key_value", "c_attn"}
+FUSED_EXPERT_PAIRS = {"gate_up_proj"}  # 3-D fused experts whose rows are two checkpoint matrices (see `matrices`)
 
 # ----------------------------------------------------------------------------------------------
 # Module roles
@@ -43,9 +58,9 @@ def _is_router(name: str, module: nn.Module) -> bool:
 
 def _block_child_role(name: str, module: nn.Module) -> str:
     cls = type(module).__name__
-    if name in _ATTENTION_CHILDREN or "Attention" in cls:
+    if name in _ATTENTION_CHILDREN or "Attention" in cls or name in _ATTENTION_PROJECTIONS:
         return "attn"
-    if name in _MLP_CHILDREN or any(marker in cls for marker in _MLP_CLASS_MARKERS):
+    if name in _MLP_CHILDREN or any(marker in cls for marker in _MLP_CLASS_MARKERS) or name in _MLP_PROJECTIONS:
         return "ffn"
     return "norm" if _is_norm(module) else "other"
 
@@ -92,11 +107,18 @@ def module_roles(model: nn.Module) -> dict[str, str]:
 
 
 def matrices(model: nn.Module, name: str) -> Iterator[Tensor]:
-    """[out, in] views of one weight: itself, its transpose, or one per expert slice; nothing if not a matrix."""
+    """[out, in] views of one weight: itself, its transpose, or one per expert slice; nothing if not a matrix.
+
+    A fused expert ``gate_up_proj`` is two matrices per expert, gate (w1) and up (w3): the published checkpoints
+    (Mixtral's ``experts.N.w1``/``w3``) and the B200 harness's models hold them apart, and transformers 5
+    concatenates them on load; so each half is its own matrix (its own scale, pruning threshold and SVD).
+    """
     param = model.get_parameter(name)
     owner = model.get_submodule(name.rpartition(".")[0])
     transposed = isinstance(owner, Conv1D) or bool(getattr(owner, "is_transposed", False))
     slices = [param] if param.ndim == 2 else list(param) if param.ndim == 3 else []
+    if param.ndim == 3 and name.rpartition(".")[2] in FUSED_EXPERT_PAIRS:
+        slices = [half for matrix in slices for half in matrix.chunk(2, dim=1 if transposed else 0)]
     for matrix in slices:
         yield matrix.t() if transposed else matrix
 
