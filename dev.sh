@@ -73,10 +73,10 @@ case "$command" in
     setup
     if [ "${1:-}" = "--fast" ]; then
       shift
-      exec .venv/bin/python -m pytest tests/ -m "not campaign and not slow and not gpu" "$@"
+      exec .venv/bin/python -m pytest tests/ -ra -m "not campaign and not slow and not gpu" "$@"
     fi
-    exec .venv/bin/python -m pytest tests/ "$@" ;;
-  lowest) setup; PYTHONPATH="$PWD/.venv/lowest" exec .venv/bin/python -m pytest tests/ -m "not campaign and not slow and not gpu" "$@" ;;
+    exec .venv/bin/python -m pytest tests/ -ra "$@" ;;
+  lowest) setup; PYTHONPATH="$PWD/.venv/lowest" exec .venv/bin/python -m pytest tests/ -ra -m "not campaign and not slow and not gpu" "$@" ;;
   # The local hub listens on 127.0.0.1 only; its sessions set their own HF variables (online, then offline).
   rehearse) setup; exec .venv/bin/python -m pytest_invarlock.assets.rehearsal "$@" ;;
   lint)  setup; lint ;;

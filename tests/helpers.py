@@ -101,8 +101,7 @@ def suite_command(run_dir: Path, *args: str, suite: str = "tiny") -> list[str]:
         str(run_dir),
         "-p",
         "no:cacheprovider",
-        "-q",
-        "-rfEs",
+        *([] if "no:terminal" in args else ["-q", "-rfEs"]),  # the terminal plugin owns -q and -r
         *args,
     ]
 

@@ -146,7 +146,7 @@ def test_ctrl_c_stops_within_seconds_leaves_nothing_and_the_same_command_resumes
     assert group_members(proc.pid) == [], "processes left behind"
     assert leftovers(run_dir) == [], "half-written artifacts left in the store"
     assert "InvarLock validation (PARTIAL: interrupted)" in run.output  # the campaign's earlier records at least
-    assert json.loads((run_dir / "reports" / "final_verdict.json").read_text())["partial"] is True
+    assert json.loads((run_dir / "reports" / "final_verdict.json").read_text())["partial"] == "interrupted"
     assert "interrupted: partial verdict from" in run.output and "Resume with the same command" in run.output
 
     before = len(builds(run_dir))
