@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_invarlock.store import CHECKSUM_FIELD
+from pytest_invarlock.verdict.compile import VERDICT_INPUTS
 
 SCHEMA = "pytest-invarlock.evidence-pack/1"
 MANIFEST = "manifest.json"
@@ -152,8 +153,7 @@ def build_manifest(
             "name": verdict.get("suite"),
             "file": verdict.get("suite_file"),
             "options": campaign.get("options"),
-            "items": campaign.get("items"),
-            "min_signal_fraction": campaign.get("min_signal_fraction"),
+            **{key: campaign.get(key) for key in VERDICT_INPUTS},
         },
         "seeds": seeds(records),
         "environment": dict(env) if env is not None else environment(),

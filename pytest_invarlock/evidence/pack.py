@@ -31,6 +31,7 @@ from typing import Any
 
 from pytest_invarlock.evidence import dsse
 from pytest_invarlock.evidence.manifest import ENVELOPE, MANIFEST, build_manifest, dumps, file_entries, strip_seal
+from pytest_invarlock.verdict.compile import VERDICT_INPUTS
 
 FIXED_FILES = ("reports/final_verdict.json", "reports/final_verdict.txt")
 OPTIONAL_GLOBS = ("analysis/*.csv", "analysis/*.json", "state/model_revisions.json")
@@ -160,10 +161,7 @@ def build_pack(run_dir: Path, out_dir: Path, *, signing_key: Path | None = None,
     records = _campaign_records(run_dir, verdict)
     from pytest_invarlock.evidence.verify import normal, recompute_phase0
 
-    suite = {
-        "items": (verdict.get("campaign") or {}).get("items"),
-        "min_signal_fraction": (verdict.get("campaign") or {}).get("min_signal_fraction"),
-    }
+    suite = {key: (verdict.get("campaign") or {}).get(key) for key in VERDICT_INPUTS}
     if recompute_phase0([strip_seal(r) for _, r in records], suite) != normal(verdict.get("phase0")):
         raise PackError(
             f"the records under {run_dir / 'records'} no longer give the Phase 0 block in {verdict_path} "

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from pytest_invarlock.evidence import dsse
 from pytest_invarlock.evidence.manifest import CONTROL_FILES, ENVELOPE, MANIFEST, sha256_file, strip_seal
-from pytest_invarlock.verdict.compile import compile_records
+from pytest_invarlock.verdict.compile import campaign_options, compile_records
 
 OK, DIFFERS, USAGE = 0, 1, 2
 
@@ -58,12 +58,7 @@ def normal(value: Any) -> Any:
 
 
 def recompute_phase0(records: Sequence[dict[str, Any]], suite: dict[str, Any]) -> dict[str, Any]:
-    items = suite.get("items")
-    compiled = compile_records(
-        records,
-        items=list(items) if items is not None else None,
-        **({"min_signal_fraction": suite["min_signal_fraction"]} if suite.get("min_signal_fraction") is not None else {}),
-    )
+    compiled = compile_records(records, **campaign_options(suite))
     block: dict[str, Any] = normal(compiled.phase0.to_dict())
     return block
 
