@@ -53,6 +53,8 @@ PROFILE = "ci"
 NON_FINITE_FAILURE = "non-finite model output (detected)"
 REPORT_FILE = Path("reports/eval/evaluation.report.json")
 LOG_FILE = "evaluate.log"
+CONFIG_DIR = "invarlock-config"  # the evaluate's INVARLOCK_CONFIG_ROOT, inside its workdir (kept with the certificate)
+PRESET_FILE = "preset.yaml"  # the --preset file, inside CONFIG_DIR
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 _NON_FINITE_EVENTS = frozenset({"non_finite_loss_total", "primary_metric_invalid"})
 # Substrings InvarLock's model-family detection looks for in the model *path* (0.12.1
@@ -72,7 +74,7 @@ _FAMILY_KEYWORDS = (
     "olmo",
     "phi",
 )
-_WORK_SUBDIRS = ("runs", "reports", "tmp", "invarlock-config")
+_WORK_SUBDIRS = ("runs", "reports", "tmp", CONFIG_DIR)
 _TUPLE_FIELDS = frozenset(
     {"failed_gates", "display_ci", "acceptance_range", "drift_band", "rmt_violations", "invariants_failures"}
 )
@@ -377,8 +379,8 @@ def certify(
     for sub in _WORK_SUBDIRS:
         shutil.rmtree(workdir / sub, ignore_errors=True)
     (workdir / "tmp").mkdir(parents=True)
-    preset_file = workdir / "invarlock-config" / "preset.yaml"
-    _write_invarlock_config(workdir / "invarlock-config", preset_file, settings, preset, load_kwargs)
+    preset_file = workdir / CONFIG_DIR / PRESET_FILE
+    _write_invarlock_config(workdir / CONFIG_DIR, preset_file, settings, preset, load_kwargs)
     options = {
         "baseline": str(baseline),
         "subject": str(subject),
@@ -395,7 +397,7 @@ def certify(
     }
     env = {
         **_OFFLINE_ENV,
-        "INVARLOCK_CONFIG_ROOT": str(workdir / "invarlock-config"),
+        "INVARLOCK_CONFIG_ROOT": str(workdir / CONFIG_DIR),
         "INVARLOCK_EVALUATE_TMP_DIR": str(workdir / "tmp"),
         "INVARLOCK_OMP_THREADS": str(settings.threads),
         **(env or {}),
