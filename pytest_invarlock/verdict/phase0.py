@@ -39,7 +39,6 @@ TRUTH_SOURCE_LABELS: dict[str, str] = {
     "expectation": "scenario expectation",
     "unknown": "scenario expectation (lm-eval truth unknown)",
 }
-STATUSES = ("PHASE0_VALIDATED", "PHASE0_FAILED", "PHASE0_DEGRADED", "PHASE0_INCOMPLETE")
 
 BENCHMARK_SIZES: dict[str, int] = {
     "mmlu": 14042,
@@ -503,40 +502,59 @@ class Phase0:
         ids = tuple(sorted({pid for role in (*roles, UNKNOWN_ROLE) for pid in acc.unmeasured(role)}))
         return len(ids), acc.why(ids)
 
+    def _rate(
+        self,
+        name: str,
+        limit: float,
+        hits: int,
+        measured: int,
+        roles: tuple[str, ...],
+        noun: str,
+        unit: str,
+        *,
+        may_turn: int = 0,
+    ) -> Criterion:
+        """A criterion on a rate hits/measured; at best every missing item (and `may_turn` wrong ones) comes out right."""
+        missing, why = self._missing(*roles)
+        total = measured + missing
+        return Criterion(
+            name=name,
+            limit=limit,
+            measured=measured,
+            missing=missing,
+            value=hits / measured if measured else None,
+            best=(hits + may_turn + missing) / total if total else None,
+            noun=noun,
+            why=why,
+            unit=unit,
+        )
+
     @property
     def accuracy_criterion(self) -> Criterion:
         c = self.confusion
-        missing, why = self._missing("clean", "stress")
-        # Best case: every missing edit correct, and every wrong edit whose lm-eval truth waits for benchmark
-        # items not run yet turning out right.
+        # A wrong edit whose lm-eval truth waits for benchmark items not run yet may still turn out right.
         pending_wrong = sum(1 for e in self.scored if e.truth_pending and not e.errored and cell(e) in ("fp", "fn"))
-        total = c.total + missing
-        return Criterion(
-            name="accuracy",
-            limit=PASS_ACCURACY,
-            measured=c.total,
-            missing=missing,
-            value=c.accuracy if c.total else None,
-            best=(c.tp + c.tn + pending_wrong + missing) / total if total else None,
-            noun="clean or gating-stress edit item",
-            why=why,
-            unit=f"of {plural(c.total, 'measured scored edit')}",
+        return self._rate(
+            "accuracy",
+            PASS_ACCURACY,
+            c.tp + c.tn,
+            c.total,
+            ("clean", "stress"),
+            "clean or gating-stress edit item",
+            f"of {plural(c.total, 'measured scored edit')}",
+            may_turn=pending_wrong,
         )
 
     @property
     def error_criterion(self) -> Criterion:
-        missing, why = self._missing("error")
-        total = self.error_total + missing
-        return Criterion(
-            name="error detection",
-            limit=PASS_ERROR_DETECTION,
-            measured=self.error_total,
-            missing=missing,
-            value=self.error_detection_rate,
-            best=(self.error_detected + missing) / total if total else None,
-            noun="error-injection item",
-            why=why,
-            unit=f"({self.error_detected}/{self.error_total} detected)",
+        return self._rate(
+            "error detection",
+            PASS_ERROR_DETECTION,
+            self.error_detected,
+            self.error_total,
+            ("error",),
+            "error-injection item",
+            f"({self.error_detected}/{self.error_total} detected)",
         )
 
     @property
