@@ -14,7 +14,8 @@ instead of vanishing; PHASE0_FAILED, PHASE0_DEGRADED and PHASE0_INCOMPLETE carry
 confidence qualifier (the seed names one only for VALIDATED); VALIDATED needs every
 criterion measured on every suite item it applies to (`verdict.coverage`): otherwise
 the status is INCOMPLETE, or FAILED when a criterion fails whatever the missing items
-give; and informational scenarios count only through their minimum signal fraction.
+give; and informational scenarios are judged only by their minimum signal fraction,
+which is reported and, like the seed's formula, has no say in the status.
 Runs are counted one per certificate, as the seed counts them; `verdict.compile`
 merges results that are copies (same scenario, weights and evaluation windows) before
 they get here.
@@ -558,30 +559,10 @@ class Phase0:
         )
 
     @property
-    def informational_criterion(self) -> Criterion | None:
-        """The reference's informational rule: every informational scenario shows a signal in at least
-        min_signal_fraction of its runs. None when the suite defines no informational scenario."""
-        missing, why = self._missing("informational")
-        by_scenario = self.signal_by_scenario
-        if not by_scenario and not missing:
-            return None
-        value = min(float(str(s["fraction"])) for s in by_scenario.values()) if by_scenario else None
-        return Criterion(
-            name="informational signal per scenario",
-            limit=self.min_signal_fraction,
-            measured=self.informational_total,
-            missing=missing,
-            value=value,
-            best=1.0 if missing else value,  # a missing run may belong to the weakest scenario: never certain
-            noun="informational stress-edit item",
-            why=why,
-            unit="(weakest scenario)",
-        )
-
-    @property
     def criteria(self) -> tuple[Criterion, ...]:
-        informational = self.informational_criterion
-        return (self.accuracy_criterion, self.error_criterion, *([informational] if informational else []))
+        """The seed's Phase 0 criteria. The informational rule (minimum signal fraction per scenario) is reported
+        beside them and never changes the status: the seed's formula has no informational term."""
+        return (self.accuracy_criterion, self.error_criterion)
 
     @property
     def complete(self) -> bool:

@@ -422,6 +422,22 @@ def test_a_degraded_informational_edit_does_not_make_the_campaign_degraded() -> 
     assert compile_records(records).phase0.status == "PHASE0_DEGRADED"
 
 
+def test_the_informational_rule_is_reported_and_leaves_the_status_alone() -> None:
+    # The tiny suite on this machine: neither informational scenario shows a signal (0/2 below the 50% minimum).
+    records = [
+        certify("m", "calibration", "calibration", 1),
+        certify("m", "clean8", "clean", 1, ratio=1.001),
+        certify("m", "stress4", "stress", 1, flagged=True, ratio=1.4),
+        certify("m", "rtn4", "stress", 1, expectation="signal", ratio=1.0099),
+        certify("m", "fp4", "stress", 1, expectation="signal", ratio=1.0853),
+        certify("m", "nan", "error", 1, flagged=True, detected=True, ratio=None),
+    ]
+    p0 = compile_records(records, items=[r["param_id"] for r in records]).phase0
+    assert p0.informational_met is False and p0.status == "PHASE0_VALIDATED"
+    assert "signal 0/2 (0.0%); minimum 50.0% per scenario: NOT met" in p0.render_text()
+    assert [c.name for c in p0.criteria] == ["accuracy", "error detection"]
+
+
 def test_campaign_options_take_exactly_the_verdict_inputs() -> None:
     campaign = {"items": {"a": "k1", "b": "k2"}, "min_signal_fraction": 0.25, "options": {"x": 1}, "revisions": {}}
     assert campaign_options(campaign) == {"items": ["a", "b"], "min_signal_fraction": 0.25}
