@@ -757,8 +757,14 @@ class Phase0:
             f"  degraded runs   {self.degraded_count}"
             + (f" (+{informational_degraded} informational, not counted)" if informational_degraded else "")
         )
+        info_missing = acc.unmeasured("informational") if acc is not None else ()
         if self.signal_fraction is None:
-            lines.append("  informational   none")
+            lines.append(
+                f"  informational   not measured: no verdict for the suite's {plural(len(info_missing), 'informational item')} "
+                f"({acc.why(info_missing)})"
+                if acc is not None and info_missing
+                else "  informational   none"
+            )
         else:
             met = "met" if self.informational_met else "NOT met"
             lines.append(
@@ -782,9 +788,6 @@ class Phase0:
                 shown = ", ".join(acc.not_run[:max_listed])
                 more = f" ... and {len(acc.not_run) - max_listed} more" if len(acc.not_run) > max_listed else ""
                 lines.append(f"  not run ({acc.why(acc.not_run)}): {shown}{more}")
-        reason = self.status_reason
-        if reason:
-            lines.append(f"  why             {_short(reason, 400)}")
         lines.append(f"  {self.status_line}")
         return "\n".join(lines)
 
