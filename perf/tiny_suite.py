@@ -44,7 +44,7 @@ def run(run_dir: Path, *extra: str) -> tuple[float, str]:
 
 
 def summary(output: str) -> str:
-    verdict = re.search(r"PHASE0_\w+ \(.*\)", output)
+    verdict = re.search(r"PHASE0_\w+( over \d+ of \d+ suite items)? \(.*\)", output)
     counts = re.findall(r"^=*\s*(\d+ passed.*?) in ", output, re.M)
     return f"{counts[-1] if counts else '?'}; {verdict.group(0) if verdict else 'no verdict'}"
 

@@ -50,6 +50,20 @@ def base_record(item: Item) -> dict[str, Any]:
     }
 
 
+def campaign_block(items: list[Item], *, min_signal_fraction: float, selection: set[str] | None = None) -> dict[str, Any]:
+    """The verdict inputs of a campaign (`verdict.compile.VERDICT_INPUTS`): its items with their definition keys and
+    the fields that say what each is for, the items a session did not select (None outside a session), and the
+    informational minimum. final_verdict.json keeps it, so the report command and a pack's verifier recompile alike."""
+    from pytest_invarlock.verdict.compile import ITEM_FIELDS
+
+    return {
+        "items": {item.param_id: item.definition_key for item in items},
+        "item_fields": {item.param_id: {k: base_record(item)[k] for k in ITEM_FIELDS} for item in items},
+        "not_selected": None if selection is None else sorted(i.param_id for i in items if i.param_id not in selection),
+        "min_signal_fraction": min_signal_fraction,
+    }
+
+
 def junit_properties(record: dict[str, Any]) -> list[tuple[str, Any]]:
     """The record's headline numbers as junit properties: lists comma-joined, the CI split in two."""
     ci = record.get("ci") or (None, None)

@@ -4,7 +4,10 @@ Registered only on the controller (or the single process) of a validation sessio
 through the reports that pytest-xdist forwards (`user_properties`), so the summary is computed from
 the same data with and without -n. Records persist under `<run-dir>/records/`, so a `--lf` rerun or
 a `-k` slice still reports on the whole campaign: the newest record of every suite item whose
-definition is unchanged.
+definition is unchanged. Which suite items this session selected (its collection, or each xdist
+worker's) goes to the compile: items neither selected nor recorded earlier are "not selected", and
+the verdict is labelled with its scope. The summary also prints the thresholds that differ from
+InvarLock's stock profile and tier (`campaign.thresholds`) and each model's calibrated drift band.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import pytest
 
 from pytest_invarlock.campaign.items import item_from_nodeid
 from pytest_invarlock.campaign.kinds import Kind
+from pytest_invarlock.campaign.thresholds import DOCS, deviations, stock_runtime
 from pytest_invarlock.campaign.window_planner import plan_lines
-from pytest_invarlock.records import earlier_records, record_from_report, record_path
+from pytest_invarlock.records import campaign_block, earlier_records, record_from_report, record_path
 from pytest_invarlock.state import ConfigState
 from pytest_invarlock.store import StoreError, write_json_sealed
-from pytest_invarlock.verdict.compile import Compiled, compile_records
+from pytest_invarlock.verdict.compile import Compiled, campaign_options, compile_records
 from pytest_invarlock.verdict.render import render_benchmarks, render_table, write_reports
 
 VERDICT_PLUGIN = "invarlock-verdict"
@@ -34,6 +38,21 @@ class VerdictReporter:
         self.records: dict[str, dict[str, Any]] = {}
         self._setup_started: dict[str, float] = {}
         self.written: Written | None = None
+        self.selected: set[str] | None = None  # suite items this session selected; None until collection says
+
+    def _select(self, nodeids: Iterable[str]) -> None:
+        items = (item_from_nodeid(nodeid, self.state.index) for nodeid in nodeids)
+        self.selected = (self.selected or set()) | {item.param_id for item in items if item is not None}
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Without xdist: the items left after -k, -m, --shard, --calibrate-only, --no-benchmarks, paths."""
+        self._select(item.nodeid for item in session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """Under xdist: each worker's collection, after its deselection."""
+        self._select(ids)
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -93,6 +112,7 @@ class VerdictReporter:
             partial=partial,
             args=list(session.config.invocation_params.args),
             selected=session.testscollected,
+            selection=self.selected,
         )
 
     @pytest.hookimpl(trylast=True)
@@ -111,6 +131,13 @@ class VerdictReporter:
             f"suite {self.state.suite.name}: {len(self.records)} item(s) this session"
             + (f", {written.earlier} from earlier sessions in {self.state.run_dir}" if written.earlier else "")
         )
+        scope = compiled.phase0.scope
+        write(
+            f"scope: {scope.strip()}: not the campaign's verdict ({compiled.phase0.status})"
+            if scope
+            else f"scope: the whole campaign, all {len(self.state.items)} suite items measured",
+            yellow=bool(scope),
+        )
         reused = _reuse_counts(self.records.values())
         if reused:
             write("reused from the run directory: " + ", ".join(f"{n} {what}" for what, n in sorted(reused.items())))
@@ -128,6 +155,12 @@ class VerdictReporter:
         ran = {r.get("model") for r in self.records.values()}
         for plan in plan_lines(self.state.run_dir, [m for m in self.state.suite.models if m.name in ran], recorded_only=True):
             write("windows: " + plan)
+        for model, band in written.drift_bands.items():
+            write(f"drift band {model}: {band['summary']}", yellow=bool(band.get("limited")))
+        if written.thresholds:
+            write(f"thresholds that differ from InvarLock's stock ci profile and tier ({DOCS}):")
+            for row in written.thresholds:
+                write(f"  {row}")
         write("")
         write(render_table(compiled))
         benchmarks = render_benchmarks(compiled)
@@ -137,7 +170,12 @@ class VerdictReporter:
         write("")
         status = compiled.phase0.status
         for text in compiled.phase0.render_text().splitlines():
-            write(text, green=status == "PHASE0_VALIDATED" and status in text, red=status == "PHASE0_FAILED" and status in text)
+            write(
+                text,
+                green=status == "PHASE0_VALIDATED" and status in text,
+                red=status in ("PHASE0_FAILED", "PHASE0_DEGRADED") and status in text,
+                yellow=status == "PHASE0_INCOMPLETE" and status in text,
+            )
         write("")
         for line in written.lines:
             write(line.text, red=line.problem)
@@ -165,6 +203,8 @@ class Written:
     partial: str | None
     selected: int
     lines: list[Line] = field(default_factory=list)
+    thresholds: list[str] = field(default_factory=list)  # `campaign.thresholds` rows, one line each
+    drift_bands: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> its preset's drift_band_derivation
 
 
 def partial_reason(session: pytest.Session, exitstatus: int) -> str | None:
@@ -179,11 +219,18 @@ def partial_reason(session: pytest.Session, exitstatus: int) -> str | None:
 
 
 def write_verdict(
-    state: ConfigState, records: dict[str, dict[str, Any]], *, partial: str | None, args: list[str], selected: int
+    state: ConfigState,
+    records: dict[str, dict[str, Any]],
+    *,
+    partial: str | None,
+    args: list[str],
+    selected: int,
+    selection: set[str] | None = None,
 ) -> Written | None:
     """Compile this session's records with earlier ones and write reports/, analysis/ and report.html.
 
-    None when the session ran no suite item and was not cut short (nothing to say).
+    `selection`: the suite items this session selected (None: unknown). None when the session ran no suite
+    item and was not cut short (nothing to say).
     """
     if not records and partial is None:
         return None
@@ -191,9 +238,10 @@ def write_verdict(
     campaign = [*records.values(), *earlier_records_]
     if not campaign:
         return Written(None, [], 0, partial, selected)
-    compiled = compile_records(
-        campaign, items=[item.param_id for item in state.items], min_signal_fraction=state.suite.min_signal_fraction
-    )
+    block = campaign_block(state.items, min_signal_fraction=state.suite.min_signal_fraction, selection=selection)
+    compiled = compile_records(campaign, **campaign_options(block))
+    thresholds = _threshold_lines(state)
+    drift_bands = _drift_bands(campaign)
     header = {
         "suite": state.suite.name,
         "suite_file": str(state.suite.path),
@@ -201,15 +249,18 @@ def write_verdict(
         "items_this_session": len(records),
         "items_from_earlier_sessions": len(earlier_records_),
         "partial": partial or False,
+        "thresholds": thresholds,
+        "drift_bands": {model: band["summary"] for model, band in drift_bands.items()},
         # what `verify` needs to recompute the Phase 0 block from the records of an evidence pack
         "campaign": {
-            "items": {item.param_id: item.definition_key for item in state.items},
-            "min_signal_fraction": state.suite.min_signal_fraction,
+            **block,
             "options": {**vars(state.options), "device": state.device, "args": args},
             "revisions": {m.source: m.revision for m in state.suite.models if m.revision},
         },
     }
-    written = Written(compiled, campaign, len(earlier_records_), partial, selected)
+    written = Written(
+        compiled, campaign, len(earlier_records_), partial, selected, thresholds=thresholds, drift_bands=drift_bands
+    )
     try:
         paths = write_reports(compiled, state.run_dir, header=header)
     except StoreError as exc:
@@ -223,6 +274,34 @@ def write_verdict(
     )
     written.lines.append(_html_report(campaign, compiled, state.run_dir, header))
     return written
+
+
+def _threshold_lines(state: ConfigState) -> list[str]:
+    """The thresholds of this suite's certificates that differ from InvarLock's stock ci profile and tier."""
+    stock = stock_runtime()
+    if stock is None:
+        return ["(InvarLock's packaged runtime profiles were not found: stock values unknown)"]
+    return [row.line() for row in deviations(state.suite, *stock)]
+
+
+def _drift_bands(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Model -> how its calibrated drift band came about, from the preset its records name (store/presets/*/preset.json)."""
+    import json
+
+    found: dict[str, dict[str, Any]] = {}
+    for record in sorted(records, key=lambda r: str(r.get("param_id"))):
+        model, preset = str(record.get("model")), record.get("preset")
+        if model in found or not preset:
+            continue
+        try:
+            derivation = json.loads((Path(preset).parent / "preset.json").read_text(encoding="utf-8")).get(
+                "drift_band_derivation"
+            )
+        except (OSError, ValueError):
+            continue
+        if isinstance(derivation, dict) and "summary" in derivation:
+            found[model] = derivation
+    return dict(sorted(found.items()))
 
 
 def stamp_where_and_when(

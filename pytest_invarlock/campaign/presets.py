@@ -5,10 +5,13 @@ and hypothesis can use it freely. A preset here is a plain JSON-ready dict in ou
 own vocabulary (see ``PRESET_KEYS``); ``certifier`` translates it into InvarLock's
 preset YAML, so an InvarLock rename never reaches this file.
 
-Derivation, per family and over the calibration (no-op) runs:
+Derivation, per family and over the calibration (no-op) runs (docs/thresholds.md lists
+every value that differs from InvarLock's stock ci profile and tier, with its source):
 
-- drift band: mean +- 3 sd of final/preview (rounded outwards to 4 decimals), never narrower than
-  the stock [0.95, 1.05] (which fewer than 2 runs keep);
+- drift band: the reference formula, mean +- 3 sd of final/preview (rounded outwards to
+  4 decimals; the reference's [0.95, 1.05] with fewer than 2 runs), never reaching beyond
+  ``DRIFT_BAND_LIMIT``: a band the formula would widen past it is cut back to it, and the
+  run that widened it (farthest from the median) is named in ``drift_band_derivation``;
 - spectral kappa: max(per-run |z| at the cap budget, existing kappa) + 0.05;
 - rmt epsilon: 0.90 quantile of the observed edge-risk growth, never below the
   existing epsilon;
@@ -16,6 +19,9 @@ Derivation, per family and over the calibration (no-op) runs:
   0.0009 (the existing value, floored the same way, when no run measured a delta CI);
 - per-edit copies raise spectral max_caps to the edit type's ``max_caps`` in
   ``edits.catalogue`` (15 quantisation, 25 low-rank, 10 other).
+
+``drift_band_derivation`` (how the band came about, for the run's summary) rides along in
+the preset; it is no threshold.
 """
 
 from __future__ import annotations
@@ -35,7 +41,12 @@ PRESET_KEYS = (
     "rmt_epsilon",
     "variance_min_effect_lognll",
 )
-DEFAULT_DRIFT_BAND = (0.95, 1.05)
+DEFAULT_DRIFT_BAND = (0.95, 1.05)  # the reference's band with fewer than 2 calibration runs
+# A calibrated band never reaches beyond the band calibration runs are themselves judged by: wider, it would
+# accept an edit that drifts more than a no-op is allowed to (docs/thresholds.md).
+DRIFT_BAND_LIMIT = (0.95, 1.05)
+DRIFT_SIGMAS = 3.0
+DERIVATION_VERSION = 2  # part of a stored preset's key: presets derived by other code are never reused
 SPECTRAL_MARGIN = 0.05
 RMT_QUANTILE = 0.90
 VARIANCE_QUANTILE = 0.95
@@ -110,17 +121,51 @@ def z_at_cap_budget(z_by_family: Mapping[str, Sequence[float]], budget: int) -> 
     return {family: zs[min(max(allocation[family], 1), len(zs)) - 1] for family, zs in magnitudes.items()}
 
 
-def drift_band(drifts: Sequence[float]) -> tuple[float, float]:
-    """mean +- 3 sd of final/preview over the runs, widened to hold the stock band; the stock band with fewer
-    than two runs.
+@dataclass(frozen=True)
+class DriftBand:
+    """A calibrated drift band and how it came about.
 
-    Calibration widens the band where no-ops drift more than InvarLock's stock band allows (device noise) but
-    never narrows it: with windows matched on the baseline's difficulty (``worker.windows``) a no-op drifts by
-    ~0.1%, and a band of that width would fail clean edits on their own per-window noise.
+    formula: the reference's mean +- 3 sd, rounded outwards (None with fewer than 2 runs); band: what the
+    preset uses (the formula cut back to ``DRIFT_BAND_LIMIT`` where it reaches beyond); outlier: (run, drift)
+    of the run farthest from the runs' median, named when the band was cut back (from three runs on).
     """
-    finite = [d for d in drifts if math.isfinite(d)]
+
+    band: tuple[float, float]
+    formula: tuple[float, float] | None
+    runs: int
+    mean: float | None = None
+    sd: float | None = None
+    outlier: tuple[int, float] | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.formula is not None and self.formula != self.band
+
+    def summary(self) -> str:
+        band = f"[{self.band[0]:.4f}, {self.band[1]:.4f}]"
+        if self.formula is None:
+            return f"{band}: the reference's band for fewer than 2 calibration runs ({self.runs} run)"
+        text = f"{band}: mean {self.mean:.5f} +- {DRIFT_SIGMAS:g} sd (sd {self.sd:.5f}) of {self.runs} calibration runs (the reference formula)"
+        if self.limited:
+            text += (
+                f"; the formula gave [{self.formula[0]:.4f}, {self.formula[1]:.4f}], cut back to the limit "
+                f"[{DRIFT_BAND_LIMIT[0]}, {DRIFT_BAND_LIMIT[1]}]"
+            )
+            if self.outlier is not None:
+                text += f"; outlier: calibration run {self.outlier[0]} (drift {self.outlier[1]:.4f})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "limited": self.limited, "summary": self.summary()}
+
+
+def drift_band_derivation(drifts: Sequence[float], runs: Sequence[int] | None = None) -> DriftBand:
+    """The reference formula over the calibration runs' final/preview drifts (``runs`` numbers them, 1.. by
+    default), limited to ``DRIFT_BAND_LIMIT``; non-finite drifts are left out."""
+    numbered = [(run, d) for run, d in zip(runs or range(1, len(drifts) + 1), drifts, strict=True) if math.isfinite(d)]
+    finite = [d for _, d in numbered]
     if len(finite) < 2:
-        return DEFAULT_DRIFT_BAND
+        return DriftBand(DEFAULT_DRIFT_BAND, None, len(finite))
     mean, sd = statistics.mean(finite), statistics.stdev(finite)
     if sd == 0:
         raise ValueError(
@@ -129,8 +174,22 @@ def drift_band(drifts: Sequence[float]) -> tuple[float, float]:
             "run its own windows."
         )
     # Rounded outwards to 4 decimals, so rounding never narrows the band.
-    lo, hi = math.floor((mean - 3 * sd) * 1e4) / 1e4, math.ceil((mean + 3 * sd) * 1e4) / 1e4
-    return (min(lo, DEFAULT_DRIFT_BAND[0]), max(hi, DEFAULT_DRIFT_BAND[1]))
+    formula = (
+        math.floor((mean - DRIFT_SIGMAS * sd) * 1e4) / 1e4,
+        math.ceil((mean + DRIFT_SIGMAS * sd) * 1e4) / 1e4,
+    )
+    lo, hi = max(formula[0], DRIFT_BAND_LIMIT[0]), min(formula[1], DRIFT_BAND_LIMIT[1])
+    band = (lo, hi) if lo < hi else DRIFT_BAND_LIMIT  # runs that all drift beyond the limit: judge by the limit
+    outlier = None
+    if band != formula and len(finite) > 2:  # of two runs neither is the odd one out
+        median = statistics.median(finite)
+        outlier = max(numbered, key=lambda pair: (abs(pair[1] - median), -pair[0]))
+    return DriftBand(band, formula, len(finite), mean, sd, outlier)
+
+
+def drift_band(drifts: Sequence[float]) -> tuple[float, float]:
+    """The preset's drift band: the reference formula limited to ``DRIFT_BAND_LIMIT`` (see ``drift_band_derivation``)."""
+    return drift_band_derivation(drifts).band
 
 
 def derive_preset(stats: Sequence[CalibrationStats], base: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,12 +209,14 @@ def derive_preset(stats: Sequence[CalibrationStats], base: Mapping[str, Any]) ->
             f"derive_preset() base preset lacks {missing}. Start from "
             "certifier.tier_preset(tier), which fills every key with the tier's thresholds."
         )
+    drift = drift_band_derivation([s.drift for s in stats])
     return {
-        "drift_band": list(drift_band([s.drift for s in stats])),
+        "drift_band": list(drift.band),
         "spectral_kappa": _spectral_kappa(stats, base["spectral_kappa"]),
         "spectral_max_caps": int(base["spectral_max_caps"]),
         "rmt_epsilon": _rmt_epsilon(stats, base["rmt_epsilon"]),
         "variance_min_effect_lognll": _variance_min_effect(stats, float(base["variance_min_effect_lognll"])),
+        "drift_band_derivation": drift.to_dict(),
     }
 
 

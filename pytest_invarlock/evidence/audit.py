@@ -27,7 +27,7 @@ from typing import Any
 
 from pytest_invarlock.campaign.judging import Reactions, expectation_met
 from pytest_invarlock.store import DamagedError, read_json_sealed
-from pytest_invarlock.verdict.compile import compile_records
+from pytest_invarlock.verdict.compile import campaign_options, compile_records
 
 RECORDS_DIR = "records"
 VERDICT_FILE = "reports/final_verdict.json"
@@ -71,15 +71,8 @@ def certificate_rel(param_id: str) -> str:
 
 
 def recompute_phase0(records: Sequence[Mapping[str, Any]], verdict: Mapping[str, Any]) -> dict[str, Any]:
-    """The Phase 0 block of `records` over the campaign items `verdict` (final_verdict.json) names."""
-    campaign = verdict.get("campaign") or {}
-    items = campaign.get("items")
-    fraction = campaign.get("min_signal_fraction")
-    compiled = compile_records(
-        list(records),
-        items=list(items) if items is not None else None,
-        **({"min_signal_fraction": fraction} if fraction is not None else {}),
-    )
+    """The Phase 0 block of `records`, compiled with the inputs final_verdict.json says it was made with."""
+    compiled = compile_records(list(records), **campaign_options(verdict.get("campaign") or {}))
     block: dict[str, Any] = normal(compiled.phase0.to_dict())
     return block
 

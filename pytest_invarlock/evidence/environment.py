@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 UNKNOWN = "unknown"
-FIELDS = ("host", "device", "driver")  # plain values a record carries about where it ran
+FIELDS = ("host", "device_name", "driver", "python")  # plain values a record carries about where it ran
 VERSIONS = "versions"  # {package: version} of the process that produced the record
 
 
@@ -21,10 +21,12 @@ def _text(value: Any) -> str:
 
 
 def producer(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Where one record says it was produced."""
-    versions = record.get(VERSIONS)
+    """Where one record says it was produced (its `environment` block, written by the worker)."""
+    where = record.get("environment")
+    where = where if isinstance(where, Mapping) else {}
+    versions = where.get(VERSIONS)
     return {
-        **{name: _text(record.get(name)) for name in FIELDS},
+        **{name: _text(where.get(name)) for name in FIELDS},
         VERSIONS: {str(k): _text(v) for k, v in sorted(versions.items())} if isinstance(versions, Mapping) else UNKNOWN,
     }
 

@@ -54,7 +54,7 @@ def render_report(
     """The page for these records and their compiled verdict (`verdict.compile.compile_records`)."""
     from pytest_invarlock.report.page import render_page
 
-    data = report_data(records, compiled.benchmarks, run_dir / REPORT_FILE.parent, acceptance)
+    data = report_data(records, compiled.benchmarks, run_dir / REPORT_FILE.parent, acceptance, compiled.labels)
     accounting = compiled.phase0.accounting
     suite = header.get("suite", "")
     return render_page(

@@ -60,14 +60,10 @@ def _campaign(run_dir: Path, suite: str | None) -> tuple[dict[str, Any] | None, 
     if suite:
         from pytest_invarlock.campaign.items import build_items
         from pytest_invarlock.campaign.suite import load_suite
+        from pytest_invarlock.records import campaign_block
 
         loaded = load_suite(suite)
-        items = build_items(loaded)
-        return (
-            {"items": {i.param_id: i.definition_key for i in items}, "min_signal_fraction": loaded.min_signal_fraction},
-            loaded.name,
-            str(loaded.path),
-        )
+        return campaign_block(build_items(loaded), min_signal_fraction=loaded.min_signal_fraction), loaded.name, str(loaded.path)
     try:
         verdict = json.loads((run_dir / "reports" / "final_verdict.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -84,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from pytest_invarlock.campaign.suite import SuiteError
     from pytest_invarlock.report import page_header, write_report
     from pytest_invarlock.store import StoreError
-    from pytest_invarlock.verdict.compile import compile_records
+    from pytest_invarlock.verdict.compile import campaign_options, compile_records
     from pytest_invarlock.verdict.render import write_reports
 
     run_dir = args.run_dir.expanduser().resolve()
@@ -113,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         print(f"report: no usable record in {run_dir / RECORDS_DIR}" + ("".join(f"\n  {w}" for w in warnings)))
         return 1
-    items = list(campaign["items"]) if campaign is not None else None
-    options = {"min_signal_fraction": campaign["min_signal_fraction"]} if campaign and "min_signal_fraction" in campaign else {}
-    compiled = compile_records(records, items=items, **options)
+    if campaign is not None:  # the campaign as a whole, not the session that last wrote its verdict
+        campaign = {**campaign, "not_selected": None}
+    compiled = compile_records(records, **campaign_options(campaign or {}))
     header: dict[str, Any] = {
         "suite": suite_name or "?",
         "suite_file": suite_file,

@@ -350,6 +350,7 @@ TABLE_COLUMNS = (
     "run",
     "outcome",
     "met",
+    "Phase 0",
     "ratio",
     "CI",
     "failed gates",
@@ -377,7 +378,9 @@ def _relative(path: Any, base: Path) -> str | None:
         return Path(str(path)).as_posix()
 
 
-def table_rows(records: Sequence[Mapping[str, Any]], reports_dir: Path) -> list[Row]:
+def table_rows(records: Sequence[Mapping[str, Any]], reports_dir: Path, labels: Mapping[str, str] | None = None) -> list[Row]:
+    """One row per record; `labels` (the compiled verdict's) says where each certify item went in Phase 0."""
+    labels = labels or {}
     rows = []
     for r in sorted(
         records,
@@ -401,6 +404,7 @@ def table_rows(records: Sequence[Mapping[str, Any]], reports_dir: Path) -> list[
             "run": str(r.get("run") or "") if not r.get("benchmark") else str(r.get("benchmark")),
             "outcome": outcome_of(r),
             "met": "" if met is None else ("yes" if met else "no"),
+            "Phase 0": labels.get(str(r.get("param_id")), ""),
             "ratio": fmt(r.get("ratio")),
             "CI": f"{fmt(lo)}-{fmt(hi)}" if lo is not None else "",
             "failed gates": " ".join(short_gate(g) for g in r.get("failed_gates") or []),
@@ -432,6 +436,7 @@ def report_data(
     benchmarks: Sequence[Mapping[str, Any]],
     reports_dir: Path,
     acceptance: Mapping[str, tuple[float, float]] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> ReportData:
     counts: dict[str, int] = defaultdict(int)
     for r in records:
@@ -441,6 +446,6 @@ def report_data(
         ratio_panels(records, acceptance),
         heatmap(records),
         eval_points(benchmarks, records),
-        table_rows(records, reports_dir),
+        table_rows(records, reports_dir, labels),
         dict(counts),
     )

@@ -23,7 +23,7 @@ section{background:#fff;margin:14px 18px;padding:12px 18px;border:1px solid #e5e
 h2{font-size:16px;margin:2px 0 10px} .note{color:#555;font-size:12.5px}
 .status{display:inline-block;padding:2px 10px;border-radius:4px;font-weight:600}
 .PHASE0_VALIDATED{background:#2e7d32;color:#fff} .PHASE0_FAILED{background:#c62828;color:#fff}
-.PHASE0_DEGRADED{background:#ef6c00;color:#fff}
+.PHASE0_DEGRADED{background:#ef6c00;color:#fff} .PHASE0_INCOMPLETE{background:#6b7280;color:#fff}
 .row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
 svg.figure{max-width:100%;height:auto}
 .metrics td{padding:1px 10px 1px 0} pre{background:#f3f4f6;padding:8px;overflow:auto;font-size:12px}
@@ -71,11 +71,14 @@ def phase0_html(phase0: Any, confusion_svg: str) -> str:
     rate = p.error_detection_rate
     rows = [
         ("status", f'<span class="status {_e(p.status)}">{_e(p.status_line)}</span>'),
+        ("scope", _e(p.scope.strip() or "the whole campaign: every suite item measured")),
+        ("criteria", "<br>".join(_e(c.describe()) for c in p.criteria)),
         ("truth", _e(p.truth_source)),
         ("accuracy", f"{100 * p.accuracy:.1f}% (Wilson 95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"),
         ("precision / recall / F1", f"{100 * p.precision:.1f}% / {100 * p.recall:.1f}% / {100 * p.f1:.1f}%"),
         ("error detection", "not measured" if rate is None else f"{p.error_detected}/{p.error_total} ({100 * rate:.1f}%)"),
         ("no-op false alarms", f"{p.noop_false_alarms} of {p.noop_total}"),
+        ("degraded runs", str(p.degraded_count)),
         ("score", f"{p.score:.1f}/100 (level {_e(p.level)})"),
     ]
     table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)

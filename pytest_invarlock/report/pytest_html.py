@@ -87,7 +87,7 @@ class PytestHtmlSection:
         from pytest_invarlock.report.page import phase0_html
 
         records, compiled = campaign
-        data = report_data(records, compiled.benchmarks, self.state.run_dir / REPORT_FILE.parent)
+        data = report_data(records, compiled.benchmarks, self.state.run_dir / REPORT_FILE.parent, labels=compiled.labels)
         svgs = pictures(data, compiled.phase0)
         path = self.state.run_dir / REPORT_FILE
         parts = [

@@ -7,14 +7,18 @@ no pytest, no invarlock.
 
 Where this module deliberately differs from the seed, the docstring says why:
 an empty sample gets the maximal Wilson interval (0, 1) instead of (0, 0); the
-truth is chosen per edit (lm-eval where that edit has scores, its expectation
-otherwise) instead of one switch for the whole campaign; a run without a verdict
-(crash, timeout) counts against its expectation instead of vanishing; PHASE0_FAILED
-and PHASE0_DEGRADED carry no confidence qualifier (the seed names one only for
-VALIDATED); and a campaign without error-injection runs reports error detection as
-"not measured" and does not apply that criterion. Runs are counted one per
-certificate, as the seed counts them; `verdict.compile` merges results that are
-copies (same weights, same evaluation windows) before they get here.
+truth is chosen per edit (lm-eval where every configured task scored for that edit
+and its baseline, its expectation otherwise) instead of one switch for the whole
+campaign; a run without a verdict (crash, timeout) counts against its expectation
+instead of vanishing; PHASE0_FAILED, PHASE0_DEGRADED and PHASE0_INCOMPLETE carry no
+confidence qualifier (the seed names one only for VALIDATED); VALIDATED needs every
+criterion measured on every suite item it applies to (`verdict.coverage`): otherwise
+the status is INCOMPLETE, or FAILED when a criterion fails whatever the missing items
+give; and informational scenarios are judged only by their minimum signal fraction,
+which is reported and, like the seed's formula, has no say in the status.
+Runs are counted one per certificate, as the seed counts them; `verdict.compile`
+merges results that are copies (same scenario, weights and evaluation windows) before
+they get here.
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-Truth = Literal["regression", "expectation"]
+from pytest_invarlock.verdict.coverage import UNKNOWN_ROLE, Accounting, Criterion, plural
+
+Truth = Literal["regression", "expectation", "unknown"]
 TruthMode = Literal["per-edit", "regression", "expectation"]
 TRUTH_MODES = ("per-edit", "regression", "expectation")
+TRUTH_SOURCES: tuple[Truth, ...] = ("regression", "expectation", "unknown")
 
 TRUTH_SOURCE_LABELS: dict[str, str] = {
     "regression": "lm-eval regression",
     "expectation": "scenario expectation",
+    "unknown": "scenario expectation (lm-eval truth unknown)",
 }
 
 BENCHMARK_SIZES: dict[str, int] = {
@@ -132,10 +140,13 @@ class EditOutcome:
     """One certificate of an edited model (clean or stress), after deduplication.
 
     flagged follows the per-certificate rule (overall pass false, the primary metric degraded, or
-    invalid); regressed is the edit's lm-eval verdict, None when that edit has no scores;
-    expected_regression is the scenario's expectation (stress True, clean False). errored: the
+    invalid); regressed is the edit's lm-eval verdict, None when it has none; expected_regression is
+    the scenario's expectation (stress True, clean False). truth_unknown says why an edit whose suite
+    configures lm-eval tasks has no lm-eval verdict (a task that did not score for it or its baseline;
+    empty otherwise); truth_pending: only because benchmark items were not run yet. errored: the
     pipeline produced no verdict (crash, timeout, load failure); the run then counts against its
     expectation (see `predicted`). signal: a gate flip or a remediation (informational scenarios).
+    item: the suite item (param id) it came from.
     """
 
     model: str
@@ -148,15 +159,20 @@ class EditOutcome:
     informational: bool
     signal: bool = False
     errored: bool = False
+    item: str = ""
+    truth_unknown: str = ""
+    truth_pending: bool = False
 
     @property
     def truth(self) -> bool:
-        """Per edit: the lm-eval regression where this edit has scores, the expectation otherwise."""
+        """Per edit: the lm-eval regression where it is known, the expectation otherwise."""
         return self.expected_regression if self.regressed is None else self.regressed
 
     @property
     def truth_source(self) -> Truth:
-        return "expectation" if self.regressed is None else "regression"
+        if self.regressed is not None:
+            return "regression"
+        return "unknown" if self.truth_unknown else "expectation"
 
     @property
     def predicted(self) -> bool:
@@ -179,6 +195,7 @@ class ErrorOutcome:
     detected: bool
     degraded: bool
     errored: bool = False
+    item: str = ""
 
 
 @dataclass(frozen=True)
@@ -193,30 +210,7 @@ class NoopOutcome:
     false_alarm: bool
     gates: tuple[str, ...] = ()
     degraded: bool = False
-
-
-@dataclass(frozen=True)
-class Accounting:
-    """Where every suite item went. Lists hold (item id, reason) pairs, sorted by id."""
-
-    suite_items: int
-    with_verdict: int
-    errored: tuple[tuple[str, str], ...] = ()
-    skipped: tuple[tuple[str, str], ...] = ()
-    not_run: tuple[str, ...] = ()
-    merged: tuple[tuple[str, str], ...] = ()  # (duplicate item, the item it was merged into)
-    merge_key: str = ""  # how duplicates were recognised
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "suite_items": self.suite_items,
-            "with_verdict": self.with_verdict,
-            "errored": [list(e) for e in self.errored],
-            "skipped": [list(s) for s in self.skipped],
-            "not_run": list(self.not_run),
-            "merged": [list(m) for m in self.merged],
-            "merge_key": self.merge_key,
-        }
+    item: str = ""
 
 
 # ---------------------------------------------------------------- confusion
@@ -277,19 +271,22 @@ def confusion(outcomes: Iterable[EditOutcome], truth: TruthMode = "per-edit") ->
         )
     cells = {"tp": 0, "fp": 0, "tn": 0, "fn": 0, "excluded": 0}
     for outcome in outcomes:
-        if truth == "per-edit":
-            actual: bool | None = outcome.truth
-        else:
-            actual = outcome.regressed if truth == "regression" else outcome.expected_regression
-        if actual is None:
-            cells["excluded"] += 1
-            continue
-        predicted = (not actual) if outcome.errored else outcome.flagged
-        if actual:
-            cells["tp" if predicted else "fn"] += 1
-        else:
-            cells["fp" if predicted else "tn"] += 1
+        cells[cell(outcome, truth)] += 1
     return Confusion(**cells)
+
+
+def cell(outcome: EditOutcome, truth: TruthMode = "per-edit") -> str:
+    """The cell ('tp', 'fp', 'tn', 'fn' or 'excluded') one outcome lands in against the chosen truth."""
+    if truth == "per-edit":
+        actual: bool | None = outcome.truth
+    else:
+        actual = outcome.regressed if truth == "regression" else outcome.expected_regression
+    if actual is None:
+        return "excluded"
+    predicted = (not actual) if outcome.errored else outcome.flagged
+    if actual:
+        return "tp" if predicted else "fn"
+    return "fp" if predicted else "tn"
 
 
 # ---------------------------------------------------------------- confidence
@@ -357,20 +354,32 @@ class Phase0:
     def confusion(self) -> Confusion:
         return confusion(self.scored, "per-edit")
 
+    def confusion_of(self, model: str) -> Confusion:
+        """The matrix of one model's scored edits: the same outcomes, so the models' cells sum to `confusion`."""
+        return confusion((e for e in self.scored if e.model == model), "per-edit")
+
     @property
     def truth_counts(self) -> dict[str, dict[str, int]]:
-        """Scored runs and distinct edits per truth source (lm-eval regression / scenario expectation)."""
+        """Scored runs and distinct edits per truth source: lm-eval regression, scenario expectation (no lm-eval
+        configured), and unknown (lm-eval configured but incomplete for the edit: judged by its expectation)."""
         out: dict[str, dict[str, int]] = {}
-        for source in ("regression", "expectation"):
+        for source in TRUTH_SOURCES:
             mine = [e for e in self.scored if e.truth_source == source]
-            out[source] = {"runs": len(mine), "edits": len({(e.model, e.scenario) for e in mine})}
+            if mine or source != "unknown":
+                out[source] = {"runs": len(mine), "edits": len({(e.model, e.scenario) for e in mine})}
         return out
 
     @property
     def truth_source(self) -> str:
         counts = self.truth_counts
-        used = [TRUTH_SOURCE_LABELS[s] for s in ("regression", "expectation") if counts[s]["runs"]]
+        used = [TRUTH_SOURCE_LABELS[s] for s in TRUTH_SOURCES if s in counts and counts[s]["runs"]]
         return " + ".join(used) if used else "none (no scored edits)"
+
+    @property
+    def truth_unknown(self) -> dict[str, str]:
+        """Edit (model/scenario) -> why its lm-eval truth is unknown, for every scored edit judged by its
+        expectation although its suite configures lm-eval tasks."""
+        return {f"{e.model}/{e.scenario}": e.truth_unknown for e in sorted(self.scored, key=_edit_order) if e.truth_unknown}
 
     @property
     def error_total(self) -> int:
@@ -382,13 +391,19 @@ class Phase0:
 
     @property
     def error_measured(self) -> bool:
-        """False when no error-injection run was part of the campaign (a suite without them, or
-        all deselected/skipped): the detection criterion is then not applied (see `passed`)."""
-        return self.error_total > 0
+        """Error detection was measured on every error-injection item of the suite (and it has some)."""
+        return self.error_criterion.complete
 
     @property
     def degraded_count(self) -> int:
-        return sum(e.degraded for e in self.edits) + sum(n.degraded for n in self.noops) + self.degraded_other
+        """Degraded gating runs: scored edits and calibration runs. Informational edits count only through their
+        signal fraction, and error injections are expected to break the primary metric."""
+        return sum(e.degraded for e in self.scored) + sum(n.degraded for n in self.noops) + self.degraded_other
+
+    @property
+    def degraded_informational(self) -> int:
+        """Degraded informational runs: shown, never a reason for DEGRADED."""
+        return sum(e.degraded for e in self.informational)
 
     @property
     def noop_total(self) -> int:
@@ -462,7 +477,7 @@ class Phase0:
 
     @property
     def error_detection_rate(self) -> float | None:
-        """detected / error runs; None when not measured (no error runs)."""
+        """detected / error runs; None when no error-injection run was measured."""
         return self.error_detected / self.error_total if self.error_total else None
 
     @property
@@ -478,29 +493,121 @@ class Phase0:
     def level(self) -> str:
         return confidence_level(self.score)
 
+    # ------------------------------------------------------------ coverage
+
+    def _missing(self, *roles: str) -> tuple[int, str]:
+        """(suite items of these roles without a measurement, why); items of unknown role could be any."""
+        acc = self.accounting
+        if acc is None:
+            return 0, ""
+        ids = tuple(sorted({pid for role in (*roles, UNKNOWN_ROLE) for pid in acc.unmeasured(role)}))
+        return len(ids), acc.why(ids)
+
+    def _rate(
+        self,
+        name: str,
+        limit: float,
+        hits: int,
+        measured: int,
+        roles: tuple[str, ...],
+        noun: str,
+        unit: str,
+        *,
+        may_turn: int = 0,
+    ) -> Criterion:
+        """A criterion on a rate hits/measured; at best every missing item (and `may_turn` wrong ones) comes out right."""
+        missing, why = self._missing(*roles)
+        total = measured + missing
+        return Criterion(
+            name=name,
+            limit=limit,
+            measured=measured,
+            missing=missing,
+            value=hits / measured if measured else None,
+            best=(hits + may_turn + missing) / total if total else None,
+            noun=noun,
+            why=why,
+            unit=unit,
+        )
+
+    @property
+    def accuracy_criterion(self) -> Criterion:
+        c = self.confusion
+        # A wrong edit whose lm-eval truth waits for benchmark items not run yet may still turn out right.
+        pending_wrong = sum(1 for e in self.scored if e.truth_pending and not e.errored and cell(e) in ("fp", "fn"))
+        return self._rate(
+            "accuracy",
+            PASS_ACCURACY,
+            c.tp + c.tn,
+            c.total,
+            ("clean", "stress"),
+            "clean or gating-stress edit item",
+            f"of {plural(c.total, 'measured scored edit')}",
+            may_turn=pending_wrong,
+        )
+
+    @property
+    def error_criterion(self) -> Criterion:
+        return self._rate(
+            "error detection",
+            PASS_ERROR_DETECTION,
+            self.error_detected,
+            self.error_total,
+            ("error",),
+            "error-injection item",
+            f"({self.error_detected}/{self.error_total} detected)",
+        )
+
+    @property
+    def criteria(self) -> tuple[Criterion, ...]:
+        """The seed's Phase 0 criteria. The informational rule (minimum signal fraction per scenario) is reported
+        beside them and never changes the status: the seed's formula has no informational term."""
+        return (self.accuracy_criterion, self.error_criterion)
+
+    @property
+    def complete(self) -> bool:
+        """Every criterion measured on all of its suite items, and every suite item measured."""
+        acc = self.accounting
+        return all(c.complete for c in self.criteria) and (acc is None or acc.complete)
+
     # ------------------------------------------------------------ status
 
     @property
-    def passed(self) -> bool:
-        """The seed's rule: accuracy >= 0.6, error detection >= 0.8, no degraded run.
-
-        When error detection was not measured (no error-injection run: the `ci` suite, or
-        --no-errors) its criterion is not applied; the score still reflects it, as its error part
-        is 0 of 25 points, and the block says "not measured".
-        """
-        rate = self.error_detection_rate
-        return self.accuracy >= PASS_ACCURACY and (rate is None or rate >= PASS_ERROR_DETECTION) and self.degraded_count == 0
-
-    @property
     def status(self) -> str:
+        """DEGRADED (a degraded gating run: certain however many items are missing); FAILED (a criterion fails on
+        what was measured, whatever the missing items give); INCOMPLETE (an item or a criterion not measured);
+        VALIDATED (every criterion measured on every suite item it applies to, and met)."""
         if self.degraded_count:
             return "PHASE0_DEGRADED"
-        return "PHASE0_VALIDATED" if self.passed else "PHASE0_FAILED"
+        if any(c.certain_fail for c in self.criteria):
+            return "PHASE0_FAILED"
+        return "PHASE0_VALIDATED" if self.complete else "PHASE0_INCOMPLETE"
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "PHASE0_VALIDATED"
+
+    @property
+    def status_reason(self) -> str:
+        """Why the status is not VALIDATED, in one line ('' when it is)."""
+        status = self.status
+        if status == "PHASE0_DEGRADED":
+            return f"{plural(self.degraded_count, 'degraded gating run')} (clean/stress edits or calibration runs)"
+        if status == "PHASE0_FAILED":
+            return "; ".join(c.describe() for c in self.criteria if c.certain_fail)
+        if status == "PHASE0_INCOMPLETE":
+            parts = [c.describe() for c in self.criteria if not c.complete]
+            acc = self.accounting
+            if acc is not None and not acc.complete and not parts:
+                ids = acc.unmeasured_ids
+                parts.append(f"{plural(len(ids), 'suite item')} not measured ({acc.why(ids)})")
+            return "; ".join(parts)
+        return ""
 
     @property
     def verdict_confidence(self) -> str | None:
         """The seed's qualifier, which exists only for PHASE0_VALIDATED: HIGH (accuracy >= 0.8 and
-        score >= 75), MEDIUM (score >= 60), else LOW. FAILED and DEGRADED carry none."""
+        score >= 75), MEDIUM (score >= 60), else LOW. The other statuses carry none."""
         if self.status != "PHASE0_VALIDATED":
             return None
         score = self.score
@@ -509,21 +616,56 @@ class Phase0:
         return "MEDIUM" if score >= 60 else "LOW"
 
     @property
+    def scope(self) -> str:
+        """' over K of N suite items' when the evidence covers part of the suite, else ''."""
+        acc = self.accounting
+        if acc is None or acc.complete:
+            return ""
+        return f" over {acc.measured} of {acc.suite_items} suite items"
+
+    @property
     def status_line(self) -> str:
         confidence = f"confidence {self.verdict_confidence}, " if self.verdict_confidence else ""
-        return f"{self.status} ({confidence}score {self.score:.1f}/100)"
+        return f"{self.status}{self.scope} ({confidence}score {self.score:.1f}/100)"
+
+    def labels(self) -> dict[str, str]:
+        """Suite item -> where its outcome went in this verdict (TP/FP/TN/FN, detected, signal, no-op pass, ...):
+        the one place that counts, so the CSV and the HTML show exactly the matrix of the block."""
+        out: dict[str, str] = {}
+        for e in self.edits:
+            if e.informational:
+                label = "informational: " + ("signal" if e.signal and not e.errored else "no signal")
+            else:
+                label = cell(e).upper()
+            out[e.item] = label + (" (errored)" if e.errored else "")
+        for r in self.errors:
+            out[r.item] = ("detected" if r.detected and not r.errored else "not detected") + (" (errored)" if r.errored else "")
+        for n in self.noops:
+            out[n.item] = "no-op false alarm" if n.false_alarm else "no-op pass"
+        out.pop("", None)  # outcomes built without an item id
+        return out
 
     # ------------------------------------------------------------ output
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready summary with a fixed key order (final_verdict.json, the evidence pack)."""
         c = self.confusion
+        acc = self.accounting
         return {
             "status": self.status,
             "verdict_confidence": self.verdict_confidence,
             "passed": self.passed,
             "truth_source": self.truth_source,
             "truth_counts": self.truth_counts,
+            "status_reason": self.status_reason,
+            "complete": self.complete,
+            "scope": {
+                "suite_items": acc.suite_items if acc else None,
+                "measured": acc.measured if acc else None,
+                "text": self.scope.strip() or "the whole campaign",
+            },
+            "criteria": [criterion.to_dict() for criterion in self.criteria],
+            "truth_unknown": self.truth_unknown,
             "confusion": {
                 "tp": c.tp,
                 "fp": c.fp,
@@ -541,8 +683,9 @@ class Phase0:
             "error_total": self.error_total,
             "error_detected": self.error_detected,
             "error_detection_rate": self.error_detection_rate,
-            "error_detection_ci": list(self.error_detection_ci) if self.error_measured else None,
+            "error_detection_ci": list(self.error_detection_ci) if self.error_total else None,
             "degraded_count": self.degraded_count,
+            "degraded_informational": self.degraded_informational,
             "noop_total": self.noop_total,
             "noop_false_alarms": self.noop_false_alarms,
             "noop_false_alarm_gates": self.noop_gates,
@@ -554,7 +697,7 @@ class Phase0:
             "signal_by_scenario": self.signal_by_scenario,
             "score": self.score,
             "level": self.level,
-            "accounting": self.accounting.to_dict() if self.accounting else None,
+            "accounting": acc.to_dict() if acc else None,
         }
 
     def render_text(self, *, max_listed: int = 20) -> str:
@@ -564,8 +707,8 @@ class Phase0:
         counts = self.truth_counts
         truth_parts = [
             f"{TRUTH_SOURCE_LABELS[s]} for {counts[s]['runs']} run(s) of {counts[s]['edits']} edit(s)"
-            for s in ("regression", "expectation")
-            if counts[s]["runs"]
+            for s in TRUTH_SOURCES
+            if s in counts and counts[s]["runs"]
         ]
         lines = [f"Phase 0 verdict (truth per edit: {'; '.join(truth_parts) or 'no scored edits'})"]
         acc = self.accounting
@@ -573,6 +716,13 @@ class Phase0:
             lines.append(
                 f"  suite items     {acc.suite_items}: {acc.with_verdict} with a verdict, {len(acc.errored)} errored, "
                 f"{len(acc.skipped)} skipped, {len(acc.not_run)} not run"
+            )
+            unmeasured = acc.unmeasured_ids
+            lines.append(
+                "  scope           the whole campaign: every suite item measured"
+                if not unmeasured
+                else f"  scope           {acc.measured} of {acc.suite_items} suite items measured, {len(unmeasured)} not "
+                f"({acc.why(unmeasured)}): not the campaign's verdict"
             )
             merged = f"{len(acc.merged)} merged" + (f" (key: {acc.merge_key})" if acc.merge_key else "")
             lines.append(f"  duplicates      {merged}")
@@ -586,10 +736,14 @@ class Phase0:
             f"  accuracy        {_percent(self.accuracy)}  (Wilson 95% CI {_percent(low)} - {_percent(high)})",
             f"  precision       {_percent(self.precision)}  recall {_percent(self.recall)}  F1 {_percent(self.f1)}",
         ]
+        unknown = self.truth_unknown
+        if unknown:
+            lines.append(f"  truth unknown   {plural(len(unknown), 'edit')} judged by their expectation (lm-eval incomplete):")
+            lines.extend(f"    {name}: {_short(why)}" for name, why in list(unknown.items())[:max_listed])
         rate = self.error_detection_rate
         errored_errors = sum(e.errored for e in self.errors)
         lines.append(
-            "  error detection not measured (no error-injection runs; criterion not applied, 0/25 score points)"
+            "  error detection not measured"
             if rate is None
             else f"  error detection {self.error_detected}/{self.error_total} ({_percent(rate)})"
             + (f", {errored_errors} errored = not detected" if errored_errors else "")
@@ -598,9 +752,19 @@ class Phase0:
         lines.append(
             f"  no-op false alarms: {self.noop_false_alarms} of {self.noop_total}" + (f" (gate {gates})" if gates else "")
         )
-        lines.append(f"  degraded runs   {self.degraded_count}")
+        informational_degraded = self.degraded_informational
+        lines.append(
+            f"  degraded runs   {self.degraded_count}"
+            + (f" (+{informational_degraded} informational, not counted)" if informational_degraded else "")
+        )
+        info_missing = acc.unmeasured("informational") if acc is not None else ()
         if self.signal_fraction is None:
-            lines.append("  informational   none")
+            lines.append(
+                f"  informational   not measured: no verdict for the suite's {plural(len(info_missing), 'informational item')} "
+                f"({acc.why(info_missing)})"
+                if acc is not None and info_missing
+                else "  informational   none"
+            )
         else:
             met = "met" if self.informational_met else "NOT met"
             lines.append(
@@ -612,6 +776,7 @@ class Phase0:
                 for name, s in self.signal_by_scenario.items()
             )
         lines.append(f"  score           {self.score:.1f}/100 (level {self.level})")
+        lines.append("  criteria        " + "\n                  ".join(c.describe() for c in self.criteria))
         if acc is not None:
             for title, entries in (("errored", acc.errored), ("skipped", acc.skipped)):
                 if entries:
@@ -622,9 +787,13 @@ class Phase0:
             if acc.not_run:
                 shown = ", ".join(acc.not_run[:max_listed])
                 more = f" ... and {len(acc.not_run) - max_listed} more" if len(acc.not_run) > max_listed else ""
-                lines.append(f"  not run (no record in the run directory): {shown}{more}")
+                lines.append(f"  not run ({acc.why(acc.not_run)}): {shown}{more}")
         lines.append(f"  {self.status_line}")
         return "\n".join(lines)
+
+
+def _edit_order(e: EditOutcome) -> tuple[str, str, int]:
+    return (e.model, e.scenario, e.run)
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -644,9 +813,10 @@ def phase0_verdict(
     """Compile the Phase 0 verdict from edit, error-injection and calibration (no-op) outcomes.
 
     Informational edits are kept out of the confusion matrix and judged by their signal fraction
-    against min_signal_fraction. The truth is chosen per edit (lm-eval regression where the edit
-    has scores, the scenario expectation otherwise). Every degraded edit or no-op run counts
-    towards DEGRADED (as in the seed); degraded_other adds runs described by a count only.
+    against min_signal_fraction. The truth is chosen per edit (lm-eval regression where it is known,
+    the scenario expectation otherwise). Every degraded scored edit or no-op run counts towards
+    DEGRADED (as in the seed); degraded_other adds runs described by a count only. Without
+    `accounting` the outcomes define the campaign: a criterion without outcomes is not measured.
     """
     if degraded_other < 0:
         raise ValueError(

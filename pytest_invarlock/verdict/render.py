@@ -2,7 +2,8 @@
 
 Pure and torch-free, like `verdict.compile`. `write_reports` writes every file a run leaves under
 `reports/` and `analysis/`; the evidence pack includes them and its verifier recompiles the
-Phase 0 block from the records to check `final_verdict.json`.
+Phase 0 block from the records to check `final_verdict.json`. Nothing here counts: the confusion
+cells of the CSV (`phase0` column) and of correlation_analysis.json are the Phase 0 block's own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pytest_invarlock.store import write_json_atomic, write_text_atomic
 from pytest_invarlock.verdict.compile import CERTIFY_KINDS, Compiled, finite
 
 RESULT_COLUMNS = (
+    "param_id",
     "model",
     "scenario",
     "kind",
@@ -26,6 +28,7 @@ RESULT_COLUMNS = (
     "expectation",
     "outcome",
     "met",
+    "phase0",
     "overall_pass",
     "flagged",
     "detected",
@@ -79,7 +82,8 @@ def result_rows(compiled: Compiled) -> list[dict[str, Any]]:
         ci = r.get("ci") or (None, None)
         rows.append(
             {
-                **{k: r.get(k) for k in RESULT_COLUMNS if k not in ("ci_lo", "ci_hi", "failed_gates", "reused")},
+                **{k: r.get(k) for k in RESULT_COLUMNS if k not in ("ci_lo", "ci_hi", "failed_gates", "reused", "phase0")},
+                "phase0": compiled.labels.get(str(r.get("param_id")), "not counted"),
                 "ci_lo": ci[0],
                 "ci_hi": ci[1],
                 "failed_gates": ";".join(r.get("failed_gates") or []),
@@ -121,28 +125,31 @@ def _spearman(xs: list[float], ys: list[float]) -> float | None:
 
 
 def correlation_analysis(compiled: Compiled) -> dict[str, Any]:
-    """Per model: InvarLock ratio vs accuracy delta (Spearman) and the confusion cells, as the seed's compiler."""
+    """Per model: InvarLock ratio vs accuracy delta (Spearman) over its edit runs, and its cells of the Phase 0
+    confusion matrix (the same outcomes, so the models' cells sum to the block's)."""
     out: dict[str, Any] = {}
     deltas: dict[tuple[str, str], float] = defaultdict(float)
     for row in compiled.benchmarks:
         if row["delta"] is not None:
             deltas[(row["model"], row["variant"])] += row["delta"]
     for model in sorted({r["model"] for r in compiled.certify}):
-        pairs, cells = [], {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
-        for r in compiled.certify:
-            if r["model"] != model or r["kind"] not in ("clean", "stress") or r.get("outcome") not in ("passed", "failed"):
-                continue
-            key = (model, r["scenario"])
-            if finite(r.get("ratio")) and key in deltas:
-                pairs.append((r["ratio"], deltas[key]))
-            regressed = compiled.regressions.get(key)
-            if regressed is not None:
-                flagged = bool(r.get("flagged"))
-                cells["tp" if regressed and flagged else "fp" if flagged else "fn" if regressed else "tn"] += 1
+        pairs = [
+            (r["ratio"], deltas[(model, r["scenario"])])
+            for r in compiled.certify
+            if r["model"] == model
+            and r["kind"] in ("clean", "stress")
+            and r.get("outcome") in ("passed", "failed")
+            and finite(r.get("ratio"))
+            and (model, r["scenario"]) in deltas
+        ]
+        c = compiled.phase0.confusion_of(model)
         out[model] = {
             "pairs": len(pairs),
             "spearman_ratio_vs_accuracy_delta": _spearman([p[0] for p in pairs], [p[1] for p in pairs]),
-            **cells,
+            "tp": c.tp,
+            "fp": c.fp,
+            "tn": c.tn,
+            "fn": c.fn,
         }
     return out
 
@@ -163,6 +170,21 @@ def calibration_summary(compiled: Compiled) -> dict[str, Any]:
     return out
 
 
+def _header_text(header: Mapping[str, Any]) -> str:
+    """The header of final_verdict.txt: one `key: value` line each; lists and mappings one entry per line."""
+    lines = []
+    for key, value in header.items():
+        if key == "campaign":
+            continue
+        if isinstance(value, Mapping):
+            lines += [f"{key}:", *(f"  {k}: {v}" for k, v in value.items())] if value else []
+        elif isinstance(value, list):
+            lines += [f"{key}:", *(f"  {v}" for v in value)] if value else []
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
 def write_reports(compiled: Compiled, run_dir: Path, *, header: Mapping[str, Any]) -> list[Path]:
     """reports/final_verdict.{json,txt} and the analysis/ files; returns the paths written."""
     reports, analysis = run_dir / "reports", run_dir / "analysis"
@@ -177,7 +199,7 @@ def write_reports(compiled: Compiled, run_dir: Path, *, header: Mapping[str, Any
         "\n\n".join(
             part
             for part in (
-                "\n".join(f"{k}: {v}" for k, v in header.items() if k != "campaign"),
+                _header_text(header),
                 render_table(compiled),
                 render_benchmarks(compiled),
                 compiled.phase0.render_text(),

@@ -62,6 +62,8 @@ OFFLINE_HOW_TO = (
     "this run is offline and InvarLock's hub dataset is not in the local Hugging Face cache: run once with --online "
     "(the first evaluate downloads it), or set `invarlock: {dataset: local}` in the suite"
 )
+CONFIG_DIR = "invarlock-config"  # the evaluate's INVARLOCK_CONFIG_ROOT, inside its workdir (kept with the certificate)
+PRESET_FILE = "preset.yaml"  # the --preset file, inside CONFIG_DIR
 _NON_FINITE_EVENTS = frozenset({"non_finite_loss_total", "primary_metric_invalid"})
 # Substrings InvarLock's model-family detection looks for in the model *path* (0.12.1
 # model_profile.py); one that the model's own config does not also name re-labels the model.
@@ -80,7 +82,7 @@ _FAMILY_KEYWORDS = (
     "olmo",
     "phi",
 )
-_WORK_SUBDIRS = ("runs", "reports", "tmp", "invarlock-config")
+_WORK_SUBDIRS = ("runs", "reports", "tmp", CONFIG_DIR)
 _TUPLE_FIELDS = frozenset(
     {"failed_gates", "display_ci", "acceptance_range", "drift_band", "rmt_violations", "invariants_failures"}
 )
@@ -398,8 +400,8 @@ def certify(
     for sub in _WORK_SUBDIRS:
         shutil.rmtree(workdir / sub, ignore_errors=True)
     (workdir / "tmp").mkdir(parents=True)
-    preset_file = workdir / "invarlock-config" / "preset.yaml"
-    _write_invarlock_config(workdir / "invarlock-config", preset_file, settings, preset, load_kwargs)
+    preset_file = workdir / CONFIG_DIR / PRESET_FILE
+    _write_invarlock_config(workdir / CONFIG_DIR, preset_file, settings, preset, load_kwargs)
     options = {
         "baseline": str(baseline),
         "subject": str(subject),
@@ -417,7 +419,7 @@ def certify(
     }
     env = {
         **hub_variables(online=online),
-        "INVARLOCK_CONFIG_ROOT": str(workdir / "invarlock-config"),
+        "INVARLOCK_CONFIG_ROOT": str(workdir / CONFIG_DIR),
         "INVARLOCK_EVALUATE_TMP_DIR": str(workdir / "tmp"),
         "INVARLOCK_OMP_THREADS": str(settings.threads),
         **(env or {}),

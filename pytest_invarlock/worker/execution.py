@@ -188,6 +188,9 @@ def benchmark_with_oom_retries(
         time.sleep(backoff_s(stats.oom_retries, BACKOFF_BASE_S if backoff_base_s is None else backoff_base_s))
 
 
-def error_record(item: Item, message: str, stats: ItemStats, extra: dict[str, Any]) -> dict[str, Any]:
-    """The record of an item that ends in error: what it is, why, and what it cost."""
-    return {**base_record(item), "met": False, "error": message, **stats.fields(), **extra}
+def error_record(
+    item: Item, message: str, stats: ItemStats, extra: dict[str, Any], environment: dict[str, Any]
+) -> dict[str, Any]:
+    """The record of an item that ends in error: what it is, why, what it cost, and what produced it
+    (`provenance.environment`)."""
+    return {**base_record(item), "met": False, "error": message, **stats.fields(), **extra, "environment": environment}

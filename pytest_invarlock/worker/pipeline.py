@@ -26,7 +26,7 @@ from pytest_invarlock.edits.catalogue import parse_spec
 from pytest_invarlock.records import base_record, junit_properties
 from pytest_invarlock.state import ConfigState
 from pytest_invarlock.store import Artifact, StoreError, digest, disk_full_message, is_disk_full, write_json_atomic
-from pytest_invarlock.worker import execution
+from pytest_invarlock.worker import execution, provenance
 from pytest_invarlock.worker.artifacts import ModelCache, baseline_artifact, default_cache_bytes, edit_artifact
 
 log = logging.getLogger("pytest_invarlock")
@@ -79,6 +79,8 @@ class Worker:
         self.stats = execution.ItemStats()  # the running item's retries and placement (execution.py)
         self._item: Item | None = None  # the running item: shared work it triggers runs on its placement
         self._item_deadline: float | None = None
+        self.environment = provenance.environment(state.device)  # versions, host, device, driver: in every record
+        self.invarlock_version = str(self.environment["versions"]["invarlock"])
         self._memo: dict[tuple[str, str], Any] = {}
         apply_determinism(state.options.determinism, state.device)
         _log_to(state.run_dir / "logs" / f"{worker_id}.log")
@@ -310,7 +312,7 @@ class Worker:
 
     def preset(self, model: Model) -> tuple[dict[str, Any], Path, bool]:
         """The calibrated preset: calibration runs 1..N (running any that are missing), then the seed's derivation."""
-        from pytest_invarlock.campaign.presets import derive_preset
+        from pytest_invarlock.campaign.presets import DERIVATION_VERSION, derive_preset
 
         def make() -> tuple[dict[str, Any], Path, bool]:
             runs = max(1, calibration_runs(self.state.suite))
@@ -323,7 +325,7 @@ class Worker:
                     )
                 stats.append(self.certifier.calibration_stats(json.loads(Path(verdict.report_path).read_text())))
             base = self.certifier.tier_preset(model.settings.tier)
-            key = digest("preset", [a.path.name for _, a in results], base)
+            key = digest("preset", [a.path.name for _, a in results], base, DERIVATION_VERSION)
 
             def build(tmp: Path) -> dict[str, Any]:
                 preset = derive_preset(stats, base)
@@ -387,7 +389,7 @@ class Worker:
                 **execution.memory_fields(self.cache),
             }
             log.error("item %s: %s", item.param_id, failure)
-            raise execution.ItemError(failure, execution.error_record(item, failure, self.stats, extra))
+            raise execution.ItemError(failure, execution.error_record(item, failure, self.stats, extra, self.environment))
         result.record.update({**self.stats.fields(), **execution.memory_fields(self.cache), "timeout_s": limit})
         result.record["seconds"] = round(time.perf_counter() - started, 2)
         result.record["worker"] = self.worker_id
@@ -453,9 +455,21 @@ class Worker:
             )
         if artifact.reused:
             reused.append(f"result:{item.param_id}")
+        extra["invarlock_config"] = self._config_files(artifact.path)
         extra.update(self.window_fields(model, item.run))
         judgement = judge(item.scenario, verdict)
         return self._result(item, verdict, judgement, reused, preset_path, extra)
+
+    def _config_files(self, result_dir: Path) -> dict[str, Any]:
+        """The exact InvarLock configuration a certificate was made with, kept in its result artifact: the config
+        root (INVARLOCK_CONFIG_ROOT: the ci profile the plugin writes, tiers.yaml with a token floor) and the
+        --preset file (for an edit, its per-edit copy of the calibrated preset in InvarLock's YAML)."""
+        root = result_dir / self.certifier.CONFIG_DIR
+        return {
+            "root": str(root),
+            "preset": str(root / self.certifier.PRESET_FILE),
+            "files": sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()),
+        }
 
     def _result(
         self,
@@ -483,8 +497,9 @@ class Worker:
             "caps_applied": verdict.spectral_caps_applied,  # the spectral guard remediated (report heatmap)
             "failure": verdict.failure,
             "report": verdict.report_path,
-            "preset": str(preset_path) if preset_path else None,
+            "preset": str(preset_path) if preset_path else None,  # calibrated; the certificate used invarlock_config
             "reused": reused,
+            "environment": self.environment,
             **(extra or {}),  # weights: the store key of the evaluated weights; revision: the pinned commit
         }
         return ItemResult(record, judgement.met, judgement.explanation, junit_properties(record))
@@ -548,6 +563,7 @@ class Worker:
             "reused": reused,
             "weights": directory.name,
             "revision": model.revision,
+            "environment": self.environment,
         }
         explanation = (
             f"lm-eval {item.benchmark} on {item.variant}: accuracy {accuracy} (stderr {result['stderr']}, n {result['n']})"

@@ -9,10 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_invarlock.campaign.presets import (
+    DRIFT_BAND_LIMIT,
     CalibrationStats,
     allocate_cap_budget,
     derive_preset,
     drift_band,
+    drift_band_derivation,
     edit_preset,
     quantile,
     z_at_cap_budget,
@@ -73,16 +75,41 @@ def test_z_at_zero_budget_is_the_largest_magnitude():
     assert z_at_cap_budget({"attn": [0.5, -3.0]}, 0) == {"attn": 3.0}
 
 
-def test_drift_band_is_mean_plus_minus_three_sd():
-    # mean 1.0, sample sd 0.04.
-    assert drift_band([0.96, 1.00, 1.04]) == pytest.approx((0.88, 1.12), abs=1e-4)
+def test_drift_band_is_the_reference_formula():
+    # mean 1.0, sample sd 0.01 -> [0.97, 1.03]; the tiny suite's three no-ops: mean 0.99983, sd 0.00097.
+    assert drift_band([0.99, 1.00, 1.01]) == pytest.approx((0.97, 1.03), abs=1e-4)
+    assert drift_band([1.0009, 0.9990, 0.9996]) == pytest.approx((0.9969, 1.0028), abs=1e-4)
 
 
-def test_drift_band_never_narrows_the_stock_band():
-    """Matched windows make no-ops drift by ~0.1%: mean +- 3 sd would be a band clean edits fail on noise."""
-    assert drift_band([1.0004, 0.9998, 1.0001]) == (0.95, 1.05)
-    assert drift_band([0.97, 0.99, 1.01]) == pytest.approx((0.93, 1.05))  # 0.93..1.05: the stock upper edge stays
-    assert drift_band([0.96, 0.99, 1.02]) == pytest.approx((0.9, 1.08), abs=1e-4)
+def test_one_outlier_calibration_run_cannot_widen_the_band_silently():
+    # Issue 19: citizen's code gave (0.65, 1.52) for these runs and said nothing.
+    derivation = drift_band_derivation([0.999, 1.001, 1.25])
+    # mean 1.08333, sd 0.14434: 1.08333 -+ 0.43301, rounded outwards
+    assert derivation.formula == pytest.approx((0.6503, 1.5164), abs=1e-4)
+    assert derivation.band == DRIFT_BAND_LIMIT == (0.95, 1.05) and derivation.limited
+    assert derivation.outlier == (3, 1.25)
+    summary = derivation.summary()
+    assert "the formula gave [0.6503, 1.5164], cut back to the limit [0.95, 1.05]" in summary
+    assert "outlier: calibration run 3 (drift 1.2500)" in summary
+    assert derive_preset([CalibrationStats(d) for d in (0.999, 1.001, 1.25)], BASE)["drift_band"] == [0.95, 1.05]
+
+
+def test_runs_that_all_drift_beyond_the_limit_are_judged_by_the_limit():
+    derivation = drift_band_derivation([1.058, 1.06, 1.062], runs=[4, 5, 6])
+    assert derivation.band == (0.95, 1.05) and derivation.outlier is not None and derivation.outlier[0] in (4, 6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0.9, 1.1), min_size=2, max_size=10).filter(lambda d: statistics.stdev(d) > 1e-6))
+def test_the_band_is_the_formula_within_the_limit_and_never_beyond(drifts):
+    derivation = drift_band_derivation(drifts)
+    lo, hi = derivation.band
+    assert DRIFT_BAND_LIMIT[0] <= lo < hi <= DRIFT_BAND_LIMIT[1]
+    assert derivation.formula is not None
+    if DRIFT_BAND_LIMIT[0] <= derivation.formula[0] and derivation.formula[1] <= DRIFT_BAND_LIMIT[1]:
+        assert derivation.band == derivation.formula and derivation.outlier is None
+    else:
+        assert derivation.limited and (derivation.outlier is not None or len(drifts) == 2)
 
 
 def test_drift_band_falls_back_with_fewer_than_two_runs():
@@ -96,9 +123,9 @@ def test_identical_drifts_are_rejected_with_a_fix():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.floats(0.8, 1.2), min_size=2, max_size=10).filter(lambda d: statistics.stdev(d) > 1e-6))
+@given(st.lists(st.floats(0.97, 1.03), min_size=2, max_size=10).filter(lambda d: statistics.stdev(d) > 1e-6))
 def test_drift_band_holds_every_calibration_run(drifts):
-    # With n <= 10 runs no point lies beyond (n-1)/sqrt(n) < 3 sample sd of the mean.
+    # With n <= 10 runs no point lies beyond (n-1)/sqrt(n) < 3 sample sd of the mean; the limit holds them all.
     lo, hi = drift_band(drifts)
     assert lo < hi
     assert all(lo <= d <= hi for d in drifts)
@@ -106,8 +133,9 @@ def test_drift_band_holds_every_calibration_run(drifts):
 
 def test_derive_preset_by_hand():
     preset = derive_preset([RUN_1, RUN_2], BASE)
-    # drift: mean 1.01, sd 0.014142 -> [0.967574, 1.052426], rounded outwards, holding the stock [0.95, 1.05].
-    assert preset["drift_band"] == pytest.approx([0.95, 1.0525])
+    # drift: mean 1.01, sd 0.014142 -> [0.967574, 1.052426], rounded outwards, cut back to the limit 1.05.
+    assert preset["drift_band"] == pytest.approx([0.9675, 1.05])
+    assert preset["drift_band_derivation"]["limited"] and preset["drift_band_derivation"]["outlier"] is None
     # kappa: max(observed z, existing) + 0.05; embed never observed keeps its value.
     assert preset["spectral_kappa"] == pytest.approx({"ffn": 3.25, "attn": 2.45, "embed": 1.05})
     # epsilon: q90 of ffn [0.02, 0.04] = 0.038; attn q90 0.0019 stays at the existing 0.01.

@@ -47,8 +47,7 @@ def certify_record(run_dir: Path, pid: str, kind: str, report: dict[str, Any] | 
         "definition_key": f"d-{pid}",
         "window_digest": f"w-{pid}",
         "window_seed": 42,
-        "host": "gpu-node-7",
-        "versions": VERSIONS,
+        "environment": {"host": "gpu-node-7", "versions": VERSIONS},
     }
     if report is None:  # InvarLock aborted the evaluate: no certificate (a NaN model)
         record.update(overall_pass=False, failed_gates=[], flags={}, ratio=None, ci=None, drift=None, degraded=False)
@@ -84,7 +83,7 @@ def write_verdict(run_dir: Path, records: list[dict[str, Any]], items: dict[str,
 def make_run(run_dir: Path) -> Path:
     records = [
         certify_record(run_dir, "m-calibration-run1", "calibration", synthetic_report()),
-        certify_record(run_dir, "m-clean-run1", "clean", synthetic_report(), host="gpu-node-8", versions=None),
+        certify_record(run_dir, "m-clean-run1", "clean", synthetic_report(), environment={"host": "gpu-node-8"}),
         certify_record(run_dir, "m-stress-run1", "stress", synthetic_report(primary_metric_acceptable=False)),
         certify_record(run_dir, "m-scale-run1", "error", synthetic_report(invariants_pass=False)),
         certify_record(run_dir, "m-nan-run1", "error", None),
@@ -186,8 +185,9 @@ def test_the_environment_describes_the_hosts_that_produced_the_records_not_the_p
     assert by_host["gpu-node-7"]["versions"] == VERSIONS and len(by_host["gpu-node-7"]["items"]) == 4
     assert by_host["gpu-node-8"] == {
         "host": "gpu-node-8",
-        "device": "unknown",
+        "device_name": "unknown",
         "driver": "unknown",
+        "python": "unknown",
         "versions": "unknown",
         "items": ["m-clean-run1"],
     }

@@ -1,4 +1,4 @@
-"""Compiling item records into the verdict (synthetic records, no InvarLock): accounting, duplicates,
+"""Compiling item records into the verdict (synthetic records, no InvarLock): accounting, coverage, duplicates,
 per-edit truth, errored and skipped items, benchmark rows, and the report files."""
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_invarlock.verdict.compile import KEY_FALLBACK, KEY_WINDOWS, compile_records, dedupe, regressions
+from pytest_invarlock.verdict.compile import (
+    KEY_FALLBACK,
+    KEY_WINDOWS,
+    campaign_options,
+    compile_records,
+    dedupe,
+    duplicate_key,
+    lm_eval_truth,
+)
 from pytest_invarlock.verdict.render import correlation_analysis, render_table, write_reports
 
 
@@ -129,11 +137,17 @@ def test_lm_eval_regressions_are_the_truth_where_an_edit_has_scores() -> None:
 
 
 def test_an_edit_without_scores_falls_back_to_its_expectation() -> None:
-    # Only clean8 has scores: the stress edit keeps its expectation instead of being excluded (old rule).
+    # Only clean8 has scores: the stress edit's truth is unknown (its task was not run) and it keeps its
+    # expectation instead of being excluded (old rule).
     records = [*campaign(False), bench("m", "baseline", "t", 0.60), bench("m", "clean8", "t", 0.60)]
     p0 = compile_records(records).phase0
-    assert p0.truth_counts == {"regression": {"runs": 2, "edits": 1}, "expectation": {"runs": 1, "edits": 1}}
+    assert p0.truth_counts == {
+        "regression": {"runs": 2, "edits": 1},
+        "expectation": {"runs": 0, "edits": 0},
+        "unknown": {"runs": 1, "edits": 1},
+    }
     assert (p0.confusion.tp, p0.confusion.tn, p0.confusion.excluded) == (1, 2, 0)
+    assert p0.truth_unknown == {"m/stress4": "t on stress4: not run"}
 
 
 def test_non_finite_benchmark_logits_count_as_regression() -> None:
@@ -141,7 +155,7 @@ def test_non_finite_benchmark_logits_count_as_regression() -> None:
         {"model": "m", "variant": "baseline", "task": "t", "accuracy": 0.5, "n": 100},
         {"model": "m", "variant": "e", "task": "t", "accuracy": 0.5, "n": 100, "finite_logits": False},
     ]
-    assert regressions(rows) == {("m", "e"): True}
+    assert lm_eval_truth(rows)[("m", "e")].regressed is True
 
 
 def test_a_failed_non_finite_benchmark_item_still_gives_its_score() -> None:
@@ -168,7 +182,7 @@ def test_copies_with_the_same_weights_and_windows_are_counted_once() -> None:
     accounting = compiled.phase0.accounting
     assert accounting is not None and len(accounting.merged) == 4 and accounting.merge_key == KEY_WINDOWS
     assert ("m-a-run2", "m-a-run1") in accounting.merged
-    assert "4 merged (key: model, weights, window digest)" in compiled.phase0.render_text()
+    assert "4 merged (key: model, scenario, weights, window digest)" in compiled.phase0.render_text()
 
 
 def test_runs_with_their_own_windows_are_all_counted() -> None:
@@ -312,10 +326,118 @@ def test_reports_are_written_and_consistent(tmp_path: Path) -> None:
     evals = list(csv.DictReader((tmp_path / "analysis/eval_results.csv").open()))
     assert len(evals) == 4
     corr = correlation_analysis(compiled)["m"]
-    assert (corr["tp"], corr["fp"], corr["tn"], corr["fn"]) == (1, 0, 3, 0)
+    assert (corr["tp"], corr["fp"], corr["tn"], corr["fn"]) == (1, 0, 2, 0)  # the informational edit is no TN
     assert "calibration" in render_table(compiled)
 
 
 def test_the_block_does_not_depend_on_record_order() -> None:
     records = campaign(True)
     assert compile_records(records).phase0.to_dict() == compile_records(list(reversed(records))).phase0.to_dict()
+
+
+# ---------------------------------------------------------------- issue 19
+
+
+def test_one_errored_task_makes_an_edits_lm_eval_truth_unknown_instead_of_flipping_it() -> None:
+    # Two tasks configured. The clean edit's second task errored; on the first alone it drops 0.2: citizen's code
+    # judged it on that one task, called it a regression and turned an unflagged clean edit into a miss (FN).
+    records = [
+        certify("m", "clean8", "clean", 1, ratio=1.001),
+        certify("m", "stress4", "stress", 1, flagged=True, ratio=1.4),
+        bench("m", "baseline", "t1", 0.6),
+        bench("m", "baseline", "t2", 0.6),
+        bench("m", "clean8", "t1", 0.4),
+        {**bench("m", "clean8", "t2", None), "outcome": "error", "error": "lm-eval crashed"},
+        bench("m", "stress4", "t1", 0.3),
+        bench("m", "stress4", "t2", 0.3),
+    ]
+    compiled = compile_records(records)
+    assert compiled.regressions == {("m", "clean8"): None, ("m", "stress4"): True}
+    p0 = compiled.phase0
+    assert (p0.confusion.tp, p0.confusion.fn, p0.confusion.tn) == (1, 0, 1)  # clean8 by its expectation: TN
+    assert p0.truth_counts["unknown"] == {"runs": 1, "edits": 1}
+    assert p0.truth_unknown == {"m/clean8": "t2 on clean8: errored (lm-eval crashed)"}
+    text = p0.render_text()
+    assert "truth unknown   1 edit judged by their expectation (lm-eval incomplete):" in text
+    assert "m/clean8: t2 on clean8: errored (lm-eval crashed)" in text
+    # every configured task scored for both sides: the truth is lm-eval's again
+    records[5] = bench("m", "clean8", "t2", 0.6)
+    assert compile_records(records).regressions[("m", "clean8")] is True
+
+
+def test_the_confusion_matrix_is_counted_once_and_rendered_everywhere(tmp_path: Path) -> None:
+    # Two copies of one clean edit, an informational edit, a clean edit whose primary metric is invalid, and
+    # lm-eval scores for all: citizen's correlation_analysis.json read TN 4 / FP 0 where Phase 0 read TN 1 / FP 1.
+    records = [
+        certify("m", "a", "clean", 1, ratio=1.0004, window_digest="w", weights="e-a"),
+        certify("m", "a", "clean", 2, ratio=1.0004, window_digest="w", weights="e-a"),
+        certify("m", "info", "stress", 1, expectation="signal", ratio=1.01),
+        certify("m", "b", "clean", 1, ratio=1.002, invalid=True),
+        bench("m", "baseline", "t", 0.6),
+        bench("m", "a", "t", 0.6),
+        bench("m", "info", "t", 0.6),
+        bench("m", "b", "t", 0.6),
+    ]
+    compiled = compile_records(records)
+    c = compiled.phase0.confusion
+    assert (c.tp, c.fp, c.tn, c.fn) == (0, 1, 1, 0)
+    corr = correlation_analysis(compiled)["m"]
+    assert (corr["tp"], corr["fp"], corr["tn"], corr["fn"]) == (0, 1, 1, 0)
+    write_reports(compiled, tmp_path, header={"suite": "x"})
+    rows = {r["param_id"]: r["phase0"] for r in csv.DictReader((tmp_path / "analysis/invarlock_results.csv").open())}
+    assert rows == {
+        "m-a-run1": "TN",
+        "m-a-run2": "merged into m-a-run1",
+        "m-info-run1": "informational: no signal",
+        "m-b-run1": "FP",
+    }
+
+
+def test_scenarios_with_identical_weights_and_windows_are_never_merged() -> None:
+    # A gating and an informational scenario of the same edit spec: same weights, same windows, different expectations.
+    gating = certify("m", "rtn4_gating", "stress", 1, flagged=True, ratio=1.3, window_digest="w", weights="e-same")
+    info = certify(
+        "m", "rtn4_info", "stress", 1, expectation="signal", flagged=True, ratio=1.3, window_digest="w", weights="e-same"
+    )
+    assert duplicate_key(gating) != duplicate_key(info)
+    kept, merged, _ = dedupe([gating, info])
+    assert merged == [] and len(kept) == 2
+    p0 = compile_records([gating, info]).phase0
+    assert (p0.confusion.tp, p0.informational_total) == (1, 1)
+
+
+def test_a_degraded_informational_edit_does_not_make_the_campaign_degraded() -> None:
+    records = [
+        certify("m", "calibration", "calibration", 1),
+        certify("m", "clean8", "clean", 1, ratio=1.001),
+        certify("m", "stress4", "stress", 1, flagged=True, ratio=1.4),
+        certify("m", "info", "stress", 1, expectation="signal", flagged=True, degraded=True, ratio=40.0),
+        certify("m", "nan", "error", 1, flagged=True, detected=True, ratio=None),
+    ]
+    p0 = compile_records(records).phase0
+    assert (p0.degraded_count, p0.degraded_informational) == (0, 1)
+    assert p0.status == "PHASE0_VALIDATED"
+    assert "degraded runs   0 (+1 informational, not counted)" in p0.render_text()
+    records[1]["degraded"] = True  # a degraded clean edit still is
+    assert compile_records(records).phase0.status == "PHASE0_DEGRADED"
+
+
+def test_the_informational_rule_is_reported_and_leaves_the_status_alone() -> None:
+    # The tiny suite on this machine: neither informational scenario shows a signal (0/2 below the 50% minimum).
+    records = [
+        certify("m", "calibration", "calibration", 1),
+        certify("m", "clean8", "clean", 1, ratio=1.001),
+        certify("m", "stress4", "stress", 1, flagged=True, ratio=1.4),
+        certify("m", "rtn4", "stress", 1, expectation="signal", ratio=1.0099),
+        certify("m", "fp4", "stress", 1, expectation="signal", ratio=1.0853),
+        certify("m", "nan", "error", 1, flagged=True, detected=True, ratio=None),
+    ]
+    p0 = compile_records(records, items=[r["param_id"] for r in records]).phase0
+    assert p0.informational_met is False and p0.status == "PHASE0_VALIDATED"
+    assert "signal 0/2 (0.0%); minimum 50.0% per scenario: NOT met" in p0.render_text()
+    assert [c.name for c in p0.criteria] == ["accuracy", "error detection"]
+
+
+def test_campaign_options_take_exactly_the_verdict_inputs() -> None:
+    campaign = {"items": {"a": "k1", "b": "k2"}, "min_signal_fraction": 0.25, "options": {"x": 1}, "revisions": {}}
+    assert campaign_options(campaign) == {"items": ["a", "b"], "min_signal_fraction": 0.25}

@@ -288,10 +288,10 @@ def test_failed_on_accuracy_below_06() -> None:
     assert verdict.status == "PHASE0_FAILED"
 
 
-def test_nothing_run_fails_without_a_confidence_qualifier() -> None:
+def test_nothing_run_is_incomplete_without_a_confidence_qualifier() -> None:
     verdict = phase0_verdict([], [])
     assert verdict.score == 0.0
-    assert (verdict.status, verdict.verdict_confidence, verdict.level) == ("PHASE0_FAILED", None, "VERY_LOW")
+    assert (verdict.status, verdict.verdict_confidence, verdict.level) == ("PHASE0_INCOMPLETE", None, "VERY_LOW")
 
 
 def test_degraded_edit_overrides_a_passing_run() -> None:
@@ -414,13 +414,15 @@ def test_a_crashed_error_injection_is_not_detected() -> None:
     assert "3/4 (75.0%), 1 errored = not detected" in verdict.render_text()
 
 
-def test_without_error_runs_detection_is_not_measured_and_not_applied() -> None:
-    # The ci suite has no error injections: the old rule read 0% detection and always FAILED.
+def test_without_error_runs_detection_is_not_measured_and_the_campaign_not_validated() -> None:
+    # The ci suite has no error injections: the seed's rule read 0% detection and always FAILED; citizen's code
+    # skipped the criterion and read VALIDATED. A criterion not measured is never VALIDATED: INCOMPLETE, saying why.
     verdict = phase0_verdict(cells(tp=32, tn=32), [])
     assert verdict.error_detection_rate is None and not verdict.error_measured
-    assert verdict.status == "PHASE0_VALIDATED"
+    assert verdict.status == "PHASE0_INCOMPLETE" and not verdict.passed
     assert verdict.score == pytest.approx(98.584 - 25, abs=1e-3)  # the error part of the score stays 0
-    assert "error detection not measured" in verdict.render_text()
+    text = verdict.render_text()
+    assert "error detection >= 80%: not measured: the suite defines no error-injection item" in text
     assert verdict.to_dict()["error_detection_rate"] is None
 
 
@@ -459,16 +461,17 @@ def test_accounting_is_rendered_and_serialised() -> None:
         skipped=(("m-y-run1", "needs a GPU"),),
         not_run=("m-z-run1",),
         merged=(("m-c-run2", "m-c-run1"),),
-        merge_key="model, weights, window digest",
+        merge_key="model, scenario, weights, window digest",
     )
     verdict = phase0_verdict(cells(tp=1, tn=1), [], accounting=accounting)
     text = verdict.render_text()
     for fragment in (
         "suite items     5: 2 with a verdict, 1 errored, 1 skipped, 1 not run",
-        "1 merged (key: model, weights, window digest)",
+        "1 merged (key: model, scenario, weights, window digest)",
         "m-x-run1: boom",
         "m-y-run1: needs a GPU",
-        "not run (no record in the run directory): m-z-run1",
+        "not run (1 with no record in the run directory): m-z-run1",
+        "scope           3 of 5 suite items measured, 2 not (1 skipped, 1 with no record in the run directory)",
     ):
         assert fragment in text
     assert json.loads(json.dumps(verdict.to_dict()))["accounting"]["merged"] == [["m-c-run2", "m-c-run1"]]

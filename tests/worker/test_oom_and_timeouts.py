@@ -145,10 +145,12 @@ def test_a_hung_evaluate_times_out_and_the_worker_goes_on(worker, monkeypatch):
     record = raised.value.record
     assert record["timed_out"] is True and record["timeout_s"] == 4 and record["met"] is False
     assert "the suite's limit for calibration items of size class tiny" in record["error"]
+    assert record["environment"] == worker.environment and record["environment"]["versions"]["invarlock"]
     # the same worker takes its next item
     result = worker.run(_item(worker, "benchmark"))
     assert result.record["n"] == 4 and result.record["oom_retries"] == 0 and result.record["timeout_s"] == 120
     assert result.record["host_cache_models"] == 1 and result.record["host_cache_bytes_used"] > 0
+    assert result.record["environment"]["device"] == "cpu" and result.record["environment"]["host"]
 
 
 def test_lm_eval_oom_halves_the_batch_and_the_record_counts_it(worker, assets):
