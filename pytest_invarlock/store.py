@@ -316,6 +316,30 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+# a file's stat signature -> the sha256 of its bytes, in this process
+_CONTENT_SHA256: dict[tuple[int, ...], str] = {}
+
+
+def stat_signature(path: Path) -> tuple[int, int, int, int, int]:
+    """(device, inode, size, mtime, ctime) of a file, links followed. A rewrite in place changes ctime even when
+    the size stays and the mtime is put back (`cp -p`, `rsync -t --inplace`); the kernel sets ctime, nobody else."""
+    stat = path.stat()
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def content_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read once per process and again whenever its `stat_signature` changed: a copied
+    or touched file keeps its digest, an edited one changes it. A file that changed while it was read is not
+    memoised (the next call reads it again)."""
+    before = stat_signature(path)
+    if before not in _CONTENT_SHA256:
+        sha = _sha256(path)
+        if stat_signature(path) != before:
+            return sha
+        _CONTENT_SHA256[before] = sha
+    return _CONTENT_SHA256[before]
+
+
 def _walk(root: Path) -> Iterator[tuple[str, Path]]:
     """(relative path, path) of every file and symlink under root; the checksum file itself excluded."""
     for directory, dirnames, filenames in os.walk(root):

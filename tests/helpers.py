@@ -292,6 +292,24 @@ def random_small_model(
     return {**paths, "corpus": corpus}
 
 
+def small_model_suite(source: Path, *, name: str, scenarios: str = "[calibration]", extra: str = "") -> str:
+    """A one-model CPU suite around a `random_small_model` directory: one calibration and one clean run of the
+    scenarios, 180 + 180 local windows of 32 tokens, lm-eval's kjv_cloze on 4 examples; `extra` adds top-level YAML."""
+    return f"""
+name: {name}
+device: cpu
+runs: {{calibration: 1, clean: 1, stress: 0, error: 0}}
+errors: false
+models:
+  - {{name: m, source: {source}, size_class: tiny, dtype: float32, params_b: 0.0001,
+     invarlock: {{seq_len: 32, stride: 32, preview_windows: 180, final_windows: 180, min_tokens: 1000,
+                 guard_overhead: false, lm_eval_batch: "8"}}}}
+scenarios: {scenarios}
+benchmarks: {{tasks: [kjv_cloze], num_fewshot: 0, limit: 4}}
+invarlock: {{dataset: local}}
+{extra}"""
+
+
 def fake_suite_session(tmp_path: Path, tests_source: str, *args: str) -> subprocess.CompletedProcess[str]:
     """A real pytest session of the tiny suite over stand-in test functions (no models run), in tmp_path."""
     (tmp_path / "test_fake_suite.py").write_text(tests_source)

@@ -22,6 +22,7 @@ from pytest_invarlock.store import (
     DamagedError,
     Store,
     StoreError,
+    content_sha256,
     digest,
     read_json_sealed,
     verify,
@@ -33,6 +34,32 @@ from pytest_invarlock.store import (
 def test_digest_is_stable_and_order_independent_for_mappings() -> None:
     assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1})
     assert digest("x", 1) != digest("x", 2)
+
+
+def test_content_sha256_is_the_content_whatever_the_path_or_mtime(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text('{"text": "in the beginning"}\n')
+    second.write_text('{"text": "in the beginning"}\n')
+    os.utime(second, ns=(1, 1))
+    assert content_sha256(first) == content_sha256(second)  # same bytes, other path and mtime
+    first.write_text('{"text": "in the beginninG"}\n')  # same size, new content
+    assert content_sha256(first) != content_sha256(second)
+
+
+def test_content_sha256_sees_a_rewrite_in_place_that_keeps_size_and_mtime(tmp_path: Path) -> None:
+    """The memo is keyed on (device, inode, size, mtime, ctime): `rsync -t --inplace` or `cp -p` onto the same
+    file puts the mtime back, but the kernel moves ctime, so the new bytes are read."""
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\x00" * 4096)
+    before = content_sha256(weights)
+    stat = weights.stat()
+    time.sleep(0.01)
+    with weights.open("r+b") as handle:
+        handle.write(b"\x01" * 16)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = weights.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    assert content_sha256(weights) != before
 
 
 def test_produce_builds_once_then_reuses(tmp_path: Path) -> None:

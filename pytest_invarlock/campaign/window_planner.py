@@ -8,16 +8,19 @@ standard deviation ``sigma``; from it:
 - **no-op drift.** A no-op's drift is ``final / preview = exp(mean_F(x) - mean_P(x))``. The draw
   (``worker.windows.matched_split``) sorts a run's candidate windows by the baseline's own NLL, pairs
   neighbours and sends one of each pair to each arm at random, as InvarLock's WikiText-2 provider stratifies
-  its windows by difficulty; so ``mean_F(x) - mean_P(x)`` is a mean of within-pair differences,
-  ~ N(0, sigma^2 (1/n_P + 1/n_F)) with ``sigma`` the pairs' residual spread std(x_a - x_b)/sqrt(2) plus the
-  difference between the scoring pass and InvarLock's own pass (``matched_sigma``). The probability that an
-  unchanged model fails the drift gate ``[lo, hi]`` is
-  ``P_fa = Phi(ln(lo)/sd) + 1 - Phi(ln(hi)/sd)``, ``sd = sigma * sqrt(1/n_P + 1/n_F)``. The planner picks the
-  smallest equal arms with ``P_fa <= false_alarm`` (default 1e-2 per run: 99% of no-ops pass), with ``sigma`` at
-  the pilot's one-sided 90% upper bound (``sigma_upper_bound``). The pilot pairs its own windows by
-  difficulty, far coarser than a draw of hundreds, so its residual is an overestimate. Unmatched random
-  halves would need ``sigma`` = the plain spread (SmolLM2 on the KJV pool: 0.41 nats, 731+731 windows of 128
-  tokens at this target); matched, the drift need falls under the floors below.
+  its windows by difficulty; with unequal arms the ``|n_P - n_F|`` extra windows, picked at random, go to the
+  larger arm unpaired. So ``mean_F(x) - mean_P(x)`` ~ N(0, sd^2), for arms of ``s <= l`` windows
+  ``sd^2 = (s + l) / (2 s l^2) * (sigma_plain^2 (l - s) + sigma^2 (l + s))`` (``drift_sd``, derived in
+  docs/windows.md): ``sigma`` is the pairs' residual (``matched_sigma``: the root mean square of within-pair
+  differences over sqrt(2), plus the difference between the scoring pass and InvarLock's own pass),
+  ``sigma_plain`` the plain per-window spread. Equal arms give ``sigma^2 (1/n_P + 1/n_F)``; an unmatched random
+  split is ``sigma = sigma_plain``. The probability that an unchanged model fails the drift gate ``[lo, hi]``
+  is ``P_fa = Phi(ln(lo)/sd) + 1 - Phi(ln(hi)/sd)``. The planner picks the smallest equal arms with
+  ``P_fa <= false_alarm`` (default 1e-2 per run: 99% of no-ops pass), with both spreads at the pilot's
+  one-sided 90% upper bounds (``sigma_upper_bound``). The pilot pairs its own windows by difficulty, far
+  coarser than a draw of hundreds, so its residual is an overestimate. Unmatched random halves would need
+  ``sigma`` = the plain spread (SmolLM2 on the KJV pool: 0.41 nats, 731+731 windows of 128 tokens at this
+  target); matched, the drift need falls under the floors below.
 - **the ratio's CI at the acceptance edge.** The ratio is paired (edited vs baseline on the final windows),
   so its CI half-width in log space is ``z * sigma_d / sqrt(n_F)`` with ``sigma_d`` the per-window spread of
   the paired log difference. That spread grows with the edit: measured on the tiny model (README
@@ -63,22 +66,36 @@ def normal_cdf(x: float) -> float:
     return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
-def noop_false_alarm(sigma: float, preview_n: int, final_n: int, band: tuple[float, float]) -> float:
-    """Probability that a no-op's drift final/preview falls outside ``band`` (exchangeable windows)."""
+def drift_sd(sigma: float, preview_n: int, final_n: int, sigma_plain: float | None = None) -> float:
+    """Standard deviation of a no-op's log drift under the matched draw (see the module docstring): ``sigma`` the
+    pairs' residual, ``sigma_plain`` the spread of the windows unequal arms leave unpaired (None: ``sigma``, an
+    unmatched random split)."""
+    if preview_n < 1 or final_n < 1:
+        raise ValueError("window counts must be positive")
+    plain = sigma if sigma_plain is None else sigma_plain
+    small, large = sorted((preview_n, final_n))
+    weight = (small + large) / (2 * small * large**2)
+    return math.sqrt(weight * (plain**2 * (large - small) + sigma**2 * (large + small)))
+
+
+def noop_false_alarm(
+    sigma: float, preview_n: int, final_n: int, band: tuple[float, float], sigma_plain: float | None = None
+) -> float:
+    """Probability that a no-op's drift final/preview falls outside ``band`` (``drift_sd``'s arguments)."""
     lo, hi = band
     if not 0 < lo < 1 < hi:
         raise ValueError(f"drift band must satisfy 0 < lo < 1 < hi, got {band}")
-    if preview_n < 1 or final_n < 1:
-        raise ValueError("window counts must be positive")
-    if sigma <= 0:
+    sd = drift_sd(sigma, preview_n, final_n, sigma_plain)
+    if sd <= 0:
         return 0.0
-    sd = sigma * math.sqrt(1.0 / preview_n + 1.0 / final_n)
     return normal_cdf(math.log(lo) / sd) + normal_cdf(-math.log(hi) / sd)
 
 
-def drift_quantile_band(sigma: float, preview_n: int, final_n: int, coverage: float = 0.95) -> tuple[float, float]:
+def drift_quantile_band(
+    sigma: float, preview_n: int, final_n: int, coverage: float = 0.95, sigma_plain: float | None = None
+) -> tuple[float, float]:
     """The central ``coverage`` interval of a no-op's drift: what five calibration runs should mostly sit in."""
-    sd = sigma * math.sqrt(1.0 / preview_n + 1.0 / final_n)
+    sd = drift_sd(sigma, preview_n, final_n, sigma_plain)
     z = _normal_quantile(0.5 + coverage / 2)
     return (math.exp(-z * sd), math.exp(z * sd))
 
@@ -104,7 +121,9 @@ def _normal_quantile(p: float) -> float:
 
 @dataclass(frozen=True)
 class PlanInputs:
-    """What the plan depends on. ``sigma``: per-window std of mean NLL (nats) from the pilot of ``pilot_windows``."""
+    """What the plan depends on. ``sigma``: the spread a matched draw leaves per window (nats, ``matched_sigma``);
+    ``sigma_plain``: the plain per-window spread, which the windows of unequal arms left unpaired add (None:
+    ``sigma``, as for an unmatched draw); both from the pilot of ``pilot_windows``."""
 
     sigma: float
     seq_len: int
@@ -120,6 +139,8 @@ class PlanInputs:
     pilot_windows: int = 0
     pilot_mean_nll: float | None = None
     sigma_estimate: float | None = None  # the pilot's point estimate when ``sigma`` is its 90% upper bound (planned on)
+    sigma_plain: float | None = None
+    sigma_plain_estimate: float | None = None  # likewise for ``sigma_plain``
 
 
 @dataclass(frozen=True)
@@ -159,6 +180,12 @@ class WindowPlan:
             spread = f"drift spread {i.sigma:.4f} nats from a pilot of {i.pilot_windows} windows"
         else:
             spread = f"sigma {i.sigma:.4f} nats (given)"
+        unpaired = abs(self.preview_n - self.final_n)
+        if unpaired:
+            spread += (
+                f"; unequal arms: {unpaired} window{'s' if unpaired > 1 else ''} unpaired, at the plain spread "
+                f"{i.sigma if i.sigma_plain is None else i.sigma_plain:.4f}"
+            )
         return (
             f"{self.preview_n}+{self.final_n} windows ({self.chosen_by}) of {i.seq_len} tokens: {spread}; "
             f"no-op drift false alarm {self.false_alarm:.2e} per run (band {list(i.drift_band)}, 95% of no-op "
@@ -199,8 +226,10 @@ def _drift_need(inputs: PlanInputs) -> int:
 
 
 def _check(inputs: PlanInputs) -> None:
-    if not (inputs.sigma >= 0 and math.isfinite(inputs.sigma)):
-        raise ValueError(f"sigma must be a finite non-negative number, got {inputs.sigma}")
+    for name in ("sigma", "sigma_plain"):
+        value = getattr(inputs, name)
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite non-negative number, got {value}")
     if inputs.seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {inputs.seq_len}")
     if not 0 < inputs.false_alarm < 1 or not 0 < inputs.resolution < 1 or inputs.edit_cv <= 0:
@@ -212,7 +241,7 @@ def _check(inputs: PlanInputs) -> None:
 def _evaluate(
     inputs: PlanInputs, preview_n: int, final_n: int, chosen_by: str, needs: dict[str, int], notes: list[str]
 ) -> WindowPlan:
-    fa = noop_false_alarm(inputs.sigma, preview_n, final_n, inputs.drift_band)
+    fa = noop_false_alarm(inputs.sigma, preview_n, final_n, inputs.drift_band, inputs.sigma_plain)
     tokens = (preview_n + final_n) * (inputs.seq_len - 1)
     problems = []
     if preview_n < inputs.tier_floor[0] or final_n < inputs.tier_floor[1]:
@@ -236,7 +265,13 @@ def _evaluate(
             "overlap (each run is still its own random draw)"
         )
     at_estimate = (
-        noop_false_alarm(inputs.sigma_estimate, preview_n, final_n, inputs.drift_band)
+        noop_false_alarm(
+            inputs.sigma_estimate,
+            preview_n,
+            final_n,
+            inputs.drift_band,
+            inputs.sigma_plain if inputs.sigma_plain_estimate is None else inputs.sigma_plain_estimate,
+        )
         if inputs.sigma_estimate is not None
         else None
     )
@@ -246,7 +281,7 @@ def _evaluate(
         chosen_by,
         inputs,
         fa,
-        drift_quantile_band(inputs.sigma, preview_n, final_n) if inputs.sigma > 0 else (1.0, 1.0),
+        drift_quantile_band(inputs.sigma, preview_n, final_n, sigma_plain=inputs.sigma_plain),
         half,
         tokens,
         needs,
@@ -284,16 +319,18 @@ def pilot_sigma(window_nll: Sequence[float]) -> tuple[float, float]:
 
 
 def paired_sigma(first: Sequence[float], second: Sequence[float]) -> float:
-    """The spread that drives a paired draw's drift: std(x_a - x_b) / sqrt(2) over its window pairs (equal to the
-    plain per-window std when the pairs' two windows are unrelated)."""
+    """The spread that drives a paired draw's drift, whose coin flips give each pair's difference a random sign:
+    sqrt(mean((x_a - x_b)^2) / 2) over the pairs (the plain per-window std when a pair's two windows are
+    unrelated). The root mean square, not the standard deviation: sorted neighbours always differ with the same
+    sign, and the spread around their mean difference understates the draw's (by ~13% on 128 normal windows)."""
     diffs = [a - b for a, b in zip(first, second, strict=True) if math.isfinite(a) and math.isfinite(b)]
     if len(diffs) < 2:
         raise ValueError(f"the pilot needs at least 2 finite window pairs, got {len(diffs)}")
-    return statistics.stdev(diffs) / math.sqrt(2)
+    return math.sqrt(statistics.fmean(d * d for d in diffs) / 2)
 
 
 def matched_sigma(window_nll: Sequence[float], scorer_noise: float = SCORER_NOISE) -> float:
-    """The spread left in a matched draw's drift: windows sorted by NLL, neighbours paired, std(x_a - x_b)/sqrt(2),
+    """The spread left in a matched draw's drift: windows sorted by NLL, neighbours paired (``paired_sigma``),
     combined with ``scorer_noise`` (the scoring pass is not InvarLock's own pass to the last bit)."""
     ranked = sorted(float(x) for x in window_nll if math.isfinite(x))
     pairs = len(ranked) // 2
@@ -360,7 +397,13 @@ PILOT_WINDOWS_DOC = 128  # worker.windows.PILOT_WINDOWS (the worker's pilot size
 def main(argv: Sequence[str] | None = None) -> int:
     """Print a plan: ``python -m pytest_invarlock.campaign.window_planner --sigma 0.3 --seq-len 512``."""
     parser = argparse.ArgumentParser(prog="python -m pytest_invarlock.campaign.window_planner", description=main.__doc__)
-    parser.add_argument("--sigma", type=float, required=True, help="per-window std of mean NLL (nats)")
+    parser.add_argument("--sigma", type=float, required=True, help="per-window spread of mean NLL a matched draw leaves (nats)")
+    parser.add_argument(
+        "--sigma-plain",
+        type=float,
+        default=None,
+        help="plain per-window spread, which unequal arms' unpaired windows add (default: --sigma, an unmatched draw)",
+    )
     parser.add_argument("--seq-len", type=int, required=True)
     parser.add_argument("--acceptance", type=float, nargs=2, default=(0.90, 1.20))
     parser.add_argument("--drift-band", type=float, nargs=2, default=(0.95, 1.05))
@@ -371,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     inputs = PlanInputs(
         sigma=args.sigma,
+        sigma_plain=args.sigma_plain,
         seq_len=args.seq_len,
         acceptance=tuple(args.acceptance),
         drift_band=tuple(args.drift_band),

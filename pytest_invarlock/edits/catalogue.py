@@ -168,6 +168,7 @@ CATALOGUE: Mapping[str, EditType] = {
             "simulated FP4 E2M1, per 32-input group (e2m1) or per row from the 0.9 |w| quantile (aggressive)",
             (Param("variant", "VARIANT", "must be e2m1 or aggressive", _one_of(FP4_VARIANTS)), _SCOPE),
             "fp4:e2m1:ffn",
+            code_version=2,  # 2: ties round to the even code (1 rounded them toward zero)
         ),
         EditType(
             "magnitude_prune",

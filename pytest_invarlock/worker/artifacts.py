@@ -8,6 +8,7 @@ baseline and its edits are always read the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 from pytest_invarlock.campaign.suite import Model, Scenario
 from pytest_invarlock.edits.catalogue import parse_spec
-from pytest_invarlock.store import Artifact, Store, digest
+from pytest_invarlock.store import Artifact, Store, content_sha256, digest, stat_signature
 
 log = logging.getLogger("pytest_invarlock")
 BASELINE_LAYOUT_VERSION = 1
@@ -135,18 +136,61 @@ def model_profile(directory: Path, dtype: str) -> dict[str, Any]:
     }
 
 
-def baseline_artifact(model: Model, store: Store, *, offline: bool) -> Artifact:
-    """The baseline as a neutral directory of links to the source files, plus model_profile.json."""
-    source = source_directory(model, offline=offline)
-    key = digest("baseline", BASELINE_LAYOUT_VERSION, str(source), model.revision, model.dtype)
+def _model_files(source: Path) -> list[Path]:
+    """The files of a model directory that its baseline links (and its content digest covers), by name."""
+    return sorted(entry for entry in source.iterdir() if entry.is_file())
+
+
+def weights_digest(source: Path, store: Store) -> str:
+    """The content of a model directory: sha256 of a ``sha256sum``-style listing (``<sha256>  <name>`` per line,
+    names sorted) of every file its baseline links, weights, config and tokenizer alike.
+
+    Hub snapshots are hashed too: their path already names the commit, but one meaning for every record is worth
+    one read (README, "Content-addressed baselines", has the cost).
+    """
+    listing = "".join(f"{_file_sha256(path, store)}  {path.name}\n" for path in _model_files(source))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _file_sha256(path: Path, store: Store) -> str:
+    """A file's sha256, read once per version of the file: the store keeps it under the file's stat signature
+    (``store.stat_signature``: device, inode, size, mtime, ctime), so later sessions only stat the file, and a
+    file rewritten in place (same size, mtime put back or not) is read again, alone."""
+    signature = stat_signature(path)
+    key = digest("file-sha256", str(path.resolve()), *signature)
 
     def build(tmp: Path) -> dict[str, Any]:
-        for entry in sorted(source.iterdir()):
-            if entry.is_file():
-                os.symlink(entry.resolve(), tmp / entry.name)
+        sha = content_sha256(path)
+        if stat_signature(path) != signature:
+            raise ModelUnavailable(f"'{path}' changed while it was being hashed (a copy still running?); rerun once it stays put")
+        return {"file": str(path.resolve()), "sha256": sha}
+
+    return str(store.metadata(store.produce("digests", key, build).path)["sha256"])
+
+
+def baseline_artifact(model: Model, store: Store, *, offline: bool) -> Artifact:
+    """The baseline as a neutral directory of links to the source files, plus model_profile.json.
+
+    Keyed on the files' content (``weights_digest``, also in its artifact.json) besides their path: weights
+    replaced in place make a new baseline, and with it new windows, edits and certificates, whose keys all
+    include the baseline's.
+    """
+    source = source_directory(model, offline=offline)
+    content = weights_digest(source, store)
+    key = digest("baseline", BASELINE_LAYOUT_VERSION, str(source), model.revision, model.dtype, content)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        for entry in _model_files(source):
+            os.symlink(entry.resolve(), tmp / entry.name)
         profile = model_profile(tmp, model.dtype)
         (tmp / "model_profile.json").write_text(json.dumps(profile, indent=2) + "\n")
-        return {"model": model.name, "source": model.source, "resolved": str(source), "revision": model.revision}
+        return {
+            "model": model.name,
+            "source": model.source,
+            "resolved": str(source),
+            "revision": model.revision,
+            "weights_digest": content,
+        }
 
     return store.produce("baselines", key, build)
 

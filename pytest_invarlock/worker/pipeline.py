@@ -25,7 +25,15 @@ from pytest_invarlock.campaign.suite import Model, Scenario
 from pytest_invarlock.edits.catalogue import parse_spec
 from pytest_invarlock.records import base_record, junit_properties
 from pytest_invarlock.state import ConfigState
-from pytest_invarlock.store import Artifact, StoreError, digest, disk_full_message, is_disk_full, write_json_atomic
+from pytest_invarlock.store import (
+    Artifact,
+    StoreError,
+    content_sha256,
+    digest,
+    disk_full_message,
+    is_disk_full,
+    write_json_atomic,
+)
 from pytest_invarlock.worker import execution, provenance
 from pytest_invarlock.worker.artifacts import ModelCache, baseline_artifact, default_cache_bytes, edit_artifact
 
@@ -101,6 +109,10 @@ class Worker:
         return self._once(
             "baseline", model.name, lambda: baseline_artifact(model, self.store, offline=self.state.options.offline)
         )
+
+    def weights_digest(self, model: Model) -> str:
+        """The content digest of the baseline's files (``artifacts.weights_digest``): what every record's weights derive from."""
+        return str(self.store.metadata(self.baseline(model).path)["weights_digest"])
 
     def window_pool(self, model: Model):
         """The local corpus packed into full windows for the model's tokenizer (worker.windows)."""
@@ -227,7 +239,7 @@ class Worker:
     def _settings_key(self, settings) -> dict[str, Any]:
         data = {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items() if k != "threads"}
         if settings.dataset_file is not None:
-            data["dataset_sha"] = _file_digest(settings.dataset_file)
+            data["dataset_sha"] = content_sha256(settings.dataset_file)
         return data
 
     def evaluate_options(self, item: Item | None) -> dict[str, Any]:
@@ -405,7 +417,11 @@ class Worker:
         baseline = self.baseline(model)
         if baseline.reused:
             reused.append(f"baseline:{model.name}")
-        extra: dict[str, Any] = {"weights": baseline.path.name, "revision": model.revision}
+        extra: dict[str, Any] = {
+            "weights": baseline.path.name,
+            "revision": model.revision,
+            "weights_digest": self.weights_digest(model),
+        }
         if item.kind == "calibration":
             verdict, artifact = self.calibration(model, item.run, item)
             preset_path = None
@@ -500,7 +516,9 @@ class Worker:
             "preset": str(preset_path) if preset_path else None,  # calibrated; the certificate used invarlock_config
             "reused": reused,
             "environment": self.environment,
-            **(extra or {}),  # weights: the store key of the evaluated weights; revision: the pinned commit
+            # weights: the store key of the evaluated weights; revision: the pinned commit; weights_digest: the
+            # content of the baseline's files they come from
+            **(extra or {}),
         }
         return ItemResult(record, judgement.met, judgement.explanation, junit_properties(record))
 
@@ -564,6 +582,7 @@ class Worker:
             "weights": directory.name,
             "revision": model.revision,
             "environment": self.environment,
+            "weights_digest": self.weights_digest(model),
         }
         explanation = (
             f"lm-eval {item.benchmark} on {item.variant}: accuracy {accuracy} (stderr {result['stderr']}, n {result['n']})"
@@ -607,25 +626,6 @@ def _log_says_disk_full(log_file: Path) -> bool:
     except OSError:
         return False
     return is_disk_full(OSError(text[-20000:])) or "ENOSPC" in text
-
-
-_CONTENT_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _file_digest(path: Path) -> str:
-    """sha256 of the file's bytes (memoised per path, size and mtime): a copied or touched corpus keeps
-    its digest, and an edited one changes it."""
-    import hashlib
-
-    stat = path.stat()
-    memo = (str(path), stat.st_size, stat.st_mtime_ns)
-    if memo not in _CONTENT_DIGESTS:
-        sha = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(block)
-        _CONTENT_DIGESTS[memo] = sha.hexdigest()
-    return _CONTENT_DIGESTS[memo]
 
 
 def calibration_runs(suite) -> int:

@@ -19,9 +19,9 @@ tokenizer and ``seq_len`` (``pool``: one JSON line per window with its ``text`` 
 A *draw* for run ``k`` takes a block of ``preview_n + final_n`` candidate windows from a seeded permutation
 of the pool: run k gets block k, so the first ``pool // n`` runs see disjoint windows (later runs reshuffle
 with the next seed). The baseline scores the candidates (per-window NLL) and ``matched_split`` pairs them by
-difficulty across the two arms, which stay exchangeable. ``window_digest`` is the sha256 of the token ids of
-preview then final windows (JSON list of lists, no spaces): two results with the same weights and digest are
-the same evidence. Pure Python apart from the tokenizer the caller passes in.
+difficulty across the two arms, which stay exchangeable (with unequal arms the extra windows go unpaired).
+``window_digest`` is the sha256 of the token ids of preview then final windows (JSON list of lists, no
+spaces): two results with the same weights and digest are the same evidence. Pure Python apart from the tokenizer the caller passes in.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 from pytest_invarlock.store import Store, digest
 
 PACKER_VERSION = 1
-DRAW_VERSION = 2  # 2: matched on the baseline's per-window NLL (1: neighbouring pairs of the pool)
+DRAW_VERSION = 3  # 3: unequal arms matched too, pilot residual by root mean square; 2: matched on the baseline's NLL
 POOL_FILE = "pool.jsonl"
 DRAW_FILE = "windows.jsonl"
 SCORES_FILE = "scores.json"
@@ -212,21 +212,25 @@ def matched_split(candidates: Sequence[int], scores: Sequence[float], preview_n:
     own per-window NLL (``scores``, one per candidate), so the two arms carry the same difficulty and a no-op's
     final/preview drift is left with the pairs' small residual instead of the spread between windows (SmolLM2:
     0.41 nats per window unmatched, 0.04 matched in the pilot). A coin flip per pair picks which of its two windows goes to
-    preview, so the arms stay exchangeable and the drift unbiased. Unequal arms get a random split.
+    preview, so the arms stay exchangeable and the drift unbiased. Unequal arms: ``|preview_n - final_n|``
+    candidates picked at random go to the larger arm unpaired and the rest are matched as above, so only those
+    few carry the plain spread into the drift (``campaign.window_planner.drift_sd`` counts them).
     """
     flips = random.Random(f"{seed}-{block}")
     final_n = len(candidates) - preview_n
-    if preview_n != final_n:
-        shuffled = list(candidates)
-        flips.shuffle(shuffled)
-        return shuffled
-    ranked = sorted(zip(candidates, scores, strict=True), key=lambda c: (_finite_or_inf(c[1]), c[0]))
+    extra = abs(preview_n - final_n)
+    unpaired = set(flips.sample(range(len(candidates)), extra)) if extra else set()
+    ranked = sorted(
+        ((c, s) for i, (c, s) in enumerate(zip(candidates, scores, strict=True)) if i not in unpaired),
+        key=lambda c: (_finite_or_inf(c[1]), c[0]),
+    )
     preview, final = [], []
     for first, second in zip(ranked[0::2], ranked[1::2], strict=True):
         if flips.random() < 0.5:
             first, second = second, first
         preview.append(first[0])
         final.append(second[0])
+    (preview if preview_n > final_n else final).extend(candidates[i] for i in sorted(unpaired))
     return preview + final
 
 
@@ -369,8 +373,9 @@ def pilot(
     store: Store, source: Pool, weights: str, load_model: Callable[[], Any], device: str, windows: int = PILOT_WINDOWS
 ) -> dict[str, Any]:
     """Per-window mean NLL of the baseline on ``windows`` random windows of the pool (cached per pool and
-    weights): ``sigma`` is their plain spread, ``sigma_drift`` the spread left in a matched draw's drift
-    (``campaign.window_planner.matched_sigma``: the pilot's own neighbours in difficulty, coarser than a draw's)."""
+    weights): ``sigma`` is their plain spread (what unequal arms' unpaired windows add), ``sigma_drift`` the spread
+    left in a matched draw's drift (``campaign.window_planner.matched_sigma``: the pilot's own neighbours in
+    difficulty, coarser than a draw's)."""
     key = digest("window-pilot", DRAW_VERSION, source.key, weights, windows, PILOT_SEED)
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -401,11 +406,14 @@ def plan(settings: Any, pilot_meta: dict[str, Any], pool_windows: int | None, ru
     from pytest_invarlock.campaign.window_planner import PlanInputs, assess, plan_windows, sigma_upper_bound
 
     floors = TIER_FLOORS.get(settings.tier, {"preview": 1, "final": 1})
-    estimate = float(pilot_meta.get("sigma_drift", pilot_meta["sigma"]))
+    windows = int(pilot_meta["windows"])
+    estimate, plain = float(pilot_meta["sigma_drift"]), float(pilot_meta["sigma"])
     stock_tokens = get_tier_policies().get(settings.tier, {}).get("metrics", {}).get("pm_ratio", {}).get("min_tokens", 0)
     inputs = PlanInputs(
-        sigma=sigma_upper_bound(estimate, max(2, int(pilot_meta["windows"]) // 2)),
+        sigma=sigma_upper_bound(estimate, max(2, windows // 2)),
         sigma_estimate=estimate,
+        sigma_plain=sigma_upper_bound(plain, max(2, windows)),
+        sigma_plain_estimate=plain,
         seq_len=settings.seq_len,
         acceptance=(settings.acceptance_min, settings.acceptance_max),
         drift_band=DEFAULT_DRIFT_BAND,
@@ -413,7 +421,7 @@ def plan(settings: Any, pilot_meta: dict[str, Any], pool_windows: int | None, ru
         tier_floor=(floors["preview"], floors["final"]),
         pool_windows=pool_windows,
         runs=max(1, runs),
-        pilot_windows=int(pilot_meta["windows"]),
+        pilot_windows=windows,
         pilot_mean_nll=float(pilot_meta["mean_nll"]),
     )
     if getattr(settings, "windows", None) == "auto":

@@ -200,3 +200,69 @@ def test_sigma_upper_bound_covers_the_truth_about_90_percent_of_the_time() -> No
     plan = wp.plan_windows(inputs(sigma=0.3, sigma_estimate=0.25))
     assert plan.false_alarm_estimate is not None and plan.false_alarm_estimate < plan.false_alarm <= 0.01
     assert "planned on its 90% upper bound 0.3000" in plan.summary()
+
+
+# --------------------------------------------------------------------------- unequal arms and the pilot's residual
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sigma=st.floats(0.0, 1.0),
+    plain=st.floats(0.0, 1.0),
+    preview_n=st.integers(1, 2000),
+    final_n=st.integers(1, 2000),
+)
+def test_drift_sd_reduces_to_the_matched_and_the_unmatched_draw(sigma, plain, preview_n, final_n) -> None:
+    sd = wp.drift_sd(sigma, preview_n, final_n, plain)
+    assert sd == pytest.approx(wp.drift_sd(sigma, final_n, preview_n, plain))  # which arm is larger does not matter
+    unmatched = math.sqrt(1 / preview_n + 1 / final_n)
+    assert wp.drift_sd(sigma, preview_n, final_n) == pytest.approx(sigma * unmatched)  # no plain spread: random halves
+    assert wp.drift_sd(plain, preview_n, final_n, plain) == pytest.approx(plain * unmatched)
+    if preview_n == final_n:  # every window paired: the plain spread does not enter
+        assert sd == pytest.approx(sigma * unmatched)
+    else:  # the unpaired windows carry the plain spread: more drift as it grows, never more than random halves
+        assert wp.drift_sd(sigma, preview_n, final_n, plain * 2) >= sd
+        if sigma <= plain:
+            assert sd <= plain * unmatched * (1 + 1e-12)
+
+
+def test_a_single_unpaired_window_costs_almost_nothing_and_many_are_flagged() -> None:
+    """200 + 199 windows at a plain spread of 0.41 and a pilot residual of 0.03: one window goes unpaired, so the
+    drift stays matched (sd ~0.0036); 400 + 180 leaves 220 windows unpaired and breaks the 1% promise."""
+    sd = wp.drift_sd(0.03, 200, 199, 0.41)
+    assert sd == pytest.approx(math.sqrt(399 / (2 * 199 * 200**2) * (0.41**2 * 1 + 0.03**2 * 399)))
+    assert 0.003 < sd < 0.004
+    near = wp.assess(inputs(sigma=0.03, sigma_plain=0.41, min_tokens=0), 200, 199)
+    assert near.false_alarm == pytest.approx(wp.noop_false_alarm(0.03, 200, 199, BAND, 0.41)) and not near.underpowered
+    assert "unequal arms: 1 window unpaired, at the plain spread 0.4100" in near.summary()
+    far = wp.assess(inputs(sigma=0.03, sigma_plain=0.41, min_tokens=0), 400, 180)
+    assert far.underpowered and any("drift gate with probability" in p for p in far.problems)
+    assert wp.assess(inputs(sigma=0.03, min_tokens=0), 400, 180).false_alarm < far.false_alarm  # plain spread matters
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.floats(-5, 5), st.floats(-5, 5)), min_size=2, max_size=60),
+    swaps=st.lists(st.booleans(), min_size=60, max_size=60),
+)
+def test_paired_sigma_ignores_which_window_of_a_pair_comes_first(pairs, swaps) -> None:
+    """The draw flips a coin per pair, so only |x_a - x_b| matters: the root mean square of the differences.
+    The old standard deviation read sorted neighbours' same-sign differences around their mean, ~13% low."""
+    first, second = [a for a, _ in pairs], [b for _, b in pairs]
+    swapped = [(b, a) if swap else (a, b) for (a, b), swap in zip(pairs, swaps, strict=False)]
+    expected = math.sqrt(statistics.fmean((a - b) ** 2 for a, b in pairs) / 2)
+    assert wp.paired_sigma(first, second) == pytest.approx(expected, abs=1e-12)
+    assert wp.paired_sigma([a for a, _ in swapped], [b for _, b in swapped]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_matched_sigma_of_evenly_spaced_windows_is_not_zero() -> None:
+    # Neighbours 1 nat apart: every pair's difference is -1, whose standard deviation is 0 (the old reading: no
+    # spread at all); a coin flip per pair makes the drift's per-window spread sqrt(1/2).
+    assert wp.matched_sigma([3.0, 0.0, 2.0, 1.0, 5.0, 4.0], scorer_noise=0.0) == pytest.approx(math.sqrt(0.5))
+    assert wp.matched_sigma([0.0, 1.0, 2.0, 3.0]) == pytest.approx(math.hypot(math.sqrt(0.5), wp.SCORER_NOISE))
+
+
+def test_the_cli_takes_the_plain_spread_for_unequal_arms(capsys: pytest.CaptureFixture[str]) -> None:
+    assert wp.main(["--sigma", "0.03", "--sigma-plain", "0.41", "--seq-len", "128", "--windows", "200", "199"]) == 0
+    out = capsys.readouterr().out
+    assert "200+199 windows (explicit)" in out and "1 window unpaired, at the plain spread 0.4100" in out

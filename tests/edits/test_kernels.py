@@ -3,8 +3,9 @@
 Each property pairs an invariance (idempotence, 2^k scaling, chunking) with a check that the
 kernel did its job (values on the format's grid, k entries zeroed, rank r), so an identity
 kernel, a kernel with a per-chunk scale, an unscaled FP8 cast or a mixed-up FP8 format fails.
-FP8 values are checked against a table of representable values built from the bit layout; the
-randomized-SVD branch runs on a matrix wider than EXACT_SVD_MAX_DIM.
+FP8 and FP4 values are checked against tables of representable values built from the bit layout
+(FP4 also per 32-input block, at ties and across block boundaries, so truncation or one scale per
+row fails); the randomized-SVD branch runs on a matrix wider than EXACT_SVD_MAX_DIM.
 """
 
 from __future__ import annotations
@@ -165,6 +166,59 @@ def test_fp8_table_matches_torch_float8_dtypes() -> None:
         assert float(table[-1]) == FP8_MAX[fmt] == torch.finfo(dtype).max
 
 
+E2M1_LAYOUT = (2, 1, 1)  # exponent bits, mantissa bits, bias: OCP MX E2M1, no inf or NaN
+
+
+def e2m1_table() -> Tensor:
+    """Every non-negative E2M1 value, ascending (index = code): 0, 0.5, 1, 1.5, 2, 3, 4, 6."""
+    exponent_bits, mantissa_bits, bias = E2M1_LAYOUT
+    values = []
+    for exponent in range(2**exponent_bits):
+        for mantissa in range(2**mantissa_bits):
+            fraction = mantissa / 2**mantissa_bits
+            values.append(fraction * 2.0 ** (1 - bias) if exponent == 0 else (1 + fraction) * 2.0 ** (exponent - bias))
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def nearest_even_code(magnitude: Tensor, table: Tensor) -> Tensor:
+    """The table value nearest each magnitude, ties to the even code (the last value saturates)."""
+    upper = torch.searchsorted(table, magnitude).clamp(max=len(table) - 1)
+    lower = (upper - 1).clamp(min=0)
+    low_gap, high_gap = magnitude - table[lower], table[upper] - magnitude
+    pick_upper = (high_gap < low_gap) | ((high_gap == low_gap) & (upper % 2 == 0))
+    return torch.where(pick_upper, table[upper], table[lower])
+
+
+def fp4_reference(matrix: Tensor, variant: str) -> Tensor:
+    """The documented FP4 round trip, computed in float64 one row (aggressive) or one 32-input block (e2m1) at a time.
+
+    e2m1: the block's scale is the smallest power of two s with max|w| / s <= 6 (1 for an all-zero block).
+    aggressive: the row's scale s puts its round(0.9 * in)-th smallest |w| (the max when that is 0) in [4, 8)
+    times s. Each w/s goes to the nearest E2M1 value, ties to the even code, magnitudes above 6 to 6.
+    """
+    table, values = e2m1_table(), matrix.double()
+    out = torch.empty_like(values)
+    width = MXFP4_BLOCK if variant == "e2m1" else max(1, values.shape[1])
+    for row in range(values.shape[0]):
+        for start in range(0, values.shape[1], width):
+            block = values[row, start : start + width]
+            magnitudes = block.abs()
+            if variant == "e2m1":
+                reference = float(magnitudes.max())
+            else:
+                rank = max(1, round(AGGRESSIVE_QUANTILE * block.numel()))
+                reference = float(magnitudes.sort().values[rank - 1]) or float(magnitudes.max())
+            scale = 1.0
+            if reference > 0:
+                exponent = math.frexp(reference)[1] - 3  # reference / 2^exponent in [4, 8)
+                if variant == "e2m1" and reference / 2.0**exponent > 6:
+                    exponent += 1  # the smallest power of two that keeps the block's max at or below 6
+                scale = 2.0**exponent
+            rounded = nearest_even_code((magnitudes / scale).clamp(max=float(table[-1])), table)
+            out[row, start : start + width] = torch.sign(block) * rounded * scale
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Hand-computed values
 
@@ -201,6 +255,109 @@ def test_fp4_hand_computed() -> None:
     grid = torch.tensor([[6.0, 3.2, -0.7, 0.2]])
     fp4_round_trip_(grid, "e2m1")
     assert grid.tolist() == [[6.0, 3.0, -0.5, 0.0]]
+
+
+def test_e2m1_table_is_the_grid_the_kernel_documents() -> None:
+    from pytest_invarlock.edits.kernels.quant import E2M1_GRID
+
+    assert e2m1_table().tolist() == list(E2M1_GRID) == [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+
+
+def test_fp4_hand_computed_block_boundary() -> None:
+    """40 inputs: a full block whose max is 6 and a partial block of 8 small values with its own scale; a block of
+    zeros stays zero. One scale per row would flush the second block to zero; truncation would turn 0.9 into 0.5."""
+    row = torch.zeros(2, 40)
+    row[0, :4] = torch.tensor([6.0, 0.9, -2.6, 0.2])
+    row[0, 32:36] = torch.tensor([0.03, -0.011, 0.0045, 0.02])  # max 0.03: scale 2^-7, 0.03 / 2^-7 = 3.84 -> 4
+    row[1, 32:34] = torch.tensor([-5.0, 2.5])  # block 0 of row 1 is all zeros (scale 1); 5 and 2.5 are ties -> 4, 2
+    out = row.clone()
+    fp4_round_trip_(out, "e2m1")
+    assert out[0, :4].tolist() == [6.0, 1.0, -3.0, 0.0]
+    assert out[0, 32:36].tolist() == [4 * 2.0**-7, -1.5 * 2.0**-7, 0.5 * 2.0**-7, 3 * 2.0**-7]
+    assert not bool(out[0, 4:32].any()) and not bool(out[0, 36:].any())
+    assert out[1].tolist() == [0.0] * 32 + [-4.0, 2.0] + [0.0] * 6
+
+
+def matrix_with_blocks(seed: int, rows: int, cols: int, zero_blocks: list[bool]) -> Tensor:
+    """random_matrix with each 32-input block scaled by its own power of ten (or zeroed): blocks of one row differ."""
+    generator = torch.Generator().manual_seed(seed + 2)
+    matrix = random_matrix(seed, rows, cols)
+    for block, start in enumerate(range(0, cols, MXFP4_BLOCK)):
+        factor = 0.0 if zero_blocks[block % len(zero_blocks)] else 10.0 ** int(torch.randint(-3, 3, (), generator=generator))
+        matrix[:, start : start + MXFP4_BLOCK] *= factor
+    return matrix
+
+
+fp4_variants = st.sampled_from(("e2m1", "aggressive"))
+fp4_shapes = st.tuples(st.integers(1, 6), st.integers(1, 130))  # in_features across several blocks, mostly not x32
+
+
+@settings(max_examples=80, deadline=None)
+@given(seeds, fp4_shapes, fp4_variants, st.lists(st.booleans(), min_size=1, max_size=5))
+def test_fp4_equals_the_reference_per_block(seed: int, shape: tuple[int, int], variant: str, zero_blocks: list[bool]) -> None:
+    """Bit-exact against the float64 reference: one scale per 32-input block (e2m1) or per row (aggressive), round to
+    the nearest E2M1 value. Blocks of a row sit decades apart and some are all zeros, so a per-row e2m1 scale, a
+    per-block aggressive one, truncation or a NaN from a zero block all differ from it."""
+    original = matrix_with_blocks(seed, *shape, zero_blocks)
+    out = original.clone()
+    fp4_round_trip_(out, variant)
+    expected = fp4_reference(original, variant)
+    assert torch.equal(out.double(), expected), (original, out, expected)
+    assert not bool(out.isnan().any())
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.integers(33, 130), st.integers(1, 4))
+def test_fp4_e2m1_blocks_are_quantised_independently(seed: int, cols: int, rows: int) -> None:
+    """A row's result is the concatenation of its 32-input blocks' results, each quantised alone (the last one
+    shorter when in_features is not a multiple of 32)."""
+    original = matrix_with_blocks(seed, rows, cols, [False])
+    whole = original.clone()
+    fp4_round_trip_(whole, "e2m1")
+    for start in range(0, cols, MXFP4_BLOCK):
+        alone = original[:, start : start + MXFP4_BLOCK].clone()
+        fp4_round_trip_(alone, "e2m1")
+        assert torch.equal(whole[:, start : start + MXFP4_BLOCK], alone)
+
+
+TIES = {0.25: 0.0, 0.75: 1.0, 1.25: 1.0, 1.75: 2.0, 2.5: 2.0, 3.5: 4.0, 5.0: 4.0}  # halfway -> the even code's value
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(-20, 20),
+    st.lists(st.tuples(st.sampled_from(sorted(TIES)), st.booleans()), min_size=1, max_size=31),
+    st.integers(0, 40),
+    fp4_variants,
+)
+def test_fp4_values_halfway_between_grid_points_round_to_the_even_code(
+    k: int, ties: list[tuple[float, bool]], offset: int, variant: str
+) -> None:
+    """Halfway values, either sign, at scale 2^k: e2m1 blocks whose max is 6 * 2^k, aggressive rows whose 0.9
+    quantile is 4 * 2^k (both scales are then 2^k). Truncation, and ties away from or toward zero, differ."""
+    scale = 2.0**k
+    values = [(-tie if negative else tie) * scale for tie, negative in ties]
+    expected = [(-TIES[tie] if negative else TIES[tie]) * scale for tie, negative in ties]
+    if variant == "e2m1":  # the block starts at a multiple of 32; what precedes it is another block
+        anchor = [6.0 * scale]
+        row = [0.001 * scale] * (offset // MXFP4_BLOCK * MXFP4_BLOCK) + anchor + values
+        first = len(row) - len(values)
+    else:
+        anchor = [4.0 * scale] * (9 * len(values) + 10)  # the 0.9 quantile falls among these
+        row, first = values + anchor, 0
+    out = torch.tensor([row], dtype=torch.float32)
+    fp4_round_trip_(out, variant)
+    assert out[0, first : first + len(values)].tolist() == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(seeds, fp4_shapes, fp4_variants)
+def test_fp4_negative_values_mirror_positive_ones(seed: int, shape: tuple[int, int], variant: str) -> None:
+    original = matrix_with_blocks(seed, *shape, [False])
+    plus, minus = original.clone(), -original
+    fp4_round_trip_(plus, variant)
+    fp4_round_trip_(minus, variant)
+    assert torch.equal(minus, -plus)  # rounding is by magnitude: no floor toward -inf, no sign-dependent scale
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import offline_options, random_small_model
+from helpers import offline_options, random_small_model, small_model_suite
 from pytest_invarlock.campaign.items import build_items
 from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.state import ConfigState
@@ -65,21 +65,6 @@ def test_oom_recognition_and_batch_steps():
 
 # --- a real worker on a small random model -----------------------------------------------------------
 
-SUITE = """
-name: faults
-device: cpu
-runs: {{calibration: 1, clean: 1, stress: 0, error: 0}}
-errors: false
-models:
-  - {{name: m, source: {source}, size_class: tiny, dtype: float32, params_b: 0.0001,
-     invarlock: {{seq_len: 32, stride: 32, preview_windows: 180, final_windows: 180, min_tokens: 1000,
-                 guard_overhead: false, lm_eval_batch: "8"}}}}
-scenarios: [calibration]
-timeouts: {{calibration: 4, benchmark: 120}}
-benchmarks: {{tasks: [kjv_cloze], num_fewshot: 0, limit: 4}}
-invarlock: {{dataset: local}}
-"""
-
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict:
@@ -87,7 +72,7 @@ def assets(tmp_path_factory) -> dict:
     made = random_small_model(root)
     model_dir, corpus = made["m0"], made["corpus"]
     suite_file = root / "faults.yaml"
-    suite_file.write_text(SUITE.format(source=model_dir))
+    suite_file.write_text(small_model_suite(model_dir, name="faults", extra="timeouts: {calibration: 4, benchmark: 120}\n"))
     return {"model": model_dir, "corpus": corpus, "suite": suite_file}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,7 +10,7 @@ import pytest
 
 from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.worker import certifier
-from pytest_invarlock.worker.pipeline import Worker, _file_digest, calibration_runs
+from pytest_invarlock.worker.pipeline import Worker, calibration_runs
 
 pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
 
@@ -35,17 +34,6 @@ def test_preset_uses_the_calibration_scenarios_own_run_count() -> None:
     # A scenario-level `runs:` wins, as it does for the items the suite builds.
     suite = replace(suite, scenarios=tuple(replace(s, runs=2) if s is scenario else s for s in suite.scenarios))
     assert calibration_runs(suite) == 2 != suite.runs["calibration"]
-
-
-def test_dataset_digest_is_the_content(tmp_path: Path) -> None:
-    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    first.write_text('{"text": "in the beginning"}\n')
-    second.write_text('{"text": "in the beginning"}\n')
-    os.utime(second, ns=(1, 1))
-    # Same bytes, different path and mtime: the same digest (the old digest hashed path, size and mtime).
-    assert _file_digest(first) == _file_digest(second)
-    first.write_text('{"text": "in the beginninG"}\n')  # same size, new content
-    assert _file_digest(first) != _file_digest(second)
 
 
 def test_a_missing_local_model_directory_is_named_as_such(tmp_path: Path, monkeypatch) -> None:

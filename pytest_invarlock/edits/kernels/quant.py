@@ -72,10 +72,13 @@ def fp8_round_trip_(matrix: Tensor, fmt: str, *, chunk_elems: int = DEFAULT_CHUN
 
 
 def _round_to_e2m1(scaled: Tensor) -> Tensor:
-    """Nearest E2M1 value with sign; magnitudes beyond 6 saturate at 6."""
-    grid = torch.tensor(E2M1_GRID, device=scaled.device)
-    index = torch.bucketize(scaled.abs().contiguous(), (grid[1:] + grid[:-1]) / 2)
-    return torch.sign(scaled) * grid[index]
+    """Nearest E2M1 value with sign, ties to the even code (IEEE round-to-nearest-even, as hardware FP4
+    conversions do); magnitudes beyond 6 saturate at 6. E2M1 steps by 0.5 below 2, by 1 up to 4 and by 2 up
+    to 6, and within each binade an even multiple of the step is an even code, so ``torch.round`` (half to
+    even) of the magnitude in steps is exactly that rounding."""
+    magnitude = scaled.abs().clamp(max=E2M1_GRID[-1])
+    step = torch.where(magnitude < 2, 0.5, torch.where(magnitude < 4, 1.0, 2.0))
+    return torch.sign(scaled) * torch.round(magnitude / step) * step
 
 
 def _pow2_floor_scale(reference: Tensor) -> Tensor:
