@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 
+from pytest_invarlock.campaign.failures import DEFAULT_MAX_MODEL_FAILURES
 from pytest_invarlock.campaign.items import Item, build_items, index_items
 from pytest_invarlock.campaign.kinds import SCENARIO_KINDS
 from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
 from pytest_invarlock.campaign.revisions import HOW_TO_PIN, REVISIONS_FILE, resolve_revisions
 from pytest_invarlock.campaign.suite import Model, Suite, SuiteError, load_suite, override_suite, user_path
+from pytest_invarlock.campaign.time_limits import parse_command_line
 from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, parse_gpu_spec, probe_gpus
 from pytest_invarlock.scheduling.tasks import task_id, unplaceable_items
 from pytest_invarlock.store import Store
@@ -54,6 +56,17 @@ def declared_suite(config: pytest.Config) -> str | None:
 
 
 @dataclass(frozen=True)
+class RunLimits:
+    """What a long campaign may spend: time limits given on the command line (kind -> seconds, exact), the
+    edit budget and disk headroom in GB (None: the disk plan's), item errors of one model before its breaker opens."""
+
+    timeouts: dict[str, float] = field(default_factory=dict)
+    edit_budget_gb: float | None = None
+    disk_headroom_gb: float | None = None
+    max_model_failures: int = DEFAULT_MAX_MODEL_FAILURES
+
+
+@dataclass(frozen=True)
 class Options:
     calibrate_only: bool
     no_benchmarks: bool
@@ -61,6 +74,7 @@ class Options:
     recompute: bool
     certify_mode: str
     determinism: str
+    limits: RunLimits = field(default_factory=RunLimits)
 
 
 @dataclass
@@ -204,6 +218,21 @@ def run_dir_problem(run_dir: Path) -> str | None:
     return None
 
 
+def run_limits(config: pytest.Config) -> RunLimits:
+    """The --invarlock-timeout/-edit-budget/-disk-headroom/-max-model-failures options (registered by `reliability`)."""
+    try:
+        timeouts = parse_command_line(config.getoption("invarlock_timeouts", None) or [])
+    except ValueError as exc:
+        raise SuiteError(str(exc)) from None
+    failures = config.getoption("invarlock_max_model_failures", None)
+    return RunLimits(
+        timeouts=timeouts,
+        edit_budget_gb=config.getoption("invarlock_edit_budget", None),
+        disk_headroom_gb=config.getoption("invarlock_disk_headroom", None),
+        max_model_failures=DEFAULT_MAX_MODEL_FAILURES if failures is None else failures,
+    )
+
+
 def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
     suite = load_suite(suite_name)
     models_option = config.getoption("models")
@@ -232,6 +261,7 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
         recompute=config.getoption("recompute"),
         certify_mode=config.getoption("certify_mode"),
         determinism=config.getoption("determinism"),
+        limits=run_limits(config),
     )
     run_dir_option = config.getoption("run_dir")
     run_dir = user_path(run_dir_option, "--run-dir") if run_dir_option else Path(config.rootpath) / "validation-runs" / suite.name
