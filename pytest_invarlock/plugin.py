@@ -28,7 +28,7 @@ from pytest_invarlock.campaign.kinds import KIND_HELP, SCENARIO_KINDS
 from pytest_invarlock.campaign.suite import SuiteError
 from pytest_invarlock.state import STATE_KEY, SUITE_INI, ConfigState, build_state, declared_suite
 
-pytest_plugins = ["pytest_invarlock.fixtures", "pytest_invarlock.distribution"]
+pytest_plugins = ["pytest_invarlock.fixtures", "pytest_invarlock.distribution", "pytest_invarlock.reliability"]
 
 DEFAULT_SUITE = "tiny"
 SIZE_MARKER_PREFIX = collection.SIZE_MARKER_PREFIX
