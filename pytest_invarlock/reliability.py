@@ -90,6 +90,7 @@ class EditTracker:
         self.config, self.state, self.workers = config, state, workers
         self.needs: Needs | None = None
         self.by_nodeid: dict[str, tuple[str, str]] = {}  # nodeid -> (the edit it needs, its param id)
+        self.planned = False  # whether any item of this session needs an edit
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -114,6 +115,7 @@ class EditTracker:
                 name = edit_id(item.model.name, spec)
                 self.by_nodeid[nodeid] = (name, item.param_id)
                 self.needs.pending.setdefault(name, set()).add(item.param_id)
+        self.planned = bool(self.needs.pending)
         write_needs(self.state.run_dir, self.state.session, self.needs)
 
     @pytest.hookimpl(trylast=True)
@@ -133,5 +135,5 @@ class EditTracker:
 
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.needs is not None:
+        if self.needs is not None and self.needs.budget is not None and self.planned:  # a session without edits leaves them
             make_room(self.state.store, self.needs, incoming=0, reason="the session ended")

@@ -219,13 +219,16 @@ def transient_wait_s(attempt: int, stats: ItemStats, *, retries: int = TRANSIENT
     return backoff_s(attempt, base_s=BACKOFF_BASE_S)
 
 
-def can_hand_back(state: Any, item: Item, stats: ItemStats, memory: FailureMemory, *, scheduled: bool) -> bool:
-    """Whether the GPU scheduler could still give this item more GPUs than it has: it schedules this
-    worker (`scheduled`), the node has more GPUs than the placement, and the item was not given back before."""
+def no_larger_placement(state: Any, item: Item, stats: ItemStats, memory: FailureMemory, *, scheduled: bool) -> str | None:
+    """Why the GPU scheduler cannot give this item more GPUs than it has, or None when it can."""
     placed = len(stats.placement or ()) or 1
-    return (
-        scheduled and "PYTEST_XDIST_WORKER" in os.environ and len(state.gpus) > placed and not memory.handed_back(item.param_id)
-    )
+    if not scheduled or "PYTEST_XDIST_WORKER" not in os.environ:
+        return "only the GPU scheduler (pytest -n, no --dist) places items on more GPUs"
+    if len(state.gpus) <= placed:
+        return f"it already had all {len(state.gpus)} GPU(s) of this node"
+    if memory.handed_back(item.param_id):
+        return "it was given a larger placement once already"
+    return None
 
 
 def hand_back(memory: FailureMemory, item: Item, stats: ItemStats, reason: str) -> None:

@@ -168,7 +168,7 @@ class Worker:
             raise DependencyFailed(known)
         started = time.perf_counter()
         try:
-            with deadline(self.limit_s(kind, model), f"{what} (shared work, {kind} limit)"):
+            with deadline(self.limit_s(kind, model), f"{what} ({kind} limit)"):
                 yield
         except DependencyFailed:
             raise
@@ -526,9 +526,10 @@ class Worker:
                 found = error.failure
                 return None, found.message if found.item != item.param_id else f"{found.what} failed: {found.cause}", found
             except execution.OomExhausted as error:
-                if execution.can_hand_back(self.state, item, self.stats, self.failures, scheduled=self.scheduled):
+                why_not = execution.no_larger_placement(self.state, item, self.stats, self.failures, scheduled=self.scheduled)
+                if why_not is None:
                     execution.hand_back(self.failures, item, self.stats, str(error))
-                return None, str(error), None
+                return None, f"{error}; no larger placement to try: {why_not}", None
             except Exception as error:  # noqa: BLE001 - sorted below: retried, or the item's error with its cause
                 cause = describe(error)
                 error_class = classify(cause)

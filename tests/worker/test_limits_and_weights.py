@@ -111,3 +111,58 @@ def test_damaged_weights_are_refused_naming_the_file_and_the_numbers(model: Path
     damage(model)
     with pytest.raises(WeightsUnreadable, match=says):
         check_model_directory(model)
+
+
+def test_an_item_out_of_memory_everywhere_is_given_back_once_and_its_worker_ends(tmp_path: Path, monkeypatch):
+    """Under the GPU scheduler, on a node with GPUs to spare: a note for the controller, then the process ends."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from types import SimpleNamespace
+
+    from pytest_invarlock.campaign.items import build_items
+    from pytest_invarlock.campaign.suite import load_suite
+    from pytest_invarlock.failure_memory import FailureMemory
+    from pytest_invarlock.scheduling.inventory import parse_gpu_spec
+    from pytest_invarlock.worker.execution import EXIT_HANDED_BACK, ItemStats, no_larger_placement
+
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from types import SimpleNamespace
+        from pytest_invarlock.campaign.items import build_items
+        from pytest_invarlock.campaign.suite import load_suite
+        from pytest_invarlock.failure_memory import FailureMemory
+        from pytest_invarlock.scheduling.inventory import parse_gpu_spec
+        from pytest_invarlock.worker import execution
+
+        item = build_items(load_suite("tiny"))[0]
+        memory = FailureMemory(Path({str(tmp_path)!r}), "s1")
+        stats = execution.ItemStats(placement=[0])
+        state = SimpleNamespace(gpus=parse_gpu_spec("2x80"))
+        assert "only the GPU scheduler" in execution.no_larger_placement(state, item, stats, memory, scheduled=False)
+        alone = SimpleNamespace(gpus=parse_gpu_spec("80"))
+        assert "all 1 GPU(s)" in execution.no_larger_placement(alone, item, stats, memory, scheduled=True)
+        assert execution.no_larger_placement(state, item, stats, memory, scheduled=True) is None
+        execution.hand_back(memory, item, stats, "CUDA out of memory after 2 retries")
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTEST_XDIST_WORKER": "gw0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_HANDED_BACK, done.stderr
+    assert "giving it back to the scheduler for a larger placement" in done.stderr
+    memory = FailureMemory(tmp_path, "s1")
+    param_id = "tiny-kjv-calibration-run1"
+    assert memory.handed_back(param_id)
+    note = memory.take_handback(param_id)
+    assert note is not None and note["reason"] == "oom" and note["placement"] == [0]
+    stats = ItemStats(placement=[0])
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")  # the replacement worker
+    item = next(i for i in build_items(load_suite("tiny")) if i.param_id == param_id)
+    assert "once already" in no_larger_placement(
+        SimpleNamespace(gpus=parse_gpu_spec("2x80")), item, stats, memory, scheduled=True
+    )
