@@ -125,3 +125,22 @@ def test_gpu_plan_prints_the_disk_line_of_the_shipped_suites(tmp_path, suite, gp
     parts = [sum(float(m.group(i)) for m in lines if m) for i in (2, 3, 4)]
     assert sum(peaks) == pytest.approx(sum(parts), abs=len(lines))
     assert sum(peaks) < most_gb and parts[0] > 300 and parts[1] > 0  # baselines and edits both counted
+
+
+def test_perf_edit_disk_replays_the_budget_on_the_schedulers_timeline():
+    """perf/edit_disk.py prints its figures; on the simulated timeline the budget holds and every build is counted."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "perf" / "edit_disk.py"), "--suite", "full", "--gpus", "8x80"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    found = re.search(
+        r"EDITS suite=full gpus=8x80 budget_gb=(\d+) peak_gb=(\d+) keep_all_peak_gb=(\d+) builds=(\d+) rebuilds=(\d+) edits=(\d+)",
+        done.stdout,
+    )
+    assert found, done.stdout + done.stderr
+    budget, peak, keep_all, builds, rebuilds, edits = map(int, found.groups())
+    print(found.group(0))
+    assert peak <= budget < keep_all and builds == edits + rebuilds and edits == 108
