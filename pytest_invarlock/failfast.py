@@ -1,9 +1,11 @@
 """Failures handled once, on the controller: when shared work fails, every item that needed it ends at once.
 
-An item whose record says it found failed shared work (`failed_work` with `failed_here`), or the Nth
-item error of one model (the circuit breaker, `--invarlock-max-model-failures`; its failure then goes
-to the failure memory, so items already sent to workers end too), ends every remaining item that
-needed that work, each reported as an error naming the failed item and its cause:
+An item whose record says it found failed shared work (`failed_work` with `failed_here`: a baseline, a
+calibration run, a preset), or the Nth item error of one model (the circuit breaker,
+`--invarlock-max-model-failures`; its failure then goes to the failure memory, so items already sent to
+workers end too), ends every remaining item that needed that work, each reported as an error naming
+the failed item and its cause (a failed edit is not rebuilt by its other items, but those whose
+certificate is stored still report it):
 
 - under the GPU scheduler, items not yet sent to a worker are dropped from its policy and reported
   here; items already sent end on their worker within milliseconds (it reads the same memory);
@@ -79,6 +81,8 @@ class FailFast:
 
     def end(self, failure: Failure) -> list[str]:
         """End every pending item that needed the failed work (see the module docstring); returns their nodeids."""
+        if not failure.ends_dependents_at_once:
+            return []
         affected = [
             nodeid
             for nodeid, item in self.pending.items()

@@ -66,8 +66,9 @@ class FailureMemory:
         return [failure for *_, failure in sorted(found, key=lambda entry: (entry[0], entry[1]))]
 
     def blocking(self, item: Item) -> Failure | None:
-        """The first remembered failure that `item` needed work from (it cannot succeed in this session)."""
-        return next((f for f in self.all() if f.affects(item) and f.item != item.param_id), None)
+        """The first remembered failure that ends `item` before it starts (it cannot succeed in this session);
+        a failed edit is met only by items that need its weights (`Failure.ends_dependents_at_once`)."""
+        return next((f for f in self.all() if f.ends_dependents_at_once and f.affects(item) and f.item != item.param_id), None)
 
     def hand_back(self, param_id: str, note: dict[str, Any]) -> None:
         """Leave the controller a note on why this item is given back; `handed_back` stays true for the session."""

@@ -46,6 +46,9 @@ def test_an_item_sees_the_failures_it_needed_and_not_its_own(tmp_path: Path) -> 
     assert memory.blocking(by_id["tiny-kjv-calibration-run1"]) is None  # its own failure: it already reported it
     assert memory.blocking(by_id["tiny-kjv-baseline-kjv_cloze"]) == baseline
     assert memory.blocking(by_id["tiny-kjv-quant_rtn_8bit_clean-run1"]) == calibration  # the oldest first
+    other = FailureMemory(tmp_path, "s2")
+    other.record(Failure(Scope.EDIT, "tiny-kjv", "tiny-kjv-quant_rtn_8bit_clean-run1", "kernel", detail="quant_rtn:8:128:ffn"))
+    assert other.blocking(by_id["tiny-kjv-quant_rtn_8bit_clean-run2"]) is None  # found only when the weights are needed
 
 
 def test_a_handback_note_is_read_once_and_remembered_for_the_session(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ class Scope(StrEnum):
     BASELINE = "baseline"  # the model's weights (download, integrity, load, evaluation windows): every item of it
     CALIBRATION = "calibration"  # one calibration run: every item that needs the calibrated preset
     PRESET = "preset"  # the preset derived from the runs: the same items
-    EDIT = "edit"  # one edited (or error-injected) model: its certify and benchmark items
+    EDIT = "edit"  # one edited (or error-injected) model: its certify and benchmark items that must compute
     MODEL = "model"  # the circuit breaker: every remaining item of the model
 
 
@@ -142,6 +142,12 @@ class Failure:
         if self.scope == Scope.MODEL:
             return f"model {self.model} (circuit breaker)"
         return f"{self.scope} of {self.model}"
+
+    @property
+    def ends_dependents_at_once(self) -> bool:
+        """Whether every item that needs this work ends as soon as it fails. Not for an edit: an item of the edit
+        whose certificate or score is already stored does not need the weights, so each finds out when it does."""
+        return self.scope != Scope.EDIT
 
     @property
     def message(self) -> str:

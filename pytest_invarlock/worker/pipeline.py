@@ -380,7 +380,9 @@ class Worker:
                     ),
                 )
             except PipelineError as error:
-                if "MODEL-LOAD-FAILED" not in str(error) or classify(str(error)) != ErrorClass.PERMANENT:
+                left = remaining_s()  # a load our own time limit interrupted is the limit's, not the baseline's
+                interrupted = left is not None and left <= 0
+                if interrupted or "MODEL-LOAD-FAILED" not in str(error) or classify(str(error)) != ErrorClass.PERMANENT:
                     raise
                 who = self._item.param_id if self._item is not None else self.worker_id
                 raise DependencyFailed(self.failures.record(Failure(Scope.BASELINE, model.name, who, str(error)))) from error

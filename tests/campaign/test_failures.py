@@ -96,6 +96,8 @@ def test_a_failed_edit_takes_down_its_certify_and_benchmark_items_only(items):
         "tiny-kjv-prune_10pct_clean-run2",
     ]
     assert {spec_of(item) for item in items if item.kind == "calibration"} == {None}
+    assert not failure.ends_dependents_at_once  # its items whose certificates are stored do not need the weights
+    assert Failure(Scope.CALIBRATION, "tiny-kjv", "x", "y", detail="1").ends_dependents_at_once
 
 
 def test_failures_round_trip_and_share_a_key_per_piece_of_work():

@@ -124,8 +124,9 @@ def test_ctrl_c_stops_within_seconds_leaves_nothing_and_the_same_command_resumes
     resumed = run_suite(run_dir, *args)
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert "failed" not in closing_line(resumed.output)
-    rebuilt = builds(run_dir)[before:]
-    assert 1 <= len(rebuilt) <= 2 and all(b.startswith("store/results/") for b in rebuilt), rebuilt
+    rebuilt = builds(run_dir)[before:]  # the interrupted certificates, and their edits where those were evicted
+    results = [b for b in rebuilt if b.startswith("store/results/")]
+    assert 1 <= len(results) <= 2 and all(b.startswith(("store/results/", "store/edits/")) for b in rebuilt), rebuilt
     verdict = json.loads((run_dir / "reports" / "final_verdict.json").read_text())
     assert verdict["partial"] is False
     assert verdict["phase0"] == reference
@@ -150,6 +151,7 @@ def test_damaged_artifacts_and_records_are_never_trusted_and_the_outcomes_stay(
     flipped.write_text(text.replace('"overall_pass": true,', '"overall_pass":false,'))  # same size, new content
     damaged_record = run_dir / "records" / "tiny-kjv-svd_rank96_clean-run1.json"
     damaged_record.write_text(damaged_record.read_text()[:50])
+    needing = forget(run_dir, "tiny-kjv-prune_10pct_clean-run2")  # edits are read only when a certificate is made
 
     before = len(builds(run_dir))
     run = run_suite(run_dir, "-k", EDIT_ITEMS)
@@ -161,7 +163,12 @@ def test_damaged_artifacts_and_records_are_never_trusted_and_the_outcomes_stay(
     assert any("verdict.json does not match its sha256" in w for w in warnings), warnings
     assert any("record of tiny-kjv-svd_rank96_clean-run1 not trusted" in w and "does not parse" in w for w in warnings), warnings
     assert len(warnings) == 3, warnings
-    assert sorted(b.split("/")[1] for b in builds(run_dir)[before:]) == ["edits", "results"]
+    built = builds(run_dir)[before:]  # the damaged edit and certificate, the forgotten one, and the evicted edit it needs
+    remade = sorted(str(p.relative_to(run_dir)) for p in (flipped.parent, *needing))
+    assert sorted(b for b in built if b.startswith("store/results/")) == remade
+    assert str(weights.parent.relative_to(run_dir)) in built and all(
+        b.startswith(("store/results/", "store/edits/")) for b in built
+    )
     assert record(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1")["overall_pass"] is True
 
     # --lf with the damaged record still reports (pytest's own cache; the plugin's record is rebuilt by a rerun)
@@ -182,14 +189,15 @@ def test_two_racing_processes_build_each_artifact_once_and_agree(run_dir: Path, 
         if edit.is_dir() and json.loads((edit / "artifact.json").read_text())["scenario"] == "quant_rtn_8bit_clean":
             shutil.rmtree(edit)
     before = len(builds(run_dir))
-    first = start_suite(run_dir, "-k", EDIT_ITEMS)
-    second = start_suite(run_dir, "-k", EDIT_ITEMS, "-n", "2")
+    keep = ["--invarlock-edit-budget", "1"]  # no eviction in between: this is about the locks
+    first = start_suite(run_dir, "-k", EDIT_ITEMS, *keep)
+    second = start_suite(run_dir, "-k", EDIT_ITEMS, "-n", "2", *keep)
     one, two = finish(first), finish(second)
     assert one.returncode == 0, one.output[-3000:]
     assert two.returncode == 0, two.output[-3000:]
     built = builds(run_dir)[before:]
     print(f"racing: {len(built)} artifacts built across both processes: {built}")
-    assert len(built) == len(set(built)) == 3, built  # the edit and two certificates, each once
+    assert len(built) == len(set(built)) == 4, built  # two edits (one rebuilt from its recipe) and two certificates, each once
     block = [o[o.index("Phase 0 verdict") :].splitlines()[:12] for o in (one.output, two.output)]
     assert block[0] == block[1]
     assert phase0(run_dir) == reference
@@ -219,7 +227,8 @@ def test_a_worker_killed_mid_evaluate_runs_its_item_once_more_and_nothing_else_i
     assert "4 passed" in closing_line(run.output)
     assert record(run_dir, victim)["outcome"] == "passed"
     assert group_members(proc.pid) == []
-    assert [b.split("/")[1] for b in builds(run_dir)[before:]] == ["results"]  # only the victim's certificate
+    built = [b.split("/")[1] for b in builds(run_dir)[before:]]
+    assert built in (["results"], ["edits", "results"])  # only the victim's certificate (and its evicted edit)
     assert phase0(run_dir) == reference
 
 
