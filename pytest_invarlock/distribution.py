@@ -32,13 +32,15 @@ from typing import Any
 
 import pytest
 
+from pytest_invarlock.campaign.items import item_from_nodeid
 from pytest_invarlock.campaign.suite import SuiteError, load_suite
 from pytest_invarlock.compat import runtestprotocol
+from pytest_invarlock.failure_memory import FailureMemory
 from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, split_busy
 from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, write_placement
 from pytest_invarlock.scheduling.plan_table import PLAN_CSV, PlanRow, format_plan_table, plan_rows, write_plan_csv
 from pytest_invarlock.scheduling.probe import probe_gpus
-from pytest_invarlock.scheduling.tasks import scheduling_devices
+from pytest_invarlock.scheduling.tasks import scheduling_devices, task_id
 from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
 from pytest_invarlock.state import (
     GPUS_INPUT,
@@ -126,21 +128,22 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
     if workerinput is None:
         if state.gpus and not config.getoption("invarlock_gpus") and not _distributed(config):
             os.environ.update(cuda_env([gpu.index for gpu in state.gpus], state.gpus))
-        from pytest_invarlock import evidence_writer, progress
+        from pytest_invarlock import evidence_writer, progress, reliability
         from pytest_invarlock.preflight import StorePreflight
         from pytest_invarlock.report.pytest_html import register_pytest_html
 
+        workers = session_workers(config, state)
         verdict = VerdictReporter(state)
         config.pluginmanager.register(verdict, VERDICT_PLUGIN)
-        config.pluginmanager.register(StorePreflight(config, state), "invarlock-preflight")
+        config.pluginmanager.register(StorePreflight(config, state, workers=workers), "invarlock-preflight")
         config.pluginmanager.register(ControllerDistribution(config, state), "invarlock-distribution")
+        reliability.register(config, state, workers=workers)
         progress.register(config, state)
         register_pytest_html(config, state, verdict.campaign_verdict)
         evidence_writer.register(config, verdict)
         if config.getoption("invarlock_gpu_plan"):
-            config.pluginmanager.register(
-                MemoryPlanReporter(state, config.getoption("invarlock_shard", None)), "invarlock-memory-plan"
-            )
+            reporter = MemoryPlanReporter(state, config.getoption("invarlock_shard", None), workers=workers)
+            config.pluginmanager.register(reporter, "invarlock-memory-plan")
     elif workerinput.get(SPACER_INPUT):
         config.pluginmanager.register(WorkerSpacer(), "invarlock-spacer")
 
@@ -148,6 +151,13 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
 def _distributed(config: pytest.Config) -> bool:
     """Whether xdist runs the items in workers (it has turned `-n`/`--tx` into its options by now)."""
     return getattr(config.option, "dist", "no") != "no" or bool(getattr(config.option, "tx", None))
+
+
+def session_workers(config: pytest.Config, state: ConfigState) -> int:
+    """Processes that run items at once: xdist's workers; one otherwise; for a --co plan, one per GPU (-n auto)."""
+    if getattr(config.option, "dist", "no") != "no":
+        return max(1, worker_count(config))
+    return max(1, len(state.gpus)) if config.getoption("collectonly") else 1
 
 
 def worker_count(config: pytest.Config) -> int:
@@ -214,6 +224,8 @@ class ControllerDistribution:
             on_unplaceable=partial(report_unplaceable, config),
             log=log.gpusched,
             probe=probe_gpus if state.gpus and not config.getoption("invarlock_gpus") else None,  # the driver, never a simulation
+            handback=FailureMemory(state.run_dir, state.session).take_handback_of,
+            on_retry=partial(report_retry, config, state),
         )
         config.pluginmanager.register(scheduler, "invarlock-scheduler")
         return scheduler
@@ -225,6 +237,15 @@ def _on_placed(config: pytest.Config, write: Any) -> Any:
 
     progress = config.pluginmanager.get_plugin(PROGRESS_PLUGIN)
     return write if progress is None else progress.wrap_placed(write)
+
+
+def report_retry(config: pytest.Config, state: ConfigState, nodeid: str, why: str) -> None:
+    """Say on the terminal (and in the summary's warnings) that an item runs once more, and why."""
+    line = f"invarlock: {nodeid.split('::')[-1]}: {why}"
+    state.warnings.append(line)
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.write_line(line)
 
 
 def report_unplaceable(config: pytest.Config, nodeid: str, reason: str) -> None:
@@ -266,12 +287,13 @@ class WorkerSpacer:
 class MemoryPlanReporter:
     """--gpu-plan on the controller (or the single process): the collected suite items' plan."""
 
-    def __init__(self, state: ConfigState, shard: str | None = None) -> None:
-        self.state = state
+    def __init__(self, state: ConfigState, shard: str | None = None, *, workers: int = 1) -> None:
+        self.state, self.workers = state, workers
         # Shards share the run directory: each writes its own plan (analysis/memory_plan.shard-2-of-4.csv).
         k_of_n = shard.replace(" ", "").replace("/", "-of-") if shard else None
         self.path = state.run_dir / (PLAN_CSV.with_suffix(f".shard-{k_of_n}.csv") if k_of_n else PLAN_CSV)
         self.rows: list[PlanRow] | None = None
+        self.disk_lines: list[str] = []
 
     @pytest.hookimpl
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -283,8 +305,15 @@ class MemoryPlanReporter:
             self._plan(ids)
 
     def _plan(self, nodeids: list[str]) -> None:
+        from pytest_invarlock.preflight import campaign_disk_plan
+
         self.rows = plan_rows(self.state.index, self.state.gpus, nodeids, self.state.skip_reason)
         write_plan_csv(self.rows, self.path)
+        # The campaign's disk: every collected item the node can place (skips for other reasons, such as an
+        # offline login node, are still the campaign's).
+        found = (item_from_nodeid(nodeid, self.state.index) for nodeid in nodeids)
+        items = [item for item in found if item is not None and task_id(item) not in self.state.unfit]
+        self.disk_lines = campaign_disk_plan(self.state, items, workers=self.workers).lines()
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -292,6 +321,8 @@ class MemoryPlanReporter:
             return
         terminalreporter.write_sep("=", "invarlock memory plan")
         for line in format_plan_table(self.rows, self.state.gpus):
+            terminalreporter.write_line(line)
+        for line in self.disk_lines:
             terminalreporter.write_line(line)
         terminalreporter.write_line(f"plan written to {self.path}")
         from pytest_invarlock.campaign.window_planner import plan_lines

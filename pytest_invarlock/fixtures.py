@@ -37,9 +37,14 @@ def session_state(request: pytest.FixtureRequest) -> ConfigState:
 @pytest.fixture(scope="session")
 def invarlock_worker(request: pytest.FixtureRequest) -> Worker:
     """This process's `pipeline.Worker`: model cache, store access, InvarLock calls."""
+    from pytest_invarlock.distribution import SPACER_INPUT
     from pytest_invarlock.worker.pipeline import Worker
 
-    return Worker(session_state(request), os.environ.get("PYTEST_XDIST_WORKER", "main"))
+    workerinput = getattr(request.config, "workerinput", None) or {}
+    # Our GPU scheduler sends this worker its items (it sets the spacer): an item may be given back for more GPUs.
+    return Worker(
+        session_state(request), os.environ.get("PYTEST_XDIST_WORKER", "main"), scheduled=bool(workerinput.get(SPACER_INPUT))
+    )
 
 
 @pytest.fixture(scope="session")

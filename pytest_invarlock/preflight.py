@@ -1,40 +1,37 @@
 """Before any work starts (controller or single process): sweep killed builders' leftovers, check the disk.
 
-The disk preflight estimates what the selected items will add to the run directory and stops the
-session with a usage error (exit 4) naming the numbers when its filesystem has less free space:
-
-- edited weights: one copy per distinct (model, edit spec) that the selected items need and the store
-  does not hold yet, each the size of the model's weights (the baseline's `model_profile.json` when it
-  exists, else parameters x dtype bytes from the suite);
-- certificates and scores: per item without an earlier record, the mean size of the results already
-  stored (InvarLock's reports and run logs), at least RESULT_ALLOWANCE;
-- a margin of 5% plus MARGIN_BYTES.
-
-It cannot know every key the workers will compute (they digest InvarLock's version and settings), so
-it reads what the store's `artifact.json` files say they hold. `--no-disk-preflight` skips it.
-A disk that fills anyway fails only the items that could not write (StoreError, ENOSPC named).
-Torch-free: runs on the controller.
+`campaign_disk_plan` gathers what the pure disk plan (`scheduling.disk_plan`) needs from this node:
+per model the size of one copy of its weights (the stored baseline's profile, else the suite's declared
+size), how many selected items need an edited copy, how many GPUs one such item takes, and the weights
+still to download into the Hugging Face cache (what its snapshot lacks); the results' size (the mean of
+the certificates already stored, at least RESULT_ALLOWANCE, per item without a record); the free space
+of each filesystem. `--gpu-plan` prints the plan and the preflight refuses, with a usage error (exit 4)
+naming every line that does not fit, a run whose peak plus headroom exceeds a filesystem's free space.
+`--no-disk-preflight` skips the check. Torch-free: runs on the controller.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_invarlock.campaign.failures import spec_of
 from pytest_invarlock.campaign.items import Item, item_from_nodeid
-from pytest_invarlock.campaign.kinds import Kind
+from pytest_invarlock.campaign.suite import Model
 from pytest_invarlock.records import record_path
+from pytest_invarlock.scheduling.disk_plan import DiskPlan, ModelDisk, Volume, plan_disk
+from pytest_invarlock.scheduling.memory import GIB, MarginRule, required_gpus
+from pytest_invarlock.scheduling.tasks import item_need_gb, model_profile
 from pytest_invarlock.state import ConfigState
-from pytest_invarlock.store import CHECKSUMS, human_bytes
+from pytest_invarlock.store import CHECKSUMS, existing_ancestor
 
 RESULT_ALLOWANCE = 2 * 2**20
-MARGIN_BYTES = 64 * 2**20
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def add_options(group: pytest.OptionGroup) -> None:
@@ -60,8 +57,8 @@ def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def weights_bytes(state: ConfigState, model: Any) -> int:
-    """Bytes of one copy of the model's weights: its stored profile, else parameters x dtype size."""
+def weights_bytes(state: ConfigState, model: Model) -> int:
+    """Bytes of one copy of the model's weights: its stored profile, else its declared size."""
     for directory, meta in _artifacts(state.run_dir / "store", "baselines"):
         if meta.get("model") == model.name:
             try:
@@ -69,48 +66,98 @@ def weights_bytes(state: ConfigState, model: Any) -> int:
                 return int(profile["weights_bytes_on_disk"])
             except (OSError, ValueError, KeyError, TypeError):
                 break
-    return int(model.params_b * 1e9 * DTYPE_BYTES.get(model.dtype, 2))
+    return int(model_profile(model).weights_gb * GIB)
 
 
-def disk_need(state: ConfigState, items: list[Item]) -> tuple[int, str]:
-    """(bytes the selected items will add, how that was counted)."""
-    from pytest_invarlock.edits.catalogue import parse_spec
+def hub_cache() -> Path:
+    from huggingface_hub import constants
 
+    return Path(constants.HF_HUB_CACHE)
+
+
+def missing_download_bytes(model: Model, declared: int, cache: Path) -> int:
+    """What a hub model's snapshot in the local cache still lacks (0 for builtins and local directories)."""
+    if not model.is_hub:
+        return 0
+    repo = cache / ("models--" + model.source.replace("/", "--"))
+    revision = model.revision
+    if revision is None:
+        try:
+            revision = (repo / "refs" / "main").read_text(encoding="utf-8").strip()
+        except OSError:
+            return declared
+    snapshot = repo / "snapshots" / revision
+    present = [p for p in snapshot.glob("*.safetensors") if p.exists()]
+    indexes = list(snapshot.glob("*.safetensors.index.json"))
+    complete = bool(present)
+    for index in indexes:
+        try:
+            named = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError):
+            named = {"?"}
+        complete = complete and all((snapshot / name).exists() for name in named)
+    if complete:
+        return 0
+    return max(0, declared - sum(p.stat().st_size for p in present))
+
+
+def _volume(path: Path) -> Volume:
+    where = existing_ancestor(path)
+    usage = shutil.disk_usage(where)
+    return Volume(str(path), os.stat(where).st_dev, usage.free, usage.total)
+
+
+def campaign_disk_plan(state: ConfigState, items: Sequence[Item], *, workers: int) -> DiskPlan:
+    """The disk plan of `items` on this node (the same function for --gpu-plan and the preflight)."""
+    run_volume = _volume(state.run_dir)
+    cache = hub_cache()
+    cache_volume = _volume(cache)
+    budgets = [MarginRule().usable_gb(g.total_gb, g.free_gb) for g in state.gpus]
+    largest = max(budgets, default=0.0)
+    models: list[ModelDisk] = []
+    for model in {item.model.name: item.model for item in items}.values():
+        mine = [item for item in items if item.model.name == model.name]
+        editing = [item for item in mine if spec_of(item) is not None]
+        size = weights_bytes(state, model)
+        download = missing_download_bytes(model, int(model_profile(model).weights_gb * GIB), cache)
+        models.append(
+            ModelDisk(
+                model.name,
+                size,
+                len(editing),
+                max((required_gpus(item_need_gb(i), largest) for i in editing), default=1) if largest > 0 else 1,
+                download,
+                cache_volume.device if download else None,
+            )
+        )
     store = state.run_dir / "store"
-    stored = {(meta.get("model"), meta.get("spec")) for _, meta in _artifacts(store, "edits")}
-    needed: dict[tuple[str, str], int] = {}
-    for item in items:
-        if item.scenario is None or item.variant == "baseline" or item.kind == Kind.CALIBRATION:
-            continue
-        spec = str(parse_spec(item.scenario.spec))
-        if (item.model.name, spec) not in stored:
-            needed[(item.model.name, spec)] = weights_bytes(state, item.model)
     results = [p for p in (store / "results").glob("r-*") if p.is_dir()][:20]
     per_result = max(RESULT_ALLOWANCE, sum(map(_tree_bytes, results)) // len(results)) if results else RESULT_ALLOWANCE
     new_items = [item for item in items if not record_path(state.run_dir, item).is_file()]
-    edits = sum(needed.values())
-    reports = per_result * len(new_items)
-    total = int((edits + reports) * 1.05) + MARGIN_BYTES
-    how = (
-        f"{len(needed)} edited model(s) not yet stored, {human_bytes(edits)} of weights"
-        + (f" ({human_bytes(max(needed.values()))} each)" if needed else "")
-        + f"; {len(new_items)} item(s) without results x {human_bytes(per_result)} of reports; "
-        f"+5% and {human_bytes(MARGIN_BYTES)} margin"
+    limits = state.options.limits
+    return plan_disk(
+        models,
+        run_volume=run_volume,
+        volumes={cache_volume.device: cache_volume},
+        results_bytes=per_result * len(new_items),
+        gpus=len(state.gpus),
+        workers=workers,
+        edit_budget=None if limits.edit_budget_gb is None else int(limits.edit_budget_gb * GIB),
+        headroom=None if limits.disk_headroom_gb is None else int(limits.disk_headroom_gb * GIB),
     )
-    return total, how
 
 
-def _existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
+def runnable(state: ConfigState, nodeids: Iterable[str]) -> dict[str, Item]:
+    """nodeid -> suite item, for the suite items among `nodeids` that will run here (not skipped)."""
+    found = {nodeid: item_from_nodeid(nodeid, state.index) for nodeid in nodeids}
+    return {nodeid: item for nodeid, item in found.items() if item is not None and state.skip_reason(item) is None}
 
 
 class StorePreflight:
     """Registered on the controller (or the single process) of a validation session."""
 
-    def __init__(self, config: pytest.Config, state: ConfigState) -> None:
-        self.config, self.state = config, state
+    def __init__(self, config: pytest.Config, state: ConfigState, *, workers: int = 1) -> None:
+        self.config, self.state, self.workers = config, state, workers
         self.checked = False
 
     @pytest.hookimpl
@@ -134,15 +181,14 @@ class StorePreflight:
         if self.checked or self.config.getoption("invarlock_no_disk_preflight", False) or self.config.getoption("collectonly"):
             return
         self.checked = True
-        items = [item for item in (item_from_nodeid(n, self.state.index) for n in nodeids) if item is not None]
+        items = list(runnable(self.state, nodeids).values())
         if not items:
             return
-        need, how = disk_need(self.state, items)
-        where = _existing(self.state.run_dir)
-        free = shutil.disk_usage(where).free
-        if need > free:
+        plan = campaign_disk_plan(self.state, items, workers=self.workers)
+        if plan.shortfalls():
             raise pytest.UsageError(
-                f"not enough disk space for this run: it needs about {human_bytes(need)} in {self.state.run_dir} "
-                f"({how}) and that filesystem ({where}) has {human_bytes(free)} free. Free space, point --run-dir at "
-                "a larger volume, or select fewer items (-k); --no-disk-preflight starts anyway."
+                "not enough disk space for this run:\n  "
+                + "\n  ".join(plan.shortfalls())
+                + "\nFree space, point --run-dir (or HF_HUB_CACHE) at a larger volume, select fewer items (-k), "
+                "or lower --invarlock-edit-budget / --invarlock-disk-headroom; --no-disk-preflight starts anyway."
             )

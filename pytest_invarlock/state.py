@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from pytest_invarlock.campaign.failures import DEFAULT_MAX_MODEL_FAILURES
 from pytest_invarlock.campaign.items import Item, build_items, index_items
 from pytest_invarlock.campaign.kinds import SCENARIO_KINDS
 from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
@@ -36,6 +37,7 @@ from pytest_invarlock.campaign.suite import (
     override_suite,
     user_path,
 )
+from pytest_invarlock.campaign.time_limits import parse_command_line
 from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, parse_gpu_spec, split_busy
 from pytest_invarlock.scheduling.probe import probe_gpus
 from pytest_invarlock.scheduling.tasks import task_id, unplaceable_items
@@ -150,6 +152,17 @@ def declared_suite(config: pytest.Config) -> str | None:
 
 
 @dataclass(frozen=True)
+class RunLimits:
+    """What a long campaign may spend: time limits given on the command line (kind -> seconds, exact), the
+    edit budget and disk headroom in GB (None: the disk plan's), item errors of one model before its breaker opens."""
+
+    timeouts: dict[str, float] = field(default_factory=dict)
+    edit_budget_gb: float | None = None
+    disk_headroom_gb: float | None = None
+    max_model_failures: int = DEFAULT_MAX_MODEL_FAILURES
+
+
+@dataclass(frozen=True)
 class Options:
     calibrate_only: bool
     no_benchmarks: bool
@@ -158,6 +171,7 @@ class Options:
     certify_mode: str
     determinism: str
     gpu_require_idle: bool = True  # leave out GPUs that run other processes when the session starts
+    limits: RunLimits = field(default_factory=RunLimits)
 
 
 @dataclass
@@ -334,6 +348,21 @@ def run_dir_problem(run_dir: Path) -> str | None:
     return None
 
 
+def run_limits(config: pytest.Config) -> RunLimits:
+    """The --invarlock-timeout/-edit-budget/-disk-headroom/-max-model-failures options (registered by `reliability`)."""
+    try:
+        timeouts = parse_command_line(config.getoption("invarlock_timeouts", None) or [])
+    except ValueError as exc:
+        raise SuiteError(str(exc)) from None
+    failures = config.getoption("invarlock_max_model_failures", None)
+    return RunLimits(
+        timeouts=timeouts,
+        edit_budget_gb=config.getoption("invarlock_edit_budget", None),
+        disk_headroom_gb=config.getoption("invarlock_disk_headroom", None),
+        max_model_failures=DEFAULT_MAX_MODEL_FAILURES if failures is None else failures,
+    )
+
+
 def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
     suite = load_suite(suite_name)
     models_option = config.getoption("invarlock_models")
@@ -363,6 +392,7 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
         certify_mode=config.getoption("invarlock_certify_mode"),
         determinism=config.getoption("invarlock_determinism"),
         gpu_require_idle=gpu_require_idle(config, suite),
+        limits=run_limits(config),
     )
     run_dir_option = config.getoption("invarlock_run_dir")
     run_dir = user_path(run_dir_option, "--run-dir") if run_dir_option else Path(config.rootpath) / "validation-runs" / suite.name

@@ -37,6 +37,15 @@ on one core, so a tiny-suite edit (8 MB) costs ~6 ms and a 7B bf16 edit (14.5 GB
 A lock on a filesystem without lock support (some FUSE mounts, NFS without lockd) fails with a
 clear StoreError naming the mount, instead of silently not excluding anyone.
 
+**Evicted, rebuilt, checked.** An artifact that can be rebuilt from its recipe (edited weights) may
+be *evicted*: its large files are deleted and `evicted.json` lists each one's sha256, while the seal,
+metadata and small files stay. It then reads as missing (`EVICTED`); the next `produce` rebuilds it
+quietly and checks that every evicted file came back with the same sha256, else the rebuild is refused
+(`RebuildMismatch`) and the stub kept. Whoever reads an artifact's files for a while holds it *in use*
+(`Store.in_use`): a shared `fcntl.lockf` on `<artifact>.use` plus a per-process count (a second open of
+the file in one process would drop the first's lock), taken under the build lock, so `evict` (which
+needs the build lock and an exclusive use lock, without waiting) never removes files someone reads.
+
 **Leftovers.** A builder killed mid-build leaves its `.<name>.tmp-*` directory: the next builder of the
 same key removes it under the lock, and `Store.sweep()` (run at the start of each session) removes
 every one whose lock is free. Readers never look at dot-names.
@@ -58,7 +67,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +76,8 @@ log = logging.getLogger("pytest_invarlock")
 
 _META = "artifact.json"
 CHECKSUMS = "checksums.json"
+EVICTED = "evicted.json"  # marks an artifact whose large files were removed; lists their sha256
+USE_SUFFIX = ".use"
 BUILDS_LOG = "builds.log"
 LOCK_SUFFIX = ".lock"
 CHECKSUM_FIELD = "checksum"
@@ -78,6 +89,10 @@ _WAIT_NOTICE_S = 10.0
 
 class StoreError(RuntimeError):
     """An artifact could not be written (or locked); finished artifacts are untouched."""
+
+
+class RebuildMismatch(StoreError):
+    """An evicted artifact was rebuilt from its recipe and came out different from the copy it sealed."""
 
 
 class DamagedError(ValueError):
@@ -106,11 +121,15 @@ def is_disk_full(exc: BaseException | None) -> bool:
     return False
 
 
+def existing_ancestor(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists: where free space is measured for a path not yet made."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def disk_full_message(path: Path) -> str:
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(existing_ancestor(path)).free
     return (
         f"disk full (ENOSPC, No space left on device) while writing '{path}' ({_human(free)} free). "
         "Finished results are kept; free space (or point --run-dir at a larger volume) and rerun: "
@@ -383,6 +402,8 @@ def verify(directory: Path, *, full: bool | None = None) -> str | None:
     checksums = directory / CHECKSUMS
     if not directory.is_dir():
         return "missing"
+    if (directory / EVICTED).is_file():
+        return EVICTED
     try:
         text = checksums.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -444,13 +465,112 @@ class Artifact:
     reused: bool
 
 
+@dataclass(frozen=True)
+class Held:
+    """An intact artifact on disk: its removable bytes, when it was last used (epoch s), its artifact.json."""
+
+    path: Path
+    nbytes: int
+    last_used: float
+    meta: dict[str, Any]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# --------------------------------------------------------------------------- in use
+
+# `<artifact>.use` path -> [fd holding a shared lock, holds in this process]
+_USES: dict[str, list[int]] = {}
+_USES_GUARD = threading.Lock()
+
+
+class UseHold:
+    """A shared hold on an artifact (see the module docstring); re-entrant within a process."""
+
+    def __init__(self, use_file: Path) -> None:
+        self.key = str(use_file.absolute())
+        self.use_file = use_file
+
+    def __enter__(self) -> UseHold:
+        with _USES_GUARD:
+            entry = _USES.get(self.key)
+            if entry is not None:
+                entry[1] += 1
+                return self
+            try:
+                fd = os.open(self.use_file, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise _store_error(self.use_file, exc) from exc
+            _USES[self.key] = [fd, 1]
+        delay = 0.01
+        while True:  # only an evictor's brief exclusive hold can be in the way
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    self.__exit__()
+                    raise _store_error(self.use_file, exc) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        with suppress(OSError):
+            os.utime(self.use_file)  # last use, for least-recently-used eviction
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _USES_GUARD:
+            entry = _USES.get(self.key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del _USES[self.key]
+        with suppress(OSError):
+            fcntl.lockf(entry[0], fcntl.LOCK_UN)
+        os.close(entry[0])
+
+
+@contextmanager
+def _exclusive_use(use_file: Path) -> Iterator[bool]:
+    """Whether nobody holds `use_file` in use; while True, nobody can start to (until the block ends)."""
+    with _USES_GUARD:
+        if str(use_file.absolute()) in _USES:  # held in this process: never open it again here
+            yield False
+            return
+        try:
+            fd = os.open(use_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                with suppress(OSError):
+                    fcntl.lockf(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
 class Store:
     """Artifacts as `<root>/<kind>/<prefix>-<key>/` directories with `artifact.json` and `checksums.json`.
 
     Directory names are neutral hex keys on purpose: InvarLock infers the model family from
     substrings of the model path, so a directory named after a model would change its behaviour.
     `session` marks artifacts made in this pytest session; with `recompute=True` only those count.
-    `warnings` collects one line per damaged artifact this process found (and rebuilt).
+    `warnings` collects one line per damaged artifact this process found (and rebuilt); `rebuilt` the
+    evicted artifacts it rebuilt from their recipe.
     """
 
     def __init__(self, root: Path, *, session: str = "", recompute: frozenset[str] = frozenset()) -> None:
@@ -458,6 +578,7 @@ class Store:
         self.session = session
         self.recompute = recompute
         self.warnings: list[str] = []
+        self.rebuilt: list[str] = []
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / f"{kind[0]}-{key}"
@@ -466,9 +587,9 @@ class Store:
         return ArtifactLock(path.parent / (path.name + LOCK_SUFFIX))
 
     def _problem(self, path: Path, kind: str) -> str | None:
-        """None when the artifact can be reused; "missing"; "stale" (recompute); else what is damaged."""
+        """None when the artifact can be reused; "missing"; EVICTED; "stale" (recompute); else what is damaged."""
         problem = verify(path)
-        if problem is not None or kind not in self.recompute:
+        if problem not in (None, EVICTED) or kind not in self.recompute:
             return problem
         try:
             session = json.loads((path / _META).read_text()).get("session")
@@ -508,7 +629,7 @@ class Store:
             problem = self._problem(path, kind)  # another process may have built or repaired it meanwhile
             if problem is None:
                 return Artifact(path, reused=True)
-            if problem not in ("missing", "stale"):
+            if problem not in ("missing", "stale", EVICTED):
                 self._warn(f"{self._rel(path)} is damaged ({problem}); not trusted, rebuilding it")
             self._remove_leftovers(path)
             started = time.monotonic()
@@ -517,7 +638,9 @@ class Store:
                 tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_TMP_MARK}"))
                 meta = build(tmp) or {}
                 write_json_atomic(tmp / _META, {**meta, "key": key, "kind": kind, "session": self.session})
-                seal(tmp)
+                listing = seal(tmp)
+                if problem == EVICTED:
+                    self._check_rebuild(path, listing)
                 if path.exists():
                     aside = path.parent / f".{path.name}{_DAMAGED_MARK}{os.getpid()}"
                     os.replace(path, aside)
@@ -535,7 +658,98 @@ class Store:
                 _VERIFIED.pop(str(path.absolute()), None)
             verify(path, full=False)
             self._log_build(path, time.monotonic() - started)
+            if problem == EVICTED:
+                self.rebuilt.append(self._rel(path))
         return Artifact(path, reused=False)
+
+    def _check_rebuild(self, path: Path, listing: dict[str, Any]) -> None:
+        """An evicted artifact's rebuild must reproduce every evicted file bit for bit (call under its lock)."""
+        try:
+            evicted = json.loads((path / EVICTED).read_text(encoding="utf-8"))
+            sealed: dict[str, str] = evicted["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # an unreadable marker: nothing to compare with, the rebuild stands on its own seal
+        for rel, sha in sorted(sealed.items()):
+            now = listing["files"].get(rel, {}).get("sha256")
+            if now != sha:
+                raise RebuildMismatch(
+                    f"{self._rel(path)} was rebuilt from its recipe, but {rel} differs from the copy sealed on "
+                    f"{evicted.get('sealed', 'an earlier run')} (sha256 {sha[:12]}, now {(now or 'missing')[:12]}): this "
+                    "build is not reproducible here, and results made on the sealed copy cannot be matched to it. "
+                    "Rerun the model's items with --recompute to rebuild them all on this machine."
+                )
+
+    # ----------------------------------------------------------------- use and eviction
+
+    def in_use(self, path: Path) -> UseHold:
+        """Hold `path` in use (a context manager): `evict` leaves it alone until the hold ends."""
+        return UseHold(path.parent / (path.name + USE_SUFFIX))
+
+    def produce_in_use(self, kind: str, key: str, build: Callable[[Path], dict[str, Any] | None], holds: ExitStack) -> Artifact:
+        """`produce`, then hold the artifact in use (until `holds` closes), checked intact under its build lock."""
+        while True:
+            artifact = self.produce(kind, key, build)
+            with self.lock(artifact.path):
+                if verify(artifact.path, full=False) is None:
+                    holds.enter_context(self.in_use(artifact.path))
+                    return artifact
+            # evicted between produce and the hold: make it again
+
+    def evict(self, path: Path, removable: Callable[[str], bool], reason: str) -> int:
+        """Remove the artifact's removable files, keep its seal and small files; return the bytes freed.
+
+        0 when it is being built, held in use by anyone, already evicted, missing or damaged.
+        """
+        lock = self.lock(path)
+        if not path.is_dir() or not lock.acquire(blocking=False):
+            return 0
+        try:
+            if verify(path, full=False) is not None:
+                return 0
+            with _exclusive_use(path.parent / (path.name + USE_SUFFIX)) as free:
+                if not free:
+                    return 0
+                listing = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
+                files = {rel: e for rel, e in listing["files"].items() if "sha256" in e and removable(rel)}
+                if not files:
+                    return 0
+                write_json_atomic(
+                    path / EVICTED,
+                    {
+                        "files": {rel: e["sha256"] for rel, e in files.items()},
+                        "bytes": sum(e["size"] for e in files.values()),
+                        "reason": reason,
+                        "sealed": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime((path / CHECKSUMS).stat().st_mtime)),
+                        "evicted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                    },
+                )
+                for rel in files:
+                    (path / rel).unlink(missing_ok=True)
+                with _VERIFIED_GUARD:
+                    _VERIFIED.pop(str(path.absolute()), None)
+                log.info("%s: evicted %s (%s)", self._rel(path), human_bytes(sum(e["size"] for e in files.values())), reason)
+                return int(sum(e["size"] for e in files.values()))
+        finally:
+            lock.release()
+
+    def held(self, kind: str, removable: Callable[[str], bool]) -> list[Held]:
+        """The intact artifacts of `kind` on disk: their removable bytes, when last used, and metadata."""
+        out: list[Held] = []
+        for path in sorted((self.root / kind).glob("?-*")):
+            if not path.is_dir() or (path / EVICTED).exists():
+                continue
+            try:
+                listing = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
+                meta = json.loads((path / _META).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            size = sum(int(e.get("size") or 0) for rel, e in listing.get("files", {}).items() if "sha256" in e and removable(rel))
+            use = path.parent / (path.name + USE_SUFFIX)
+            used = max(_mtime(use), _mtime(path / CHECKSUMS))
+            out.append(Held(path, size, used, meta))
+        return out
 
     def _log_build(self, path: Path, seconds: float) -> None:
         """One line per artifact built, appended to `<root>/builds.log` (what 'built once' is checked against)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -143,6 +144,37 @@ def restore_run_dir(pristine: Path, run_dir: Path) -> Path:
         shutil.rmtree(run_dir)
     shutil.copytree(pristine, run_dir, symlinks=True)
     return run_dir
+
+
+# --------------------------------------------------------------------------- reading a run directory (e2e, faults)
+
+
+def record(run_dir: Path, param_id: str) -> dict:
+    """An item's record as the controller wrote it."""
+    return json.loads((run_dir / "records" / f"{param_id}.json").read_text())
+
+
+def result_dir(run_dir: Path, param_id: str) -> Path:
+    """The store directory of an item's certificate (results/r-<key>), from its record."""
+    return Path(record(run_dir, param_id)["report"]).parents[2]
+
+
+def forget(run_dir: Path, *param_ids: str) -> list[Path]:
+    """Delete these items' certificates, so the next run evaluates them for real (~8 s each)."""
+    gone = [result_dir(run_dir, p) for p in param_ids]
+    for path in gone:
+        shutil.rmtree(path)
+    return gone
+
+
+def phase0(run_dir: Path) -> dict:
+    return json.loads((run_dir / "reports" / "final_verdict.json").read_text())["phase0"]
+
+
+def builds(run_dir: Path) -> list[str]:
+    """Artifacts built in this run directory so far, one entry per build (store/builds.log)."""
+    log = run_dir / "store" / "builds.log"
+    return [line.split()[1] for line in log.read_text().splitlines()] if log.exists() else []
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from pytest_invarlock.campaign.kinds import SCENARIO_KINDS, Kind
 from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
 from pytest_invarlock.campaign.model_files import ModelFiles, ModelFilesError, read_model_files
 from pytest_invarlock.campaign.task_index import installed_tasks
+from pytest_invarlock.campaign.time_limits import DEFAULT_KEY, LIMIT_KINDS, limit_s
 from pytest_invarlock.edits.catalogue import SpecError, parse_spec
 
 KINDS = SCENARIO_KINDS
@@ -74,11 +75,8 @@ DETECTORS = (
     "spectral_stable",
     "rmt_stable",
 )
-# Per-item time limits (seconds) when the suite's `timeouts:` names none for the kind; an item's limit
-# is never below its size class's `timeout_floor_s` (suites/size_classes.yaml). A limit covers the
-# whole item, including the shared work it triggers (baseline, missing calibration runs, the edit).
-DEFAULT_TIMEOUT_S = 7200.0
-TIMEOUT_KEYS = (*(str(k) for k in Kind), "default")
+# `timeouts:` keys: item kinds, the shared work items trigger, and "default" (campaign.time_limits).
+TIMEOUT_KEYS = (*LIMIT_KINDS, DEFAULT_KEY)
 # Informational scenarios are judged only by a minimum signal fraction (the reference names no value;
 # this default is verdict.phase0.DEFAULT_MIN_SIGNAL_FRACTION, repeated here to keep campaign/ free of verdict/).
 DEFAULT_MIN_SIGNAL_FRACTION = 0.5
@@ -105,7 +103,8 @@ class Settings:
     acceptance_max: float
     guard_overhead: bool
     min_tokens: int | None  # InvarLock's primary-metric token floor; None keeps the tier's (50,000 for balanced)
-    timeout_floor_s: float | None = None  # no item of this size class gets less time (size_classes.yaml)
+    timeout_floor_s: float | None = None  # no suite `timeouts:` value below this (size_classes.yaml)
+    timeout_s: float | None = None  # the size class's calibration-item limit; other kinds take a share (time_limits)
     windows: str | None = None  # "auto": preview/final counts from campaign.window_planner (local corpora)
 
 
@@ -177,10 +176,18 @@ class Suite:
     timeouts: Mapping[str, float] = field(default_factory=dict)  # `timeouts:` kind (or "default") -> seconds
     gpu_require_idle: bool = True  # leave out GPUs running other processes (the B200 suite's GPU_REQUIRE_IDLE)
 
-    def timeout_s(self, kind: str, model: Model) -> float:
-        """An item's time limit: the suite's figure for its kind (else its default), at least the size-class floor."""
-        chosen = self.timeouts.get(str(kind), self.timeouts.get("default", DEFAULT_TIMEOUT_S))
-        return max(float(chosen), float(model.settings.timeout_floor_s or 0.0))
+    def timeout_s(
+        self, kind: str, model: Model, *, weights_gb: float = 0.0, command_line: Mapping[str, float] | None = None
+    ) -> float:
+        """The time limit of `kind` work (an item kind or shared work) on `model`; see campaign.time_limits."""
+        return limit_s(
+            kind,
+            class_s=model.settings.timeout_s,
+            floor_s=model.settings.timeout_floor_s,
+            weights_gb=weights_gb,
+            suite=self.timeouts,
+            command_line=command_line or {},
+        )
 
     def runs_for(self, scenario: Scenario) -> int:
         return scenario.runs if scenario.runs is not None else self.runs[scenario.kind]
@@ -738,7 +745,7 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 def _timeouts(where: _Where, block: Any) -> dict[str, float]:
-    """`timeouts: {clean: 1800, benchmark: 3600, default: 7200}`: seconds per item kind."""
+    """`timeouts: {clean: 1800, benchmark: 3600, download: 7200, default: 7200}`: seconds per kind of work."""
     block = where.mapping(block, "timeouts")
     where.known_keys(block, TIMEOUT_KEYS, "timeouts")
     out = {}

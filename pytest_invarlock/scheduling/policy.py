@@ -28,9 +28,13 @@ then is given up, alone and with its numbers; every other ready task stays and i
 GPU whose worker was lost keeps its tasks waiting for the replacement.
 
 Failure handling: a dependency that failed, crashed or could not be placed still releases its
-dependents (the fixtures recompute what is missing, and the result says what went wrong); a task
-that was running when its worker died is reported crashed and never retried; the tasks queued
-behind it had not started and are scheduled again.
+dependents; when the shared work they need failed for good, the driver drops them (`drop`) before
+they are dispatched, and they end at once with that failure. A task that was running when its
+worker died is run once more (`worker_lost(retry_running=True)`), on another GPU where there is
+one, with a larger memory need when it was given back after an OOM; a second death reports it
+crashed. The tasks queued behind it had not started and are scheduled again. Among tasks of equal
+priority a worker prefers those of the group (model and variant) it ran last, so the items of one
+edited model run together and its copy on disk is needed for a short time.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pytest_invarlock.scheduling.inventory import Gpu, capacity_gb
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
@@ -77,6 +81,7 @@ class Task:
     mem_gb: float
     model_size_gb: float
     deps: frozenset[str] = frozenset()
+    group: str = ""  # tasks that share a product (an edited model): run together when priority ties
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ class PolicyStats:
     failed: int
     crashed: int
     unplaceable: int
+    retried: int = 0  # running when their worker died, run once more
+    dropped: int = 0  # dropped before dispatch: work they needed had failed
 
 
 def _index_tasks(tasks: Iterable[Task]) -> dict[str, Task]:
@@ -188,6 +195,9 @@ class Policy:
         self._ready: set[str] = set()
         self._since: dict[str, float] = {}
         self._orphaned: set[int] = set()  # GPUs whose workers were all lost: their replacement is coming
+        self._retried: dict[str, int] = {}  # task run once more after its worker died -> the GPU it died on
+        self._dropped: dict[str, str] = {}
+        self._last_group: dict[str, str] = {}
         self._model_totals: Counter[str] = Counter(t.model for t in self._tasks.values())
         self._model_settled: Counter[str] = Counter()
         now = clock()
@@ -237,9 +247,13 @@ class Policy:
             self._failed.add(task_id)
         self._settle(task_id)
 
-    def worker_lost(self, worker: str, *, running: bool = True) -> Lost:
+    def worker_lost(
+        self, worker: str, *, running: bool = True, retry_running: bool = False, need_gb: float | None = None
+    ) -> Lost:
         """Forget a dead worker. `running`: whether the head of its queue had started (False when the
-        worker died between items, e.g. in the spacer): then nothing crashed and its whole queue is given back."""
+        worker died between items, e.g. in the spacer): then nothing crashed and its whole queue is given back.
+        `retry_running`: the running task is run once more instead of being reported crashed, on another
+        GPU where there is one; `need_gb` first raises its memory need (given back for a larger placement)."""
         queue = self._queue_of(worker)
         home = self._home[worker]
         del self._queues[worker], self._home[worker]
@@ -251,14 +265,47 @@ class Policy:
             self._ready.add(gather[0])
         for assignment in queue:
             self._in_flight[assignment.task.model] -= 1
-        crashed = queue[0].task if queue and running else None
+        head = queue[0].task if queue and running else None
+        crashed = head if head is not None and not retry_running else None
         if crashed:
             self._failed.add(crashed.id)
             self._crashed.add(crashed.id)
             self._settle(crashed.id)
-        requeued = tuple(a.task for a in queue[1 if crashed else 0 :])
-        self._ready.update(t.id for t in requeued)
+        if head is not None and retry_running:
+            self._retried[head.id] = home
+            if need_gb is not None and need_gb > head.mem_gb:
+                self._tasks[head.id] = replace(head, mem_gb=need_gb)
+        requeued = tuple(self._tasks[a.task.id] for a in queue[1 if crashed else 0 :])
+        now = self._clock()
+        for task in requeued:
+            self._ready.add(task.id)
+            self._since.setdefault(task.id, now)
         return Lost(crashed, requeued)
+
+    def was_retried(self, task_id: str) -> bool:
+        """Whether the task already ran once more after its worker died (a second death reports it crashed)."""
+        return task_id in self._retried
+
+    def drop(self, task_ids: Iterable[str], reason: str) -> list[str]:
+        """Drop tasks not yet dispatched (waiting or ready): work they need failed. Returns the ids dropped;
+        tasks already queued on a worker stay there (they end at once on their own)."""
+        dropped = []
+        for task_id in task_ids:
+            if task_id not in self._tasks or task_id in self._settled or task_id in self._queued():
+                continue
+            for primary, (gathered, _) in list(self._gathers.items()):
+                if gathered == task_id:
+                    del self._gathers[primary]
+            self._waiting.pop(task_id, None)
+            self._ready.discard(task_id)
+            self._dropped[task_id] = reason
+            self._failed.add(task_id)
+            self._settle(task_id)
+            dropped.append(task_id)
+        return dropped
+
+    def _queued(self) -> set[str]:
+        return {a.task.id for queue in self._queues.values() for a in queue}
 
     def observe_free(self, gpu_index: int, free_gb: float) -> bool:
         """Live free memory on a GPU; taken into account (True) only while none of our tasks use the GPU."""
@@ -290,6 +337,8 @@ class Policy:
             failed=len(self._failed),
             crashed=len(self._crashed),
             unplaceable=len(self._unplaceable),
+            retried=len(self._retried),
+            dropped=len(self._dropped),
         )
 
     # ------------------------------------------------------------------ task states
@@ -531,11 +580,11 @@ class Policy:
         options = []
         for model in {*ready.single, *ready.sharded}:
             fairness = min(FAIRNESS_CAP, FAIRNESS_PENALTY * self._in_flight[model])
-            single = next((t for t in ready.single[model] if self._fits_alone(worker, t)), None)
-            sharded = next(iter(ready.sharded[model]), None)
+            single = self._best_single(worker, ready, model)
+            sharded = next((t for t in ready.sharded[model] if self._may_take(worker, t)), None)
             for task in filter(None, (single, sharded)):
-                key = (self._tier(worker, model), fairness - ready.score[task.id], task.model_size_gb, task.id)
-                options.append((key, task))
+                key = (self._tier(worker, model), fairness - ready.score[task.id], self._other_group(worker, task))
+                options.append(((*key, task.model_size_gb, task.id), task))
         for _, task in sorted(options, key=lambda option: option[0]):
             if task.id not in self._wide:
                 return task, (self._home[worker],)
@@ -547,11 +596,38 @@ class Policy:
                 return None
         return None
 
+    def _best_single(self, worker: str, ready: _Ranked, model: str) -> Task | None:
+        """The model's best ready task that fits this worker alone: the highest score, then its last group."""
+        best: Task | None = None
+        for task in ready.single[model]:  # best score first
+            if best is not None and ready.score[task.id] < ready.score[best.id]:
+                break
+            if not self._fits_alone(worker, task) or not self._may_take(worker, task):
+                continue
+            if best is None or (self._other_group(worker, task), task.model_size_gb, task.id) < (
+                self._other_group(worker, best),
+                best.model_size_gb,
+                best.id,
+            ):
+                best = task
+        return best
+
+    def _other_group(self, worker: str, task: Task) -> bool:
+        return bool(task.group) and task.group != self._last_group.get(worker)
+
+    def _may_take(self, worker: str, task: Task) -> bool:
+        """A task run once more after its worker died goes to another GPU while another worker's GPU holds it."""
+        died_on = self._retried.get(task.id)
+        if died_on is None or self._home[worker] != died_on or task.id in self._wide:
+            return True
+        return not any(home != died_on and task.mem_gb <= self._budget(home) for home in self._home.values())
+
     def _assign(self, worker: str, task: Task, devices: tuple[int, ...]) -> Assignment:
         self._ready.discard(task.id)
         assignment = Assignment(worker, task, devices)
         self._queues[worker].append(assignment)
         self._in_flight[task.model] += 1
+        self._last_group[worker] = task.group
         if self._holding.get(worker) != task.model:
             self._loads[task.model][worker] += 1
             self._holding[worker] = task.model

@@ -53,7 +53,8 @@ def tasks_from_items(items: Sequence[Item], ids: Sequence[str] | None = None) ->
     for tid, item in zip(ids, items):
         deps = frozenset(calibrations[item.model.name]) if item.kind in AFTER_CALIBRATION else frozenset()
         kind = EVAL_BASELINE if item.kind == Kind.BENCHMARK and item.variant == BASELINE else str(item.kind)
-        tasks.append(Task(tid, item.model.name, kind, item_need_gb(item), model_profile(item.model).weights_gb, deps))
+        group = f"{item.model.name}|{item.variant}"  # the items of one edited model run together where priority allows
+        tasks.append(Task(tid, item.model.name, kind, item_need_gb(item), model_profile(item.model).weights_gb, deps, group))
     return tasks
 
 

@@ -11,6 +11,13 @@ workers append to their items and run as a silent no-op (`distribution.WorkerSpa
 are never shut down one by one: a crash can hand work back to the policy at any time, so shutdown
 comes for all of them at once, from xdist, when `tests_finished` says nothing real is left.
 
+Dead workers: the item a worker was running when it died runs once more, on another GPU where there
+is one (`Policy.worker_lost(retry_running=True)`); xdist then reports nothing for it. A note the
+worker left first (`handback`) changes that: an item given back after an OOM runs once more on a
+larger placement, one that timed out so hard its worker had to end is reported crashed at once.
+A second death reports the item crashed (xdist's "worker crashed while running"). Items whose shared
+work failed are dropped before dispatch (`drop`); the caller reports them.
+
 Live memory: with `probe` (`probe.probe_gpus`, the driver's reading on a real node; none for a --gpus
 simulation) the adapter re-reads every GPU's free memory when it dispatches, at most once per
 `probe_interval_s`, and hands the readings to the policy, which keeps those of idle GPUs.
@@ -95,7 +102,10 @@ class GpuScheduling:
         probe: Callable[[], Sequence[Gpu]] | None = None,
         probe_interval_s: float = PROBE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        handback: Callable[[Item], dict[str, Any] | None] = lambda item: None,
+        on_retry: Callable[[str, str], None] = lambda nodeid, why: None,
     ) -> None:
+        self._handback, self._on_retry = handback, on_retry
         self._index_of, self._skip_reason, self._on_placed = index, skip_reason, on_placed
         self._devices, self._homes = list(devices), homes
         self._numnodes, self._fallback, self._on_unplaceable, self._log = numnodes, fallback, on_unplaceable, log
@@ -111,6 +121,7 @@ class GpuScheduling:
         self._policy: Policy | None = None
         self._failed: set[str] = set()
         self._reported: set[str] = set()
+        self._placements: dict[str, tuple[int, ...]] = {}  # task id -> the GPUs it was last sent with
         self._probe, self._probe_interval_s, self._clock = probe, probe_interval_s, clock
         self._probed_at: float | None = None
 
@@ -172,7 +183,7 @@ class GpuScheduling:
         if self._delegate:
             return self._delegate.mark_test_pending(item)
         raise NotImplementedError(
-            f"cannot rerun {item}: the GPU scheduler never retries an item whose worker crashed. "
+            f"cannot rerun {item} on request: the GPU scheduler reruns an item whose worker died once by itself. "
             "Rerun the failures with --lf, or pass --dist load to use xdist's own scheduler."
         )
 
@@ -194,11 +205,22 @@ class GpuScheduling:
             return None
         # A worker runs its pending items in order: the head is what ran, unless it was the spacer.
         running = pending[0] if pending and pending[0] != self._spacer else None
-        self._started.worker_lost(worker, running=running is not None)
+        retry, need_gb = self._retry_plan(worker, running)
+        self._started.worker_lost(worker, running=running is not None, retry_running=retry, need_gb=need_gb)
         # xdist starts a replacement (unless its restart limit ends the session); until it arrives the
         # policy keeps the lost GPU's work waiting and the idle workers keep receiving theirs.
         self._dispatch()
-        return None if running is None else self._collection[running]
+        return None if running is None or retry else self._collection[running]
+
+    def drop(self, nodeids: Sequence[str], reason: str) -> list[str]:
+        """Drop suite items not yet sent to a worker (work they need failed); the caller reports them.
+        Returns the nodeids dropped; items already sent end on their worker."""
+        if self._policy is None or self._delegate:
+            return []
+        ids = [self._ids[self._index[nodeid]] for nodeid in nodeids if nodeid in self._index]
+        dropped = [self._collection[self._index[tid]] for tid in self._policy.drop(ids, reason)]
+        self._failed.update(dropped)
+        return dropped
 
     def schedule(self) -> None:
         if self._delegate is None and self._policy is None:
@@ -215,6 +237,25 @@ class GpuScheduling:
             self._failed.add(report.nodeid)
 
     # ------------------------------------------------------------------ internals
+
+    def _retry_plan(self, worker: str, running: int | None) -> tuple[bool, float | None]:
+        """Whether the item its dead worker was running runs once more, and with which memory need."""
+        if running is None:
+            return False, None
+        item, task_id, nodeid = self._items[running], self._ids[running], self._collection[running]
+        note = self._handback(item) if item is not None else None
+        reason = (note or {}).get("reason")
+        if reason == "timeout":
+            return False, None
+        if reason == "oom":
+            placed = self._placements.get(task_id, ())
+            need = sum(self._started.budget_gb(d) for d in placed) + 1.0 if placed else None
+            self._on_retry(nodeid, f"out of GPU memory on GPU(s) {list(placed)}; it runs once more on a larger placement")
+            return True, need
+        if self._started.was_retried(task_id):
+            return False, None
+        self._on_retry(nodeid, f"worker {worker} died while running it; it runs once more, on another GPU where there is one")
+        return True, None
 
     def _holds_work(self, pending: list[int]) -> bool:
         return any(index != self._spacer for index in pending)
@@ -283,6 +324,7 @@ class GpuScheduling:
             if node.shutting_down:  # the session is stopping (-x, Ctrl-C): nothing new starts
                 continue
             index = self._index[assignment.task.id]
+            self._placements[assignment.task.id] = assignment.devices
             item = self._items[index]
             if item is not None:
                 self._on_placed(item, assignment.worker, assignment.devices)

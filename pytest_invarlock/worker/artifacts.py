@@ -15,13 +15,15 @@ import os
 import socket
 import time
 from collections import OrderedDict
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_invarlock.campaign.suite import Model, Scenario
+from pytest_invarlock.edit_lifecycle import Needs, make_room
 from pytest_invarlock.edits.catalogue import parse_spec
-from pytest_invarlock.store import Artifact, Store, content_sha256, digest, stat_signature
+from pytest_invarlock.store import Artifact, Store, content_sha256, digest, stat_signature, verify
 
 log = logging.getLogger("pytest_invarlock")
 BASELINE_LAYOUT_VERSION = 1
@@ -173,9 +175,13 @@ def baseline_artifact(model: Model, store: Store, *, offline: bool) -> Artifact:
 
     Keyed on the files' content (``weights_digest``, also in its artifact.json) besides their path: weights
     replaced in place make a new baseline, and with it new windows, edits and certificates, whose keys all
-    include the baseline's.
+    include the baseline's. Weights that are cut short, overwritten or missing are refused before anything
+    reads them (`weights_check`).
     """
+    from pytest_invarlock.worker.weights_check import check_model_directory
+
     source = source_directory(model, offline=offline)
+    check_model_directory(source)
     content = weights_digest(source, store)
     key = digest("baseline", BASELINE_LAYOUT_VERSION, str(source), model.revision, model.dtype, content)
 
@@ -290,8 +296,40 @@ def _copy_tokenizer_files(source: Path, target: Path) -> None:
             shutil.copyfile(source / name, target / name)
 
 
-def edit_artifact(model: Model, scenario: Scenario, baseline: Artifact, store: Store, cache: ModelCache, device: str) -> Artifact:
-    """The edited (or error-injected) weights of a scenario, made once per baseline and spec."""
+def edit_key(model: Model, scenario: Scenario, baseline: Artifact) -> str:
+    """The store key of a scenario's edited weights: the edit type's code version (a changed kernel rebuilds only
+    its edits), the baseline, the canonical spec and the dtype. Known without building the edit."""
+    spec = parse_spec(scenario.spec)
+    return digest("edit", spec.edit_type.code_version, baseline.path.name, str(spec), model.dtype)
+
+
+def edit_bytes(baseline: Artifact, dtype: str) -> int:
+    """The size of one edited copy: parameters x the edit's dtype, from the baseline's profile (else its files)."""
+    from pytest_invarlock.scheduling.memory import dtype_bytes
+
+    try:
+        profile = json.loads((baseline.path / "model_profile.json").read_text())
+    except (OSError, ValueError):
+        return _bytes_on_disk(baseline.path)
+    params = profile.get("params")
+    return int(params) * dtype_bytes(dtype) if params else int(profile.get("weights_bytes_on_disk") or 0)
+
+
+def edit_artifact(
+    model: Model,
+    scenario: Scenario,
+    baseline: Artifact,
+    store: Store,
+    cache: ModelCache,
+    device: str,
+    holds: ExitStack,
+    needs: Needs | None,
+) -> Artifact:
+    """The edited (or error-injected) weights of a scenario, held in use until `holds` closes.
+
+    Made once per baseline and spec; when its weights were evicted it is rebuilt from the recipe (the store
+    checks the rebuild against the sealed sha256). Room is made under the edit budget before a build.
+    """
     import copy
 
     import torch
@@ -299,8 +337,9 @@ def edit_artifact(model: Model, scenario: Scenario, baseline: Artifact, store: S
     from pytest_invarlock.edits.kernels import apply_spec
 
     spec = parse_spec(scenario.spec)
-    # The edit type's own code version (edits.catalogue): a changed kernel rebuilds only its edits.
-    key = digest("edit", spec.edit_type.code_version, baseline.path.name, str(spec), model.dtype)
+    key = edit_key(model, scenario, baseline)
+    if verify(store.path("edits", key), full=False) is not None:
+        make_room(store, needs, incoming=edit_bytes(baseline, model.dtype), reason=f"room for {spec} of {model.name}")
 
     def build(tmp: Path) -> dict[str, Any]:
         base_model, tokenizer, _ = cache.get(baseline.path, model.dtype)
@@ -317,4 +356,4 @@ def edit_artifact(model: Model, scenario: Scenario, baseline: Artifact, store: S
         cache.put(store.path("edits", key), edited, tokenizer)
         return {"model": model.name, "scenario": scenario.name, "spec": str(spec)}
 
-    return store.produce("edits", key, build)
+    return store.produce_in_use("edits", key, build, holds)

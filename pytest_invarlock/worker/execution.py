@@ -1,35 +1,46 @@
-"""How a worker runs one item on real hardware: placement, device map, OOM retries, time limit, memory.
+"""How a worker runs one item on real hardware: placement, device map, OOM and transient retries, memory.
 
 `pipeline.Worker` decides *what* an item computes; this module decides *how* it survives the GPU:
 
 - the item's placement (`placement_devices`) becomes a `DevicePlan` and the load kwargs that spread
   a multi-GPU model over exactly those GPUs (`scheduling.device_map`);
-- an evaluate that dies of CUDA OOM is retried after the memory is released, with exponential
-  backoff (the seed's `OOM gets fewer retries`: 2); lm-eval is retried with half the batch;
-  the last failure is an item error that gives the numbers. A larger placement is the scheduler's
-  to give: a worker cannot claim GPUs it was not placed on, so the error says so and the record
-  carries `oom_exhausted`;
-- every item runs under its suite time limit (`resources.deadline`), and the record of an item that
-  ends in error still carries what happened (`oom_retries`, `timed_out`, the memory figures).
+- an evaluate that dies of CUDA OOM is retried after the memory is released, with jittered
+  exponential backoff (the seed's `OOM gets fewer retries`: 2; InvarLock 0.12.1 evaluates one window
+  per batch, so there is no smaller batch to try); lm-eval is retried with half the batch. When that
+  is exhausted, a worker under the GPU scheduler gives the item back for a larger placement once
+  (`hand_back`: it leaves a note in the failure memory and ends its process; the scheduler re-queues
+  the item on more GPUs and xdist starts a replacement worker); otherwise the item errors with the
+  numbers and the record carries `oom_exhausted`;
+- a transient error (network, hub 5xx, filesystem hiccup; `campaign.failures.classify`) reruns the
+  item after a capped, jittered exponential backoff (`transient_wait_s`), reusing what is finished;
+- the record of an item that ends in error still carries what happened (`oom_retries`,
+  `transient_retries`, `timed_out`, the memory figures, the seconds spent in shared work).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_invarlock.campaign.failures import TRANSIENT_RETRIES, backoff_s
 from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.failure_memory import FailureMemory
 from pytest_invarlock.records import base_record
 from pytest_invarlock.scheduling.device_map import DevicePlan, device_plan
-from pytest_invarlock.worker.resources import backoff_s, is_oom, memory_snapshot, release_memory, smaller_batch
+from pytest_invarlock.worker.resources import is_oom, memory_snapshot, release_memory, smaller_batch
 
+log = logging.getLogger("pytest_invarlock")
 GIB = 2**30
 OOM_RETRIES = 2  # evaluate: retries after the first OOM (the seed gives OOM fewer retries than other failures)
 BATCH_RETRIES = 4  # lm-eval: halvings of the batch after an OOM
 BACKOFF_BASE_S = 5.0
+EXIT_HANDED_BACK = 71  # a worker that gave its item back for a larger placement
 
 
 class ItemError(RuntimeError):
@@ -38,6 +49,10 @@ class ItemError(RuntimeError):
     def __init__(self, message: str, record: dict[str, Any]) -> None:
         super().__init__(message)
         self.record = record
+
+
+class OomExhausted(ItemError):
+    """Out of memory after every retry on this placement: a larger one may still hold the item."""
 
 
 @dataclass
@@ -50,10 +65,14 @@ class ItemStats:
     oom_failures: list[str] = field(default_factory=list)
     lm_eval_batch: str | None = None
     device_map_devices: list[str] | None = None
+    transient_retries: int = 0
+    shared_s: dict[str, float] = field(default_factory=dict)  # seconds of shared work per kind, not charged to the item
     extra: dict[str, Any] = field(default_factory=dict)
 
     def fields(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"oom_retries": self.oom_retries}
+        out: dict[str, Any] = {"oom_retries": self.oom_retries, "transient_retries": self.transient_retries}
+        if self.shared_s:
+            out["shared_seconds"] = {kind: round(seconds, 2) for kind, seconds in sorted(self.shared_s.items())}
         if self.placement is not None:
             out["placement"] = self.placement
         if self.device_plan_gb is not None:
@@ -130,15 +149,14 @@ def evaluate_with_oom_retries(
         if attempt == retries:
             message = (
                 f"CUDA out of memory in invarlock evaluate after {stats.oom_retries} retries "
-                f"{_oom_numbers(stats, item) if item is not None else ''}. A larger placement is the "
-                f"scheduler's to give (this worker cannot claim more GPUs); last error: {(verdict.failure or '')[-300:]}"
+                f"{_oom_numbers(stats, item) if item is not None else ''}; last error: {(verdict.failure or '')[-300:]}"
             )
             stats.extra["oom_exhausted"] = True
-            raise ItemError(message, {})
+            raise OomExhausted(message, {})
         stats.oom_retries += 1
         del verdict
         release_memory()
-        time.sleep(backoff_s(attempt + 1, BACKOFF_BASE_S if backoff_base_s is None else backoff_base_s))
+        time.sleep(backoff_s(attempt + 1, base_s=BACKOFF_BASE_S if backoff_base_s is None else backoff_base_s))
     raise AssertionError("unreachable")
 
 
@@ -177,7 +195,7 @@ def benchmark_with_oom_retries(
         smaller = smaller_batch(batch)
         if smaller is None or stats.oom_retries >= retries:
             stats.extra["oom_exhausted"] = True
-            raise ItemError(
+            raise OomExhausted(
                 f"CUDA out of memory in lm-eval {item.benchmark} after {stats.oom_retries} retries "
                 f"(batch {' -> '.join(tried)}) {_oom_numbers(stats, item)}; last error: {failure[-300:]}",
                 {},
@@ -185,7 +203,7 @@ def benchmark_with_oom_retries(
         stats.oom_retries += 1
         batch = smaller
         tried.append(str(batch))
-        time.sleep(backoff_s(stats.oom_retries, BACKOFF_BASE_S if backoff_base_s is None else backoff_base_s))
+        time.sleep(backoff_s(stats.oom_retries, base_s=BACKOFF_BASE_S if backoff_base_s is None else backoff_base_s))
 
 
 def error_record(
@@ -194,3 +212,34 @@ def error_record(
     """The record of an item that ends in error: what it is, why, what it cost, and what produced it
     (`provenance.environment`)."""
     return {**base_record(item), "met": False, "error": message, **stats.fields(), **extra, "environment": environment}
+def transient_wait_s(attempt: int, stats: ItemStats, *, retries: int = TRANSIENT_RETRIES) -> float | None:
+    """The wait before rerunning an item after its `attempt`-th transient error; None once retries are spent."""
+    if attempt > retries:
+        return None
+    stats.transient_retries = attempt
+    return backoff_s(attempt, base_s=BACKOFF_BASE_S)
+
+
+def no_larger_placement(state: Any, item: Item, stats: ItemStats, memory: FailureMemory, *, scheduled: bool) -> str | None:
+    """Why the GPU scheduler cannot give this item more GPUs than it has, or None when it can."""
+    placed = len(stats.placement or ()) or 1
+    if not scheduled or "PYTEST_XDIST_WORKER" not in os.environ:
+        return "only the GPU scheduler (pytest -n, no --dist) places items on more GPUs"
+    if len(state.gpus) <= placed:
+        return f"it already had all {len(state.gpus)} GPU(s) of this node"
+    if memory.handed_back(item.param_id):
+        return "it was given a larger placement once already"
+    return None
+
+
+def hand_back(memory: FailureMemory, item: Item, stats: ItemStats, reason: str) -> None:
+    """Give the item back for a larger placement: leave the note, end this worker (xdist replaces it)."""
+    memory.hand_back(item.param_id, {"reason": "oom", "placement": stats.placement or [], "message": reason[-500:]})
+    message = (
+        f"item {item.param_id} ran out of GPU memory on GPU(s) {stats.placement or '(home)'} after every retry: "
+        "giving it back to the scheduler for a larger placement (this worker ends; xdist starts a replacement)"
+    )
+    log.error(message)
+    print(f"invarlock: {message}", file=sys.__stderr__, flush=True)
+    logging.shutdown()
+    os._exit(EXIT_HANDED_BACK)

@@ -5,6 +5,13 @@ One `Worker` per pytest process (per xdist worker). Its methods are the fixtures
 itself, e.g. after `-k` deselected them), `edited_model(item)`, `certify(item)`, `benchmark(item)`.
 Each product is content-addressed in the store (see `store`), produced once under a file lock and
 reused by every worker and by the next run. Imports torch (through `models`) only when needed.
+
+Shared work (a model's baseline and evaluation windows, each calibration run, the preset, each edit)
+runs through `_shared`: under its own time limit (the item's clock is paused meanwhile), and when it
+fails for good its failure goes to the session's failure memory (`failure_memory`), so every item
+that needed it fails at once naming the item that failed first and the cause, and nobody reruns it
+in this session. Edited weights are made only when a certificate or score has to be computed, held
+in use while read, and may be evicted and rebuilt later (`edit_lifecycle`).
 """
 
 from __future__ import annotations
@@ -14,16 +21,23 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pytest_invarlock.campaign.failures import ErrorClass, Failure, Scope, classify, spec_of
 from pytest_invarlock.campaign.items import Item
 from pytest_invarlock.campaign.judging import Judgement, judge
 from pytest_invarlock.campaign.suite import Model, Scenario
+from pytest_invarlock.edit_lifecycle import read_needs
 from pytest_invarlock.edits.catalogue import parse_spec
+from pytest_invarlock.failure_memory import FailureMemory
 from pytest_invarlock.records import base_record, junit_properties
+from pytest_invarlock.scheduling.disk_plan import default_headroom, gb
 from pytest_invarlock.state import ConfigState
 from pytest_invarlock.store import (
     Artifact,
@@ -31,18 +45,53 @@ from pytest_invarlock.store import (
     content_sha256,
     digest,
     disk_full_message,
+    existing_ancestor,
+    human_bytes,
     is_disk_full,
+    verify,
     write_json_atomic,
 )
 from pytest_invarlock.worker import execution, provenance
-from pytest_invarlock.worker.artifacts import ModelCache, baseline_artifact, default_cache_bytes, edit_artifact
+from pytest_invarlock.worker.artifacts import (
+    ModelCache,
+    baseline_artifact,
+    default_cache_bytes,
+    edit_artifact,
+    edit_bytes,
+    edit_key,
+)
+from pytest_invarlock.worker.resources import remaining_s
 
 log = logging.getLogger("pytest_invarlock")
 RESULT_FILE = "verdict.json"
 
 
+GIB = 2**30
+RESULT_ALLOWANCE = 2 * 2**20  # what one certificate or score adds to the disk, at least (preflight's figure)
+DISK_POLL_S = 15.0
+DISK_NOTICE_S = 300.0
+
+
 class PipelineError(RuntimeError):
     """The validation pipeline itself broke (not InvarLock's verdict); the item is an error, not a failure."""
+
+
+class DependencyFailed(PipelineError):
+    """Shared work this item needs failed in this session (`failure`); it is not run again."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def describe(error: BaseException) -> str:
+    """An error and its causes as one line of text: what classification and messages read."""
+    parts, seen = [], 0
+    current: BaseException | None = error
+    while current is not None and seen < 5:
+        parts.append(f"{type(current).__name__}: {current}".strip())
+        current, seen = current.__cause__ or current.__context__, seen + 1
+    return " <- ".join(parts)[:2000]
 
 
 @dataclass
@@ -76,19 +125,23 @@ def _computed_by(state: ConfigState, packages: tuple[str, ...]) -> dict[str, str
 
 
 class Worker:
-    def __init__(self, state: ConfigState, worker_id: str) -> None:
+    def __init__(self, state: ConfigState, worker_id: str, *, scheduled: bool = False) -> None:
+        """`scheduled`: the GPU scheduler sends this worker its items (it may give one back for more GPUs)."""
         from pytest_invarlock.worker import certifier  # imports invarlock: worker side only
 
         self.certifier = certifier
         self.state = state
         self.store = state.store
         self.worker_id = worker_id
+        self.scheduled = scheduled
         self.cache = ModelCache(execution.cache_budget_bytes(state, default_cache_bytes()))
         self.stats = execution.ItemStats()  # the running item's retries and placement (execution.py)
+        self.failures = FailureMemory(state.run_dir, state.session)
         self._item: Item | None = None  # the running item: shared work it triggers runs on its placement
-        self._item_deadline: float | None = None
+        self._last_attempt = True  # whether a transient failure now is final (the item's retries are spent)
+        self._holds = contextlib.ExitStack()  # artifacts the running item holds in use (closed when it ends)
+        self._session_holds = contextlib.ExitStack()  # those fixtures handed out outside items: held until exit
         self.environment = provenance.environment(state.device)  # versions, host, device, driver: in every record
-        self.invarlock_version = str(self.environment["versions"]["invarlock"])
         self._memo: dict[tuple[str, str], Any] = {}
         apply_determinism(state.options.determinism, state.device)
         _log_to(state.run_dir / "logs" / f"{worker_id}.log")
@@ -105,14 +158,55 @@ class Worker:
             self._memo[key] = make()
         return self._memo[key]
 
-    def baseline(self, model: Model) -> Artifact:
-        return self._once(
-            "baseline", model.name, lambda: baseline_artifact(model, self.store, offline=self.state.options.offline)
+    def limit_s(self, kind: str, model: Model) -> float:
+        """The time limit of `kind` work on `model` (campaign.time_limits; the command line's exact figures win)."""
+        from pytest_invarlock.scheduling.tasks import model_profile
+
+        return self.state.suite.timeout_s(
+            kind, model, weights_gb=model_profile(model).weights_gb, command_line=self.state.options.limits.timeouts
         )
 
     def weights_digest(self, model: Model) -> str:
         """The content digest of the baseline's files (``artifacts.weights_digest``): what every record's weights derive from."""
         return str(self.store.metadata(self.baseline(model).path)["weights_digest"])
+    @contextlib.contextmanager
+    def _shared(self, scope: Scope, model: Model, kind: str, what: str, detail: str = "") -> Iterator[None]:
+        """Shared work: refused at once if it already failed in this session; run under its own time limit (the
+        item's clock paused); a failure that is not transient (or is, with the item's retries spent) is remembered."""
+        from pytest_invarlock.worker.resources import ItemTimeout, deadline
+
+        known = self.failures.find(scope, model.name, detail)
+        if known is not None:
+            raise DependencyFailed(known)
+        started = time.perf_counter()
+        try:
+            with deadline(self.limit_s(kind, model), f"{what} ({kind} limit)"):
+                yield
+        except DependencyFailed:
+            raise
+        except (Exception, ItemTimeout) as error:
+            cause = describe(error)
+            error_class = ErrorClass.PERMANENT if isinstance(error, ItemTimeout) else classify(cause)
+            if error_class in (ErrorClass.OOM, ErrorClass.DISK_FULL) or (
+                error_class == ErrorClass.TRANSIENT and not self._last_attempt
+            ):
+                raise  # not the work's fault for good: the item retries it or ends on its own
+            item = self._item.param_id if self._item is not None else f"(outside an item, {self.worker_id})"
+            failure = self.failures.record(Failure(scope, model.name, item, cause, error_class, detail))
+            log.error("%s failed: %s", failure.what, failure.cause)
+            raise DependencyFailed(failure) from error
+        finally:
+            self.stats.shared_s[kind] = self.stats.shared_s.get(kind, 0.0) + time.perf_counter() - started
+
+    def baseline(self, model: Model) -> Artifact:
+        """The model's baseline: its source (downloaded or built, charged to the download limit), whose weights
+        must be whole before any item loads them."""
+
+        def make() -> Artifact:
+            with self._shared(Scope.BASELINE, model, "download", f"baseline of {model.name}"):
+                return baseline_artifact(model, self.store, offline=self.state.options.offline)
+
+        return self._once("baseline", model.name, make)
 
     def window_pool(self, model: Model):
         """The local corpus packed into full windows for the model's tokenizer (worker.windows)."""
@@ -120,13 +214,14 @@ class Worker:
         from pytest_invarlock.worker import windows
 
         baseline = self.baseline(model)
-        return self._once(
-            "window-pool",
-            model.name,
-            lambda: windows.pool(
-                self.store, baseline.path, heldout_identity(), heldout_documents, seq_len=model.settings.seq_len
-            ),
-        )
+
+        def make():
+            with self._shared(Scope.BASELINE, model, "prepare", f"evaluation windows of {model.name}"):
+                return windows.pool(
+                    self.store, baseline.path, heldout_identity(), heldout_documents, seq_len=model.settings.seq_len
+                )
+
+        return self._once("window-pool", model.name, make)
 
     def window_plan(self, model: Model):
         """The model's window counts: planned (`windows: auto`) or assessed from a pilot pass of the baseline;
@@ -138,8 +233,9 @@ class Worker:
 
         def make():
             source, baseline = self.window_pool(model), self.baseline(model)
-            with self._baseline_on_device(model) as load:
-                pilot = windows.pilot(self.store, source, baseline.path.name, load, self.state.device)
+            with self._shared(Scope.BASELINE, model, "prepare", f"pilot pass of {model.name}"):
+                with self._baseline_on_device(model) as load:
+                    pilot = windows.pilot(self.store, source, baseline.path.name, load, self.state.device)
             runs = max((self.state.suite.runs_for(s) for s in self.state.suite.scenarios), default=1)
             plan = windows.plan(model.settings, pilot, source.windows, runs)
             windows.record_plan(self.state.run_dir, model.name, plan)
@@ -167,19 +263,12 @@ class Worker:
             with self._baseline_on_device(model) as load:
                 return windows.window_nll(load(), ids, self.state.device)
 
-        return self._once(
-            "windows",
-            f"{model.name}/{run}",
-            lambda: windows.draw(
-                self.store,
-                self.window_pool(model),
-                plan.preview_n,
-                plan.final_n,
-                run,
-                weights=self.baseline(model).path.name,
-                score=score,
-            ),
-        )
+        def make():
+            pool, weights = self.window_pool(model), self.baseline(model).path.name
+            with self._shared(Scope.BASELINE, model, "prepare", f"windows of run {run} of {model.name}"):
+                return windows.draw(self.store, pool, plan.preview_n, plan.final_n, run, weights=weights, score=score)
+
+        return self._once("windows", f"{model.name}/{run}", make)
 
     @contextlib.contextmanager
     def _baseline_on_device(self, model: Model):
@@ -260,8 +349,9 @@ class Worker:
             "load_kwargs": load_kwargs(plan) if mode == "subprocess" else {},
             "online": not self.state.options.offline,
         }
-        if mode == "subprocess" and self._item_deadline is not None:  # in-process work is bounded by run()'s deadline
-            options["timeout_s"] = max(1.0, round(self._item_deadline - time.monotonic(), 1))
+        left = remaining_s()
+        if mode == "subprocess" and left is not None:  # in-process work is bounded by the active deadline itself
+            options["timeout_s"] = max(1.0, round(left, 1))
         return options
 
     def baseline_report(self, model: Model, item: Item | None = None) -> tuple[Path, bool]:
@@ -284,22 +374,36 @@ class Worker:
             report = self.certifier.run_baseline(baseline.path, tmp, settings, **self.evaluate_options(item))
             return {"report": str(report.relative_to(tmp))}
 
-        artifact = self._once("baseline-report", f"{model.name}/{run}", lambda: self.store.produce("reports", key, build))
+        def make() -> Artifact:
+            with self._shared(Scope.BASELINE, model, "calibration", f"baseline report of run {run} of {model.name}"):
+                return self.store.produce("reports", key, build)
+
+        artifact = self._once("baseline-report", f"{model.name}/{run}", make)
         return artifact.path / self.store.metadata(artifact.path)["report"], artifact.reused
 
     def calibration(self, model: Model, run: int, item: Item | None = None) -> tuple[Any, Artifact]:
-        """One calibration run: the baseline against itself on run `run`'s windows."""
+        """One calibration run: the baseline against itself on run `run`'s windows. Shared work (the preset and
+        run `run`'s baseline report need it): an evaluate that cannot load the baseline fails the baseline."""
         baseline = self.baseline(model)
         settings = self.settings(model, calibration_run=run)
         key = digest(
             "calibration", baseline.path.name, run, self._settings_key(settings), _computed_by(self.state, CERTIFICATE_PACKAGES)
         )
-        return self._verdict_artifact(
-            key,
-            lambda tmp: self.certifier.certify(
-                baseline.path, baseline.path, tmp, settings, edit_label="noop", **self.evaluate_options(item)
-            ),
-        )
+        with self._shared(Scope.CALIBRATION, model, "calibration", f"calibration run {run} of {model.name}", str(run)):
+            try:
+                return self._verdict_artifact(
+                    key,
+                    lambda tmp: self.certifier.certify(
+                        baseline.path, baseline.path, tmp, settings, edit_label="noop", **self.evaluate_options(item)
+                    ),
+                )
+            except PipelineError as error:
+                left = remaining_s()  # a load our own time limit interrupted is the limit's, not the baseline's
+                interrupted = left is not None and left <= 0
+                if interrupted or "MODEL-LOAD-FAILED" not in str(error) or classify(str(error)) != ErrorClass.PERMANENT:
+                    raise
+                who = self._item.param_id if self._item is not None else self.worker_id
+                raise DependencyFailed(self.failures.record(Failure(Scope.BASELINE, model.name, who, str(error)))) from error
 
     def _verdict_artifact(self, key: str, evaluate) -> tuple[Any, Artifact]:
         def build(tmp: Path) -> dict[str, Any]:
@@ -350,64 +454,190 @@ class Worker:
             artifact = self.store.produce("presets", key, build)
             return json.loads((artifact.path / "preset.json").read_text()), artifact.path / "preset.yaml", artifact.reused
 
-        return self._once("preset", model.name, make)
+        def make_once() -> tuple[dict[str, Any], Path, bool]:
+            with self._shared(Scope.PRESET, model, "prepare", f"preset of {model.name}"):
+                return make()
+
+        return self._once("preset", model.name, make_once)
+
+    def edit_dir(self, model: Model, scenario: Scenario) -> Path:
+        """Where the scenario's edited weights live in the store (whether or not they are on disk now)."""
+        return self.store.path("edits", edit_key(model, scenario, self.baseline(model)))
 
     def edited_model(self, model: Model, scenario: Scenario, item: Item | None = None) -> Artifact:
-        """The scenario's edited weights. Edits run where the model fits: on the worker's GPU, or in host
-        RAM when the item's placement shards the model over several GPUs."""
+        """The scenario's edited weights, built (or rebuilt from the recipe) if they are not on disk, and held in
+        use until the item ends (outside an item: until the session ends). Edits run where the model fits: on the
+        worker's GPU, or in host RAM when the item's placement shards the model over several GPUs."""
         from pytest_invarlock.scheduling.placement import placement_devices
 
         baseline = self.baseline(model)
         devices = placement_devices(self.state.run_dir, self.state.session, item) if item is not None else None
         device = "cpu" if devices and len(devices) > 1 else self.state.device
-        return self._once(
-            "edit",
-            f"{model.name}/{scenario.name}",
-            lambda: edit_artifact(model, scenario, baseline, self.store, self.cache, device),
-        )
+        spec = str(parse_spec(scenario.spec))
+        with self._shared(Scope.EDIT, model, "edit", f"edit {spec} of {model.name}", spec):
+            needs = read_needs(self.state.run_dir, self.state.session)
+            holds = self._holds if self._item is not None else self._session_holds
+            return edit_artifact(model, scenario, baseline, self.store, self.cache, device, holds, needs)
 
     # ----------------------------------------------------------------- items
 
     def run(self, item: Item) -> ItemResult:
-        """One item under its suite time limit, with OOM retries; an error carries its record (`ItemError.record`)."""
-        from pytest_invarlock.worker.resources import ItemTimeout, deadline, release_memory, timeout_note
+        """One item under its time limit, with OOM and transient retries; an error carries its record
+        (`ItemError.record`). Work this item needed that already failed in this session fails it at once."""
+        from pytest_invarlock.worker.resources import release_memory
 
-        started, warned = time.perf_counter(), len(self.store.warnings)
-        limit = self.state.suite.timeout_s(item.kind, item.model)
-        self._item, self._item_deadline = item, time.monotonic() + limit
+        started, warned, rebuilt = time.perf_counter(), len(self.store.warnings), len(self.store.rebuilt)
+        limit = self.limit_s(item.kind, item.model)
         plan = execution.item_device_plan(self.state, item)
         self.stats = execution.ItemStats(
             placement=list(plan.devices) if plan else None,
             device_plan_gb=list(plan.max_memory_gb) if plan and plan.multi_gpu else None,
         )
-        failure: str | None = None
-        try:
-            with deadline(limit, f"{item.kind} item {item.param_id}", note=timeout_note(self.state.run_dir, item.param_id)):
-                with self.certifier.interrupts_kept():  # a Ctrl-C swallowed by torch/InvarLock still stops the session
-                    result = self._benchmark(item) if item.benchmark else self._certify(item)
-        except ItemTimeout as timeout:
-            failure = f"{timeout} (the suite's limit for {item.kind} items of size class {item.model.size_class})"
-        except (PipelineError, execution.ItemError) as error:
-            failure = str(error)
-        finally:
-            self._item, self._item_deadline = None, None
-            release_memory()
+        failed_work: Failure | None = self.failures.blocking(item)
+        failure = f"not run: {failed_work.message}" if failed_work is not None else None
+        waited = 0.0
+        if failure is None:
+            self._item = item
+            self._holds = contextlib.ExitStack()
+            try:
+                waited = self._wait_for_disk(item)
+                result, failure, failed_work = self._attempts(item, limit)
+            except execution.ItemError as error:  # no disk space came in time
+                result, failure = None, str(error)
+            finally:
+                self._holds.close()
+                self._item = None
+                release_memory()
+        extra = {
+            "seconds": round(time.perf_counter() - started, 2),
+            "worker": self.worker_id,
+            "timeout_s": limit,
+            **({"disk_wait_s": round(waited, 1)} if waited else {}),
+            **({"rebuilt": self.store.rebuilt[rebuilt:]} if self.store.rebuilt[rebuilt:] else {}),
+            **execution.memory_fields(self.cache),
+        }
+        if self.store.warnings[warned:]:  # damaged artifacts found and rebuilt: the controller prints them
+            extra["store_warnings"] = self.store.warnings[warned:]
         if failure is not None:
-            extra = {
-                "seconds": round(time.perf_counter() - started, 2),
-                "worker": self.worker_id,
-                "timeout_s": limit,
-                "timed_out": "timed out after" in failure,
-                **execution.memory_fields(self.cache),
-            }
+            extra["timed_out"] = "timed out after" in failure
+            if failed_work is not None:
+                extra["failed_work"] = failed_work.to_dict()
+                extra["failed_here"] = failed_work.item == item.param_id
             log.error("item %s: %s", item.param_id, failure)
             raise execution.ItemError(failure, execution.error_record(item, failure, self.stats, extra, self.environment))
-        result.record.update({**self.stats.fields(), **execution.memory_fields(self.cache), "timeout_s": limit})
-        result.record["seconds"] = round(time.perf_counter() - started, 2)
-        result.record["worker"] = self.worker_id
-        if self.store.warnings[warned:]:  # damaged artifacts found and rebuilt: the controller prints them
-            result.record["store_warnings"] = self.store.warnings[warned:]
+        assert result is not None
+        result.record.update({**self.stats.fields(), **extra})
         return result
+
+    def _attempts(self, item: Item, limit: float) -> tuple[ItemResult | None, str | None, Failure | None]:
+        """Run the item, again after each transient error (backoff), until it ends: (result, failure, failed work)."""
+        from pytest_invarlock.worker.resources import ItemTimeout, deadline
+
+        attempt = 0
+        while True:
+            self._last_attempt = attempt >= execution.TRANSIENT_RETRIES
+            try:
+                with deadline(limit, f"{item.kind} item {item.param_id}", note=self._timeout_note(item)):
+                    with self.certifier.interrupts_kept():  # a Ctrl-C swallowed by torch/InvarLock still stops the session
+                        return (self._benchmark(item) if item.benchmark else self._certify(item)), None, None
+            except ItemTimeout as timeout:
+                return None, f"{timeout} (the limit for {item.kind} items of size class {item.model.size_class})", None
+            except DependencyFailed as error:
+                found = error.failure
+                return None, found.message if found.item != item.param_id else f"{found.what} failed: {found.cause}", found
+            except execution.OomExhausted as error:
+                why_not = execution.no_larger_placement(self.state, item, self.stats, self.failures, scheduled=self.scheduled)
+                if why_not is None:
+                    execution.hand_back(self.failures, item, self.stats, str(error))
+                return None, f"{error}; no larger placement to try: {why_not}", None
+            except Exception as error:  # noqa: BLE001 - sorted below: retried, or the item's error with its cause
+                cause = describe(error)
+                error_class = classify(cause)
+                wait = execution.transient_wait_s(attempt + 1, self.stats) if error_class == ErrorClass.TRANSIENT else None
+                if wait is None:
+                    log.error("item %s failed (%s):\n%s", item.param_id, error_class, traceback.format_exc())
+                    return None, str(error) if isinstance(error, (PipelineError, execution.ItemError)) else cause, None
+                log.warning("item %s: transient error, retry %d in %.0f s: %s", item.param_id, attempt + 1, wait, cause)
+                self._holds.close()
+                self._holds = contextlib.ExitStack()
+                time.sleep(wait)
+                attempt += 1
+
+    def _timeout_note(self, item: Item) -> Callable[[str], None]:
+        """What the watchdog leaves before it ends this worker: the reason in logs/timeouts.log, and a note that
+        the item must not be re-queued (it would only time out again)."""
+        from pytest_invarlock.worker.resources import timeout_note
+
+        write = timeout_note(self.state.run_dir, item.param_id)
+
+        def note(message: str) -> None:
+            write(message)
+            self.failures.hand_back(item.param_id, {"reason": "timeout", "message": message})
+
+        return note
+
+    def _wait_for_disk(self, item: Item) -> float:
+        """Before an item starts: wait (not charged to it) while its filesystem lacks room for what it adds plus the
+        headroom; edits no running item uses are evicted first. Returns the seconds waited; an ItemError after
+        the disk_wait limit."""
+        from pytest_invarlock.edit_lifecycle import make_room, on_disk_bytes
+
+        need = RESULT_ALLOWANCE + self._edit_need(item)
+        headroom = self._headroom()
+        waited, started, noticed = 0.0, time.monotonic(), -DISK_NOTICE_S
+        while True:
+            free = shutil.disk_usage(existing_ancestor(self.state.run_dir)).free
+            if free - need >= headroom:
+                break
+            if waited == 0.0:  # first make room: evict edits no running item holds, as many as the shortfall needs
+                make_room(
+                    self.store,
+                    read_needs(self.state.run_dir, self.state.session),
+                    incoming=need,
+                    reason="low disk space",
+                    budget=on_disk_bytes(self.store) - (need + headroom - free) + need,
+                )
+                if shutil.disk_usage(existing_ancestor(self.state.run_dir)).free - need >= headroom:
+                    break
+            waited = time.monotonic() - started
+            message = (
+                f"{self.worker_id}: pausing before {item.param_id}: {gb(free)} GB free on {self.state.run_dir}, it needs "
+                f"{human_bytes(need)} plus {gb(headroom)} GB headroom; waiting for space (free some, or other items' edits "
+                f"are removed as they finish), {waited:.0f} s so far"
+            )
+            if waited > self.limit_s("disk_wait", item.model):
+                raise execution.ItemError(f"{message}; gave up after the disk_wait limit", {})
+            if waited - noticed >= DISK_NOTICE_S:
+                noticed = waited
+                log.warning(message)
+                print(f"invarlock: {message}", file=sys.__stderr__, flush=True)
+                write_json_atomic(self.state.run_dir / "state" / "disk_pressure.json", {"message": message, "at": time.time()})
+            time.sleep(DISK_POLL_S)
+        if waited:
+            with contextlib.suppress(OSError):
+                (self.state.run_dir / "state" / "disk_pressure.json").unlink()
+            log.info("%s: disk space is back after %.0f s; starting %s", self.worker_id, waited, item.param_id)
+        return waited
+
+    def _edit_need(self, item: Item) -> int:
+        """Bytes the item's edit adds if it has to be built: 0 when it needs none or it is on disk (known only
+        once this worker has the baseline; before that the suite's declared size counts)."""
+        from pytest_invarlock.scheduling.tasks import model_profile
+
+        if item.scenario is None or spec_of(item) is None:
+            return 0
+        baseline = self._memo.get(("baseline", item.model.name))
+        if baseline is None:
+            return int(model_profile(item.model).weights_gb * GIB)
+        if verify(self.store.path("edits", edit_key(item.model, item.scenario, baseline)), full=False) is None:
+            return 0
+        return edit_bytes(baseline, item.model.dtype)
+
+    def _headroom(self) -> int:
+        limit = self.state.options.limits.disk_headroom_gb
+        if limit is not None:
+            return int(limit * GIB)
+        return default_headroom(shutil.disk_usage(existing_ancestor(self.state.run_dir)).total)
 
     def _certify(self, item: Item) -> ItemResult:
         from pytest_invarlock.campaign.presets import edit_preset
@@ -439,17 +669,15 @@ class Worker:
             report, report_reused = self.baseline_report(model, item)
             if report_reused:
                 reused.append(f"baseline-report:{model.name}")
-            edited = self.edited_model(model, item.scenario, item)
-            if edited.reused:
-                reused.append(f"edit:{model.name}/{item.scenario.name}")
-            extra["weights"] = edited.path.name
+            edited = self.edit_dir(model, item.scenario)  # made only if the certificate has to be computed
+            extra["weights"] = edited.name
             spec = parse_spec(item.scenario.spec)
             preset = edit_preset(preset, spec.kind)
             settings = self.settings(model, run=item.run)
             key = digest(
                 "certify",
                 baseline.path.name,
-                edited.path.name,
+                edited.name,
                 preset,
                 self._settings_key(settings),
                 report.parent.name,
@@ -460,7 +688,7 @@ class Worker:
                 key,
                 lambda tmp: self.certifier.certify(
                     baseline.path,
-                    edited.path,
+                    self._edit_for(item, reused).path,
                     tmp,
                     settings,
                     edit_label="custom",
@@ -486,6 +714,12 @@ class Worker:
             "preset": str(root / self.certifier.PRESET_FILE),
             "files": sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()),
         }
+    def _edit_for(self, item: Item, reused: list[str]) -> Artifact:
+        assert item.scenario is not None
+        edited = self.edited_model(item.model, item.scenario, item)
+        if edited.reused and f"edit:{item.model.name}/{item.scenario.name}" not in reused:
+            reused.append(f"edit:{item.model.name}/{item.scenario.name}")
+        return edited
 
     def _result(
         self,
@@ -527,7 +761,8 @@ class Worker:
 
         model = item.model
         baseline = self.baseline(model)
-        directory = baseline.path if item.variant == "baseline" else self.edited_model(model, item.scenario, item).path
+        on_baseline = item.variant == "baseline" or item.scenario is None
+        directory = baseline.path if on_baseline else self.edit_dir(model, item.scenario)  # an edit is made on demand
         suite = self.state.suite
         key = digest(
             "benchmark",
@@ -538,15 +773,21 @@ class Worker:
             _computed_by(self.state, SCORE_PACKAGES),
         )
         loaded = False
+        reused: list[str] = []
 
         def build(tmp: Path) -> dict[str, Any]:
-            nonlocal loaded
+            nonlocal loaded, directory
+            if not on_baseline:
+                directory = self._edit_for(item, reused).path
             plan = execution.item_device_plan(self.state, item)
             if plan is not None and plan.multi_gpu and self.state.device == "cuda":  # a child that sees all placed GPUs
                 loaded = True
                 score = lambda batch: self._score_placed(item, directory, plan, batch, tmp)  # noqa: E731
             else:
-                hf_model, tokenizer, loaded = self.cache.get(directory, model.dtype)
+                with contextlib.ExitStack() as loading:
+                    if on_baseline:  # a baseline that cannot load fails the model's items once
+                        loading.enter_context(self._shared(Scope.BASELINE, model, "prepare", f"loading {model.name}"))
+                    hf_model, tokenizer, loaded = self.cache.get(directory, model.dtype)
 
                 def score(batch):
                     hf_model.to(self.state.device)
@@ -570,7 +811,7 @@ class Worker:
 
         artifact = self.store.produce("benchmarks", key, build)
         result = json.loads((artifact.path / "benchmark.json").read_text())
-        reused = [f"benchmark:{item.param_id}"] if artifact.reused else []
+        reused += [f"benchmark:{item.param_id}"] if artifact.reused else []
         accuracy = result["accuracy"]
         met = isinstance(accuracy, (int, float)) and accuracy == accuracy and bool(result.get("finite_logits", True))
         record = {
@@ -597,7 +838,8 @@ class Worker:
         from pytest_invarlock.worker.lm_eval_scoring import BenchmarkOutOfMemory, run_benchmark_subprocess
 
         suite = self.state.suite
-        remaining = None if self._item_deadline is None else max(1.0, self._item_deadline - time.monotonic())
+        left = remaining_s()
+        remaining = None if left is None else max(1.0, left)
         try:
             result, load = run_benchmark_subprocess(
                 directory,

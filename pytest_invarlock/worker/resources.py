@@ -5,7 +5,9 @@
   controller's NVML reading see the memory as free. `memory_snapshot()` says what is still held.
 - `is_oom(...)` recognises an out-of-memory failure: torch's `OutOfMemoryError`, or InvarLock's log
   of one (its loader wraps the error as MODEL-LOAD-FAILED; the message keeps "out of memory").
-- `deadline(seconds, what)` bounds an item. Chosen design, and why:
+- `deadline(seconds, what)` bounds an item; a `deadline` nested inside it bounds a piece of shared
+  work the item triggered (a download, an edit build) and pauses the item's own clock meanwhile, so
+  shared work is charged to itself. Chosen design, and why:
   * An evaluate in a subprocess is bounded by the subprocess itself (`certify(timeout_s=...)` kills
     the child); the worker goes on with its next item.
   * Work in the worker's own process (an in-process evaluate, lm-eval on the cached model, an edit)
@@ -32,20 +34,21 @@ import faulthandler
 import gc
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pytest_invarlock.campaign.failures import ErrorClass, classify
 
 log = logging.getLogger("pytest_invarlock")
 
 EXIT_TIMED_OUT = 70
 HARD_GRACE_S = 60.0
-_OOM_PATTERN = re.compile(r"OutOfMemoryError|out of memory|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)
 
 
 class ItemTimeout(BaseException):  # an interruption, like KeyboardInterrupt
@@ -91,12 +94,7 @@ def is_oom(error: BaseException | str | None) -> bool:
         if torch is not None and isinstance(error, torch.OutOfMemoryError):
             return True
         error = f"{type(error).__name__}: {error}"
-    return bool(_OOM_PATTERN.search(error))
-
-
-def backoff_s(attempt: int, base_s: float) -> float:
-    """Exponential backoff before retry `attempt` (1-based): base, 2*base, 4*base..."""
-    return base_s * 2 ** (attempt - 1)
+    return classify(error) == ErrorClass.OOM
 
 
 def smaller_batch(batch: int | str) -> int | None:
@@ -116,69 +114,114 @@ def smaller_batch(batch: int | str) -> int | None:
 # --------------------------------------------------------------------------- time limits
 
 
+@dataclass
+class _Limit:
+    """One active time limit: the item's, or a piece of shared work's nested inside it."""
+
+    what: str
+    seconds: float
+    note: Callable[[str], None] | None
+    spent: float = 0.0  # seconds charged before the current stretch
+    since: float | None = None  # monotonic start of the current stretch; None while a nested limit runs
+    expired: bool = False
+
+    def remaining(self, now: float) -> float:
+        return self.seconds - self.spent - (now - self.since if self.since is not None else 0.0)
+
+
+_LIMITS: list[_Limit] = []  # the main thread's active limits, innermost last
+_LIMITS_GUARD = threading.Lock()
+
+
+def remaining_s() -> float | None:
+    """Seconds left under the innermost active limit (None without one): what a subprocess may be given."""
+    with _LIMITS_GUARD:
+        return _LIMITS[-1].remaining(time.monotonic()) if _LIMITS else None
+
+
 @contextlib.contextmanager
 def deadline(
     seconds: float | None, what: str, *, note: Callable[[str], None] | None = None, grace_s: float | None = None
 ) -> Iterator[None]:
     """Run the block with a time limit (see the module docstring); None or <= 0 means no limit.
 
-    `note(message)` is called by the watchdog before it ends the process (to leave the reason on disk).
+    Nested inside another `deadline`, the block is charged to its own limit: the enclosing one is
+    paused until it ends. `note(message)` is called by the watchdog before it ends the process (to
+    leave the reason on disk); a nested limit without its own note uses the enclosing one's.
     """
     if not seconds or seconds <= 0:
         yield
         return
     in_main = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    now = time.monotonic()
+    with _LIMITS_GUARD:
+        outer = _LIMITS[-1] if _LIMITS else None
+        if outer is not None and outer.since is not None:
+            outer.spent += now - outer.since
+            outer.since = None
+        limit = _Limit(what, seconds, note or (outer.note if outer else None), since=now)
+        _LIMITS.append(limit)
     previous_handler = None
-    expired = threading.Event()
     if in_main:
 
         def _interrupt(signum: int, frame: Any) -> None:
-            expired.set()
+            limit.expired = True
             raise ItemTimeout(seconds, what)
 
         previous_handler = signal.signal(signal.SIGALRM, _interrupt)
         signal.setitimer(signal.ITIMER_REAL, seconds)
     done = threading.Event()
-    grace = HARD_GRACE_S if grace_s is None else grace_s
-    watchdog = threading.Thread(
-        target=_watchdog, args=(done, seconds, grace, what, note), daemon=True, name="invarlock-item-watchdog"
-    )
-    watchdog.start()
+    if outer is None:
+        grace = HARD_GRACE_S if grace_s is None else grace_s
+        threading.Thread(target=_watchdog, args=(done, grace), daemon=True, name="invarlock-item-watchdog").start()
     try:
         yield
     except ItemTimeout:
         raise
     except BaseException as error:
-        if expired.is_set():  # the interruption was caught on the way (InvarLock's loader does) and became this
+        if limit.expired:  # the interruption was caught on the way (InvarLock's loader does) and became this
             raise ItemTimeout(seconds, what) from error
         raise
     else:
-        if expired.is_set():  # caught and carried on: whatever it returned ran past the limit
+        if limit.expired:  # caught and carried on: whatever it returned ran past the limit
             raise ItemTimeout(seconds, what)
     finally:
         done.set()
+        with _LIMITS_GUARD:
+            _LIMITS.remove(limit)
+            if outer is not None:
+                outer.since = time.monotonic()
+                left = outer.remaining(outer.since)
         if in_main:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001) if outer is not None and not outer.expired else 0)
             signal.signal(signal.SIGALRM, previous_handler)
 
 
-def _watchdog(done: threading.Event, seconds: float, grace: float, what: str, note: Callable[[str], None] | None) -> None:
-    if done.wait(seconds + grace):
-        return
-    under_xdist = "PYTEST_XDIST_WORKER" in os.environ
-    message = f"{what} timed out after {seconds:g} s and did not stop within {grace:g} s more; " + (
-        "ending this xdist worker so that a replacement takes the next items"
-        if under_xdist
-        else "without xdist no process can replace this one, so it keeps waiting"
-    )
-    log.error(message)
-    with contextlib.suppress(Exception):
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-    if note is not None:
+def _watchdog(done: threading.Event, grace: float) -> None:
+    """Ends an xdist worker whose innermost limit ran out `grace` seconds ago without the block stopping."""
+    while not done.wait(0.5):
+        with _LIMITS_GUARD:
+            if not _LIMITS:
+                return
+            limit = _LIMITS[-1]
+            overdue = -limit.remaining(time.monotonic())
+        if overdue < grace:
+            continue
+        under_xdist = "PYTEST_XDIST_WORKER" in os.environ
+        message = f"{limit.what} timed out after {limit.seconds:g} s and did not stop within {grace:g} s more; " + (
+            "ending this xdist worker so that a replacement takes the next items"
+            if under_xdist
+            else "without xdist no process can replace this one, so it keeps waiting"
+        )
+        log.error(message)
         with contextlib.suppress(Exception):
-            note(message)
-    if under_xdist:
-        os._exit(EXIT_TIMED_OUT)
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        if limit.note is not None:
+            with contextlib.suppress(Exception):
+                limit.note(message)
+        if under_xdist:
+            os._exit(EXIT_TIMED_OUT)
+        return
 
 
 def timeout_note(run_dir: Path, item_id: str) -> Callable[[str], None]:

@@ -18,38 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import OFFLINE_ENV, REPO, Run, run_suite, small_filesystem, suite_command
+from helpers import OFFLINE_ENV, REPO, Run, builds, forget, phase0, record, result_dir, run_suite, small_filesystem, suite_command
 
 pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
 
 EDIT_ITEMS = "test_edit and (quant_rtn_8bit_clean or prune_10pct_clean)"  # 4 certify items, 2 edits
-
-
-def record(run_dir: Path, param_id: str) -> dict:
-    return json.loads((run_dir / "records" / f"{param_id}.json").read_text())
-
-
-def result_dir(run_dir: Path, param_id: str) -> Path:
-    """The store directory of an item's certificate (results/r-<key>), from its record."""
-    return Path(record(run_dir, param_id)["report"]).parents[2]
-
-
-def forget(run_dir: Path, *param_ids: str) -> list[Path]:
-    """Delete these items' certificates, so the next run evaluates them for real (~8 s each)."""
-    gone = [result_dir(run_dir, p) for p in param_ids]
-    for path in gone:
-        shutil.rmtree(path)
-    return gone
-
-
-def phase0(run_dir: Path) -> dict:
-    return json.loads((run_dir / "reports" / "final_verdict.json").read_text())["phase0"]
-
-
-def builds(run_dir: Path) -> list[str]:
-    """Artifacts built in this run directory so far, one entry per build (store/builds.log)."""
-    log = run_dir / "store" / "builds.log"
-    return [line.split()[1] for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def leftovers(run_dir: Path) -> list[Path]:
@@ -153,8 +126,9 @@ def test_ctrl_c_stops_within_seconds_leaves_nothing_and_the_same_command_resumes
     resumed = run_suite(run_dir, *args)
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert "failed" not in closing_line(resumed.output)
-    rebuilt = builds(run_dir)[before:]
-    assert 1 <= len(rebuilt) <= 2 and all(b.startswith("store/results/") for b in rebuilt), rebuilt
+    rebuilt = builds(run_dir)[before:]  # the interrupted certificates, and their edits where those were evicted
+    results = [b for b in rebuilt if b.startswith("store/results/")]
+    assert 1 <= len(results) <= 2 and all(b.startswith(("store/results/", "store/edits/")) for b in rebuilt), rebuilt
     verdict = json.loads((run_dir / "reports" / "final_verdict.json").read_text())
     assert verdict["partial"] is False
     assert verdict["phase0"] == reference
@@ -166,6 +140,10 @@ def test_ctrl_c_stops_within_seconds_leaves_nothing_and_the_same_command_resumes
 def test_damaged_artifacts_and_records_are_never_trusted_and_the_outcomes_stay(
     run_dir: Path, reference: dict, warm_campaign
 ) -> None:
+    # edits are evicted after the campaign; bring the prune edit back (rebuilt from its recipe) and keep it
+    forget(run_dir, "tiny-kjv-prune_10pct_clean-run1")
+    kept = run_suite(run_dir, "-k", "test_edit and prune_10pct_clean-run1", "--invarlock-edit-budget", "1")
+    assert kept.returncode == 0, kept.output[-3000:]
     edits = sorted((run_dir / "store" / "edits").glob("e-*/model.safetensors"))
     weights = next(w for w in edits if json.loads((w.parent / "artifact.json").read_text())["scenario"] == "prune_10pct_clean")
     os.truncate(weights, weights.stat().st_size // 2)  # cut short
@@ -175,6 +153,7 @@ def test_damaged_artifacts_and_records_are_never_trusted_and_the_outcomes_stay(
     flipped.write_text(text.replace('"overall_pass": true,', '"overall_pass":false,'))  # same size, new content
     damaged_record = run_dir / "records" / "tiny-kjv-svd_rank96_clean-run1.json"
     damaged_record.write_text(damaged_record.read_text()[:50])
+    needing = forget(run_dir, "tiny-kjv-prune_10pct_clean-run2")  # edits are read only when a certificate is made
 
     before = len(builds(run_dir))
     run = run_suite(run_dir, "-k", EDIT_ITEMS)
@@ -186,7 +165,12 @@ def test_damaged_artifacts_and_records_are_never_trusted_and_the_outcomes_stay(
     assert any("verdict.json does not match its sha256" in w for w in warnings), warnings
     assert any("record of tiny-kjv-svd_rank96_clean-run1 not trusted" in w and "does not parse" in w for w in warnings), warnings
     assert len(warnings) == 3, warnings
-    assert sorted(b.split("/")[1] for b in builds(run_dir)[before:]) == ["edits", "results"]
+    built = builds(run_dir)[before:]  # the damaged edit and certificate, the forgotten one, and the evicted edit it needs
+    remade = sorted(str(p.relative_to(run_dir)) for p in (flipped.parent, *needing))
+    assert sorted(b for b in built if b.startswith("store/results/")) == remade
+    assert str(weights.parent.relative_to(run_dir)) in built and all(
+        b.startswith(("store/results/", "store/edits/")) for b in built
+    )
     assert record(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1")["overall_pass"] is True
 
     # --lf with the damaged record still reports (pytest's own cache; the plugin's record is rebuilt by a rerun)
@@ -207,14 +191,15 @@ def test_two_racing_processes_build_each_artifact_once_and_agree(run_dir: Path, 
         if edit.is_dir() and json.loads((edit / "artifact.json").read_text())["scenario"] == "quant_rtn_8bit_clean":
             shutil.rmtree(edit)
     before = len(builds(run_dir))
-    first = start_suite(run_dir, "-k", EDIT_ITEMS)
-    second = start_suite(run_dir, "-k", EDIT_ITEMS, "-n", "2")
+    keep = ["--invarlock-edit-budget", "1"]  # no eviction in between: this is about the locks
+    first = start_suite(run_dir, "-k", EDIT_ITEMS, *keep)
+    second = start_suite(run_dir, "-k", EDIT_ITEMS, "-n", "2", *keep)
     one, two = finish(first), finish(second)
     assert one.returncode == 0, one.output[-3000:]
     assert two.returncode == 0, two.output[-3000:]
     built = builds(run_dir)[before:]
     print(f"racing: {len(built)} artifacts built across both processes: {built}")
-    assert len(built) == len(set(built)) == 3, built  # the edit and two certificates, each once
+    assert len(built) == len(set(built)) == 4, built  # two edits (one rebuilt from its recipe) and two certificates, each once
     block = [o[o.index("Phase 0 verdict") :].splitlines()[:12] for o in (one.output, two.output)]
     assert block[0] == block[1]
     assert phase0(run_dir) == reference
@@ -223,11 +208,10 @@ def test_two_racing_processes_build_each_artifact_once_and_agree(run_dir: Path, 
 # --------------------------------------------------------------------------- dead workers
 
 
-def test_a_worker_killed_mid_evaluate_is_reported_with_its_item_and_only_that_item_is_redone(
-    run_dir: Path, reference: dict
-) -> None:
+def test_a_worker_killed_mid_evaluate_runs_its_item_once_more_and_nothing_else_is_redone(run_dir: Path, reference: dict) -> None:
     forget(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1")
     args = ["-k", EDIT_ITEMS, "-n", "2", "-v"]  # -v undoes -q: xdist prints its worker lines at verbosity >= 0
+    before = len(builds(run_dir))
     proc = start_suite(run_dir, *args)
     building = wait_for_evaluate(run_dir, proc)
     lock = building.parent / (building.name.split(".tmp-")[0][1:] + ".lock")
@@ -237,22 +221,16 @@ def test_a_worker_killed_mid_evaluate_is_reported_with_its_item_and_only_that_it
     os.kill(int(holder.group(1)), signal.SIGKILL)  # an xdist worker, in the middle of InvarLock's evaluate
     run = finish(proc)
     print("\n".join(line for line in run.output.splitlines() if "crashed" in line or "worker" in line))
-    assert run.returncode == 1, run.output[-3000:]
-    crash = re.search(r"worker 'gw\d' crashed while running '.*test_edit\[(.+?)\]'", run.output)
-    assert crash, run.output[-3000:]
-    victim = crash.group(1)
-    assert "replacing crashed worker" in run.output
-    assert "3 passed" in closing_line(run.output) and "1 failed" in closing_line(run.output)
-    crashed = record(run_dir, victim)
-    assert crashed["outcome"] == "error" and "crashed while running" in crashed["error"]
-    assert group_members(proc.pid) == []
-
-    before = len(builds(run_dir))
-    rerun = run_suite(run_dir, *args)
-    assert rerun.returncode == 0, rerun.output[-3000:]
-    assert [b.split("/")[1] for b in builds(run_dir)[before:]] == ["results"]  # only the victim's certificate
-    assert "removed 1 unfinished artifact build(s)" in rerun.output
+    assert run.returncode == 0, run.output[-3000:]
+    again = re.search(r"test_edit\[(.+?)\]: worker gw\d died while running it; it runs once more", run.output)
+    assert again, run.output[-3000:]
+    victim = again.group(1)
+    assert "replacing crashed worker" in run.output and "crashed while running" not in run.output
+    assert "4 passed" in closing_line(run.output)
     assert record(run_dir, victim)["outcome"] == "passed"
+    assert group_members(proc.pid) == []
+    built = [b.split("/")[1] for b in builds(run_dir)[before:]]
+    assert built in (["results"], ["edits", "results"])  # only the victim's certificate (and its evicted edit)
     assert phase0(run_dir) == reference
 
 
@@ -277,17 +255,17 @@ def test_a_run_dir_too_small_is_refused_before_work_starts_naming_the_numbers(tm
         print(run.output.strip().splitlines()[-1])
         assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.output[-3000:]
         assert re.search(
-            r"not enough disk space for this run: it needs about [\d.]+ MiB .* edited model\(s\) not yet "
-            r"stored.* has [\d.]+ MiB free",
+            r"not enough disk space for this run:\n  disk: peak [\d.]+ GB \(baselines [\d.]+ GB, edits in flight "
+            r"[\d.]+ GB, results [\d.]+ GB\) on \S+ with [\d.]+ GB free: the peak plus [\d.]+ GB headroom needs",
             run.output,
         ), run.output[-3000:]
         assert not (mount / "run" / "store" / "edits").exists()
 
 
-def test_a_disk_that_fills_fails_only_the_items_that_could_not_write_and_a_rerun_completes(
-    warm_campaign, reference: dict
-) -> None:
-    """The run directory on a small tmpfs (at the warmed path), holding the warm store without its edits."""
+def test_a_disk_too_small_for_two_edits_evicts_the_finished_one_and_both_items_pass(warm_campaign, reference: dict) -> None:
+    """The run directory on a small tmpfs (at the warmed path), holding the warm store without its edits:
+    room for one tiny edit (8 MiB), not two. The second item waits for space, the first edit (no longer
+    needed) is evicted to make it, and both pass; without the room, an item waits and then fails naming it."""
     run_dir = warm_campaign.run_dir
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -305,17 +283,19 @@ def test_a_disk_that_fills_fails_only_the_items_that_could_not_write_and_a_rerun
             dirs_exist_ok=True,
             ignore=lambda d, names: [n for n in names if d.endswith("/store/edits")],
         )
-        args = ["-k", "test_edit and (quant_rtn_8bit_clean or prune_10pct_clean) and run1"]
-        full = run_suite(run_dir, *args, "--no-disk-preflight")
-        print("\n".join(line for line in full.output.splitlines() if "ENOSPC" in line)[:2000])
-        assert full.returncode == 1, full.output[-3000:]
-        assert "1 passed" in closing_line(full.output) and "1 error" in closing_line(full.output)
-        assert "disk full (ENOSPC, No space left on device)" in full.output
+        args = ["-k", "test_edit and (quant_rtn_8bit_clean or prune_10pct_clean) and run1", "--invarlock-disk-headroom", "0"]
+        forget(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1", "tiny-kjv-prune_10pct_clean-run1")
+        fits = run_suite(run_dir, *args, "--no-disk-preflight")
+        assert fits.returncode == 0, fits.output[-3000:]
+        assert "2 passed" in closing_line(fits.output)
+        assert len(list((run_dir / "store" / "edits").glob("e-*/evicted.json"))) == 1  # the first made room
         assert leftovers(run_dir) == []
-        subprocess.run(["mount", "-o", f"remount,size={room // 2**20 + 120}m", str(run_dir)], check=True)
-        before = len(builds(run_dir))
-        again = run_suite(run_dir, *args)
-        assert again.returncode == 0, again.output[-3000:]
-        assert "2 passed" in closing_line(again.output)
-        assert [b.split("/")[1] for b in builds(run_dir)[before:]] == ["edits"]  # the finished one is reused
+        forget(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1")
+        filler = run_dir / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(run_dir).free - 2 * 2**20))  # leave 2 MiB
+        started = time.perf_counter()
+        waits = run_suite(run_dir, *args, "--no-disk-preflight", "--invarlock-timeout", "disk_wait=3")
+        print("\n".join(line for line in waits.output.splitlines() if "pausing" in line)[:2000])
+        assert waits.returncode == 1 and time.perf_counter() - started < 120, waits.output[-3000:]
+        assert re.search(r"pausing before tiny-kjv-quant_rtn_8bit_clean-run1: [\d.]+ GB free on .* gave up", waits.output)
     warm_campaign.restore()

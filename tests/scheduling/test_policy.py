@@ -52,6 +52,31 @@ def test_a_failed_dependency_releases_its_dependents():
     assert p.stats.failed == 1
 
 
+def test_dependents_of_failed_work_are_dropped_before_dispatch_and_queued_ones_stay():
+    tasks = [task("cal"), *(task(f"edit{i}", kind="clean", deps=["cal"]) for i in range(3)), task("other", model="o")]
+    p = policy(tasks)
+    assert placed(p.schedule()) == [("w0", "cal", (0,)), ("w0", "other", (0,))]
+    assert p.drop(["edit0", "edit1", "other", "unknown"], "calibration failed") == ["edit0", "edit1"]  # other is queued
+    p.finished("w0", "cal", ok=False)
+    assert placed(p.schedule()) == [("w0", "edit2", (0,))]
+    assert p.drop(["edit0"], "again") == []  # dropped once
+    assert p.stats.dropped == 2 and p.stats.failed == 3
+
+
+def test_among_equal_priorities_a_worker_keeps_to_the_edit_it_ran_last():
+    """The items of one edited model run together, so its copy on disk is needed for a short time."""
+    tasks = [  # by id alone they would run 1-a, 2-b, 3-a, 4-b
+        Task(tid, "m", "clean", 10.0, 10.0, frozenset(), f"m|{tid[-1]}") for tid in ("1-a", "2-b", "3-a", "4-b")
+    ]
+    p = policy(tasks, queue_depth=1)
+    order = []
+    while not p.done:
+        (assignment,) = p.schedule()
+        order.append(assignment.task.id)
+        p.finished("w0", assignment.task.id)
+    assert order == ["1-a", "3-a", "2-b", "4-b"]
+
+
 def test_dependencies_outside_the_task_set_are_ignored():
     """Deselected calibration items: the preset fixture runs what is missing itself."""
     p = policy([task("edit", kind="clean", deps=["deselected"])])

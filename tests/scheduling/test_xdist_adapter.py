@@ -123,7 +123,7 @@ class Event:
 
 
 class Cluster:
-    def __init__(self, state: ConfigState, gpus: list[Gpu], collection: list[str], workers: int | None = None) -> None:
+    def __init__(self, state: ConfigState, gpus: list[Gpu], collection: list[str], workers: int | None = None, **options) -> None:
         self.state, self.collection = state, collection
         self.devices = scheduling_devices(gpus, workers or len(gpus))
         self.homes = GpuHomes([d.index for d in self.devices])
@@ -136,6 +136,7 @@ class Cluster:
             numnodes=workers or len(gpus),
             fallback=self.fallback,
             on_unplaceable=self.skipped.__setitem__,
+            **options,
         )
         self.nodes: list[FakeNode] = []
         self.events: list[Event] = []
@@ -379,20 +380,62 @@ def test_every_item_runs_once_in_any_completion_order(workdir, spec, seed, crash
     check_events(cluster, gpus)
 
 
-def test_a_crash_reports_the_running_item_and_its_gpu_goes_to_the_replacement(workdir):
+def test_an_item_whose_worker_died_runs_once_more_on_another_gpu_and_a_second_death_reports_it(workdir):
     gpus = parse_gpu_spec("2x80")
     state = make_state(workdir, "crash", gpus)
-    collection = suite_collection(state)
+    collection = [nodeid(i) for i in state.items if i.model.name == "small"]
     cluster = Cluster(state, gpus, collection)
     cluster.start_heads()
-    victim = next(n for n in cluster.nodes if n.running is not None and n.running < len(collection))
-    running, home = collection[victim.running], cluster.homes.home(victim.worker)
+    victim = next(n for n in cluster.nodes if n.running is not None)
+    index, home = victim.running, cluster.homes.home(victim.worker)
     cluster.crash(victim)
+    assert cluster.crashed == [None]  # xdist reports nothing: the item runs once more
     cluster.arrive(cluster.arriving[0])
-    assert cluster.crashed == [running]
-    assert cluster.homes.home("gw2") == home
+    assert cluster.homes.home("gw2") == home  # the replacement takes the lost worker's GPU
+    while True:  # run until the item starts again
+        cluster.start_heads()
+        again = next((n for n in cluster.nodes if n.running == index), None)
+        if again is not None:
+            break
+        cluster.finish(next(n for n in cluster.nodes if n.running is not None))
+    assert cluster.homes.home(again.worker) != home  # on the other GPU
+    cluster.crash(again)
+    assert cluster.crashed == [None, collection[index]]  # the second death is reported
     cluster.run(random.Random(2))
-    assert sorted([*cluster.ran(), collection.index(running)]) == list(range(len(collection)))
+    assert sorted([*cluster.ran(), index]) == list(range(len(collection)))
+    assert cluster.sched._started.stats.retried == 1
+
+
+@pytest.mark.parametrize("reason", ["oom", "timeout"])
+def test_a_note_left_by_a_dead_worker_decides_how_its_item_runs_again(workdir, reason):
+    """Given back after an OOM on one GPU: it runs once more on two. Timed out so hard its worker ended: reported."""
+    gpus = parse_gpu_spec("2x80")
+    state = make_state(workdir, f"note-{reason}", gpus)
+    collection = [nodeid(i) for i in state.items if i.model.name == "small"]
+    notes: dict[str, dict] = {}
+    retried: list[tuple[str, str]] = []
+    cluster = Cluster(
+        state,
+        gpus,
+        collection,
+        handback=lambda item: notes.pop(item.param_id, None),
+        on_retry=lambda node, why: retried.append((node, why)),
+    )
+    cluster.start_heads()
+    victim = next(n for n in cluster.nodes if n.running is not None)
+    index = victim.running
+    notes[cluster.sched._items[index].param_id] = {"reason": reason}
+    cluster.crash(victim)
+    cluster.run(random.Random(7))
+    if reason == "timeout":
+        assert cluster.crashed == [collection[index]] and retried == []
+        assert index not in cluster.ran()
+        return
+    assert cluster.crashed == [None] and retried == [(collection[index], retried[0][1])]
+    assert "runs once more on a larger placement" in retried[0][1]
+    starts = [e for e in cluster.events if e.what == "start" and e.index == index]
+    assert [len(e.devices) for e in starts] == [1, 2]  # the second time on both GPUs
+    assert sorted(cluster.ran()) == list(range(len(collection)))
 
 
 def test_items_the_free_memory_cannot_hold_are_skipped_by_the_plan(workdir):

@@ -33,6 +33,9 @@ def _run(request, item):
     start = time.time()
     if item.param_id == os.environ.get("CRASH_ITEM"):
         os._exit(3)
+    if item.param_id == os.environ.get("CRASH_ONCE_ITEM") and not os.path.exists(os.environ["ITEM_LOG"] + ".crashed"):
+        open(os.environ["ITEM_LOG"] + ".crashed", "w").write(os.environ.get("CUDA_VISIBLE_DEVICES") or "")
+        os._exit(3)
     time.sleep(0.1)
     record = {"worker": os.environ.get("PYTEST_XDIST_WORKER"), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
               "order": os.environ.get("CUDA_DEVICE_ORDER"), "item": item.param_id, "model": item.model.name,
@@ -101,6 +104,7 @@ class Sandbox:
             "HIP_VISIBLE_DEVICES",
             "FAIL_ITEM",
             "CRASH_ITEM",
+            "CRASH_ONCE_ITEM",
         ):
             monkeypatch.delenv(name, raising=False)
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -184,16 +188,27 @@ def test_an_item_no_two_gpus_can_hold_is_skipped_with_the_reason(sandbox):
     assert {r["model"] for r in sandbox.log()} == {"small", "mid"}
 
 
-def test_a_worker_that_dies_mid_item_is_reported_crashed_and_the_rest_runs(sandbox):
+def test_an_item_whose_worker_dies_runs_once_more_on_the_other_gpu(sandbox):
+    item = "mid-quant_rtn_8bit_clean-run1"
+    result = sandbox.run("-n", "2", "--gpus", "2x80", "-v", CRASH_ONCE_ITEM=item)
+    result.assert_outcomes(passed=SUITE_ITEMS + 1)
+    first = re.search(rf"test_edit\[{item}\]: worker (gw\d) died while running it; it runs once more", result.stdout.str())
+    assert first, result.stdout.str()
+    died_on = (sandbox.path / "items.jsonl.crashed").read_text()
+    rerun = next(r for r in sandbox.log() if r["item"] == item)
+    assert rerun["visible"] != died_on  # on the other GPU
+    bindings = sandbox.bindings()
+    assert bindings["gw2"] == bindings[first.group(1)]  # the replacement got the GPU the crash freed
+
+
+def test_an_item_whose_worker_dies_twice_is_reported_crashed_and_the_rest_runs(sandbox):
     result = sandbox.run("-n", "2", "--gpus", "2x80", "-v", CRASH_ITEM="mid-quant_rtn_8bit_clean-run1")
     result.assert_outcomes(passed=SUITE_ITEMS, failed=1)
-    crash = re.search(
-        r"worker '(gw\d)' crashed while running '.*test_edit\[mid-quant_rtn_8bit_clean-run1\]'", result.stdout.str()
-    )
-    assert crash, result.stdout.str()
+    output = result.stdout.str()
+    assert re.search(r"test_edit\[mid-quant_rtn_8bit_clean-run1\]: worker gw\d died while running it", output), output
+    assert re.search(r"worker 'gw\d' crashed while running '.*test_edit\[mid-quant_rtn_8bit_clean-run1\]'", output), output
+    assert output.count("replacing crashed worker") == 2
     assert len(sandbox.log()) == SUITE_ITEMS - 1
-    bindings = sandbox.bindings()
-    assert bindings["gw2"] == bindings[crash.group(1)]  # the replacement got the GPU the crash freed
 
 
 def test_junitxml_k_and_lf_with_two_workers(sandbox):
