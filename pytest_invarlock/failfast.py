@@ -23,10 +23,10 @@ import time
 from typing import Any
 
 import pytest
-from _pytest.runner import runtestprotocol  # the protocol without reports; pytest exports no public alias
 
 from pytest_invarlock.campaign.failures import CircuitBreaker, Failure
 from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.compat import runtestprotocol
 from pytest_invarlock.failure_memory import FailureMemory
 from pytest_invarlock.records import RECORD_PROPERTY, base_record, report_reason
 from pytest_invarlock.state import ConfigState

@@ -212,6 +212,8 @@ def error_record(
     """The record of an item that ends in error: what it is, why, what it cost, and what produced it
     (`provenance.environment`)."""
     return {**base_record(item), "met": False, "error": message, **stats.fields(), **extra, "environment": environment}
+
+
 def transient_wait_s(attempt: int, stats: ItemStats, *, retries: int = TRANSIENT_RETRIES) -> float | None:
     """The wait before rerunning an item after its `attempt`-th transient error; None once retries are spent."""
     if attempt > retries:

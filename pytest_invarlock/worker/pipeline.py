@@ -169,6 +169,7 @@ class Worker:
     def weights_digest(self, model: Model) -> str:
         """The content digest of the baseline's files (``artifacts.weights_digest``): what every record's weights derive from."""
         return str(self.store.metadata(self.baseline(model).path)["weights_digest"])
+
     @contextlib.contextmanager
     def _shared(self, scope: Scope, model: Model, kind: str, what: str, detail: str = "") -> Iterator[None]:
         """Shared work: refused at once if it already failed in this session; run under its own time limit (the
@@ -714,6 +715,7 @@ class Worker:
             "preset": str(root / self.certifier.PRESET_FILE),
             "files": sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()),
         }
+
     def _edit_for(self, item: Item, reused: list[str]) -> Artifact:
         assert item.scenario is not None
         edited = self.edited_model(item.model, item.scenario, item)
