@@ -28,11 +28,12 @@ from typing import Any
 
 import pytest
 
+from pytest_invarlock import campaign_node
 from pytest_invarlock.compat import runtestprotocol, worker_count
 from pytest_invarlock.scheduling.inventory import host_cache_share, probe_gpus
 from pytest_invarlock.scheduling.placement import GpuHomes, cuda_env, write_placement
 from pytest_invarlock.scheduling.plan_table import PLAN_CSV, PlanRow, format_plan_table, plan_rows, write_plan_csv
-from pytest_invarlock.scheduling.tasks import scheduling_devices
+from pytest_invarlock.scheduling.tasks import scheduling_devices, task_id
 from pytest_invarlock.scheduling.xdist_adapter import GpuScheduling
 from pytest_invarlock.state import GPUS_INPUT, HOST_CACHE_INPUT, SESSION_INPUT, ConfigState, declared_suite, node_gpus
 from pytest_invarlock.terminal import VERDICT_PLUGIN, VerdictReporter
@@ -95,6 +96,9 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
 
         verdict = VerdictReporter(state)
         config.pluginmanager.register(verdict, VERDICT_PLUGIN)
+        node = campaign_node.register(config, state, dist_chosen=config.stash.get(DIST_CHOSEN_KEY, False))
+        if node is not None:
+            verdict.scope = node.scope
         config.pluginmanager.register(StorePreflight(config, state), "invarlock-preflight")
         config.pluginmanager.register(ControllerDistribution(config, state), "invarlock-distribution")
         progress.register(config, state)
@@ -152,6 +156,7 @@ class ControllerDistribution:
         from xdist.scheduler import LoadScheduling
 
         state, workers = self.state, worker_count(config)
+        node = config.pluginmanager.get_plugin(campaign_node.NODE_PLUGIN)
         scheduler = GpuScheduling(
             state.index,
             state.skip_reason,
@@ -163,9 +168,18 @@ class ControllerDistribution:
             on_unplaceable=partial(report_unplaceable, config),
             log=log.gpusched,
             probe=probe_gpus if state.gpus and not config.getoption("invarlock_gpus") else None,  # NVML, never a simulation
+            **_campaign_claims(node, state),
         )
         config.pluginmanager.register(scheduler, "invarlock-scheduler")
         return scheduler
+
+
+def _campaign_claims(node: campaign_node.CampaignNode | None, state: ConfigState) -> dict[str, Any]:
+    """On a campaign's node: the scheduler claims each item on the node's board; items this node's GPUs cannot
+    hold are left to the other nodes."""
+    if node is None or not node.claims:
+        return {}
+    return {"claims": node.board, "not_here": lambda item: state.unfit.get(task_id(item))}
 
 
 def _on_placed(config: pytest.Config, write: Any) -> Any:

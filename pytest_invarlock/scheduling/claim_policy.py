@@ -216,11 +216,13 @@ def campaign_status(
     alive: Iterable[int],
     claims: Mapping[str, Mapping[str, Any]],
     recorded: Iterable[str],
+    *,
+    sharded: bool = False,
 ) -> CampaignStatus:
     """Which nodes did not finish and which items have no record, each with the reason the files give.
 
     `runs`: node -> its sessions (node files); `alive`: nodes holding their lock now; `claims`: item ->
-    its last claim (`node`, `finished`); `recorded`: items with a usable record.
+    its last claim (`node`, `finished`), or with `sharded` the shard that owns it; `recorded`: items done.
     """
     alive = set(alive)
     states = [node_state(k, runs.get(k, ()), k in alive) for k in range(1, nodes + 1)]
@@ -238,7 +240,8 @@ def campaign_status(
         owner = owners.get(item.id)
         if owner is not None and owner in by_node:
             state = by_node[owner]
-            why = f"claimed by node {owner}/{nodes}, which {_verb(state)}"
+            who = f"in shard {owner}/{nodes}" if sharded else f"claimed by node {owner}/{nodes}"
+            why = f"{who}, which {_verb(state)}"
         elif left[item.id]:
             why = "no node ran it: " + "; ".join(left[item.id])
         else:

@@ -208,6 +208,7 @@ class Policy:
         self._campaign = campaign
         self._taken: set[str] = set()  # held by another node of the campaign: neither ready nor waiting
         self._mine: set[str] = set()  # claimed by this node (a gather keeps its claim until it is placed)
+        self._aside = 0  # tasks claims set aside so far (a round that sets one aside ranks again)
         self._left_s: defaultdict[str, float] = defaultdict(
             float
         )  # model -> estimated seconds of its tasks neither settled nor taken
@@ -256,9 +257,12 @@ class Policy:
         """Every assignment to make now; queues are filled up to queue_depth."""
         made: list[Assignment] = []
         while True:
+            aside = self._aside
             made += self._complete_gathers()
             made += self._fill_queues()
             made += self._complete_gathers()  # a gather opened on idle GPUs completes at once
+            if self._aside != aside:
+                continue  # claims set tasks aside, and settling some readied others: rank again
             if any(self._queues.values()) or not self._queues or self.done:
                 return made
             # Nothing of ours runs: the readings are of idle GPUs. Give up on what they cannot hold, alone.
@@ -456,6 +460,7 @@ class Policy:
         if verdict == Claim.MINE:
             self._mine.add(task.id)
             return True
+        self._aside += 1
         self._ready.discard(task.id)
         if verdict == Claim.TAKEN:
             self._set_taken(task.id)
