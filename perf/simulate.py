@@ -3,6 +3,7 @@
     .venv/bin/python perf/simulate.py [--seed N]                  # every case below; exit 1 if a target is missed
     .venv/bin/python perf/simulate.py --suite full --gpus 8x80:79 --realistic
     .venv/bin/python perf/simulate.py --suite b200 --gpus 8x180 --nodes 4
+    .venv/bin/python perf/simulate.py --suite b200 --cluster 2*8x80+2*8x180 --realistic
 
 It drives the plugin's own `Policy` (the one the xdist adapter drives) with simulated GPUs and item
 durations, and compares it on the same workloads with three baselines: the seed's small_first greedy
@@ -26,8 +27,12 @@ Realistic mode (realistic=1), what a real node does to the scheduler:
 
 Each case prints its table, then one last line per strategy:
 `RESULT strategy=<name> suite=<suite> gpus=<spec> realistic=<0|1> makespan_over_bound=<x.xx> skipped=<n>
-oversubscribed=<n> ooms=<n> loads=<n> workers=<n>`. Sharded cases (N nodes, `--shard K/N` per node)
-print `CLUSTER ...` lines: makespan of the slowest node against the cluster's lower bound.
+oversubscribed=<n> ooms=<n> loads=<n> workers=<n>`. Campaigns on several nodes print one line per strategy,
+claims at run time (every node's policy in its campaign mode on one shared claim board) and the fixed
+`--shard K/N` split: `CLUSTER strategy=claims|shards suite=... nodes=N gpus=<cluster> realistic=<0|1>
+makespan_h=... bound_h=... makespan_over_bound=<x.xxx> run_twice=<n> never_run=<n> skipped=<n>
+oversubscribed=<n> loads=<n> node_items=... node_makespans_h=...`: the last item's end on any node against
+`cluster_bound` of the whole cluster (realistic mode crashes one worker of the first node).
 """
 
 from __future__ import annotations

@@ -65,7 +65,11 @@ def filesystem(path: Path) -> str | None:
     except OSError:
         return None
     resolved = str(path.resolve())
-    best = max((m for m in mounts if len(m) > 2 and (resolved + "/").startswith(m[1].rstrip("/") + "/")), key=lambda m: len(m[1]), default=None)
+    best = max(
+        (m for m in mounts if len(m) > 2 and (resolved + "/").startswith(m[1].rstrip("/") + "/")),
+        key=lambda m: len(m[1]),
+        default=None,
+    )
     return best[2] if best else None
 
 

@@ -91,10 +91,15 @@ def test_a_killed_node_leaves_its_item_to_the_other_which_finishes_the_campaign(
     assert merged.returncode == 0 and "node 1/2: died" in merged.stdout, merged.stdout[-3000:]
 
 
-@pytest.mark.parametrize(("sig", "why"), [(signal.SIGUSR1, "stopped before the time limit (SIGUSR1)"), (signal.SIGTERM, "cancelled (SIGTERM)")])
+@pytest.mark.parametrize(
+    ("sig", "why"), [(signal.SIGUSR1, "stopped before the time limit (SIGUSR1)"), (signal.SIGTERM, "cancelled (SIGTERM)")]
+)
 def test_a_stopped_node_writes_its_partial_verdict_and_the_merge_says_what_is_missing(tmp_path, sig, why):
     node = start(tmp_path, "--campaign-node", "1/2", "-n", "2", slow=1.0, fast=0.5)
-    wait_for(lambda: (tmp_path / "run" / "campaign").is_dir() and sum(bool(c["finished"]) for c in claims(tmp_path).values()) >= 2, "two items")
+    wait_for(
+        lambda: (tmp_path / "run" / "campaign").is_dir() and sum(bool(c["finished"]) for c in claims(tmp_path).values()) >= 2,
+        "two items",
+    )
     node.send_signal(sig)
     code, output = finish(node)
     assert code == pytest.ExitCode.INTERRUPTED, output[-3000:]
@@ -107,8 +112,13 @@ def test_a_stopped_node_writes_its_partial_verdict_and_the_merge_says_what_is_mi
     assert merged.returncode == 1, merged.stdout[-3000:]
     done = sum(bool(c["finished"]) for c in claims(tmp_path).values())
     last = merged.stdout.rstrip().splitlines()[-1]
-    assert last == f"INCOMPLETE: {ITEMS - done} of {ITEMS} item(s) have no record; nodes not finished: 1/2 (stopped), 2/2 (never started)"
-    assert f"node 1/2: stopped on" in merged.stdout and why in merged.stdout and "never claimed: no node reached it" in merged.stdout
+    assert (
+        last
+        == f"INCOMPLETE: {ITEMS - done} of {ITEMS} item(s) have no record; nodes not finished: 1/2 (stopped), 2/2 (never started)"
+    )
+    assert (
+        "node 1/2: stopped on" in merged.stdout and why in merged.stdout and "never claimed: no node reached it" in merged.stdout
+    )
     cut = [item for item, c in claims(tmp_path).items() if not c["finished"]]
     for item in cut:  # items it was running when it stopped: no record counts for them
         assert f"{item}: claimed by node 1/2, which stopped before finishing it" in merged.stdout
@@ -148,4 +158,6 @@ def test_a_shard_alone_says_its_verdict_is_partial_and_the_merge_names_the_missi
     owners = json.loads((tmp_path / "run" / "campaign" / "manifest.json").read_text())["owners"]
     missing = sorted(item for item, shard in owners.items() if shard == 2)
     assert f"{missing[0]}: in shard 2/2, which never started" in merged.stdout
-    assert merged.stdout.rstrip().endswith(f"INCOMPLETE: {len(missing)} of {ITEMS} item(s) have no record; nodes not finished: 2/2 (never started)")
+    assert merged.stdout.rstrip().endswith(
+        f"INCOMPLETE: {len(missing)} of {ITEMS} item(s) have no record; nodes not finished: 2/2 (never started)"
+    )

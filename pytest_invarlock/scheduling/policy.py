@@ -39,8 +39,8 @@ workers queue one task each (queue_depth=1: a claim is taken only by a worker fr
 the order changes, because on a cluster one long item started late decides the makespan: a worker
 keeps to its model; switching, it joins the model whose work left per worker (here and on the other
 nodes) plus twice the item's own time, less the load, is largest, so large models start first and
-end with their short items; and a task that needs more GPUs here than on another node waits until
-nothing else is left. The estimates are the tasks' `seconds` and `load_seconds` (`cost.timed_tasks`).
+end with their short items; and a worker does not switch to a task that needs more GPUs here than on
+another node while anything else is left. The estimates are the tasks' `seconds` and `load_seconds` (`cost.timed_tasks`).
 perf/simulate.py measures it.
 """
 
@@ -469,14 +469,15 @@ class Policy:
         return False
 
     def _campaign_key(self, campaign: Campaign, worker: str, task: Task, tier: int) -> tuple[float, ...]:
-        """A campaign node's order: wider here than elsewhere last, the worker's model first, then the most work left."""
+        """A campaign node's order: a model new to the worker whose task needs more GPUs here than on another node
+        last; then the worker's own model; then the most work left per worker."""
         here = required_gpus(task.mem_gb, max(map(self._budget, self._gpus)) or 1e-9)
         sizes = campaign.gpu_sizes()
         wider = bool(sizes) and here > min(required_gpus(task.mem_gb, self._margin.usable_gb(gb) or 1e-9) for gb in sizes)
         others = sum(1 for w, queue in self._queues.items() if w != worker and queue and self._holding.get(w) == task.model)
         per_worker = self._left_s[task.model] / (1 + others + campaign.workers_on(task.model))
         need = per_worker + TAIL_WEIGHT * task.seconds - (task.load_seconds if tier else 0.0)
-        return (float(wider), float(min(tier, 1)), -need)
+        return (float(wider and tier > 0), float(min(tier, 1)), -need)
 
     # ------------------------------------------------------------------ devices
 

@@ -134,7 +134,11 @@ def test_manifests_that_differ_say_how():
 
 def test_an_item_is_done_with_a_current_record_and_in_a_claimed_campaign_a_finished_claim():
     definitions = {"a": "k1", "b": "k2", "c": "k3"}
-    records = [{"param_id": "a", "definition_key": "k1"}, {"param_id": "b", "definition_key": "old"}, {"param_id": "c", "definition_key": "k3"}]
+    records = [
+        {"param_id": "a", "definition_key": "k1"},
+        {"param_id": "b", "definition_key": "old"},
+        {"param_id": "c", "definition_key": "k3"},
+    ]
     assert done_items(definitions, records, None) == {"a", "c"}
     assert done_items(definitions, records, {"a": {"finished": 1.0}, "c": {"finished": None}}) == {"a"}  # c: cut short
 
@@ -144,7 +148,15 @@ def test_the_merge_names_each_node_and_who_owned_each_missing_item():
     runs = {
         1: [{"host": "h1", "pid": 1, "ended": 5.0, "partial": None}],
         2: [{"host": "h2", "pid": 2, "ended": None}],
-        3: [{"host": "h3", "pid": 3, "ended": 4.0, "partial": "stopped before the time limit (SIGUSR1)", "left": {"d": "needs 900 GB"}}],
+        3: [
+            {
+                "host": "h3",
+                "pid": 3,
+                "ended": 4.0,
+                "partial": "stopped before the time limit (SIGUSR1)",
+                "left": {"d": "needs 900 GB"},
+            }
+        ],
     }
     claims = {"a": {"node": 1, "finished": 1}, "b": {"node": 2, "finished": None}, "c": {"node": 3, "finished": None}}
     status = campaign_status(items, 4, runs, alive=[], claims=claims, recorded=["a"])
@@ -201,7 +213,9 @@ def test_a_task_wider_here_than_on_another_node_waits_until_nothing_else_is_left
 
 
 def test_a_worker_switching_models_joins_the_one_with_most_work_left():
-    tasks = [task(f"l{i}", model="large", seconds=100.0) for i in range(4)] + [task(f"s{i}", model="small", seconds=5.0) for i in range(4)]
+    tasks = [task(f"l{i}", model="large", seconds=100.0) for i in range(4)] + [
+        task(f"s{i}", model="small", seconds=5.0) for i in range(4)
+    ]
     policy = node(Board(), 1, tasks, "1x80")
     assert policy.schedule()[0].task.model == "large"
 
@@ -233,7 +247,7 @@ def test_nodes_sharing_a_board_run_every_task_once_after_its_dependencies(seed, 
             revisit(board, policy)
             for assignment in policy.schedule():
                 assert (k, assignment.worker) not in running
-                deps = {d for d in assignment.task.deps}
+                deps = set(assignment.task.deps)
                 assert deps <= board.finished, f"{assignment.task.id} started before {deps - board.finished}"
                 running[k, assignment.worker] = assignment.task.id
         if not running:

@@ -44,7 +44,9 @@ def require_slurm() -> None:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
         pytest.fail(f"Slurm is not installed ({', '.join(missing)} missing): {INSTALL}")
-    pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing) and cannot be installed here without root and apt-get: {INSTALL}")
+    pytest.skip(
+        f"Slurm is not installed ({', '.join(missing)} missing) and cannot be installed here without root and apt-get: {INSTALL}"
+    )
 
 
 def free_ports(count: int = 3) -> int:
