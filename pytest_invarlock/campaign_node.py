@@ -21,6 +21,7 @@ Plain tests collected beside the suite run on node 1 only. Torch-free (controlle
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ import pytest
 from pytest_invarlock.campaign.items import Item
 from pytest_invarlock.claims import CampaignError, ClaimBoard, manifest_items, read_claims
 from pytest_invarlock.collection import campaign_items, suite_item
+from pytest_invarlock.report.command import load_records
 from pytest_invarlock.scheduling.claim_policy import Claim, WorkItem, done_items, next_claim, parse_node, work_order
 from pytest_invarlock.scheduling.shards import parse_shard, split_items
 from pytest_invarlock.scheduling.tasks import task_id
@@ -177,10 +179,12 @@ class CampaignNode:
                     self._previous[number] = signal.signal(number, self._stop(reason))
 
     def _stop(self, reason: str) -> Callable[[int, Any], None]:
+        """A handler that turns the signal into a Ctrl-C: everything that makes Ctrl-C safe (an interrupt swallowed
+        inside an in-process evaluate raised again, the partial verdict, xdist's worker shutdown) applies."""
+
         def handler(signum: int, frame: Any) -> None:
-            if self.stopped_by is None:
-                self.stopped_by = reason
-                raise KeyboardInterrupt(reason)
+            self.stopped_by = self.stopped_by or reason
+            os.kill(os.getpid(), signal.SIGINT)
 
         return handler
 
@@ -219,8 +223,6 @@ class CampaignNode:
         if not self._joined:
             return None
         definitions: dict[str, str] = self.manifest["definitions"]
-        from pytest_invarlock.report.command import load_records
-
         records, _ = load_records(self.state.run_dir)
         done = done_items(definitions, records, read_claims(self.state.run_dir) if self.claims else None)
         missing = [pid for pid in definitions if pid not in done]
