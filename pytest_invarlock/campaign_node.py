@@ -21,7 +21,6 @@ Plain tests collected beside the suite run on node 1 only. Torch-free (controlle
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -179,12 +178,15 @@ class CampaignNode:
                     self._previous[number] = signal.signal(number, self._stop(reason))
 
     def _stop(self, reason: str) -> Callable[[int, Any], None]:
-        """A handler that turns the signal into a Ctrl-C: everything that makes Ctrl-C safe (an interrupt swallowed
-        inside an in-process evaluate raised again, the partial verdict, xdist's worker shutdown) applies."""
+        """A handler that acts as Ctrl-C: it calls the SIGINT handler in place (so an interrupt swallowed inside an
+        in-process evaluate is raised again, as for Ctrl-C), then raises KeyboardInterrupt itself."""
 
         def handler(signum: int, frame: Any) -> None:
             self.stopped_by = self.stopped_by or reason
-            os.kill(os.getpid(), signal.SIGINT)
+            current = signal.getsignal(signal.SIGINT)
+            if callable(current):  # pytest's, or interrupts_kept's during an in-process evaluate: it raises
+                current(signal.SIGINT, frame)
+            raise KeyboardInterrupt(reason)  # SIGINT ignored (a batch script's background job starts so)
 
         return handler
 

@@ -26,11 +26,15 @@ def test_plain(): pass
 ITEMS = 46  # the tiny suite's
 
 
-def start(tmp_path: Path, *args: str, slow: float = 0.2, fast: float = 0.05) -> subprocess.Popen[str]:
-    """A session over the stand-in tests in tmp_path (all sessions share tmp_path/run), running in the background."""
+def start(tmp_path: Path, *args: str, slow: float = 0.2, fast: float = 0.05, batch: bool = False) -> subprocess.Popen[str]:
+    """A session over the stand-in tests in tmp_path (all sessions share tmp_path/run), running in the background;
+    `batch`: started as a batch script's background job is, with SIGINT ignored."""
     (tmp_path / "test_fake_suite.py").write_text(TESTS.format(slow=slow, fast=fast))
     command, env = fake_suite_command(tmp_path, *args)
-    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if batch else None
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_sigint
+    )
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -92,10 +96,17 @@ def test_a_killed_node_leaves_its_item_to_the_other_which_finishes_the_campaign(
 
 
 @pytest.mark.parametrize(
-    ("sig", "why"), [(signal.SIGUSR1, "stopped before the time limit (SIGUSR1)"), (signal.SIGTERM, "cancelled (SIGTERM)")]
+    ("sig", "why", "workers"),
+    [
+        (signal.SIGUSR1, "stopped before the time limit (SIGUSR1)", ()),
+        (signal.SIGUSR1, "stopped before the time limit (SIGUSR1)", ("-n", "2")),
+        (signal.SIGTERM, "cancelled (SIGTERM)", ("-n", "2")),
+    ],
+    ids=["usr1-one-process", "usr1-xdist", "term-xdist"],
 )
-def test_a_stopped_node_writes_its_partial_verdict_and_the_merge_says_what_is_missing(tmp_path, sig, why):
-    node = start(tmp_path, "--campaign-node", "1/2", "-n", "2", slow=1.0, fast=0.5)
+def test_a_stopped_node_writes_its_partial_verdict_and_the_merge_says_what_is_missing(tmp_path, sig, why, workers):
+    """Started as node.sbatch starts pytest (a background job: SIGINT ignored), stopped as Slurm stops it."""
+    node = start(tmp_path, "--campaign-node", "1/2", *workers, slow=1.0, fast=0.5, batch=True)
     wait_for(
         lambda: (tmp_path / "run" / "campaign").is_dir() and sum(bool(c["finished"]) for c in claims(tmp_path).values()) >= 2,
         "two items",

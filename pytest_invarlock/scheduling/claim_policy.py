@@ -197,7 +197,7 @@ class CampaignStatus:
 def node_state(node: int, runs: Sequence[Mapping[str, Any]], alive: bool) -> NodeState:
     """A node from its runs (each session that joined as this node appends one) and whether it holds its lock now."""
     if not runs:
-        return NodeState(node, "never started", "no session joined as this node")
+        return NodeState(node, "never started", "(no session joined as this node)")
     last = runs[-1]
     where = f"{last.get('host', '?')} pid {last.get('pid', '?')}"
     if alive:
