@@ -3,6 +3,7 @@
     .venv/bin/python perf/simulate.py [--seed N]                  # every case below; exit 1 if a target is missed
     .venv/bin/python perf/simulate.py --suite full --gpus 8x80:79 --realistic
     .venv/bin/python perf/simulate.py --suite b200 --gpus 8x180 --nodes 4
+    .venv/bin/python perf/simulate.py --suite b200 --cluster 2*8x80+2*8x180 --realistic
 
 It drives the plugin's own `Policy` (the one the xdist adapter drives) with simulated GPUs and item
 durations, and compares it on the same workloads with three baselines: the seed's small_first greedy
@@ -26,14 +27,19 @@ Realistic mode (realistic=1), what a real node does to the scheduler:
 
 Each case prints its table, then one last line per strategy:
 `RESULT strategy=<name> suite=<suite> gpus=<spec> realistic=<0|1> makespan_over_bound=<x.xx> skipped=<n>
-oversubscribed=<n> ooms=<n> loads=<n> workers=<n>`. Sharded cases (N nodes, `--shard K/N` per node)
-print `CLUSTER ...` lines: makespan of the slowest node against the cluster's lower bound.
+oversubscribed=<n> ooms=<n> loads=<n> workers=<n>`. Campaigns on several nodes print one line per strategy,
+claims at run time (every node's policy in its campaign mode on one shared claim board) and the fixed
+`--shard K/N` split: `CLUSTER strategy=claims|shards suite=... nodes=N gpus=<cluster> realistic=<0|1>
+makespan_h=... bound_h=... makespan_over_bound=<x.xxx> run_twice=<n> never_run=<n> skipped=<n>
+oversubscribed=<n> loads=<n> node_items=... node_makespans_h=...`: the last item's end on any node against
+`cluster_bound` of the whole cluster (realistic mode crashes one worker of the first node).
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import math
 import random
 import time
 from collections import Counter, defaultdict, deque
@@ -43,16 +49,17 @@ from typing import Protocol
 
 from pytest_invarlock.campaign.items import BENCHMARK_TEST, CERTIFY_TESTS, Item, build_items, items_for_test
 from pytest_invarlock.campaign.suite import load_suite
-from pytest_invarlock.scheduling.cost import item_seconds, load_seconds
+from pytest_invarlock.scheduling.claim_policy import Claim
+from pytest_invarlock.scheduling.cost import item_seconds, load_seconds, timed_tasks
 from pytest_invarlock.scheduling.inventory import Gpu, format_gpu_spec, parse_gpu_spec
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
 from pytest_invarlock.scheduling.policy import Assignment, Policy, Task
-from pytest_invarlock.scheduling.shards import shard_loads, split_items
+from pytest_invarlock.scheduling.shards import split_items
 from pytest_invarlock.scheduling.tasks import tasks_from_items
 from pytest_invarlock.scheduling.xdist_adapter import PROBE_INTERVAL_S
 
 WORKLOADS = (("b200", "8x180"), ("full", "8x80"))
-CLUSTERS = (("b200", "8x180", (1, 2, 4)), ("full", "8x80", (1, 2)))
+CLUSTERS = (("b200", "2*8x180"), ("b200", "4*8x180"), ("full", "2*8x80"), ("b200", "2*8x80+2*8x180"))
 NOISE_SIGMA = 0.15
 TARGET_VS_BOUND, TARGET_VS_BOUND_REALISTIC, TARGET_VS_STATIC = 1.10, 1.05, 0.80
 RESERVE_FRACTION = 0.01
@@ -125,19 +132,69 @@ def build_workload(
 
 def lower_bound(workload: Workload) -> float:
     """max(all GPU-seconds / GPUs, longest dependency chain); one load per model counted as work."""
-    return cluster_bound([workload], len(workload.gpus))
+    return cluster_bound(workload, [workload.gpus])
 
 
-def cluster_bound(workloads: Sequence[Workload], gpus: int) -> float:
-    work = sum(_gpu_seconds(w) for w in workloads)
-    return max(work / gpus, max(map(_longest_chain, workloads)))
+def node_widths(workload: Workload, gpus: Sequence[Gpu], margin: MarginRule = MarginRule()) -> dict[str, int | None]:
+    """GPUs each task holds on a node of `gpus` (the policy's budget rule); None where the node cannot hold it."""
+    largest = max(margin.usable_gb(g.total_gb, g.free_gb) for g in gpus)
+    widths: dict[str, int | None] = {}
+    for task in workload.tasks:
+        width = required_gpus(task.mem_gb, largest)
+        widths[task.id] = width if width <= len(gpus) else None
+    return widths
 
 
-def _gpu_seconds(workload: Workload) -> float:
-    work = sum(workload.seconds[t.id] * workload.width(t) for t in workload.tasks)
-    return work + sum(
-        load * max(workload.width(t) for t in workload.tasks if t.model == m) for m, load in workload.load_seconds.items()
-    )
+def cluster_bound(workload: Workload, node_gpus: Sequence[Sequence[Gpu]]) -> float:
+    """A lower bound on any schedule of the workload on these nodes: max(longest dependency chain, the
+    makespan of the best *fractional* split of the GPU-seconds over the node types).
+
+    An item costs seconds x the GPUs it holds on a node type, a model's load is counted once, at its
+    cheapest, and every other GPU's first load at the cheapest load there is; on one node type that is
+    all GPU-seconds / all GPUs. On two types (say 8 x 80 and
+    8 x 180 GB nodes, where a 70B model's items hold two 80 GB GPUs and one 180 GB GPU) the best split
+    gives the smaller type the items it runs at the least extra cost: a binary search on the makespan,
+    each step filling the first type in order of relative cost (exact for the fractional relaxation).
+    """
+    kinds: dict[str, tuple[dict[str, int | None], int]] = {}
+    for gpus in node_gpus:
+        spec = format_gpu_spec(list(gpus))
+        widths, count = kinds.get(spec, (node_widths(workload, gpus), 0))
+        kinds[spec] = (widths, count + len(gpus))
+    costs: list[list[float]] = []  # per job (task or model load): GPU-seconds on each kind (inf: cannot run)
+    for task in workload.tasks:
+        costs.append([workload.seconds[task.id] * (widths[task.id] or math.inf) for widths, _ in kinds.values()])
+    for model, load in workload.load_seconds.items():
+        ids = [t.id for t in workload.tasks if t.model == model]
+        costs.append([load * max((widths[i] or math.inf for i in ids), default=1) for widths, _ in kinds.values()])
+    capacity = [count for _, count in kinds.values()]
+    # Every GPU loads a model before it works: beyond the one load per model counted, at least the cheapest load
+    # on each of the others (with fewer GPUs working the bound is higher still).
+    extra = max(0, sum(capacity) - len(workload.load_seconds)) * min(workload.load_seconds.values(), default=0.0)
+    costs.append([extra] * len(kinds))
+    chain = _longest_chain(workload)
+    if len(kinds) == 1:
+        return max(sum(c[0] for c in costs) / capacity[0], chain)
+    if len(kinds) != 2:
+        raise ValueError(f"the cluster bound handles one or two node types, got {len(kinds)}: {', '.join(kinds)}.")
+
+    def fits(makespan: float) -> bool:
+        room = capacity[0] * makespan
+        rest = 0.0
+        for first, second in sorted(costs, key=lambda c: c[0] / c[1] if c[1] < math.inf else -math.inf):
+            if first == math.inf:
+                rest += second
+                continue
+            share = 1.0 if second == math.inf else min(1.0, max(0.0, room / first))
+            room -= share * first
+            rest += (1 - share) * second
+        return room >= -1e-6 and rest <= capacity[1] * makespan + 1e-6
+
+    low, high = 0.0, sum(min(c) for c in costs)
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return max(high, chain)
 
 
 def _longest_chain(workload: Workload) -> float:
@@ -281,86 +338,174 @@ class Outcome:
     skipped: int  # items the scheduler gave up on
     crashed: int
     spacers: int  # items left alone in a queue before the end: xdist needs a spacer behind each
+    ran: int = 0  # items this node started (finished or crashed)
     unplaceable: dict[str, str] = field(default_factory=dict)
 
 
 def simulate(make: Callable[[Callable[[], float]], Scheduler], workload: Workload) -> Outcome:
-    """Run a scheduler to completion: one worker per GPU, each running its queue in order."""
+    """Run a scheduler to completion on the workload's node: one worker per GPU, each running its queue in order."""
+    crash_at = CRASH_AT * lower_bound(workload) if workload.realistic else None
+    (outcome,) = run_nodes(workload, [workload.gpus], lambda clock, node: make(clock), crash_at=crash_at)
+    return outcome
+
+
+class SimBoard:
+    """The claims of a campaign's run directory, as the simulated nodes share them: first come, first served.
+
+    The rules of `pytest_invarlock.claims.ClaimBoard` on disk (an item is claimed once; a finished one is
+    done for every node), without files; `Node(k)` is what node k's policy sees of the others (the real
+    nodes read it from each other's claim and node files).
+    """
+
+    def __init__(self, node_gpus: Sequence[Sequence[Gpu]]) -> None:
+        self.holder: dict[str, int] = {}
+        self.finished: set[str] = set()
+        self.starts: Counter[str] = Counter()
+        self.gpu_sizes = [max(g.total_gb for g in gpus) for gpus in node_gpus]
+        self._open: dict[int, Counter[str]] = defaultdict(Counter)  # node -> model -> unfinished claims
+
+    def node(self, k: int) -> SimNode:
+        return SimNode(self, k)
+
+    def finish(self, node: int, task: Task) -> None:
+        self.finished.add(task.id)
+        if self.holder.get(task.id) == node:
+            self._open[node][task.model] -= 1
+
+    def revisit(self, node: int, policy: Policy) -> None:
+        """What a node's adapter does each time it dispatches: settle the tasks finished elsewhere, set aside
+        those another node claimed."""
+        for task_id in policy.taken:
+            if task_id in self.finished:
+                policy.taken_ended(task_id, finished=True)
+        for task_id, holder in self.holder.items():
+            if holder != node and task_id not in self.finished:
+                policy.taken_elsewhere(task_id)
+
+
+@dataclass(frozen=True)
+class SimNode:
+    """Node k's view of the shared board (the policy's `Campaign`)."""
+
+    board: SimBoard
+    k: int
+
+    def claim(self, task: Task) -> Claim:
+        if task.id in self.board.finished:
+            return Claim.DONE
+        holder = self.board.holder.setdefault(task.id, self.k)
+        if holder != self.k:
+            return Claim.TAKEN
+        self.board._open[self.k][task.model] += 1
+        return Claim.MINE
+
+    def workers_on(self, model: str) -> int:
+        return sum(models[model] for other, models in self.board._open.items() if other != self.k)
+
+    def gpu_sizes(self) -> list[float]:
+        return [gb for j, gb in enumerate(self.board.gpu_sizes) if j != self.k]
+
+
+def run_nodes(
+    workload: Workload,
+    node_gpus: Sequence[Sequence[Gpu]],
+    make: Callable[[Callable[[], float], int], Scheduler],
+    *,
+    board: SimBoard | None = None,
+    crash_at: float | None = None,
+) -> list[Outcome]:
+    """Run one scheduler per node on a shared clock until every node is done; one Outcome per node.
+
+    Nodes share the workload's items through `board` (claims at run time, or each node its shard).
+    Realistic mode crashes one worker (of the first node) at `crash_at` seconds.
+    """
     now = 0.0
     realistic = workload.realistic
     rng = random.Random(workload.seed * 7919 + 17)
-    scheduler = make(lambda: now)
-    totals = {g.index: g.total_gb for g in workload.gpus}
-    reserve = {g.index: g.total_gb - g.free_gb for g in workload.gpus}
+    schedulers = [make(lambda: now, k) for k in range(len(node_gpus))]
+    totals = {(k, g.index): g.total_gb for k, gpus in enumerate(node_gpus) for g in gpus}
+    reserve = {(k, g.index): g.total_gb - g.free_gb for k, gpus in enumerate(node_gpus) for g in gpus}
     queues: dict[str, deque[Assignment]] = {}
+    node_of: dict[str, int] = {}
     home: dict[str, int] = {}
-    for gpu in workload.gpus:
-        worker = f"gw{gpu.index}"
-        queues[worker], home[worker] = deque(), gpu.index
-        scheduler.add_worker(worker, gpu.index)
+    for k, gpus in enumerate(node_gpus):
+        for gpu in gpus:
+            worker = _worker_name(k, gpu.index, len(node_gpus))
+            queues[worker], home[worker], node_of[worker] = deque(), gpu.index, k
+            schedulers[k].add_worker(worker, gpu.index)
     running: dict[str, tuple[Assignment, float, float]] = {}  # worker -> (assignment, real peak GB, end time)
     residue: dict[str, float] = {}  # worker -> GB it keeps on its home once it ran something
-    events: list[tuple[float, int, str, str]] = []  # (time, order, kind, worker)
+    events: list[tuple[float, int, str, str]] = []  # (time, order, kind, worker or node)
     order = 0
     held: dict[str, str] = {}
-    loads: Counter[tuple[str, str]] = Counter()
-    busy_gpu_seconds = 0.0
-    finished: set[str] = set()
-    crashed: set[str] = set()
-    oversubscribed = ooms = early = 0
-    lone: set[str] = set()
-    probed_at: float | None = None
-    crash_time = CRASH_AT * lower_bound(workload) if realistic else None
-    spawned = len(queues)
+    loads: list[Counter[tuple[str, str]]] = [Counter() for _ in node_gpus]
+    busy_gpu_seconds = [0.0] * len(node_gpus)
+    finished: list[set[str]] = [set() for _ in node_gpus]
+    crashed: list[set[str]] = [set() for _ in node_gpus]
+    oversubscribed, ooms, early = [0] * len(node_gpus), [0] * len(node_gpus), [0] * len(node_gpus)
+    lone: list[set[str]] = [set() for _ in node_gpus]
+    probed_at: list[float | None] = [None] * len(node_gpus)
+    ended_at = [0.0] * len(node_gpus)
+    spawned = [len(gpus) for gpus in node_gpus]
 
     def push(at: float, kind: str, worker: str) -> None:
         nonlocal order
         heapq.heappush(events, (at, order, kind, worker))
         order += 1
 
-    def used_on(device: int) -> float:
-        used = reserve[device] + sum(gb for w, gb in residue.items() if home.get(w) == device)
-        return used + sum(peak / len(a.devices) for a, peak, _ in running.values() if device in a.devices)
+    def used_on(k: int, device: int) -> float:
+        used = reserve[k, device] + sum(gb for w, gb in residue.items() if node_of[w] == k and home.get(w) == device)
+        return used + sum(peak / len(a.devices) for w, (a, peak, _) in running.items() if node_of[w] == k and device in a.devices)
 
     def start(worker: str, assignment: Assignment) -> None:
-        nonlocal busy_gpu_seconds, oversubscribed, early, ooms
-        task = assignment.task
+        k, task = node_of[worker], assignment.task
         seconds = workload.seconds[task.id]
+        if board is not None:
+            board.starts[task.id] += 1
         if held.get(worker) != task.model:
             seconds += workload.load_seconds[task.model]
             held[worker] = task.model
-            loads[task.model, worker] += 1
+            loads[k][task.model, worker] += 1
         peak = task.mem_gb * (rng.uniform(*PEAK_OF_PLAN) if realistic else 1.0)
         for device in assignment.devices:
-            if used_on(device) + peak / len(assignment.devices) > totals[device] + 1e-9:
-                oversubscribed += 1
-                ooms += 1
+            if used_on(k, device) + peak / len(assignment.devices) > totals[k, device] + 1e-9:
+                oversubscribed[k] += 1
+                ooms[k] += 1
                 break
-        ooms += task.id == workload.oom_task
-        early += not {d for d in task.deps if d in ids} <= finished | crashed
+        ooms[k] += task.id == workload.oom_task
+        settled = finished[k] | crashed[k] | (board.finished if board is not None else set())
+        early[k] += not {d for d in task.deps if d in ids} <= settled
         running[worker] = (assignment, peak, now + seconds)
-        busy_gpu_seconds += seconds * len(assignment.devices)
+        busy_gpu_seconds[k] += seconds * len(assignment.devices)
         push(now + seconds, "end", worker)
 
-    def observe() -> None:
-        nonlocal probed_at
+    def observe(k: int) -> None:
+        scheduler = schedulers[k]
         if not realistic or not isinstance(scheduler, Policy):
             return
-        if probed_at is not None and now - probed_at < PROBE_INTERVAL_S:
+        last = probed_at[k]
+        if last is not None and now - last < PROBE_INTERVAL_S:
             return
-        probed_at = now
-        for device, total in totals.items():
-            scheduler.observe_free(device, total - used_on(device) - rng.uniform(0, READ_NOISE_GB))
+        probed_at[k] = now
+        for gpu in node_gpus[k]:
+            scheduler.observe_free(gpu.index, gpu.total_gb - used_on(k, gpu.index) - rng.uniform(0, READ_NOISE_GB))
+
+    def settle(worker: str, assignment: Assignment) -> None:
+        if board is not None:
+            board.finish(node_of[worker], assignment.task)
 
     ids = {t.id for t in workload.tasks}
-    if crash_time is not None:
-        push(crash_time, "crash", "")
+    if crash_at is not None:
+        push(crash_at, "crash", "0")
     while True:
-        observe()
-        for assignment in scheduler.schedule():
-            queues[assignment.worker].append(assignment)
-        if not scheduler.done:
-            lone.update(q[0].task.id for q in queues.values() if len(q) == 1)
+        for k, scheduler in enumerate(schedulers):
+            if board is not None and isinstance(scheduler, Policy):
+                board.revisit(k, scheduler)
+            observe(k)
+            for assignment in scheduler.schedule():
+                queues[assignment.worker].append(assignment)
+            if not scheduler.done:
+                lone[k].update(q[0].task.id for w, q in queues.items() if node_of[w] == k and len(q) == 1)
         for worker, queue in queues.items():
             if worker not in running and queue:
                 start(worker, queue[0])
@@ -369,48 +514,64 @@ def simulate(make: Callable[[Callable[[], float]], Scheduler], workload: Workloa
         now, _, kind, worker = heapq.heappop(events)
         if kind == "arrive":
             queues[worker] = deque()
-            scheduler.add_worker(worker, home[worker])
+            schedulers[node_of[worker]].add_worker(worker, home[worker])
         elif kind == "crash":
-            victims = sorted(running)
+            k = int(worker)
+            victims = sorted(w for w in running if node_of[w] == k)
             if victims:
                 victim = rng.choice(victims)
                 assignment, _, ends = running.pop(victim)
-                busy_gpu_seconds -= (ends - now) * len(assignment.devices)
-                crashed.add(assignment.task.id)
+                busy_gpu_seconds[k] -= (ends - now) * len(assignment.devices)
+                crashed[k].add(assignment.task.id)
+                settle(victim, assignment)
                 events[:] = [e for e in events if not (e[2] == "end" and e[3] == victim)]
                 heapq.heapify(events)
-                scheduler.worker_lost(victim)
+                schedulers[k].worker_lost(victim)
                 del queues[victim]
                 residue.pop(victim, None)
-                replacement = f"gw{spawned}"
-                spawned += 1
-                home[replacement] = home[victim]
+                replacement = _worker_name(k, spawned[k], len(node_gpus))
+                spawned[k] += 1
+                home[replacement], node_of[replacement] = home[victim], k
                 push(now + REPLACEMENT_S, "arrive", replacement)
         else:
+            k = node_of[worker]
             assignment, _, _ = running.pop(worker)
             queues[worker].popleft()
-            finished.add(assignment.task.id)
+            finished[k].add(assignment.task.id)
+            ended_at[k] = now
+            settle(worker, assignment)
             if realistic and worker not in residue:
                 residue[worker] = rng.uniform(*RESIDUE_GB)
-            scheduler.finished(worker, assignment.task.id, True)
+            schedulers[k].finished(worker, assignment.task.id, True)
 
-    per_model_workers = Counter(model for model, _ in loads)
-    unplaceable = dict(scheduler.unplaceable) if isinstance(scheduler, Policy) else {}
-    return Outcome(
-        makespan=now,
-        utilisation=busy_gpu_seconds / (len(workload.gpus) * now) if now else 0.0,
-        loads={model: sum(n for (m, _), n in loads.items() if m == model) for model in per_model_workers},
-        workers=dict(per_model_workers),
-        worker_count=len({w for _, w in loads}),
-        oversubscribed=oversubscribed,
-        ooms=ooms,
-        early=early,
-        stuck=len(workload.tasks) - len(finished) - len(crashed) - len(unplaceable),
-        skipped=len(unplaceable),
-        crashed=len(crashed),
-        spacers=len(lone),
-        unplaceable=unplaceable,
-    )
+    outcomes = []
+    for k, scheduler in enumerate(schedulers):
+        per_model_workers = Counter(model for model, _ in loads[k])
+        unplaceable = dict(scheduler.unplaceable) if isinstance(scheduler, Policy) else {}
+        makespan = ended_at[k] if board is not None else now
+        outcomes.append(
+            Outcome(
+                makespan=makespan,
+                utilisation=busy_gpu_seconds[k] / (len(node_gpus[k]) * makespan) if makespan else 0.0,
+                loads={model: sum(n for (m, _), n in loads[k].items() if m == model) for model in per_model_workers},
+                workers=dict(per_model_workers),
+                worker_count=len({w for _, w in loads[k]}),
+                oversubscribed=oversubscribed[k],
+                ooms=ooms[k],
+                early=early[k],
+                stuck=0 if board is not None else len(workload.tasks) - len(finished[k]) - len(crashed[k]) - len(unplaceable),
+                skipped=len(unplaceable),
+                crashed=len(crashed[k]),
+                spacers=len(lone[k]),
+                ran=len(finished[k]) + len(crashed[k]),
+                unplaceable=unplaceable,
+            )
+        )
+    return outcomes
+
+
+def _worker_name(node: int, index: int, nodes: int) -> str:
+    return f"gw{index}" if nodes == 1 else f"n{node + 1}:gw{index}"
 
 
 # --------------------------------------------------------------------------- report
@@ -473,67 +634,111 @@ def report(workload: Workload) -> tuple[list[str], bool]:
     return lines, all(checks.values())
 
 
-def cluster_report(suite_name: str, gpu_spec: str, nodes: int, seed: int, *, realistic: bool) -> tuple[list[str], float]:
-    """N nodes, each running `--shard K/N` of the suite with the policy; the slowest node sets the makespan."""
+def parse_cluster(spec: str) -> list[str]:
+    """'2*8x80+2*8x180' -> the --gpus spec of each node: ['8x80', '8x80', '8x180', '8x180']."""
+    nodes: list[str] = []
+    for term in spec.split("+"):
+        count, _, node = term.strip().rpartition("*")
+        if not node or (count and not count.strip().isdigit()):
+            raise ValueError(f"--cluster {spec!r}: write nodes as [COUNT*]GPUS joined by '+', e.g. 2*8x80+2*8x180.")
+        parse_gpu_spec(node)  # a bad node spec says what is wrong with it
+        nodes += [node.strip()] * int(count or 1)
+    return nodes
+
+
+def cluster_report(suite_name: str, nodes: Sequence[str], seed: int, *, realistic: bool, strategy: str) -> tuple[list[str], bool]:
+    """A campaign on several nodes: every node claims work at run time (`claims`), or runs `--shard K/N` (`shards`).
+
+    One workload (the same duration for an item wherever it runs), one policy per node; the makespan is
+    the last item's end on any node, against `cluster_bound` of the whole cluster.
+    """
     items = suite_items(suite_name)
-    gpus = realistic_gpus(gpu_spec) if realistic else parse_gpu_spec(gpu_spec)
-    gpu_gb = round(max(g.total_gb for g in gpus))
-    assignment = split_items(items, nodes, gpu_gb)
-    shard_work = shard_loads(items, assignment, nodes, gpu_gb)
-    workloads = [
-        build_workload(
-            suite_name, gpu_spec, seed * 101 + k, realistic=realistic, items=[i for i in items if assignment[i.param_id] == k]
-        )
-        for k in range(nodes)
-    ]
-    outcomes = [simulate(STRATEGIES["invarlock"](w), w) for w in workloads]
-    bound = cluster_bound(workloads, nodes * len(gpus))
+    workload = build_workload(suite_name, nodes[0], seed, realistic=realistic, items=items)
+    node_gpus = [realistic_gpus(spec) if realistic else parse_gpu_spec(spec) for spec in nodes]
+    bound = cluster_bound(workload, node_gpus)
+    board = SimBoard(node_gpus)
+    if strategy == "claims":
+        timed = timed_tasks(workload.tasks, items)
+
+        def make(clock: Callable[[], float], k: int) -> Scheduler:
+            return Policy(timed, node_gpus[k], clock=clock, queue_depth=1, campaign=board.node(k))
+
+    else:
+        split = split_items(items, len(nodes))  # what every node computes for --shard K/N
+
+        def make(clock: Callable[[], float], k: int) -> Scheduler:
+            return Policy([t for t, i in zip(workload.tasks, items) if split[i.param_id] == k], node_gpus[k], clock=clock)
+
+    outcomes = run_nodes(workload, node_gpus, make, board=board, crash_at=CRASH_AT * bound if realistic else None)
     makespan = max(o.makespan for o in outcomes)
-    balance = max(shard_work) / (sum(shard_work) / nodes)
-    spec = workloads[0].spec
+    twice = sum(n - 1 for n in board.starts.values() if n > 1)
+    skipped = sum(o.skipped for o in outcomes)
+    never = len(workload.tasks) - len(board.starts) - skipped
+    target = TARGET_VS_BOUND_REALISTIC if realistic else TARGET_VS_BOUND
+    met = makespan <= target * bound and twice == 0 and never == 0 and not any(o.oversubscribed for o in outcomes)
     line = (
-        f"CLUSTER suite={suite_name} nodes={nodes} gpus={spec} realistic={int(realistic)} makespan_h={makespan / 3600:.2f} "
-        f"bound_h={bound / 3600:.2f} makespan_over_bound={makespan / bound:.2f} shard_balance={balance:.3f} "
-        f"skipped={sum(o.skipped + o.stuck for o in outcomes)} oversubscribed={sum(o.oversubscribed for o in outcomes)} "
-        f"node_makespans_h={','.join(f'{o.makespan / 3600:.2f}' for o in outcomes)}"
+        f"CLUSTER strategy={strategy} suite={suite_name} nodes={len(nodes)} gpus={'+'.join(_counted(nodes))} "
+        f"realistic={int(realistic)} makespan_h={makespan / 3600:.2f} bound_h={bound / 3600:.2f} "
+        f"makespan_over_bound={makespan / bound:.3f} run_twice={twice} never_run={never} skipped={skipped} "
+        f"oversubscribed={sum(o.oversubscribed for o in outcomes)} loads={sum(sum(o.loads.values()) for o in outcomes)} "
+        f"node_items={','.join(str(o.ran) for o in outcomes)} node_makespans_h={','.join(f'{o.makespan / 3600:.2f}' for o in outcomes)}"
     )
-    return [line], makespan / bound
+    return [line], met or strategy != "claims"
+
+
+def _counted(nodes: Sequence[str]) -> list[str]:
+    """['8x80', '8x80', '8x180'] -> ['2*8x80', '8x180']: the --cluster spelling."""
+    runs: list[tuple[str, int]] = []
+    for node in nodes:
+        if runs and runs[-1][0] == node:
+            runs[-1] = (node, runs[-1][1] + 1)
+        else:
+            runs.append((node, 1))
+    return [f"{n}*{node}" if n > 1 else node for node, n in runs]
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise, the crash and the OOM (default 0)")
-    parser.add_argument("--suite", help="one suite instead of the default cases (needs --gpus)")
+    parser.add_argument("--suite", help="one suite instead of the default cases (needs --gpus or --cluster)")
     parser.add_argument("--gpus", help="the node, in --gpus syntax (8x80, 8x80:79, 80:79,24:23)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--realistic", action="store_true", help="realistic mode only")
     mode.add_argument("--ideal", action="store_true", help="ideal mode only")
-    parser.add_argument("--nodes", type=int, default=None, help="simulate N nodes with --shard K/N instead of one node")
+    parser.add_argument("--nodes", type=int, default=None, help="a campaign on N nodes of --gpus instead of one node")
+    parser.add_argument("--cluster", help="a campaign on these nodes: [COUNT*]GPUS joined by '+', e.g. 2*8x80+2*8x180")
     args = parser.parse_args(argv)
-    if bool(args.suite) != bool(args.gpus):
-        parser.error("--suite and --gpus go together")
+    if args.suite and not (args.gpus or args.cluster):
+        parser.error("--suite needs --gpus (one node, or --nodes N of them) or --cluster")
+    if args.cluster and (args.gpus or args.nodes):
+        parser.error("--cluster names every node: leave --gpus and --nodes out")
+    try:
+        cluster = parse_cluster(args.cluster) if args.cluster else None
+    except ValueError as exc:
+        parser.error(str(exc))
     modes = [True] if args.realistic else [False] if args.ideal else [False, True]
     began = time.perf_counter()
     all_met = True
-    cases = [(args.suite, args.gpus)] if args.suite else list(WORKLOADS)
-    if args.nodes is None:
-        for suite_name, gpu_spec in cases:
+    if args.nodes is None and cluster is None:
+        for suite_name, gpu_spec in [(args.suite, args.gpus)] if args.suite else list(WORKLOADS):
             for realistic in modes:
                 lines, met = report(build_workload(suite_name, gpu_spec, args.seed, realistic=realistic))
                 print("\n".join(lines))
                 all_met &= met
-    clusters = (
-        [(args.suite, args.gpus, (args.nodes,))]
-        if args.suite and args.nodes
-        else ([(s, g, (args.nodes,)) for s, g in WORKLOADS] if args.nodes else list(CLUSTERS) if not args.suite else [])
-    )
+    if cluster is not None:
+        clusters = [(args.suite or "b200", cluster)]
+    elif args.nodes is not None:
+        clusters = [(s, [g] * args.nodes) for s, g in ([(args.suite, args.gpus)] if args.suite else WORKLOADS)]
+    else:
+        clusters = [] if args.suite else [(s, parse_cluster(c)) for s, c in CLUSTERS]
     if clusters:
-        print("### sharded campaigns: N nodes, each runs --shard K/N with the invarlock policy\n")
-        for suite_name, gpu_spec, node_counts in clusters:
+        print("### campaigns on several nodes: work claimed at run time (claims), or --shard K/N per node (shards)\n")
+        for suite_name, nodes in clusters:
             for realistic in modes:
-                for nodes in node_counts:
-                    lines, _ = cluster_report(suite_name, gpu_spec, nodes, args.seed, realistic=realistic)
+                for strategy in ("claims", "shards"):
+                    lines, met = cluster_report(suite_name, nodes, args.seed, realistic=realistic, strategy=strategy)
                     print("\n".join(lines))
+                    all_met &= met
     print(f"\nsimulated in {time.perf_counter() - began:.1f} s (seed {args.seed})")
     return 0 if all_met else 1
 

@@ -14,8 +14,14 @@ from collections.abc import Sequence
 # command -> (one-line help, module that implements it)
 COMMANDS: dict[str, tuple[str, str]] = {
     "report": (
-        "compile every record of a run directory (all shards) into the verdict, CSVs and reports/report.html",
+        "compile every record of a run directory (every node of a campaign) into the verdict, CSVs and "
+        "reports/report.html; exit 0 only when the campaign is complete",
         "pytest_invarlock.report.command",
+    ),
+    "node-check": (
+        "check that this host can take part in a campaign on RUN_DIR (packages, a writable run directory with locks, "
+        "the marker written at submission)",
+        "pytest_invarlock.node_check",
     ),
     "pack": ("write a signed evidence pack (DIR and DIR.tar.gz) from a finished run directory", "pytest_invarlock.evidence.pack"),
     "verify": (

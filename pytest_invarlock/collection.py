@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_invarlock.campaign.items import BENCHMARK_TEST, CERTIFY_TESTS, Item, Kind, items_for_test
-from pytest_invarlock.scheduling.cost import REFERENCE_GPU_GB
+from pytest_invarlock.scheduling.claim_policy import parse_node
 from pytest_invarlock.scheduling.shards import parse_shard, split_items
 from pytest_invarlock.state import ConfigState
 
@@ -34,9 +34,9 @@ def add_options(group: pytest.OptionGroup) -> None:
         dest="invarlock_shard",
         default=None,
         metavar="K/N",
-        help="run shard K of N (1-based) of the suite's items: a deterministic split balanced on the "
-        "memory plan's cost, each model's items kept together where balance allows; "
-        "non-suite tests run in shard 1",
+        help="run shard K of N (1-based) of the suite's items: a fixed split, the same on every node whatever its "
+        "GPUs, balanced on the cost model, each model's items kept together where balance allows; non-suite tests "
+        "run in shard 1 (--campaign-node K/N claims work at run time instead)",
     )
 
 
@@ -75,11 +75,17 @@ def _excluded_by_options(item: Item, state: ConfigState) -> bool:
     )
 
 
+def campaign_items(state: ConfigState) -> list[Item]:
+    """The suite's items that the options keep: what a sharded or claimed campaign divides among its nodes."""
+    return [item for item in state.items if not _excluded_by_options(item, state)]
+
+
 def shard_of(config: pytest.Config, state: ConfigState) -> tuple[int, dict[str, int]] | None:
     """With --shard K/N: (K - 1, param_id -> 0-based shard) over the suite items the options keep; else None.
 
-    The split (`scheduling.shards.split_items`) depends only on the suite, the options and the GPUs'
-    total size, so every shard process computes the same one (run all shards on one GPU model).
+    The split (`scheduling.shards.split_items`) depends only on the suite and the options, never on the
+    node's GPUs (costs are taken at the cost model's reference GPU size), so nodes of different GPU types
+    compute the same partition.
     """
     spec = config.getoption("invarlock_shard", None)
     if not spec:
@@ -88,26 +94,37 @@ def shard_of(config: pytest.Config, state: ConfigState) -> tuple[int, dict[str, 
         k, n = parse_shard(spec)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    gpu_gb = round(max(g.total_gb for g in state.gpus)) if state.gpus else REFERENCE_GPU_GB
-    kept = [item for item in state.items if not _excluded_by_options(item, state)]
-    return k - 1, split_items(kept, n, gpu_gb)
+    return k - 1, split_items(campaign_items(state), n)
 
 
 def deselect(config: pytest.Config, items: list[pytest.Item], state: ConfigState) -> None:
     """--calibrate-only and --no-benchmarks deselect (not skip) the other items; --shard K/N those of other shards.
 
-    With --shard, tests that are not suite items run in shard 1 only, so the shards together run every test once.
+    With --shard (or --campaign-node), tests that are not suite items run in shard (node) 1 only, so the nodes
+    together run every test once.
     """
     shard = shard_of(config, state)
+    plain_here = shard[0] == 0 if shard is not None else _campaign_node_index(config) in (None, 0)
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for test_item in items:
         item = suite_item(test_item)
-        excluded = item is not None and _excluded_by_options(item, state)
-        if shard is not None and not excluded:
-            mine, assignment = shard
-            excluded = assignment.get(item.param_id, 0) != mine if item is not None else mine != 0
+        if item is None:
+            excluded = not plain_here
+        else:
+            excluded = _excluded_by_options(item, state) or (shard is not None and shard[1][item.param_id] != shard[0])
         (drop if excluded else keep).append(test_item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def _campaign_node_index(config: pytest.Config) -> int | None:
+    """With --campaign-node K/N: K - 1 (every suite item stays: they are claimed at run time)."""
+    spec = config.getoption("invarlock_campaign_node", None)
+    if not spec:
+        return None
+    try:
+        return parse_node(str(spec))[0] - 1
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None

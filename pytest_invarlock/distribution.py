@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from pytest_invarlock import campaign_node
 from pytest_invarlock.campaign.items import item_from_nodeid
 from pytest_invarlock.campaign.suite import SuiteError, load_suite
 from pytest_invarlock.compat import runtestprotocol
@@ -135,6 +136,9 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
         workers = session_workers(config, state)
         verdict = VerdictReporter(state)
         config.pluginmanager.register(verdict, VERDICT_PLUGIN)
+        node = campaign_node.register(config, state, dist_chosen=config.stash.get(DIST_CHOSEN_KEY, False))
+        if node is not None:
+            verdict.scope = node.scope
         config.pluginmanager.register(StorePreflight(config, state, workers=workers), "invarlock-preflight")
         config.pluginmanager.register(ControllerDistribution(config, state), "invarlock-distribution")
         reliability.register(config, state, workers=workers)
@@ -213,6 +217,7 @@ class ControllerDistribution:
         from xdist.scheduler import LoadScheduling
 
         state, workers = self.state, worker_count(config)
+        node = config.pluginmanager.get_plugin(campaign_node.NODE_PLUGIN)
         scheduler = GpuScheduling(
             state.index,
             state.skip_reason,
@@ -226,9 +231,18 @@ class ControllerDistribution:
             probe=probe_gpus if state.gpus and not config.getoption("invarlock_gpus") else None,  # the driver, never a simulation
             handback=FailureMemory(state.run_dir, state.session).take_handback_of,
             on_retry=partial(report_retry, config, state),
+            **_campaign_claims(node, state),
         )
         config.pluginmanager.register(scheduler, "invarlock-scheduler")
         return scheduler
+
+
+def _campaign_claims(node: campaign_node.CampaignNode | None, state: ConfigState) -> dict[str, Any]:
+    """On a campaign's node: the scheduler claims each item on the node's board; items this node's GPUs cannot
+    hold are left to the other nodes."""
+    if node is None or not node.claims:
+        return {}
+    return {"claims": node.board, "not_here": lambda item: state.unfit.get(task_id(item))}
 
 
 def _on_placed(config: pytest.Config, write: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from pytest_invarlock import collection, distribution, evidence_writer, preflight, progress, reliability
+from pytest_invarlock import campaign_node, collection, distribution, evidence_writer, preflight, progress, reliability
 from pytest_invarlock import state as session_state
 from pytest_invarlock.campaign.kinds import KIND_HELP
 from pytest_invarlock.campaign.suite import SuiteError
@@ -38,7 +38,7 @@ USAGE_ERROR_OUTPUT = "invarlock_usage_error"  # the same, in an xdist worker's w
 
 
 # The modules that own options, each registering its own in `add_options(group)`.
-OPTION_OWNERS = (session_state, collection, distribution, preflight, progress, evidence_writer, reliability)
+OPTION_OWNERS = (session_state, collection, campaign_node, distribution, preflight, progress, evidence_writer, reliability)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -12,7 +12,7 @@ InvarLock's stock profile and tier (`campaign.thresholds`) and each model's cali
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ class VerdictReporter:
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Under xdist: each worker's collection, after its deselection."""
         self._select(ids)
+        self.scope: Callable[[], str | None] | None = None  # a campaign node's: why its verdict is not the campaign's
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -106,14 +107,17 @@ class VerdictReporter:
         """Write the verdict files here, not in the terminal summary: they must exist with `-p no:terminal`
         and after an internal error too (as junitxml writes its file). The summary only prints `self.written`."""
         partial = partial_reason(session, exitstatus)
+        scope = self.scope() if self.scope else None
         self.written = write_verdict(
             self.state,
             self.records,
-            partial=partial,
+            partial=partial or scope,
             args=list(session.config.invocation_params.args),
             selected=session.testscollected,
             selection=self.selected,
         )
+        if self.written is not None and partial is None:
+            self.written.scope = scope
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
@@ -181,7 +185,7 @@ class VerdictReporter:
             write(line.text, red=line.problem)
         for warning in self.state.warnings:
             write(f"warning: {warning}", yellow=True)
-        if written.partial:
+        if written.partial and written.partial != written.scope:
             write(_resume_line(config, len(self.records), written.selected), yellow=True)
 
 
@@ -205,6 +209,7 @@ class Written:
     lines: list[Line] = field(default_factory=list)
     thresholds: list[str] = field(default_factory=list)  # `campaign.thresholds` rows, one line each
     drift_bands: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> its preset's drift_band_derivation
+    scope: str | None = None  # the partial reason when it is only a campaign node's scope (nothing was cut short)
 
 
 def partial_reason(session: pytest.Session, exitstatus: int) -> str | None:

@@ -345,11 +345,15 @@ invarlock: {{dataset: local}}
 def fake_suite_session(tmp_path: Path, tests_source: str, *args: str) -> subprocess.CompletedProcess[str]:
     """A real pytest session of the tiny suite over stand-in test functions (no models run), in tmp_path."""
     (tmp_path / "test_fake_suite.py").write_text(tests_source)
+    command, env = fake_suite_command(tmp_path, *args)
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+
+
+def fake_suite_command(tmp_path: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of `fake_suite_session` (its test file already written), to start it yourself."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")}
     command = [sys.executable, "-m", "pytest", "test_fake_suite.py", "--suite", "tiny", "--run-dir", str(tmp_path / "run")]
-    return subprocess.run(
-        [*command, "-p", "no:cacheprovider", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
-    )
+    return [*command, "-p", "no:cacheprovider", *args], env
 
 
 def offline_options(certify_mode: str = "auto") -> Any:

@@ -1,4 +1,5 @@
-"""The model of time: how long an item holds its GPUs. Pure; shared by the shard split and perf/simulate.py.
+"""The model of time: how long an item holds its GPUs. Pure; shared by the shard split, a campaign node's
+policy (`timed_tasks`) and perf/simulate.py.
 
 Seconds per GB of weights per kind (create + certify for edits), benchmarks in proportion to their
 size (mmlu's 14042 questions: 2.8 s per GB of weights). These are the simulator's figures, scaled from
@@ -8,8 +9,12 @@ every node of a sharded campaign computes the same costs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 from pytest_invarlock.campaign.items import Item, Kind
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
+from pytest_invarlock.scheduling.policy import Task
 from pytest_invarlock.scheduling.tasks import item_need_gb, model_profile
 from pytest_invarlock.verdict.phase0 import benchmark_size
 
@@ -40,3 +45,11 @@ def item_cost(item: Item, gpu_gb: float = REFERENCE_GPU_GB) -> float:
 def load_seconds(weights_gb: float) -> float:
     """A worker switching to a model first loads it: 10 s + 0.5 s per GB."""
     return 10.0 + weights_gb / 2.0
+
+
+def timed_tasks(tasks: Sequence[Task], items: Sequence[Item]) -> list[Task]:
+    """The tasks of `items` (in the same order) with their estimated run and load times, for a campaign's node."""
+    return [
+        replace(task, seconds=item_seconds(item), load_seconds=load_seconds(model_profile(item.model).weights_gb))
+        for task, item in zip(tasks, items, strict=True)
+    ]

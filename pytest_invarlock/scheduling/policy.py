@@ -35,6 +35,18 @@ one, with a larger memory need when it was given back after an OOM; a second dea
 crashed. The tasks queued behind it had not started and are scheduled again. Among tasks of equal
 priority a worker prefers those of the group (model and variant) it ran last, so the items of one
 edited model run together and its copy on disk is needed for a short time.
+
+A node of a campaign (`campaign`: nodes that share a run directory and claim work at run time)
+assigns a task only once it claimed it. A task another node holds waits aside (`taken`) until the
+driver says that node finished it (settled here too, releasing its dependents) or let it go (ready
+again); a task finished elsewhere, or that this node cannot hold, is settled without running. Its
+workers queue one task each (queue_depth=1: a claim is taken only by a worker free to run it), and
+the order changes, because on a cluster one long item started late decides the makespan: a worker
+keeps to its model; switching, it joins the model whose work left per worker (here and on the other
+nodes) plus twice the item's own time, less the load, is largest, so large models start first and
+end with their short items; and a worker does not switch to a task that needs more GPUs here than on
+another node while anything else is left. The estimates are the tasks' `seconds` and `load_seconds` (`cost.timed_tasks`).
+perf/simulate.py measures it.
 """
 
 from __future__ import annotations
@@ -43,7 +55,9 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
+from pytest_invarlock.scheduling.claim_policy import Claim
 from pytest_invarlock.scheduling.inventory import Gpu, capacity_gb
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
 
@@ -68,6 +82,7 @@ SIZE_BOOSTS = ((30.0, 30), (70.0, 20), (100.0, 10))  # model weights below this 
 UNBLOCK_BOOST, UNBLOCK_CAP = 2, 40
 AGE_STEP_S, AGE_CAP = 300.0, 10
 FAIRNESS_PENALTY, FAIRNESS_CAP = 3, 15
+TAIL_WEIGHT = 2.0  # a campaign node adds this many times a task's own time to its model's work left per worker
 LAGGING_BOOST, LAGGING_RATIO = 15, 0.5  # a model whose settled share is below half the node's gets +15
 
 
@@ -82,6 +97,24 @@ class Task:
     model_size_gb: float
     deps: frozenset[str] = frozenset()
     group: str = ""  # tasks that share a product (an edited model): run together when priority ties
+    seconds: float = 0.0  # estimated run time and model load (`cost.timed_tasks`); only a campaign's node uses them
+    load_seconds: float = 0.0
+
+
+class Campaign(Protocol):
+    """The other nodes of a campaign, as a node's policy sees them (`claims.ClaimBoard`, or the simulator's)."""
+
+    def claim(self, task: Task) -> Claim:
+        """Claim `task` for this node (MINE), or say why not."""
+        ...
+
+    def workers_on(self, model: str) -> int:
+        """Workers of the other nodes running or holding a claim on `model` now."""
+        ...
+
+    def gpu_sizes(self) -> Sequence[float]:
+        """The largest GPU (total GB) of each other node working now."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -168,8 +201,10 @@ class Policy:
         clock: Callable[[], float] = time.monotonic,
         margin: MarginRule = MarginRule(),
         affinity: bool = True,
+        campaign: Campaign | None = None,
     ) -> None:
-        """`affinity=False` is the seed's plain small_first greedy, kept to benchmark against."""
+        """`affinity=False` is the seed's plain small_first greedy, kept to benchmark against; `campaign`:
+        this node shares its tasks with other nodes (see the module docstring; pass queue_depth=1)."""
         if queue_depth < 1:
             raise ValueError(f"queue_depth must be at least 1, got {queue_depth}.")
         if not gpus:
@@ -178,6 +213,15 @@ class Policy:
         self._gpus = {gpu.index: gpu for gpu in gpus}
         self._free = {gpu.index: gpu.free_gb for gpu in gpus}
         self._margin, self._depth, self._clock, self._affinity = margin, queue_depth, clock, affinity
+        self._campaign = campaign
+        self._taken: set[str] = set()  # held by another node of the campaign: neither ready nor waiting
+        self._mine: set[str] = set()  # claimed by this node (a gather keeps its claim until it is placed)
+        self._aside = 0  # tasks claims set aside so far (a round that sets one aside ranks again)
+        self._left_s: defaultdict[str, float] = defaultdict(
+            float
+        )  # model -> estimated seconds of its tasks neither settled nor taken
+        for task in self._tasks.values():
+            self._left_s[task.model] += task.seconds
         self._queues: dict[str, list[Assignment]] = {}
         self._home: dict[str, int] = {}
         self._holding: dict[str, str] = {}
@@ -224,16 +268,19 @@ class Policy:
         """Every assignment to make now; queues are filled up to queue_depth."""
         made: list[Assignment] = []
         while True:
+            aside = self._aside
             made += self._complete_gathers()
             made += self._fill_queues()
             made += self._complete_gathers()  # a gather opened on idle GPUs completes at once
+            if self._aside != aside:
+                continue  # claims set tasks aside, and settling some readied others: rank again
             if any(self._queues.values()) or not self._queues or self.done:
                 return made
             # Nothing of ours runs: the readings are of idle GPUs. Give up on what they cannot hold, alone.
             if self._give_up_on_unfit():
                 continue
-            if self._orphaned:
-                return made  # what is left waits for the worker replacing a lost one
+            if self._orphaned or not (self._ready or self._gathers):
+                return made  # what is left waits for the worker replacing a lost one, or for other nodes
             self._give_up_on_ready()  # cannot happen by the rules above; ends the run rather than hang it
 
     def finished(self, worker: str, task_id: str, ok: bool = True) -> None:
@@ -323,7 +370,7 @@ class Policy:
     @property
     def done(self) -> bool:
         """Nothing is left to dispatch (workers may still be running their queues)."""
-        return not self._ready and not self._gathers and not self._waiting
+        return not self._ready and not self._gathers and not self._waiting and not self._taken
 
     @property
     def unplaceable(self) -> dict[str, str]:
@@ -369,6 +416,7 @@ class Policy:
     def _settle(self, task_id: str) -> None:
         self._settled.add(task_id)
         self._model_settled[self._tasks[task_id].model] += 1
+        self._left_s[self._tasks[task_id].model] -= self._tasks[task_id].seconds
         now = self._clock()
         for dependent in self._dependents[task_id]:
             waiting = self._waiting.get(dependent)
@@ -411,6 +459,75 @@ class Policy:
             return self._queues[worker]
         except KeyError:
             raise ValueError(f"unknown worker {worker!r}; add it with add_worker() first.") from None
+
+    # ------------------------------------------------------------------ other nodes (a campaign)
+
+    @property
+    def taken(self) -> frozenset[str]:
+        """Tasks another node of the campaign holds: the driver looks at them again from time to time."""
+        return frozenset(self._taken)
+
+    def taken_elsewhere(self, task_id: str) -> None:
+        """The driver read that another node claimed `task_id`: set it aside (no claim attempt needed)."""
+        if task_id in self._taken or task_id in self._settled or task_id in self._mine:
+            return
+        self._ready.discard(task_id)
+        self._waiting.pop(task_id, None)
+        self._set_taken(task_id)
+
+    def finished_elsewhere(self, task_id: str) -> None:
+        """The driver read that another node finished `task_id`: settle it here too (releasing its dependents)."""
+        if task_id in self._settled or task_id in self._mine:
+            return
+        if task_id in self._taken:
+            self.taken_ended(task_id, finished=True)
+            return
+        self._ready.discard(task_id)
+        self._waiting.pop(task_id, None)
+        self._settle(task_id)
+
+    def taken_ended(self, task_id: str, *, finished: bool) -> None:
+        """The node holding `task_id` finished it (settled here too) or let it go unfinished (back in line)."""
+        if task_id not in self._taken:
+            raise ValueError(f"task {task_id!r} is not held by another node; only a taken task can end elsewhere.")
+        task = self._tasks[task_id]
+        self._taken.discard(task_id)
+        self._left_s[task.model] += task.seconds
+        if finished:
+            self._settle(task_id)
+            return
+        self._waiting[task_id] = {d for d in task.deps if d in self._tasks and d not in self._settled}
+        if not self._waiting[task_id]:
+            self._make_ready(task_id, self._clock())
+
+    def _set_taken(self, task_id: str) -> None:
+        self._taken.add(task_id)
+        self._left_s[self._tasks[task_id].model] -= self._tasks[task_id].seconds
+
+    def _claimed(self, task: Task) -> bool:
+        """Whether this node may run `task` now (always, outside a campaign); a task it may not run is set aside."""
+        verdict = Claim.MINE if self._campaign is None or task.id in self._mine else self._campaign.claim(task)
+        if verdict == Claim.MINE:
+            self._mine.add(task.id)
+            return True
+        self._aside += 1
+        self._ready.discard(task.id)
+        if verdict == Claim.TAKEN:
+            self._set_taken(task.id)
+        else:  # finished elsewhere, or not for this node: nothing left to do here
+            self._settle(task.id)
+        return False
+
+    def _campaign_key(self, campaign: Campaign, worker: str, task: Task, tier: int) -> tuple[float, ...]:
+        """A campaign node's order: a model new to the worker whose task needs more GPUs here than on another node
+        last; then the worker's own model; then the most work left per worker."""
+        here = required_gpus(task.mem_gb, max(map(self._budget, self._gpus)) or 1e-9)
+        sizes = campaign.gpu_sizes()
+        wider = bool(sizes) and here > min(required_gpus(task.mem_gb, self._margin.usable_gb(gb) or 1e-9) for gb in sizes)
+        others = sum(1 for w, queue in self._queues.items() if w != worker and queue and self._holding.get(w) == task.model)
+        per_worker = self._left_s[task.model] / (1 + others + campaign.workers_on(task.model))
+        need = per_worker + TAIL_WEIGHT * task.seconds - (task.load_seconds if tier else 0.0)
+        return (float(wider and tier > 0), float(min(tier, 1)), -need)
 
     # ------------------------------------------------------------------ devices
 
@@ -564,7 +681,11 @@ class Policy:
                 in_flight_same_model=0,
                 lagging=self._tasks[task_id].model in lagging,
             )
-        for task_id in sorted(self._ready, key=lambda t: (-ranked.score[t], self._tasks[t].model_size_gb, t)):
+        if self._campaign is None:
+            order = sorted(self._ready, key=lambda t: (-ranked.score[t], self._tasks[t].model_size_gb, t))
+        else:  # a model's calibrations first (they unblock the rest), then its longest tasks: its short ones end it
+            order = sorted(self._ready, key=lambda t: (self._tasks[t].kind != "calibration", -self._tasks[t].seconds, t))
+        for task_id in order:
             task = self._tasks[task_id]
             (ranked.sharded if task.id in self._wide else ranked.single)[task.model].append(task)
         return ranked
@@ -576,31 +697,46 @@ class Policy:
         return 2 if model in self._history[worker] else 1
 
     def _pick(self, worker: str, ready: _Ranked) -> tuple[Task, tuple[int, ...]] | None:
-        """The best task for `worker` and its GPUs; None when it has nothing to take or starts gathering."""
+        """The best task for `worker` and its GPUs; None when it has nothing to take or starts gathering.
+
+        A task another node holds (or finished) is set aside and the options are drawn again: its model
+        may offer the next one."""
+        while True:
+            for task in self._options(worker, ready):
+                if not self._claimed(task):
+                    ready.take(task)
+                    break
+                if task.id not in self._wide:
+                    return task, (self._home[worker],)
+                devices = self._place_sharded(worker, task)
+                if devices:
+                    return task, devices
+                if self._open_gather(worker, task):
+                    ready.take(task)
+                    return None
+            else:
+                return None
+
+    def _options(self, worker: str, ready: _Ranked) -> list[Task]:
+        """Each model's best single-GPU task that fits the worker and its best sharded task, best first."""
         options = []
         for model in {*ready.single, *ready.sharded}:
             fairness = min(FAIRNESS_CAP, FAIRNESS_PENALTY * self._in_flight[model])
             single = self._best_single(worker, ready, model)
             sharded = next((t for t in ready.sharded[model] if self._may_take(worker, t)), None)
             for task in filter(None, (single, sharded)):
-                key = (self._tier(worker, model), fairness - ready.score[task.id], self._other_group(worker, task))
+                tier = self._tier(worker, model)
+                first = (float(tier),) if self._campaign is None else self._campaign_key(self._campaign, worker, task, tier)
+                key = (*first, fairness - ready.score[task.id], self._other_group(worker, task))
                 options.append(((*key, task.model_size_gb, task.id), task))
-        for _, task in sorted(options, key=lambda option: option[0]):
-            if task.id not in self._wide:
-                return task, (self._home[worker],)
-            devices = self._place_sharded(worker, task)
-            if devices:
-                return task, devices
-            if self._open_gather(worker, task):
-                ready.take(task)
-                return None
-        return None
+        return [task for _, task in sorted(options, key=lambda option: option[0])]
 
     def _best_single(self, worker: str, ready: _Ranked, model: str) -> Task | None:
-        """The model's best ready task that fits this worker alone: the highest score, then its last group."""
+        """The model's best ready task that fits this worker alone: the highest score, then its last group (a
+        campaign's node takes the first that fits: its order is its own, see `_rank_ready`)."""
         best: Task | None = None
-        for task in ready.single[model]:  # best score first
-            if best is not None and ready.score[task.id] < ready.score[best.id]:
+        for task in ready.single[model]:  # best first
+            if best is not None and (self._campaign is not None or ready.score[task.id] < ready.score[best.id]):
                 break
             if not self._fits_alone(worker, task) or not self._may_take(worker, task):
                 continue

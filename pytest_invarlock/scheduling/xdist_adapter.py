@@ -21,6 +21,13 @@ work failed are dropped before dispatch (`drop`); the caller reports them.
 Live memory: with `probe` (`probe.probe_gpus`, the driver's reading on a real node; none for a --gpus
 simulation) the adapter re-reads every GPU's free memory when it dispatches, at most once per
 `probe_interval_s`, and hands the readings to the policy, which keeps those of idle GPUs.
+
+A node of a campaign (`claims`, the node's `claim_policy.Board`): the policy claims an item before it
+assigns it (`NodeCampaign`), one queued item per worker; each dispatch first reads what the other nodes
+run and finished; an item's claim is finished once it completes (its record is written by then), and
+an item this node cannot hold is left to the others. When nothing of this node runs and what is left is
+held by other nodes, the adapter looks again every `claim_poll_s` until that changes: a node that dies
+frees its items, and a waiting node takes them.
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from pytest_invarlock.campaign.items import Item, item_from_nodeid
+from pytest_invarlock.scheduling.claim_policy import Board, Claim
+from pytest_invarlock.scheduling.cost import timed_tasks
 from pytest_invarlock.scheduling.inventory import Gpu
 from pytest_invarlock.scheduling.placement import GpuHomes
 from pytest_invarlock.scheduling.policy import Policy, Task
 from pytest_invarlock.scheduling.tasks import FREE_KIND, FREE_MODEL, tasks_from_items
 
 PROBE_INTERVAL_S = 5.0  # NVML reads take ~10 ms; dispatches come every few seconds on a busy node
+CLAIM_POLL_S = 2.0  # an idle node of a campaign looks at the items other nodes hold this often
 
 
 class Node(Protocol):
@@ -104,6 +114,10 @@ class GpuScheduling:
         clock: Callable[[], float] = time.monotonic,
         handback: Callable[[Item], dict[str, Any] | None] = lambda item: None,
         on_retry: Callable[[str, str], None] = lambda nodeid, why: None,
+        claims: Board | None = None,
+        not_here: Callable[[Item], str | None] = lambda item: None,
+        claim_poll_s: float = CLAIM_POLL_S,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._handback, self._on_retry = handback, on_retry
         self._index_of, self._skip_reason, self._on_placed = index, skip_reason, on_placed
@@ -124,6 +138,8 @@ class GpuScheduling:
         self._placements: dict[str, tuple[int, ...]] = {}  # task id -> the GPUs it was last sent with
         self._probe, self._probe_interval_s, self._clock = probe, probe_interval_s, clock
         self._probed_at: float | None = None
+        self._claims, self._not_here, self._claim_poll_s, self._sleep = claims, not_here, claim_poll_s, sleep
+        self._others_read_at: float | None = None
 
     @property
     def _started(self) -> Policy:
@@ -177,6 +193,7 @@ class GpuScheduling:
         if item_index != self._spacer:
             ok = self._collection[item_index] not in self._failed
             self._started.finished(node.gateway.id, self._ids[item_index], ok=ok)
+            self._finish_claim(item_index, ok)
         self._dispatch()
 
     def mark_test_pending(self, item: str) -> None:
@@ -275,7 +292,11 @@ class GpuScheduling:
             seen[nodeid] += 1
             self._ids.append(nodeid if seen[nodeid] == 1 else f"{nodeid}#{index}")
         self._index = {tid: index for index, tid in enumerate(self._ids)}
-        self._policy = Policy(self._tasks(), self._devices)
+        if self._claims is None:
+            self._policy = Policy(self._tasks(), self._devices)
+        else:  # a campaign's node: one queued item per worker, each claimed before it is sent
+            campaign = NodeCampaign(self._claims, self._index, self._items, self._not_here)
+            self._policy = Policy(self._tasks(), self._devices, queue_depth=1, campaign=campaign)
         for node in self._collections:
             self._admit(node)
 
@@ -294,7 +315,9 @@ class GpuScheduling:
         runs = [(tid, item) for tid, item in zip(self._ids, self._items) if item is not None and self._skip_reason(item) is None]
         planned = {tid for tid, _ in runs}
         free = [Task(tid, FREE_MODEL, FREE_KIND, 0.0, 0.0) for tid in self._ids if tid not in planned]
-        return tasks_from_items([item for _, item in runs], [tid for tid, _ in runs]) + free
+        items = [item for _, item in runs]
+        tasks = tasks_from_items(items, [tid for tid, _ in runs])
+        return (tasks if self._claims is None else timed_tasks(tasks, items)) + free
 
     def _admit(self, node: Node) -> None:
         worker = node.gateway.id
@@ -318,6 +341,7 @@ class GpuScheduling:
     def _dispatch(self) -> None:
         """Send what the policy assigns; report what it gives up on; keep no worker holding a lone item."""
         self._observe_free()
+        self._watch_other_nodes()
         batches: dict[Node, list[int]] = defaultdict(list)
         for assignment in self._started.schedule():
             node = self._admitted[assignment.worker]
@@ -332,7 +356,7 @@ class GpuScheduling:
         for tid, reason in self._started.unplaceable.items():
             if tid not in self._reported:
                 self._reported.add(tid)
-                self._on_unplaceable(self._collection[self._index[tid]], reason)
+                self._give_up(tid, reason)
         for node, pending in self._pending.items():
             if node.shutting_down:
                 continue
@@ -342,3 +366,89 @@ class GpuScheduling:
             if batch:
                 pending.extend(batch)
                 node.send_runtest_some(batch)
+        self._wait_for_other_nodes()
+
+    def _give_up(self, tid: str, reason: str) -> None:
+        """An item the policy cannot place: reported as skipped; on a campaign's node, left to the other nodes."""
+        item = self._items[self._index[tid]]
+        if self._claims is not None and item is not None:
+            self._claims.leave(item.param_id, reason)
+            return
+        self._on_unplaceable(self._collection[self._index[tid]], reason)
+
+    # ------------------------------------------------------------------ a campaign's other nodes
+
+    def _watch_other_nodes(self) -> None:
+        """Tell the policy what the other nodes run and finished since the last reading (read at most every few
+        seconds); look again at each item they held: finished, or let go by a node that stopped."""
+        if self._claims is None:
+            return
+        others = self._claims.others()
+        if others.read_at == self._others_read_at:
+            return
+        self._others_read_at = others.read_at
+        policy = self._started
+        for index, item in enumerate(self._items):
+            if item is None:
+                continue
+            tid = self._ids[index]
+            if item.param_id in others.finished:
+                policy.finished_elsewhere(tid)
+            elif item.param_id in others.running:
+                policy.taken_elsewhere(tid)
+        for tid in policy.taken:  # a node file can be late: the item's lock says whether it is still held
+            item = self._items[self._index[tid]]
+            if item is None:
+                continue
+            state = self._claims.look(item.param_id)
+            if state in (Claim.DONE, Claim.FREE):
+                policy.taken_ended(tid, finished=state == Claim.DONE)
+
+    def _finish_claim(self, index: int, ok: bool) -> None:
+        """The item completed here and its record is written: finished for the whole campaign."""
+        item = self._items[index]
+        if self._claims is not None and item is not None:
+            self._claims.finish(item.param_id, "passed" if ok else "failed")
+
+    def _wait_for_other_nodes(self) -> None:
+        """Nothing of this node runs and all that is left is held by other nodes: look again every claim_poll_s
+        until one of those items is finished or let go (a dead node's), then dispatch again."""
+        if self._claims is None:
+            return
+        policy = self._started
+        while (
+            policy.taken
+            and not any(map(self._holds_work, self._pending.values()))
+            and not any(node.shutting_down for node in self._pending)
+        ):
+            before = policy.taken
+            self._sleep(self._claim_poll_s)
+            self._watch_other_nodes()
+            if policy.taken != before:
+                self._dispatch()
+                return
+
+
+class NodeCampaign:
+    """The policy's view of the campaign (`policy.Campaign`) for this node: claims keyed by item, not task id."""
+
+    def __init__(
+        self, board: Board, index: dict[str, int], items: Sequence[Item | None], not_here: Callable[[Item], str | None]
+    ) -> None:
+        self._board, self._index, self._items, self._not_here = board, index, items, not_here
+
+    def claim(self, task: Task) -> Claim:
+        item = self._items[self._index[task.id]]
+        if item is None:  # a plain test: only node 1 collects those
+            return Claim.MINE
+        reason = self._not_here(item)
+        if reason is not None:
+            self._board.leave(item.param_id, reason)
+            return Claim.NOT_HERE
+        return self._board.claim(item.param_id, item.model.name)
+
+    def workers_on(self, model: str) -> int:
+        return self._board.others().workers[model]
+
+    def gpu_sizes(self) -> Sequence[float]:
+        return self._board.others().gpu_sizes

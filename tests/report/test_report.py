@@ -79,10 +79,11 @@ def test_report_command_merges_shards_and_names_the_missing_items(tmp_path: Path
         record["session"] = f"shard{i % 3}"
         write_json_sealed(tmp_path / "records" / f"{record['param_id']}.json", record)
     (tmp_path / "records" / "junk.json").write_text("{not json")
-    assert main(["report", str(tmp_path), "--suite", "tiny"]) == 0
+    assert main(["report", str(tmp_path), "--suite", "tiny"]) == 1  # incomplete: never a success
     out = capsys.readouterr().out
     missing = [r["param_id"] for i, r in enumerate(records) if i % 3 == 2]
     assert f"{len(missing)} suite item(s) have no record" in out and missing[0] in out
+    assert out.rstrip().endswith(f"INCOMPLETE: {len(missing)} of 46 item(s) have no record")
     assert "junk.json skipped" in out
     verdict = json.loads((tmp_path / "reports" / "final_verdict.json").read_text())
     assert sorted(verdict["phase0"]["accounting"]["not_run"]) == sorted(missing)
@@ -90,8 +91,19 @@ def test_report_command_merges_shards_and_names_the_missing_items(tmp_path: Path
     assert len(set(re.findall(r'id="timeline-bar-(\d+)"', page))) == 46 - len(missing)
     assert (tmp_path / "analysis" / "invarlock_results.csv").is_file()
     # the next call finds the suite's items in the verdict it wrote
-    assert main(["report", str(tmp_path), "--quiet"]) == 0
+    assert main(["report", str(tmp_path), "--quiet"]) == 1
     assert f"{len(missing)} suite item(s) have no record" in capsys.readouterr().out
+    for record in records:  # the missing items arrive: complete
+        write_json_sealed(tmp_path / "records" / f"{record['param_id']}.json", record)
+    assert main(["report", str(tmp_path), "--quiet"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("COMPLETE: every one of the 46 item(s) has a record")
+
+
+def test_report_command_without_a_known_campaign_says_it_cannot_tell_what_is_missing(tmp_path: Path, capsys) -> None:
+    for record in synthetic_records("tiny", lanes=2)[:3]:
+        write_json_sealed(tmp_path / "records" / f"{record['param_id']}.json", record)
+    assert main(["report", str(tmp_path)]) == 1
+    assert "INCOMPLETE: unknown campaign" in capsys.readouterr().out
 
 
 def test_report_command_on_a_directory_without_records_says_what_to_pass(tmp_path: Path, capsys) -> None:

@@ -1,9 +1,8 @@
-"""Shards of one campaign: the pure split, --shard K/N at collection, and the Slurm example scripts."""
+"""Shards of one campaign: the pure split and --shard K/N at collection (the same partition on every node)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -17,7 +16,6 @@ from pytest_invarlock.scheduling.cost import item_cost
 from pytest_invarlock.scheduling.shards import parse_shard, shard_loads, split_items
 
 ROOT = Path(__file__).resolve().parents[2]
-SLURM = ROOT / "examples" / "slurm"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
 
 
@@ -105,6 +103,15 @@ def test_collect_only_over_k_lists_a_partition_of_the_suite(tmp_path):
     assert parts[1] == collected("validation/", "--suite", "tiny", "--run-dir", run_dir, "--shard", "2/3")  # stable
 
 
+def test_nodes_with_different_gpus_compute_the_same_partition(tmp_path):
+    """The split never depends on the node's GPUs: an 8 x 80 GB node and an 8 x 180 GB node agree."""
+    run_dir = str(tmp_path / "run")
+    for k in (1, 2):
+        small = collected("validation/", "--suite", "b200", "--run-dir", run_dir, "--gpus", "8x80", "--shard", f"{k}/2")
+        large = collected("validation/", "--suite", "b200", "--run-dir", run_dir, "--gpus", "8x180", "--shard", f"{k}/2")
+        assert small == large and small
+
+
 def test_a_bad_shard_is_a_usage_error(tmp_path):
     result = subprocess.run(
         [
@@ -129,61 +136,3 @@ def test_a_bad_shard_is_a_usage_error(tmp_path):
         env={**os.environ, **OFFLINE},
     )
     assert result.returncode == 4 and "--shard '5/4': K must be between 1 and N" in result.stderr
-
-
-# --------------------------------------------------------------------------- examples/slurm
-
-
-@pytest.mark.parametrize("script", ["submit.sh", "campaign.sbatch", "shard_task.sh", "merge.sbatch"])
-def test_slurm_scripts_parse(script):
-    result = subprocess.run(["bash", "-n", str(SLURM / script)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-
-
-def test_a_slurm_task_runs_its_shard(tmp_path):
-    """SLURM_PROCID 2 of 4 tasks runs --shard 3/4 into the shared run directory; a failing verdict is no error."""
-    fake = tmp_path / "python"
-    fake.write_text('#!/usr/bin/env bash\necho "$@" > "$ARGS_LOG"\nexit 1\n')
-    fake.chmod(0o755)
-    env = {
-        **os.environ,
-        "SLURM_PROCID": "2",
-        "SLURM_NTASKS": "4",
-        "INVARLOCK_SUITE": "b200",
-        "INVARLOCK_RUN_DIR": str(tmp_path / "run"),
-        "PYTHON": str(fake),
-        "ARGS_LOG": str(tmp_path / "args"),
-    }
-    result = subprocess.run(["bash", str(SLURM / "shard_task.sh"), "-k", "mistral"], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr
-    args = (tmp_path / "args").read_text().split()
-    assert args[:8] == ["-m", "pytest", "validation/", "--suite", "b200", "-n", "auto", "--shard"] and args[8] == "3/4"
-    assert args[-2:] == ["-k", "mistral"] and str(tmp_path / "run") in args
-    missing = subprocess.run(
-        ["bash", str(SLURM / "shard_task.sh")],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in env.items() if k != "SLURM_PROCID"},
-    )
-    assert missing.returncode != 0 and "run me under srun" in missing.stderr
-
-
-@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a real Slurm is installed: do not submit")
-def test_submit_chains_the_merge_after_the_campaign(tmp_path):
-    """A fake sbatch records the two submissions: the merge depends on the campaign with afterany."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text('#!/usr/bin/env bash\necho "$@" >> "$SBATCH_LOG"\necho $((RANDOM + 100))\n')
-    (bin_dir / "sbatch").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "sbatch.log")}
-    result = subprocess.run(
-        ["bash", str(SLURM / "submit.sh"), "full", str(tmp_path / "run"), "2", "-k", "mistral"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    campaign, merge = (tmp_path / "sbatch.log").read_text().splitlines()
-    job = result.stdout.split()[2]
-    assert "--nodes=2" in campaign and campaign.endswith("campaign.sbatch -k mistral")
-    assert f"--dependency=afterany:{job}" in merge and merge.endswith("merge.sbatch")

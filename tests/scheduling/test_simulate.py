@@ -32,14 +32,36 @@ def test_realistic_simulation_of_a_small_node_prints_one_result_per_strategy():
     assert " skipped=0 oversubscribed=0 ooms=1 " in ours  # the injected OOM, nothing else
 
 
-def test_sharded_clusters_print_a_line_per_node_count():
+CLUSTER = re.compile(
+    r"^CLUSTER strategy=(claims|shards) suite=(\w+) nodes=(\d+) gpus=(\S+) realistic=([01]) makespan_h=\d+\.\d\d "
+    r"bound_h=\d+\.\d\d makespan_over_bound=(\d+\.\d\d\d) run_twice=(\d+) never_run=(\d+) skipped=\d+ "
+    r"oversubscribed=(\d+) loads=\d+ node_items=[\d,]+ node_makespans_h=[\d.,]+$"
+)
+
+
+def test_a_mixed_cluster_prints_a_line_per_strategy_and_claims_run_every_item_once():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "perf" / "simulate.py"), "--suite", "tiny", "--gpus", "2x80", "--ideal", "--nodes", "2"],
+        [sys.executable, str(ROOT / "perf" / "simulate.py"), "--suite", "tiny", "--cluster", "2x80+80,24", "--realistic"],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=300,
     )
-    assert result.returncode == 0, result.stderr
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("CLUSTER")]
-    assert line.startswith("CLUSTER suite=tiny nodes=2 gpus=2x80 realistic=0 ") and "skipped=0 oversubscribed=0" in line
+    assert result.returncode in (0, 1), result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("CLUSTER")]
+    matches = [CLUSTER.match(line) for line in lines]
+    assert all(matches) and [m.group(1) for m in matches if m] == ["claims", "shards"], lines
+    claims = matches[0]
+    assert claims is not None and claims.group(3) == "2" and claims.group(4) == "2x80+80,24"
+    assert (claims.group(7), claims.group(8), claims.group(9)) == ("0", "0", "0")  # once each, all of them, fitting
+
+
+def test_a_bad_cluster_spec_says_how_to_write_one():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "perf" / "simulate.py"), "--suite", "tiny", "--cluster", "2*"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "e.g. 2*8x80+2*8x180" in result.stderr
