@@ -39,6 +39,7 @@ class VerdictReporter:
         self._setup_started: dict[str, float] = {}
         self.written: Written | None = None
         self.selected: set[str] | None = None  # suite items this session selected; None until collection says
+        self.scope: Callable[[], str | None] | None = None  # a campaign node's: why its verdict is not the campaign's
 
     def _select(self, nodeids: Iterable[str]) -> None:
         items = (item_from_nodeid(nodeid, self.state.index) for nodeid in nodeids)
@@ -53,7 +54,6 @@ class VerdictReporter:
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Under xdist: each worker's collection, after its deselection."""
         self._select(ids)
-        self.scope: Callable[[], str | None] | None = None  # a campaign node's: why its verdict is not the campaign's
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
