@@ -4,7 +4,8 @@ Pure: it reads a `Verdict` (the certifier's plain dataclass) and a `Scenario`. T
 seed suite's per-certificate rules (shared/reference/verdict.md): a run is flagged when overall pass
 is false or the primary metric is degraded or invalid (the suite's stricter overall pass); an error is detected when flagged or invariants fail;
 a gating stress edit must be flagged by one of its detectors (any gate when none are listed); an
-informational one records a signal (a gate flip, or a remediation such as spectral caps applied).
+informational scenario records a signal (a gate flip, a remediation such as spectral caps applied, or
+its probe sidecar's signal: rmt_probe.json / ve_probe.json of the informational error injections).
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ def remediations(verdict: Verdict) -> int:
     return verdict.spectral_caps_applied or 0
 
 
-def judge(scenario: Scenario, verdict: Verdict) -> Judgement:
+def judge(scenario: Scenario, verdict: Verdict, probe_signal: bool = False) -> Judgement:
     failed = list(verdict.failed_gates)
     # The reference's stricter overall pass also requires a primary metric that is not invalid.
     flagged = verdict.failure is not None or not verdict.overall_pass or verdict.degraded or verdict.invalid
     detected = flagged or verdict.flags.get("invariants_pass") is False
-    signal = flagged or remediations(verdict) > 0
+    signal = flagged or remediations(verdict) > 0 or probe_signal
     expectation = scenario.expectation
     if expectation == "pass":
         met = verdict.failure is None and verdict.overall_pass and not verdict.degraded and not verdict.invalid

@@ -240,7 +240,7 @@ def outcomes(
             if kind == "calibration":
                 alarm = failed or _flagged(r)
                 noops.append(NoopOutcome(model, run, alarm, _noop_gates(r) if alarm else (), degraded))
-            elif kind in ("clean", "stress"):
+            elif kind in ("clean", "stress") or (kind == "error" and r.get("expectation") == "signal"):
                 flagged = _flagged(r) and not failed
                 edits.append(
                     EditOutcome(
@@ -249,7 +249,7 @@ def outcomes(
                         run=run,
                         flagged=flagged,
                         regressed=regress.get((model, scenario)),
-                        expected_regression=kind == "stress",
+                        expected_regression=kind != "clean",
                         degraded=degraded,
                         informational=r.get("expectation") == "signal",
                         signal=bool(r.get("signal", flagged)) and not failed,

@@ -482,14 +482,21 @@ class Phase0:
 
     @property
     def passed(self) -> bool:
-        """The seed's rule: accuracy >= 0.6, error detection >= 0.8, no degraded run.
+        """The seed's rule: accuracy >= 0.6, error detection >= 0.8, no degraded run; and (the evidence-pack
+        seed's criterion) every informational scenario at its minimum signal fraction.
 
         When error detection was not measured (no error-injection run: the `ci` suite, or
         --no-errors) its criterion is not applied; the score still reflects it, as its error part
-        is 0 of 25 points, and the block says "not measured".
+        is 0 of 25 points, and the block says "not measured". Without informational scenarios
+        their criterion is not applied either.
         """
         rate = self.error_detection_rate
-        return self.accuracy >= PASS_ACCURACY and (rate is None or rate >= PASS_ERROR_DETECTION) and self.degraded_count == 0
+        return (
+            self.accuracy >= PASS_ACCURACY
+            and (rate is None or rate >= PASS_ERROR_DETECTION)
+            and self.degraded_count == 0
+            and self.informational_met is not False
+        )
 
     @property
     def status(self) -> str:
