@@ -33,7 +33,7 @@ from pytest_invarlock.evidence import dsse
 from pytest_invarlock.evidence.manifest import ENVELOPE, MANIFEST, build_manifest, dumps, file_entries, strip_seal
 
 FIXED_FILES = ("reports/final_verdict.json", "reports/final_verdict.txt")
-OPTIONAL_GLOBS = ("analysis/*.csv", "analysis/*.json", "state/model_revisions.json")
+OPTIONAL_GLOBS = ("analysis/*.csv", "analysis/*.json", "reports/*_summary.json", "state/model_revisions.json")
 STORE_GLOBS = (
     "presets/*/preset.yaml",
     "presets/*/preset.json",
