@@ -5,7 +5,9 @@ error, classified, for summary statistics). Here the controller (the single proc
 worker log shares the file) writes both: the session's start and options, workers coming and going,
 every item's outcome and duration, and at the end the verdict's status and files. `errors.json` lists
 this session's pipeline errors (items that produced no verdict) with a type: timeout, oom, crash,
-disk_full, model_unavailable or pipeline. Registered only in validation sessions.
+disk_full, model_unavailable or pipeline. Registered only in validation sessions, and silent until
+the collection holds a suite item (a project's own `test_calibration[1]` activates the controller
+under xdist, but writes nothing).
 """
 
 from __future__ import annotations
@@ -59,50 +61,76 @@ class ControllerLog:
         self.log = logging.getLogger(LOGGER)
         self.log.propagate = False  # pytest's own log capture and live logging stay out of it
         self.log.setLevel(logging.INFO)
-        path = state.run_dir / MAIN_LOG
+        self.handler: logging.FileHandler | None = None
+        self._early: list[tuple[int, str, tuple[Any, ...]]] = []  # lines from before the collection showed suite items
+
+    def _say(self, level: int, message: str, *args: Any) -> None:
+        if self.handler is None:
+            self._early.append((level, message, args))
+        else:
+            self.log.log(level, message, *args)
+
+    def _open(self, collected: int) -> None:
+        """Start the log once the collection holds suite items: the session line, then what came before."""
+        if self.handler is not None:
+            return
+        path = self.state.run_dir / MAIN_LOG
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handler = logging.FileHandler(path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s controller: %(message)s"))
         self.log.addHandler(self.handler)
-        suite = state.suite
+        state, suite = self.state, self.state.suite
         self.log.info(
-            "session %s: suite %s (%s), %d model(s), %d item(s); run dir %s; device %s, %s; pid %d on %s; args: %s",
+            "session %s: suite %s (%s), %d model(s), %d item(s), %d collected; run dir %s; device %s, %s; pid %d on %s; args: %s",
             state.session,
             suite.name,
             suite.path,
             len(suite.models),
             len(state.items),
+            collected,
             state.run_dir,
             state.device,
             "offline" if state.options.offline else "online",
             os.getpid(),
             socket.gethostname(),
-            " ".join(config.invocation_params.args),
+            " ".join(self.config.invocation_params.args),
         )
         for knob, source in state.knobs.items():
             self.log.info("setting %s from %s", knob, source)
+        for level, message, args in self._early:
+            self.log.log(level, message, *args)
+        self._early.clear()
+
+    def _suite_items(self, nodeids: list[str]) -> int:
+        return sum(item_from_nodeid(nodeid, self.state.index) is not None for nodeid in nodeids)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if session.items:
-            self.log.info("collected %d test(s)", len(session.items))
+        if self._suite_items([item.nodeid for item in session.items]):
+            self._open(len(session.items))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self._suite_items(ids):
+            self._open(len(ids))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodeready(self, node: Any) -> None:
-        self.log.info("worker %s up", node.gateway.id)
+        self._say(logging.INFO, "worker %s up", node.gateway.id)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         if error:
-            self.log.error("worker %s down: %s", node.gateway.id, error)
+            self._say(logging.ERROR, "worker %s down: %s", node.gateway.id, error)
         else:
-            self.log.info("worker %s finished", node.gateway.id)
+            self._say(logging.INFO, "worker %s finished", node.gateway.id)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         outcome = _final_outcome(report)
         item = item_from_nodeid(report.nodeid, self.state.index)
         if outcome is None or item is None:
             return
+        self._open(0)  # an item reported without a collection we saw (e.g. the scheduler gave it up)
         node = getattr(report, "node", None)
         worker = node.gateway.id if node is not None else "main"
         if outcome in ("passed", "failed"):
@@ -129,8 +157,9 @@ class ControllerLog:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if not self.config.getoption("collectonly", False):
-            self._write_errors()
+        if self.handler is None:  # no suite item in this session: nothing to say
+            return
+        self._write_errors()
         from pytest_invarlock.terminal import VERDICT_PLUGIN
 
         verdict = self.config.pluginmanager.get_plugin(VERDICT_PLUGIN)
@@ -142,8 +171,9 @@ class ControllerLog:
         self.log.info("session %s ended (exit status %s, %d error(s))", self.state.session, int(exitstatus), len(self.errors))
 
     def pytest_unconfigure(self) -> None:
-        self.log.removeHandler(self.handler)
-        self.handler.close()
+        if self.handler is not None:
+            self.log.removeHandler(self.handler)
+            self.handler.close()
 
     def _write_errors(self) -> None:
         counts: dict[str, int] = {}

@@ -240,7 +240,8 @@ class MemoryPlanReporter:
 
     def _plan(self, nodeids: list[str]) -> None:
         self.rows = plan_rows(self.state.index, self.state.gpus, nodeids, self.state.skip_reason)
-        write_plan_csv(self.rows, self.path)
+        if self.rows or self.show:  # a session without suite items writes no plan unless asked
+            write_plan_csv(self.rows, self.path)
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
