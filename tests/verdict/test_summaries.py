@@ -28,6 +28,13 @@ def flags(**failed: bool) -> dict[str, bool]:
     return {gate: not failed.get(gate, False) for gate in GATES}
 
 
+def probed(scenario: str, ratio: float, probe: dict[str, Any]) -> dict[str, Any]:
+    """An informational error injection whose probe sidecar signalled."""
+    return certify(
+        "m", scenario, "error", 1, ratio=ratio, expectation="signal", flags=flags(), signal=True, probe_signal=True, probe=probe
+    )
+
+
 def campaign() -> list[dict[str, Any]]:
     return [
         certify("m", "calibration", "calibration", 1, flags=flags(), policy_thresholds_hash="h1", determinism_level="strict"),
@@ -57,30 +64,8 @@ def campaign() -> list[dict[str, Any]]:
         certify("m", "stress_i", "stress", 1, ratio=1.02, expectation="signal", flags=flags(), caps_applied=2, signal=True),
         certify("m", "stress_i", "stress", 2, ratio=1.03, expectation="signal", flags=flags(), signal=False),
         certify("m", "nan", "error", 1, ratio=None, flagged=True, detected=True, flags={}, failure="non-finite model output"),
-        certify(
-            "m",
-            "rmt_noise",
-            "error",
-            1,
-            ratio=1.001,
-            expectation="signal",
-            flags=flags(),
-            signal=True,
-            probe_signal=True,
-            probe={"measured": True, "stable": False},
-        ),
-        certify(
-            "m",
-            "ve_skew",
-            "error",
-            1,
-            ratio=1.002,
-            expectation="signal",
-            flags=flags(),
-            signal=True,
-            probe_signal=True,
-            probe={"signal": False, "proposed_scales": 3},
-        ),
+        probed("rmt_noise", 1.001, {"measured": True, "stable": False}),
+        probed("ve_skew", 1.002, {"signal": False, "proposed_scales": 3}),
         errored("m", "zero", "error"),
     ]
 
