@@ -756,6 +756,13 @@ def rmt_edge_risk_probe(
     guard.baseline_edge_risk_by_family = dict(base.get("edge_risk_by_family") or {})
     guard.edge_risk_by_family = dict(current.get("edge_risk_by_family") or {})
     violations = compute_epsilon_violations(guard)
+    base_modules, current_modules = base.get("edge_risk_by_module") or {}, current.get("edge_risk_by_module") or {}
+    changes = {
+        module: current_modules[module] / base_modules[module] - 1.0
+        for module in base_modules.keys() & current_modules.keys()
+        if base_modules[module] > 0 and current_modules[module] != base_modules[module]
+    }
+    largest = sorted(changes, key=lambda module: -abs(changes[module]))[:10]
     return {
         "stable": not violations and bool(guard.baseline_edge_risk_by_family) and bool(guard.edge_risk_by_family),
         "measured": bool(base) and bool(current),
@@ -763,6 +770,8 @@ def rmt_edge_risk_probe(
         "edge_risk_baseline": guard.baseline_edge_risk_by_family,
         "edge_risk_subject": guard.edge_risk_by_family,
         "epsilon_violations": violations,
+        "modules_changed": len(changes),  # RMT's rule sees only each family's largest edge risk
+        "largest_module_changes": {module: changes[module] for module in largest},
         "windows": int(current.get("batches_used") or 0),
     }
 

@@ -69,7 +69,9 @@ def run(
     preset: Mapping[str, Any],
     tier: str,
 ) -> dict[str, Any]:
-    """The probe of an injection of `kind` (see PROBE_FILES), as the JSON its sidecar holds."""
+    """The probe of an injection of `kind` (see PROBE_FILES), as the JSON its sidecar holds.
+
+    VE's calibration may leave its scales in `subject_model`: pass a copy that nothing else uses."""
     import torch
 
     with torch.no_grad():

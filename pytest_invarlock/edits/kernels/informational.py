@@ -40,12 +40,12 @@ def _output_matrices(model: nn.Module, role: str, suffixes: tuple[str, ...]) -> 
 
 
 def rmt_norm_noise(model: nn.Module, *, chunk_elems: int) -> dict[str, Any]:
-    """Multiply every norm gain of the last blocks by (1 + 0.05 z), z standard normal (seeded)."""
+    """Multiply every norm gain (weight, not bias) of the last blocks by (1 + 0.05 z), z standard normal (seeded)."""
     layers_name, layers = decoder_layers(model)
     first = max(0, len(layers) - RMT_LAST_BLOCKS)
     prefixes = tuple(f"{layers_name}.{index}." for index in range(first, len(layers)))
     roles = module_roles(model)
-    names = [name for name, role in roles.items() if role == "norm" and name.startswith(prefixes)]
+    names = [name for name, role in roles.items() if role == "norm" and name.startswith(prefixes) and name.endswith("weight")]
     generator = torch.Generator().manual_seed(SEED)
     for name in names:
         param = model.get_parameter(name)
