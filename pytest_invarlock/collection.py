@@ -54,7 +54,7 @@ def parametrize(metafunc: pytest.Metafunc, state: ConfigState) -> None:
     params = []
     for item in items_for_test(state.items, name):
         marks = [getattr(pytest.mark, str(item.kind)), getattr(pytest.mark, f"{SIZE_MARKER_PREFIX}{item.model.size_class}")]
-        if item.scenario is not None and item.kind == Kind.STRESS and not item.scenario.gating:
+        if item.scenario is not None and item.scenario.expectation == "signal" and not item.benchmark:
             marks.append(pytest.mark.informational)
         reason = state.skip_reason(item)
         if reason:

@@ -4,8 +4,8 @@ Controller: gives every worker a home GPU and its share of the node-wide host-RA
 (`ConfigState.host_cache_bytes`) through `workerinput` (a replacement for a crashed worker gets the GPU
 its predecessor freed), re-reads NVML's free memory while dispatching, and schedules with `GpuScheduling` unless the user chose a
 `--dist` mode: an explicit `--dist` (even `--dist load`) gets xdist's own scheduler, and `-n` alone
-gets ours. `--gpu-plan` prints the per-item memory plan and writes it as CSV, with or without `-n`,
-and with `--co`.
+gets ours. Every run writes the per-item memory plan as CSV (analysis/memory_plan.csv); `--gpu-plan`
+also prints it, with or without `-n`, and with `--co`.
 
 Worker: sets the visibility variables of its home device (`placement.cuda_env`: CUDA_VISIBLE_DEVICES,
 or ROCR_/HIP_VISIBLE_DEVICES on AMD) as soon as xdist hands it `workerinput` (in pytest_cmdline_main,
@@ -129,9 +129,11 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
     if workerinput is None:
         if state.gpus and not config.getoption("invarlock_gpus") and not _distributed(config):
             os.environ.update(cuda_env([gpu.index for gpu in state.gpus], state.gpus))
-        from pytest_invarlock import evidence_writer, progress, reliability
+        from pytest_invarlock import evidence_writer, knobs, progress, reliability
+        from pytest_invarlock.controller_log import ControllerLog
         from pytest_invarlock.preflight import StorePreflight
         from pytest_invarlock.report.pytest_html import register_pytest_html
+        from pytest_invarlock.store_links import StoreLinks
 
         workers = session_workers(config, state)
         verdict = VerdictReporter(state)
@@ -145,9 +147,14 @@ def register_session_pieces(config: pytest.Config, state: ConfigState) -> None:
         progress.register(config, state)
         register_pytest_html(config, state, verdict.campaign_verdict)
         evidence_writer.register(config, verdict)
-        if config.getoption("invarlock_gpu_plan"):
-            reporter = MemoryPlanReporter(state, config.getoption("invarlock_shard", None), workers=workers)
-            config.pluginmanager.register(reporter, "invarlock-memory-plan")
+        shown = bool(config.getoption("invarlock_gpu_plan"))
+        if shown or not config.getoption("collectonly", False):  # the plan's CSV on every run, the table on request
+            plan = MemoryPlanReporter(state, config.getoption("invarlock_shard", None), workers=workers, show=shown)
+            config.pluginmanager.register(plan, "invarlock-memory-plan")
+        if not config.getoption("collectonly", False):  # what a run writes as it goes (logs/, state/, links)
+            config.pluginmanager.register(ControllerLog(config, state), "invarlock-controller-log")
+            config.pluginmanager.register(StoreLinks(state, verdict), "invarlock-store-links")
+            knobs.record_inputs(state.suite, state.run_dir)
     elif workerinput.get(SPACER_INPUT):
         config.pluginmanager.register(WorkerSpacer(), "invarlock-spacer")
 
@@ -299,10 +306,11 @@ class WorkerSpacer:
 
 
 class MemoryPlanReporter:
-    """--gpu-plan on the controller (or the single process): the collected suite items' plan."""
+    """The collected suite items' memory plan on the controller (or the single process): analysis/memory_plan.csv
+    on every run (the B200 document's), and with --gpu-plan the table in the terminal summary."""
 
-    def __init__(self, state: ConfigState, shard: str | None = None, *, workers: int = 1) -> None:
-        self.state, self.workers = state, workers
+    def __init__(self, state: ConfigState, shard: str | None = None, *, workers: int = 1, show: bool = True) -> None:
+        self.state, self.workers, self.show = state, workers, show
         # Shards share the run directory: each writes its own plan (analysis/memory_plan.shard-2-of-4.csv).
         k_of_n = shard.replace(" ", "").replace("/", "-of-") if shard else None
         self.path = state.run_dir / (PLAN_CSV.with_suffix(f".shard-{k_of_n}.csv") if k_of_n else PLAN_CSV)
@@ -322,16 +330,18 @@ class MemoryPlanReporter:
         from pytest_invarlock.preflight import campaign_disk_plan
 
         self.rows = plan_rows(self.state.index, self.state.gpus, nodeids, self.state.skip_reason)
-        write_plan_csv(self.rows, self.path)
-        # The campaign's disk: every collected item the node can place (skips for other reasons, such as an
-        # offline login node, are still the campaign's).
-        found = (item_from_nodeid(nodeid, self.state.index) for nodeid in nodeids)
-        items = [item for item in found if item is not None and task_id(item) not in self.state.unfit]
-        self.disk_lines = campaign_disk_plan(self.state, items, workers=self.workers).lines()
+        if self.rows or self.show:  # a session without suite items writes no plan unless asked
+            write_plan_csv(self.rows, self.path)
+        if self.show:
+            # The campaign's disk: every collected item the node can place (skips for other reasons, such as an
+            # offline login node, are still the campaign's).
+            found = (item_from_nodeid(nodeid, self.state.index) for nodeid in nodeids)
+            items = [item for item in found if item is not None and task_id(item) not in self.state.unfit]
+            self.disk_lines = campaign_disk_plan(self.state, items, workers=self.workers).lines()
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.rows is None:
+        if self.rows is None or not self.show:
             return
         terminalreporter.write_sep("=", "invarlock memory plan")
         for line in format_plan_table(self.rows, self.state.gpus):

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from pytest_invarlock import campaign_node, collection, distribution, evidence_writer, preflight, progress, reliability
+from pytest_invarlock import campaign_node, collection, distribution, evidence_writer, knobs, preflight, progress, reliability
 from pytest_invarlock import state as session_state
 from pytest_invarlock.campaign.kinds import KIND_HELP
 from pytest_invarlock.campaign.suite import SuiteError
@@ -38,7 +38,17 @@ USAGE_ERROR_OUTPUT = "invarlock_usage_error"  # the same, in an xdist worker's w
 
 
 # The modules that own options, each registering its own in `add_options(group)`.
-OPTION_OWNERS = (session_state, collection, campaign_node, distribution, preflight, progress, evidence_writer, reliability)
+OPTION_OWNERS = (
+    session_state,
+    knobs,
+    collection,
+    campaign_node,
+    distribution,
+    preflight,
+    progress,
+    evidence_writer,
+    reliability,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -70,7 +80,7 @@ def activate(config: pytest.Config, suite_name: str) -> ConfigState:
     config.stash[STATE_KEY] = state
     for kind, help_text in KIND_HELP.items():
         config.addinivalue_line("markers", f"{kind}: {help_text}")
-    config.addinivalue_line("markers", "informational: stress scenarios that record a signal and never fail")
+    config.addinivalue_line("markers", "informational: stress edits and error injections that record a signal and never fail")
     for size_class in sorted({m.size_class for m in state.suite.models}):
         config.addinivalue_line("markers", f"{SIZE_MARKER_PREFIX}{size_class}: model size class {size_class}")
     from pytest_invarlock.distribution import register_session_pieces

@@ -1,5 +1,10 @@
 """Live progress of a validation session, on the controller (or the single process).
 
+`ProgressTracker`, registered in every validation session that runs items, keeps the counts and writes
+them to `state/progress.json` every few seconds while items run and at the end: the seeds' way for
+another shell or a dashboard to follow a campaign (`watch cat <run-dir>/state/progress.json`). The
+display below reads the tracker.
+
 What it shows: items done/total, failures and errors so far, elapsed time and an ETA, and one line per
 worker (one xdist worker per GPU, so one line per GPU; `main` without -n) with its current item and
 how long it has been running.
@@ -24,7 +29,8 @@ Two displays:
   the cursor back where pytest left it, so pytest's output reads exactly as without the block.
 - otherwise (CI logs, `| tee`): a plain line `[invarlock] ...` at most every `--progress-interval`
   seconds (default 30) and at each further 10% of the items, written between pytest's lines when an item starts.
-`-q` turns both off, as does `--progress-interval 0`. Nothing here changes reports, junit or --lf.
+`-q` turns both displays off, as does `--progress-interval 0`; state/progress.json is written anyway.
+Nothing here changes reports, junit or --lf.
 """
 
 from __future__ import annotations
@@ -36,14 +42,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from pytest_invarlock.campaign.items import Item, item_from_nodeid
 from pytest_invarlock.state import ConfigState
+from pytest_invarlock.store import StoreError, write_json_atomic
 
-PROGRESS_PLUGIN = "invarlock-progress"
+PROGRESS_PLUGIN = "invarlock-progress"  # the tracker (the scheduler tells it where items go)
+DISPLAY_PLUGIN = "invarlock-progress-display"
+PROGRESS_FILE = "state/progress.json"
+PROGRESS_FILE_INTERVAL_S = 2.0
 DEFAULT_INTERVAL_S = 30.0
 STEP_FRACTION = 0.10
 REFRESH_S = 1.0
@@ -169,6 +180,31 @@ class Progress:
         eta = self.eta_seconds() if done < total else 0.0
         return ", ".join(parts) + f"; elapsed {fmt_duration(self.clock() - self.started)}, ETA {fmt_duration(eta)}"
 
+    def snapshot(self) -> dict[str, Any]:
+        """The counts as state/progress.json holds them (the seeds' queue states: pending, running, completed, failed)."""
+        now = self.clock()
+        outcomes = {o: self.count(o) for o in ("passed", "failed", "error", "skipped")}
+        running = [
+            {"lane": r.lane, "item": r.label, "elapsed_s": round(now - r.started, 1)}
+            for r in sorted(self.running.values(), key=lambda r: r.lane)
+        ]
+        return {
+            "total": self.total,
+            "done": self.done,
+            "percent": round(100 * self.done / self.total, 1) if self.total else None,
+            "queue": {
+                "pending": self.total - self.done - len(self.running),
+                "running": len(self.running),
+                "completed": outcomes["passed"] + outcomes["skipped"],
+                "failed": outcomes["failed"] + outcomes["error"],
+            },
+            "outcomes": outcomes,
+            "elapsed_s": round(now - self.started, 1),
+            "eta_s": round(self.eta_seconds() or 0.0, 1) if self.done < self.total else 0.0,
+            "running": running,
+            "lanes": [{"lane": lane, "item": item if item != "idle" else None} for lane, item, _ in self.lane_rows()],
+        }
+
     def lane_rows(self) -> list[tuple[str, str, str]]:
         """(lane, current item, elapsed) for each lane, idle ones included."""
         now = self.clock()
@@ -192,19 +228,20 @@ def _outcome(report: pytest.TestReport) -> str | None:
     return None
 
 
-class ProgressReporter:
-    """The controller's progress display; see the module docstring."""
+class ProgressTracker:
+    """The campaign's progress on the controller: counts, ETA and each lane's item, kept in state/progress.json."""
 
-    def __init__(self, config: pytest.Config, state: ConfigState, *, live: bool, interval: float) -> None:
+    def __init__(self, config: pytest.Config, state: ConfigState, *, interval: float = PROGRESS_FILE_INTERVAL_S) -> None:
         self.config, self.state = config, state
-        self.live, self.interval = live, interval
         self.progress = Progress()
-        self._labels: dict[str, str] = {}
-        self._homes: dict[str, Any] = {}
-        self._last_line = 0.0
-        self._next_step = STEP_FRACTION
-        self._status: LiveStatus | None = None
-        self._stopped = False
+        self.labels: dict[str, str] = {}
+        self.homes: dict[str, Any] = {}
+        self.path = state.run_dir / PROGRESS_FILE
+        self.interval = interval
+        self._finished = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
 
     # ------------------------------------------------------------------ the items to expect
 
@@ -216,7 +253,7 @@ class ProgressReporter:
             return
         for nodeid, item in items.items():
             self.progress.priors[nodeid] = (str(item.kind) if item else "test", prior_seconds(item))
-            self._labels[nodeid] = item.param_id if item else nodeid.rsplit("::", 1)[-1]
+            self.labels[nodeid] = item.param_id if item else nodeid.rsplit("::", 1)[-1]
         self.progress.started = self.progress.clock()
 
     @pytest.hookimpl(trylast=True)
@@ -239,7 +276,7 @@ class ProgressReporter:
         if nodeid is not None:
             self.progress.placed[nodeid] = worker
         if self.state.gpus:
-            self._homes.setdefault(worker, devices[0] if devices else None)
+            self.homes.setdefault(worker, devices[0] if devices else None)
 
     def wrap_placed(self, on_placed: Callable[[Item, str, Sequence[int]], None]) -> Callable[[Item, str, Sequence[int]], None]:
         def both(item: Item, worker: str, devices: Sequence[int]) -> None:
@@ -248,9 +285,95 @@ class ProgressReporter:
 
         return both
 
+    # ------------------------------------------------------------------ events
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        if nodeid in self.progress.priors:
+            with self._lock:
+                self.progress.start(nodeid, self.labels.get(nodeid, nodeid))
+            self._start_writer()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        node = getattr(report, "node", None)
+        outcome = _outcome(report)
+        counted = outcome is not None and report.nodeid in self.progress.priors and report.nodeid not in self.progress.finished
+        with self._lock:
+            if node is not None:
+                self.progress.seen_on(report.nodeid, node.gateway.id)
+            if counted and outcome is not None:
+                self.progress.finish(report.nodeid, outcome)
+        if counted:
+            self.write()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._stop.set()
+        if self.progress.total and not self.config.getoption("collectonly", False):
+            self._finished = True
+            self.write()
+
+    def pytest_unconfigure(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ state/progress.json
+
+    def lane_label(self, lane: str) -> str:
+        home = self.homes.get(lane)
+        return f"{lane} GPU {home}" if home is not None else lane
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            counts, summary = self.progress.snapshot(), self.progress.summary()
+        for lane in counts["lanes"]:
+            lane["gpu"] = self.homes.get(lane["lane"])
+        return {
+            "suite": self.state.suite.name,
+            "run_dir": str(self.state.run_dir),
+            "session": self.state.session,
+            "controller_pid": os.getpid(),
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "finished": self._finished,
+            **counts,
+            "summary": summary,
+        }
+
+    def write(self) -> None:
+        """Rewrite state/progress.json atomically (a reader never sees half a file)."""
+        try:
+            write_json_atomic(self.path, self.snapshot())
+        except (OSError, StoreError) as exc:  # a full disk must not stop the campaign: say so once
+            warning = f"could not write {self.path}: {exc}"
+            if warning not in self.state.warnings:
+                self.state.warnings.append(warning)
+
+    def _start_writer(self) -> None:
+        if self._writer is not None:
+            return
+        self._writer = threading.Thread(target=self._write_every_interval, name="invarlock-progress-file", daemon=True)
+        self._writer.start()
+
+    def _write_every_interval(self) -> None:
+        self.write()
+        while not self._stop.wait(self.interval):
+            self.write()
+
+
+class ProgressReporter:
+    """The controller's progress display over the tracker's counts; see the module docstring."""
+
+    def __init__(self, config: pytest.Config, tracker: ProgressTracker, *, live: bool, interval: float) -> None:
+        self.config, self.tracker = config, tracker
+        self.progress = tracker.progress
+        self.live, self.interval = live, interval
+        self._last_line = 0.0
+        self._next_step = STEP_FRACTION
+        self._status: LiveStatus | None = None
+        self._stopped = False
+
     # ------------------------------------------------------------------ events (bracketed for the live block)
     # Each event has a tryfirst impl that erases the block before pytest writes, and a trylast one (its own
-    # name, pytest's spec through `specname`; pytest only reads `pytest_*` attributes) that updates and redraws.
+    # name, pytest's spec through `specname`; pytest only reads `pytest_*` attributes) that redraws it after
+    # the tracker (a plain hook) has counted the event.
 
     def _hide(self) -> None:
         if self._status is not None:
@@ -270,7 +393,6 @@ class ProgressReporter:
     @pytest.hookimpl(trylast=True, specname="pytest_runtest_logstart")
     def pytest_runtest_logstart_last(self, nodeid: str) -> None:
         if nodeid in self.progress.priors:
-            self.progress.start(nodeid, self._labels.get(nodeid, nodeid))
             self._plain_line()
         self._show()
 
@@ -280,12 +402,6 @@ class ProgressReporter:
 
     @pytest.hookimpl(trylast=True, specname="pytest_runtest_logreport")
     def pytest_runtest_logreport_last(self, report: pytest.TestReport) -> None:
-        node = getattr(report, "node", None)
-        if node is not None:
-            self.progress.seen_on(report.nodeid, node.gateway.id)
-        outcome = _outcome(report)
-        if outcome is not None and report.nodeid in self.progress.priors and report.nodeid not in self.progress.finished:
-            self.progress.finish(report.nodeid, outcome)
         self._show()
 
     @pytest.hookimpl(tryfirst=True)
@@ -323,8 +439,7 @@ class ProgressReporter:
     # ------------------------------------------------------------------ output
 
     def lane_label(self, lane: str) -> str:
-        home = self._homes.get(lane)
-        return f"{lane} GPU {home}" if home is not None else lane
+        return self.tracker.lane_label(lane)
 
     def render(self) -> Any:
         from rich.table import Table
@@ -466,11 +581,11 @@ def progress_mode(config: pytest.Config) -> tuple[bool, float] | None:
     return bool(live), float(interval)
 
 
-def register(config: pytest.Config, state: ConfigState) -> ProgressReporter | None:
-    """Register the progress display on the controller when the session wants one."""
+def register(config: pytest.Config, state: ConfigState) -> ProgressTracker:
+    """Register the tracker on the controller, and the display when the session wants one."""
+    tracker = ProgressTracker(config, state)
+    config.pluginmanager.register(tracker, PROGRESS_PLUGIN)
     mode = progress_mode(config)
-    if mode is None:
-        return None
-    reporter = ProgressReporter(config, state, live=mode[0], interval=mode[1])
-    config.pluginmanager.register(reporter, PROGRESS_PLUGIN)
-    return reporter
+    if mode is not None:
+        config.pluginmanager.register(ProgressReporter(config, tracker, live=mode[0], interval=mode[1]), DISPLAY_PLUGIN)
+    return tracker

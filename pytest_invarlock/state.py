@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from pytest_invarlock import knobs
 from pytest_invarlock.campaign.failures import DEFAULT_MAX_MODEL_FAILURES
 from pytest_invarlock.campaign.items import Item, build_items, index_items
 from pytest_invarlock.campaign.kinds import SCENARIO_KINDS
@@ -190,6 +191,7 @@ class ConfigState:
     host_cache_bytes: int = field(default_factory=lambda: host_cache_share(1))
     # --gpus on a host without NVML GPUs and device auto: plan as on that node, so no CPU-size skip.
     simulated_gpu_node: bool = False
+    knobs: dict[str, str] = field(default_factory=dict)  # the seeds' knobs given here -> option or $VARIABLE
 
     @cached_property
     def index(self) -> dict[tuple[str, str], Item]:
@@ -381,6 +383,7 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
         benchmarks=[b.strip() for b in benchmarks.split(",") if b.strip()] if benchmarks is not None else None,
         tier=config.getoption("invarlock_tier"),
     )
+    suite, knob_sources = knobs.apply(config, suite)
     offline = config.getoption("invarlock_offline")
     if offline is None:
         offline = not any(m.is_hub for m in suite.models) or not hub_reachable()
@@ -420,6 +423,7 @@ def build_state(config: pytest.Config, suite_name: str) -> ConfigState:
     except Exception as exc:  # network trouble: the models stay unpinned and say so
         warnings.append(f"could not resolve hub revisions ({exc}); unpinned hub models run at the hub's current commit")
     return ConfigState(
+        knobs=knob_sources,
         warnings=warnings,
         revisions_file=revisions_file,
         suite=suite,

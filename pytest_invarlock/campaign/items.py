@@ -7,13 +7,18 @@ back to its item through `item_from_nodeid`, never through markers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
+from pytest_invarlock.campaign import tuned
 from pytest_invarlock.campaign.kinds import AFTER_CALIBRATION, EDIT_KINDS, Kind
-from pytest_invarlock.campaign.suite import Model, Scenario, Suite
+from pytest_invarlock.campaign.suite import Model, Scenario, Suite, SuiteError
+from pytest_invarlock.edits.catalogue import SpecError, parse_spec
 
 __all__ = ["AFTER_CALIBRATION", "BENCHMARK_TEST", "CERTIFY_TESTS", "Item", "Kind", "build_items", "item_from_nodeid"]
 
@@ -69,15 +74,36 @@ class Item:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@functools.cache
+def _tuned_file(path: Path, mtime_ns: int) -> dict[str, Any]:
+    return tuned.load(path)
+
+
+def as_run_by(suite: Suite, model: Model, scenario: Scenario) -> Scenario:
+    """The scenario as `model` runs it: a tuned `KIND:clean:SCOPE` spec becomes that model's concrete spec."""
+    if not tuned.is_tuned(scenario.spec):
+        return scenario
+    path = suite.tuned_params_file
+    try:
+        spec = tuned.resolve(_tuned_file(path, path.stat().st_mtime_ns), (model.source, model.name), scenario.spec, path=path)
+        parse_spec(spec)
+    except OSError as exc:
+        raise SuiteError(f"cannot read the tuned-params file '{path}': {exc.strerror or exc}. Check the path.") from None
+    except (tuned.TunedParamsError, SpecError) as exc:
+        raise SuiteError(f"scenario {scenario.name} ({scenario.spec}) of model {model.name}: {exc}") from None
+    return replace(scenario, spec=spec)
+
+
 def build_items(suite: Suite) -> list[Item]:
     """All items of a suite, in a stable order: per model, calibration first, then edits, errors, benchmarks."""
     items: list[Item] = []
     for model in suite.models:
+        scenarios = [as_run_by(suite, model, scenario) for scenario in suite.scenarios]
         for test, kinds in CERTIFY_TESTS.items():
-            for scenario in suite.scenarios:
+            for scenario in scenarios:
                 if scenario.kind in kinds:
                     items.extend(Item(test, model, scenario, run) for run in range(1, suite.runs_for(scenario) + 1))
-        edits = [s for s in suite.scenarios if s.kind in EDIT_KINDS and suite.runs_for(s) > 0]
+        edits = [s for s in scenarios if s.kind in EDIT_KINDS and suite.runs_for(s) > 0]
         for edited in [None, *edits]:
             items.extend(Item(BENCHMARK_TEST, model, edited, 1, task) for task in suite.benchmarks.tasks)
     return items

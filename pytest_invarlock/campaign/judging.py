@@ -4,7 +4,8 @@ Pure: it reads a `Verdict` (the certifier's plain dataclass) and a `Scenario`. T
 seed suite's per-certificate rules (shared/reference/verdict.md): a run is flagged when overall pass
 is false or the primary metric is degraded or invalid (the suite's stricter overall pass); an error is detected when flagged or invariants fail;
 a gating stress edit must be flagged by one of its detectors (any gate when none are listed); an
-informational one records a signal (a gate flip, or a remediation such as spectral caps applied).
+informational scenario records a signal (a gate flip, a remediation such as spectral caps applied, or
+its probe sidecar's signal: rmt_probe.json / ve_probe.json of the informational error injections).
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ def remediations(verdict: Verdict) -> int:
     return verdict.spectral_caps_applied or 0
 
 
-def reactions(verdict: Verdict) -> Reactions:
+def reactions(verdict: Verdict, probe_signal: bool = False) -> Reactions:
+    """What InvarLock's certificate shows; `probe_signal`: an informational injection's probe (RMT, VE) saw it."""
     # The reference's stricter overall pass also requires a primary metric that is not invalid.
     flagged = verdict.failure is not None or not verdict.overall_pass or verdict.degraded or verdict.invalid
     detected = flagged or verdict.flags.get("invariants_pass") is False
-    return Reactions(flagged, detected, flagged or remediations(verdict) > 0)
+    return Reactions(flagged, detected, flagged or remediations(verdict) > 0 or probe_signal)
 
 
 def expectation_met(expectation: str, reacted: Reactions, detector_hit: bool | None) -> bool:
@@ -60,8 +62,8 @@ def expectation_met(expectation: str, reacted: Reactions, detector_hit: bool | N
     return True
 
 
-def judge(scenario: Scenario, verdict: Verdict) -> Judgement:
-    reacted = reactions(verdict)
+def judge(scenario: Scenario, verdict: Verdict, probe_signal: bool = False) -> Judgement:
+    reacted = reactions(verdict, probe_signal)
     hit = any(d in verdict.failed_gates for d in scenario.detectors) if scenario.detectors else None
     met = expectation_met(scenario.expectation, reacted, hit)
     return Judgement(met, reacted.flagged, reacted.detected, reacted.signal, explain(scenario, verdict, met=met))

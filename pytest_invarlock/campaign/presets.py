@@ -30,6 +30,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pytest_invarlock.edits.catalogue import max_caps_for
@@ -256,3 +257,46 @@ def _variance_min_effect(stats: Sequence[CalibrationStats], existing: float) -> 
     if not widths:
         return max(existing, VARIANCE_MIN_EFFECT_FLOOR)
     return max(round(quantile(widths, VARIANCE_QUANTILE), 4), VARIANCE_MIN_EFFECT_FLOOR)
+
+
+def read_preset(path: Path) -> dict[str, Any]:
+    """A calibrated preset written by an earlier run (`presets/calibrated_preset_<model>.yaml|json`), checked.
+
+    What the seeds' PACK_CALIBRATION_PRESET_DIR/FILE reused: the preset replaces the calibration runs.
+    ValueError names the file and what is wrong.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read the calibrated preset '{path}': {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"the calibrated preset '{path}' is not a mapping of {', '.join(PRESET_KEYS)}")
+    missing = [key for key in PRESET_KEYS if key not in data]
+    if missing:
+        raise ValueError(
+            f"the calibrated preset '{path}' lacks {', '.join(missing)}; use a presets/calibrated_preset_<model>.yaml "
+            "(or .json) that a pytest-invarlock run wrote"
+        )
+    band = data["drift_band"]
+    if not (
+        isinstance(band, list) and len(band) == 2 and all(isinstance(v, int | float) for v in band) and band[0] < 1 < band[1]
+    ):
+        raise ValueError(f"the calibrated preset '{path}': drift_band must be [low, high] around 1, got {band!r}")
+    return {key: data[key] for key in PRESET_KEYS}
+
+
+def reused_preset(source: Path, model: str) -> tuple[Path, dict[str, Any]]:
+    """The preset reused for `model` and its path: `source` itself (one file for every model) or
+    `source/calibrated_preset_<model>.yaml|json` (a run's presets/ directory). ValueError says what is missing."""
+    candidates = (
+        [source] if source.is_file() else [source / f"calibrated_preset_{model}{suffix}" for suffix in (".yaml", ".json")]
+    )
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise ValueError(
+            f"no calibrated preset for model {model}: none of {', '.join(map(str, candidates))} exists. Point --preset-dir "
+            "at a run's presets/ directory, or --preset-file at one preset, or calibrate (leave both out)"
+        )
+    return found, read_preset(found)

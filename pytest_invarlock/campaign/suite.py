@@ -19,12 +19,14 @@ from typing import Any
 
 import yaml
 
+from pytest_invarlock.campaign import eval_data
 from pytest_invarlock.campaign.kinds import SCENARIO_KINDS, Kind
 from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
 from pytest_invarlock.campaign.model_files import ModelFiles, ModelFilesError, read_model_files
 from pytest_invarlock.campaign.task_index import installed_tasks
 from pytest_invarlock.campaign.time_limits import DEFAULT_KEY, LIMIT_KINDS, limit_s
-from pytest_invarlock.edits.catalogue import SpecError, parse_spec
+from pytest_invarlock.campaign.tuned import is_tuned, sentinel_problem
+from pytest_invarlock.edits.catalogue import SCOPES, SpecError, parse_spec
 
 KINDS = SCENARIO_KINDS
 DEFAULT_RUNS: dict[str, int] = {Kind.CALIBRATION: 5, Kind.CLEAN: 3, Kind.STRESS: 2, Kind.ERROR: 1}
@@ -50,6 +52,8 @@ SIZE_SETTING_KEYS = (
 DATASETS = ("local", "wikitext2")
 # The hub dataset repository InvarLock 0.12.1's provider of each hub dataset loads (WikiText2Provider.load).
 HUB_DATASET_REPOS = {"wikitext2": "Salesforce/wikitext"}
+GUARDS = ("invariants", "spectral", "rmt", "variance")  # InvarLock 0.12's guard chain members
+SNAPSHOT_MODES = ("auto", "bytes", "chunked")  # INVARLOCK_SNAPSHOT_MODE
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -106,6 +110,10 @@ class Settings:
     timeout_floor_s: float | None = None  # no suite `timeouts:` value below this (size_classes.yaml)
     timeout_s: float | None = None  # the size class's calibration-item limit; other kinds take a share (time_limits)
     windows: str | None = None  # "auto": preview/final counts from campaign.window_planner (local corpora)
+    guard_order: tuple[str, ...] | None = None  # InvarLock's guard chain (PACK_GUARDS_ORDER); None: its default
+    snapshot_mode: str = "auto"  # how InvarLock snapshots the model between runs (INVARLOCK_SNAPSHOT_MODE)
+    eval_data: str | None = None  # a user's JSONL evaluation text (dataset local) instead of the held-out KJV chapters
+    eval_text_field: str = "text"
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ class Scenario:
         """What the test asserts: pass, fail (flagged), detect, or signal (informational)."""
         if self.kind in ("calibration", "clean"):
             return "pass"
-        if self.kind == "error":
+        if self.kind == "error" and self.gating:
             return "detect"
         return "fail" if self.gating else "signal"
 
@@ -175,6 +183,8 @@ class Suite:
     invarlock: Mapping[str, Any] = field(default_factory=dict)  # the suite's own `invarlock:` layer, for --models
     timeouts: Mapping[str, float] = field(default_factory=dict)  # `timeouts:` kind (or "default") -> seconds
     gpu_require_idle: bool = True  # leave out GPUs running other processes (the B200 suite's GPU_REQUIRE_IDLE)
+    tuned_edit_params: Path | None = None  # the tuned clean-edit parameters (`KIND:clean:SCOPE` specs); None: shipped
+    calibration_preset: Path | None = None  # reused presets: one file for every model, or a directory of them
 
     def timeout_s(
         self, kind: str, model: Model, *, weights_gb: float = 0.0, command_line: Mapping[str, float] | None = None
@@ -188,6 +198,11 @@ class Suite:
             suite=self.timeouts,
             command_line=command_line or {},
         )
+
+    @property
+    def tuned_params_file(self) -> Path:
+        """Where tuned `KIND:clean:SCOPE` specs take their parameters: the suite's file, else the shipped one."""
+        return self.tuned_edit_params or _shipped_file("tuned_edit_params.json")
 
     def runs_for(self, scenario: Scenario) -> int:
         return scenario.runs if scenario.runs is not None else self.runs[scenario.kind]
@@ -209,7 +224,7 @@ def _shipped_file(name: str) -> Path:
 def shipped_suites() -> list[str]:
     """Names of the suites shipped with the plugin (the YAML files that declare a `name`)."""
     directory = _shipped_file("")
-    catalogues = {"models.yaml", "scenarios.yaml", "size_classes.yaml"}
+    catalogues = {"models.yaml", "scenarios.yaml", "scenario_sets.yaml", "size_classes.yaml"}
     return sorted(p.stem for p in directory.glob("*.yaml") if p.name not in catalogues)
 
 
@@ -390,11 +405,17 @@ _SUITE_KEYS = (
     "min_signal_fraction",
     "timeouts",
     "gpu_require_idle",
+    "tuned_edit_params",
+    "calibration_preset",
 )
 _MODEL_KEYS = ("name", "source", "revision", "size_class", "dtype", "params_b", "architecture", "invarlock")
 ARCHITECTURE_KEYS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab")
 _SCENARIO_KEYS = ("name", "spec", "kind", "gating", "detectors", "runs", "default")
-_INVARLOCK_KEYS = (*SIZE_SETTING_KEYS, "tier", "dataset", "acceptance", "guard_overhead", "min_tokens", "windows")
+_INVARLOCK_KEYS = (
+    *SIZE_SETTING_KEYS,
+    *("tier", "dataset", "acceptance", "guard_overhead", "min_tokens", "windows"),
+    *("guard_order", "snapshot_mode", "eval_data", "eval_text_field"),
+)
 _BENCHMARK_KEYS = ("tasks", "num_fewshot", "limit")
 
 
@@ -421,6 +442,8 @@ def _invarlock_block(where: _Where, block: Any, key: str) -> dict[str, Any]:
             out[name] = "auto"
         elif name == "tier":
             out[name] = where.choice(value, f"{key}.{name}", TIERS)
+        elif name in ("guard_order", "snapshot_mode", "eval_data", "eval_text_field"):
+            out[name] = _knob(where, name, value, f"{key}.{name}")
         elif name == "acceptance":
             pair = (
                 value
@@ -448,12 +471,40 @@ def _invarlock_block(where: _Where, block: Any, key: str) -> dict[str, Any]:
     return out
 
 
+def _knob(where: _Where, name: str, value: Any, key: str) -> Any:
+    """The seeds' environment knobs as settings: guard_order, snapshot_mode, eval_data, eval_text_field."""
+    if name == "guard_order":
+        if not isinstance(value, list) or not value:
+            raise where.error(
+                key, f"expected a list of guards, got {_show(value)}", "e.g. [invariants, spectral, rmt, variance, invariants]."
+            )
+        return tuple(where.choice(guard, f"{key}[{i}]", GUARDS) for i, guard in enumerate(value))
+    if name == "snapshot_mode":
+        return where.choice(value, key, SNAPSHOT_MODES)
+    text = where.text(value, key)
+    if name == "eval_text_field":
+        if not text.strip():
+            raise where.error(key, "is empty", "Name the JSONL field that holds the text, e.g. text.")
+        return text
+    path = user_path(text, f"suite file '{where.path}': key '{key}'")
+    path = path if path.is_absolute() else (where.path.parent / path).resolve()
+    if not path.is_file():
+        raise where.error(
+            key,
+            f"'{path}' is not a file",
+            'Give a JSONL file with one {"text": ...} object per line (relative paths start at the suite file).',
+        )
+    return str(path)
+
+
 def _settings(size_class: str, *layers: Mapping[str, Any]) -> Settings:
     merged: dict[str, Any] = dict(DEFAULT_INVARLOCK)
     merged.update(_catalogue("size_classes.yaml")[size_class])
     for layer in layers:
         merged.update(layer)
     merged["lm_eval_batch"] = str(merged["lm_eval_batch"])
+    if merged.get("eval_data"):  # a user's own text is evaluated through the local windows path
+        merged["dataset"] = "local"
     return Settings(**merged)
 
 
@@ -557,10 +608,24 @@ def _model(where: _Where, entry: Any, key: str, suite_invarlock: Mapping[str, An
     problem = tier_floor_problem(model)
     if problem:
         raise where.error(f"{key}.invarlock", problem, _FLOOR_FIX)
+    problem = eval_data_problem(model)
+    if problem:
+        raise where.error(f"{key}.invarlock.eval_data", problem, "Fix the file or point eval_data at another.")
     return model
 
 
 _FLOOR_FIX = "Raise them in the suite's (or the model's) `invarlock:` block, or pick another tier."
+
+
+def eval_data_problem(model: Model) -> str | None:
+    """Why the model's `eval_data` file cannot be read as evaluation text (the fix is in the message), or None."""
+    if not model.settings.eval_data:
+        return None
+    try:
+        eval_data.documents(Path(model.settings.eval_data), model.settings.eval_text_field)
+    except (OSError, UnicodeDecodeError, eval_data.EvalDataError) as exc:
+        return f"model {model.name}: {exc}"
+    return None
 
 
 def tier_floor_problem(model: Model) -> str | None:
@@ -600,8 +665,17 @@ def _scenario(where: _Where, entry: Any, key: str) -> Scenario:
             raise where.error(f"{key}.{required}", "missing", "An inline scenario needs name, spec and kind.")
     name = where.slug(entry["name"], f"{key}.name")
     kind = where.choice(entry["kind"], f"{key}.kind", KINDS)
+    text = where.text(entry["spec"], f"{key}.spec")
+    if is_tuned(text):  # KIND:clean:SCOPE: parameters per model from the tuned-params file (campaign.tuned)
+        problem = sentinel_problem(text) or (None if kind == "clean" else f"a tuned spec needs kind clean, not {kind}")
+        if problem is None:
+            scope = text.split(":")[2]
+            problem = None if scope in SCOPES else f"scope {scope!r} is not one of {', '.join(SCOPES)}"
+        if problem:
+            raise where.error(f"{key}.spec", problem, "Write e.g. quant_rtn:clean:ffn, or a concrete spec.")
+        return _scenario_of(where, entry, key, name, kind, text.strip())
     try:
-        spec = parse_spec(where.text(entry["spec"], f"{key}.spec"))
+        spec = parse_spec(text)
     except SpecError as exc:
         raise where.error(f"{key}.spec", str(exc), "Fix the spec string.") from None
     expected_family = {"calibration": "noop", "error": "error"}.get(kind, "edit")
@@ -611,6 +685,10 @@ def _scenario(where: _Where, entry: Any, key: str) -> Scenario:
             f"spec '{spec}' is a {spec.family} spec but the scenario kind is '{kind}'",
             f"A {kind} scenario needs a {expected_family} spec.",
         )
+    return _scenario_of(where, entry, key, name, kind, str(spec))
+
+
+def _scenario_of(where: _Where, entry: Mapping[str, Any], key: str, name: str, kind: str, spec: str) -> Scenario:
     detectors = entry.get("detectors", [])
     if not isinstance(detectors, list):
         raise where.error(
@@ -622,7 +700,7 @@ def _scenario(where: _Where, entry: Any, key: str) -> Scenario:
     runs = entry.get("runs")
     return Scenario(
         name=name,
-        spec=str(spec),
+        spec=spec,
         kind=kind,
         gating=where.boolean(entry.get("gating", True), f"{key}.gating"),
         detectors=tuple(detectors),
@@ -701,7 +779,7 @@ def load_suite(name_or_path: str) -> Suite:
         )
     models = [_model(where, entry, f"models[{i}]", suite_invarlock) for i, entry in enumerate(raw_models)]
     _unique(where, [m.name for m in models], "models")
-    raw_scenarios = data.get("scenarios", _default_scenarios())
+    raw_scenarios = _scenario_set(where, data.get("scenarios", _default_scenarios()))
     if not isinstance(raw_scenarios, list) or not raw_scenarios:
         raise where.error("scenarios", "must be a non-empty list", "List scenario names or inline {name, spec, kind} entries.")
     scenarios = [_scenario(where, entry, f"scenarios[{i}]") for i, entry in enumerate(raw_scenarios)]
@@ -741,7 +819,37 @@ def load_suite(name_or_path: str) -> Suite:
         invarlock=dict(suite_invarlock),
         timeouts=_timeouts(where, data.get("timeouts", {})),
         gpu_require_idle=where.boolean(data.get("gpu_require_idle", True), "gpu_require_idle"),
+        tuned_edit_params=_suite_path(where, data, "tuned_edit_params", must_be="file"),
+        calibration_preset=_suite_path(where, data, "calibration_preset", must_be="file or directory"),
     )
+
+
+def _scenario_set(where: _Where, value: Any) -> Any:
+    """`scenarios: NAME` names a set in suites/scenario_sets.yaml (a seed's scenario manifest); a list stays."""
+    if not isinstance(value, str):
+        return value
+    sets = _catalogue("scenario_sets.yaml")
+    if value not in sets:
+        hint = difflib.get_close_matches(value, list(sets), n=1)
+        raise where.error(
+            "scenarios",
+            f"unknown scenario set '{value}'",
+            (f"Did you mean '{hint[0]}'? " if hint else "") + f"Sets: {', '.join(sets)}; or list the scenarios.",
+        )
+    return list(sets[value])
+
+
+def _suite_path(where: _Where, data: Mapping[str, Any], key: str, *, must_be: str) -> Path | None:
+    """A path the suite names (relative to the suite file), which must exist."""
+    if data.get(key) is None:
+        return None
+    path = user_path(where.text(data[key], key), f"suite file '{where.path}': key '{key}'")
+    path = path if path.is_absolute() else (where.path.parent / path).resolve()
+    if not (path.is_file() or (must_be != "file" and path.is_dir())):
+        raise where.error(
+            key, f"'{path}' does not exist (or is not a {must_be})", "Fix the path; relative paths start at the suite file."
+        )
+    return path
 
 
 def _timeouts(where: _Where, block: Any) -> dict[str, float]:

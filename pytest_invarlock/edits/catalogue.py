@@ -129,8 +129,8 @@ _SCOPE = Param("scope", "SCOPE", "must be one of " + "|".join(SCOPES), _one_of(S
 _QUANT_MAX_CAPS, _LOWRANK_MAX_CAPS = 15, 25
 
 
-def _error(kind: str, summary: str, code_version: int = 1) -> EditType:
-    return EditType(kind, "error", f"{_KERNELS}.errors:{kind}", summary, code_version=code_version)
+def _error(kind: str, summary: str, code_version: int = 1, module: str = "errors") -> EditType:
+    return EditType(kind, "error", f"{_KERNELS}.{module}:{kind}", summary, code_version=code_version)
 
 
 CATALOGUE: Mapping[str, EditType] = {
@@ -199,6 +199,10 @@ CATALOGUE: Mapping[str, EditType] = {
         _error("rank_collapse", "every attention matrix replaced by a rank-1 matrix of the same norm"),
         _error("norm_collapse", "every attention matrix zeroed"),
         _error("weight_tying_break", "lm_head untied from the embeddings (or tied, if it was untied)"),
+        # Informational injections (evidence-pack suites): mild, each aimed at one guard.
+        _error("rmt_norm_noise", "norm gains of the last 4 blocks times (1 + 0.05 z), seeded", module="informational"),
+        _error("spectral_moderate_scale", "up to 8 attention output projections times 1.5, seeded", module="informational"),
+        _error("ve_mlp_scale_skew", "one MLP output projection times 0.9, seeded", module="informational"),
     )
 }
 KINDS = tuple(CATALOGUE)

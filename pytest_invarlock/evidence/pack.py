@@ -49,7 +49,13 @@ ENVIRONMENT_FILE = "metadata/environment.json"
 README = "README.md"
 RUNTIME_MANIFEST = "runtime.manifest.json"  # InvarLock's provenance sidecar next to a report, when it wrote one
 FIXED_FILES = ("reports/final_verdict.txt",)
-OPTIONAL_GLOBS = ("reports/report.html", "analysis/*.csv", "analysis/*.json", "state/model_revisions.json")
+OPTIONAL_GLOBS = (
+    "reports/report.html",
+    "reports/*_summary.json",
+    "analysis/*.csv",
+    "analysis/*.json",
+    "state/model_revisions.json",
+)
 STORE_GLOBS = (
     "presets/*/preset.yaml",
     "presets/*/preset.json",

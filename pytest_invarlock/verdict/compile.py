@@ -321,7 +321,7 @@ def outcomes(
             if kind == "calibration":
                 alarm = failed or _flagged(r)
                 noops.append(NoopOutcome(model, run, alarm, _noop_gates(r) if alarm else (), degraded, item=item))
-            elif kind in ("clean", "stress"):
+            elif kind in ("clean", "stress") or (kind == "error" and r.get("expectation") == "signal"):
                 flagged = _flagged(r) and not failed
                 lm_eval = truth.get((model, scenario), LmEvalTruth(None))
                 edits.append(
@@ -331,7 +331,7 @@ def outcomes(
                         run=run,
                         flagged=flagged,
                         regressed=lm_eval.regressed,
-                        expected_regression=kind == "stress",
+                        expected_regression=kind != "clean",
                         degraded=degraded,
                         informational=r.get("expectation") == "signal",
                         signal=bool(r.get("signal", flagged)) and not failed,

@@ -28,7 +28,7 @@ ROLE_NOUNS = {
 
 def role_of(kind: object, expectation: object) -> str:
     """The role of an item from its record's (or its suite definition's) kind and expectation."""
-    if kind == "stress" and expectation == "signal":
+    if expectation == "signal":  # informational stress edits and error injections
         return "informational"
     return str(kind) if kind in ROLES else UNKNOWN_ROLE
 

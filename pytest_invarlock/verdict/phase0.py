@@ -559,10 +559,34 @@ class Phase0:
         )
 
     @property
+    def informational_criterion(self) -> Criterion:
+        """The evidence-pack harness's rule: every informational scenario shows a signal in at least the minimum
+        fraction of its runs. While any informational item is unmeasured it cannot fail for certain (its
+        runs may lift a scenario that is below the minimum so far)."""
+        by_scenario = self.signal_by_scenario
+        met = sum(bool(s["met"]) for s in by_scenario.values())
+        missing, why = self._missing("informational")
+        value = met / len(by_scenario) if by_scenario else None
+        return Criterion(
+            name="informational scenarios at the minimum signal fraction",
+            limit=1.0,
+            measured=len(by_scenario),
+            missing=missing,
+            value=value,
+            best=1.0 if missing else value,
+            noun="informational item",
+            why=why,
+            unit=f"of {plural(len(by_scenario), 'scenario')} (minimum {_percent(self.min_signal_fraction)} each)",
+        )
+
+    @property
     def criteria(self) -> tuple[Criterion, ...]:
-        """The seed's Phase 0 criteria. The informational rule (minimum signal fraction per scenario) is reported
-        beside them and never changes the status: the seed's formula has no informational term."""
-        return (self.accuracy_criterion, self.error_criterion)
+        """The B200 harness's Phase 0 criteria, and the evidence-pack harness's informational rule when the suite
+        has informational scenarios (the only way an informational edit changes the status)."""
+        acc = self.accounting
+        has_informational = bool(self.informational) or (acc is not None and bool(acc.unmeasured("informational")))
+        rates = (self.accuracy_criterion, self.error_criterion)
+        return (*rates, self.informational_criterion) if has_informational else rates
 
     @property
     def complete(self) -> bool:

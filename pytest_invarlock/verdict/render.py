@@ -8,8 +8,6 @@ cells of the CSV (`phase0` column) and of correlation_analysis.json are the Phas
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping
@@ -18,6 +16,8 @@ from typing import Any
 
 from pytest_invarlock.store import write_json_atomic, write_text_atomic
 from pytest_invarlock.verdict.compile import CERTIFY_KINDS, Compiled, finite
+from pytest_invarlock.verdict.csv_text import csv_text as _csv
+from pytest_invarlock.verdict.summaries import write_summaries
 
 RESULT_COLUMNS = (
     "param_id",
@@ -91,14 +91,6 @@ def result_rows(compiled: Compiled) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _spearman(xs: list[float], ys: list[float]) -> float | None:
@@ -222,4 +214,4 @@ def write_reports(compiled: Compiled, run_dir: Path, *, header: Mapping[str, Any
     }
     for path, content in texts.items():
         write_text_atomic(path, content)
-    return [*written, *texts]
+    return [*written, *texts, *write_summaries(compiled, run_dir)]

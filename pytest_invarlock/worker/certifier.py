@@ -125,6 +125,8 @@ class EvaluateSettings:
     seed: int = 42
     bootstrap_seed: int | None = None
     dtype: str | None = None  # InvarLock's model.dtype for both runs (None: transformers' default, the config's)
+    guard_order: tuple[str, ...] | None = None  # the preset's guards.order (None: InvarLock's canonical chain)
+    snapshot_mode: str = "auto"  # context.snapshot.mode and INVARLOCK_SNAPSHOT_MODE: auto, bytes or chunked
 
     def check(self) -> None:
         """Fail early, with a fix, on settings that would make evaluate die half-way."""
@@ -201,6 +203,9 @@ class Verdict:
     rmt_edge_growth: dict[str, float] = field(default_factory=dict)
     rmt_violations: tuple[str, ...] = ()
     invariants_failures: tuple[str, ...] = ()
+    policy_thresholds_hash: str | None = None  # policy_digest.thresholds_hash: which thresholds judged the run
+    policy_changed: bool | None = None  # policy_digest.changed: thresholds differ from the tier's
+    determinism_level: str | None = None  # meta.determinism.level: strict, tolerance or off
     report_path: str | None = None
     failure: str | None = None
     crashed: bool = False
@@ -249,6 +254,9 @@ class Verdict:
             rmt_edge_growth=_family_values(rmt.get("families"), "delta"),
             rmt_violations=tuple(str(v.get("family")) for v in violations),
             invariants_failures=tuple(_describe_invariant(f) for f in invariant_failures),
+            policy_thresholds_hash=_mapping(report.get("policy_digest")).get("thresholds_hash"),
+            policy_changed=_mapping(report.get("policy_digest")).get("changed"),
+            determinism_level=_mapping(_mapping(report.get("meta")).get("determinism")).get("level"),
             report_path=report_path,
             elapsed_s=elapsed_s,
         )
@@ -422,6 +430,7 @@ def certify(
         "INVARLOCK_CONFIG_ROOT": str(workdir / CONFIG_DIR),
         "INVARLOCK_EVALUATE_TMP_DIR": str(workdir / "tmp"),
         "INVARLOCK_OMP_THREADS": str(settings.threads),
+        "INVARLOCK_SNAPSHOT_MODE": settings.snapshot_mode,  # the recorded setting, never an inherited variable
         **(env or {}),
     }
     started = time.perf_counter()
@@ -530,6 +539,8 @@ def _write_invarlock_config(
         },
         "context": {"run": {"skip_overhead_check": not settings.measure_guard_overhead}},
     }
+    if settings.snapshot_mode != "auto":
+        content["context"]["snapshot"] = {"mode": settings.snapshot_mode}
     if load_kwargs:
         content["model"] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in load_kwargs.items()}
     if settings.dtype:
@@ -543,6 +554,8 @@ def _write_invarlock_config(
             "rmt": {"epsilon_by_family": dict(preset["rmt_epsilon"])},
             "variance": {"min_effect_lognll": preset["variance_min_effect_lognll"]},
         }
+    if settings.guard_order:
+        content.setdefault("guards", {})["order"] = list(settings.guard_order)
     preset_file.write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
 
 
@@ -759,3 +772,67 @@ def _describe_invariant(failure: Any) -> str:
     entry = _mapping(failure)
     check, kind = entry.get("check", "invariant"), entry.get("type", "violation")
     return f"{check}: {kind} ({entry.get('severity', 'warning')})"
+
+
+# --------------------------------------------------------------------------- guard probes (informational injections)
+
+
+def rmt_edge_risk_probe(
+    baseline_model: Any, subject_model: Any, batches: list[Any], epsilon_by_family: Mapping[str, float]
+) -> dict[str, Any]:
+    """RMT's delta policy across two models: activation edge risk per family on the same windows, each family
+    allowed (1 + epsilon) times the baseline's (InvarLock's own measurement and rule, outside compare mode)."""
+    from invarlock.guards.rmt import RMTGuard
+    from invarlock.guards.rmt_policy import compute_epsilon_violations
+
+    guard = RMTGuard(epsilon_by_family=dict(epsilon_by_family))
+    base = guard._compute_activation_edge_risk(baseline_model, batches) or {}
+    current = guard._compute_activation_edge_risk(subject_model, batches) or {}
+    guard.baseline_edge_risk_by_family = dict(base.get("edge_risk_by_family") or {})
+    guard.edge_risk_by_family = dict(current.get("edge_risk_by_family") or {})
+    violations = compute_epsilon_violations(guard)
+    base_modules, current_modules = base.get("edge_risk_by_module") or {}, current.get("edge_risk_by_module") or {}
+    changes = {
+        module: current_modules[module] / base_modules[module] - 1.0
+        for module in base_modules.keys() & current_modules.keys()
+        if base_modules[module] > 0 and current_modules[module] != base_modules[module]
+    }
+    largest = sorted(changes, key=lambda module: -abs(changes[module]))[:10]
+    return {
+        "stable": not violations and bool(guard.baseline_edge_risk_by_family) and bool(guard.edge_risk_by_family),
+        "measured": bool(base) and bool(current),
+        "epsilon_by_family": dict(guard.epsilon_by_family),
+        "edge_risk_baseline": guard.baseline_edge_risk_by_family,
+        "edge_risk_subject": guard.edge_risk_by_family,
+        "epsilon_violations": violations,
+        "modules_changed": len(changes),  # RMT's rule sees only each family's largest edge risk
+        "largest_module_changes": {module: changes[module] for module in largest},
+        "windows": int(current.get("batches_used") or 0),
+    }
+
+
+def variance_probe(subject_model: Any, batches: list[Any], *, tier: str, min_effect_lognll: float) -> dict[str, Any]:
+    """Variance equalisation's calibration on the subject: the scales it proposes and its A/B gain on the windows."""
+    from invarlock.guards.policies import get_variance_policy
+    from invarlock.guards.variance import VarianceGuard
+
+    policy = {**dict(get_variance_policy(tier)), "min_effect_lognll": float(min_effect_lognll)}
+    guard = VarianceGuard(policy)  # type: ignore[arg-type]
+    prepared = guard.prepare(subject_model, calib=batches, policy=policy)
+    metrics = _mapping(prepared.get("baseline_metrics"))
+    gate = dict(_mapping(guard._stats.get("predictive_gate")))
+    ab = _mapping(guard._stats.get("ab_point_estimates"))
+    no_ve, with_ve = _finite(ab.get("ppl_no_ve")), _finite(ab.get("ppl_with_ve"))
+    proposed = int(metrics.get("proposed_scales") or 0)
+    return {
+        "ready": bool(prepared.get("ready")),
+        "proposed_scales": proposed,
+        "target_modules": int(metrics.get("target_modules") or 0),
+        "ppl_no_ve": no_ve,
+        "ppl_with_ve": with_ve,
+        "ab_gain": (no_ve - with_ve) / no_ve if no_ve and with_ve is not None else None,
+        "predictive_gate": {k: list(v) if isinstance(v, tuple) else v for k, v in gate.items()},
+        "would_enable": proposed > 0 and bool(gate.get("passed")),
+        "signal": proposed > 0 and bool(gate.get("passed")),
+        "error": prepared.get("error") or prepared.get("warning"),
+    }

@@ -51,7 +51,7 @@ from pytest_invarlock.store import (
     verify,
     write_json_atomic,
 )
-from pytest_invarlock.worker import execution, provenance
+from pytest_invarlock.worker import execution, probes, provenance
 from pytest_invarlock.worker.artifacts import (
     ModelCache,
     baseline_artifact,
@@ -210,17 +210,15 @@ class Worker:
         return self._once("baseline", model.name, make)
 
     def window_pool(self, model: Model):
-        """The local corpus packed into full windows for the model's tokenizer (worker.windows)."""
-        from pytest_invarlock.assets.tiny_model import heldout_documents, heldout_identity
+        """The local corpus (or the suite's `eval_data`) packed into full windows for the model's tokenizer."""
         from pytest_invarlock.worker import windows
 
         baseline = self.baseline(model)
+        identity, documents = _evaluation_text(model)
 
         def make():
             with self._shared(Scope.BASELINE, model, "prepare", f"evaluation windows of {model.name}"):
-                return windows.pool(
-                    self.store, baseline.path, heldout_identity(), heldout_documents, seq_len=model.settings.seq_len
-                )
+                return windows.pool(self.store, baseline.path, identity, documents, seq_len=model.settings.seq_len)
 
         return self._once("window-pool", model.name, make)
 
@@ -324,6 +322,8 @@ class Worker:
             threads=_threads_per_worker(),
             measure_guard_overhead=s.guard_overhead,
             min_tokens=s.min_tokens,
+            guard_order=s.guard_order,
+            snapshot_mode=s.snapshot_mode,
         )
 
     def _settings_key(self, settings) -> dict[str, Any]:
@@ -406,7 +406,9 @@ class Worker:
                 who = self._item.param_id if self._item is not None else self.worker_id
                 raise DependencyFailed(self.failures.record(Failure(Scope.BASELINE, model.name, who, str(error)))) from error
 
-    def _verdict_artifact(self, key: str, evaluate) -> tuple[Any, Artifact]:
+    def _verdict_artifact(self, key: str, evaluate, after=None) -> tuple[Any, Artifact]:
+        """One evaluate's verdict, stored under `key`; `after(tmp, verdict)` adds files (a probe sidecar) to it."""
+
         def build(tmp: Path) -> dict[str, Any]:
             verdict = execution.evaluate_with_oom_retries(evaluate, tmp, self.certifier.LOG_FILE, self._item, self.stats)
             if verdict.crashed:  # the pipeline broke: an error of the item, never cached as a verdict
@@ -420,6 +422,8 @@ class Worker:
                 verdict = replace(
                     verdict, report_path=str(self.store.path("results", key) / Path(verdict.report_path).relative_to(tmp))
                 )
+            if after is not None:
+                after(tmp, verdict)
             write_json_atomic(tmp / RESULT_FILE, verdict.to_dict())
             return {}
 
@@ -432,6 +436,11 @@ class Worker:
         from pytest_invarlock.campaign.presets import DERIVATION_VERSION, derive_preset
 
         def make() -> tuple[dict[str, Any], Path, bool]:
+            if self.state.suite.calibration_preset is not None:  # reused from another run (--preset-dir/--preset-file)
+                from pytest_invarlock.campaign.presets import reused_preset
+
+                path, preset = reused_preset(self.state.suite.calibration_preset, model.name)
+                return preset, path, True
             runs = max(1, calibration_runs(self.state.suite))
             results = [self.calibration(model, run) for run in range(1, runs + 1)]
             stats = []
@@ -685,6 +694,9 @@ class Worker:
                 item.run,
                 _computed_by(self.state, CERTIFICATE_PACKAGES),
             )
+            sidecar = probes.probe_file(spec.kind)
+            if sidecar:  # its probe is part of the result
+                key = digest(key, "probe", probes.VERSION)
             verdict, artifact = self._verdict_artifact(
                 key,
                 lambda tmp: self.certifier.certify(
@@ -697,12 +709,22 @@ class Worker:
                     baseline_report=report,
                     **self.evaluate_options(item),
                 ),
+                after=(
+                    lambda tmp, _: self._probe(
+                        spec.kind, model, baseline.path, self._edit_for(item, reused).path, report, preset, tmp / sidecar
+                    )
+                )
+                if sidecar
+                else None,
             )
+            if sidecar:
+                probe = json.loads((artifact.path / sidecar).read_text())
+                extra.update(probe=probe, probe_file=str(artifact.path / sidecar), probe_signal=probes.signal(probe))
         if artifact.reused:
             reused.append(f"result:{item.param_id}")
         extra["invarlock_config"] = self._config_files(artifact.path)
         extra.update(self.window_fields(model, item.run))
-        judgement = judge(item.scenario, verdict)
+        judgement = judge(item.scenario, verdict, bool(extra.get("probe_signal")))
         return self._result(item, verdict, judgement, reused, preset_path, extra)
 
     def _config_files(self, result_dir: Path) -> dict[str, Any]:
@@ -722,6 +744,30 @@ class Worker:
         if edited.reused and f"edit:{item.model.name}/{item.scenario.name}" not in reused:
             reused.append(f"edit:{item.model.name}/{item.scenario.name}")
         return edited
+
+    def _probe(self, kind: str, model: Model, baseline: Path, edited: Path, report: Path, preset, out: Path) -> None:
+        """Write the probe sidecar of an informational injection (worker.probes) on fresh copies of both models."""
+        from transformers import AutoModelForCausalLM
+
+        from pytest_invarlock.worker.artifacts import _torch_dtype
+
+        dtype = _torch_dtype(self.certifier.evaluation_dtype(model.dtype, self.state.device))
+        loaded = [
+            AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype).eval().to(self.state.device) for p in (baseline, edited)
+        ]
+        try:
+            probe = probes.run(
+                kind,
+                self.certifier,
+                baseline_model=loaded[0],
+                subject_model=loaded[1],
+                report_path=report,
+                preset=preset,
+                tier=model.settings.tier,
+            )
+        finally:
+            del loaded
+        write_json_atomic(out, probe)
 
     def _result(
         self,
@@ -747,6 +793,9 @@ class Worker:
             "flags": verdict.flags,
             "failed_gates": list(verdict.failed_gates),
             "caps_applied": verdict.spectral_caps_applied,  # the spectral guard remediated (report heatmap)
+            "policy_thresholds_hash": verdict.policy_thresholds_hash,  # analysis/policy_digest_summary.json
+            "policy_changed": verdict.policy_changed,
+            "determinism_level": verdict.determinism_level,  # analysis/determinism_summary.json
             "failure": verdict.failure,
             "report": verdict.report_path,
             "preset": str(preset_path) if preset_path else None,  # calibrated; the certificate used invarlock_config
@@ -862,6 +911,20 @@ class Worker:
             raise
         self.stats.device_map_devices = load["devices"]
         return result
+
+
+def _evaluation_text(model: Model):
+    """(identity, documents) of the text a local-corpus model is evaluated on: its `eval_data`, else the held-out KJV."""
+    from functools import partial
+
+    from pytest_invarlock.campaign import eval_data
+
+    if model.settings.eval_data:
+        path, field = Path(model.settings.eval_data), model.settings.eval_text_field
+        return eval_data.identity(path, field), partial(eval_data.documents, path, field)
+    from pytest_invarlock.assets.tiny_model import heldout_documents, heldout_identity
+
+    return heldout_identity(), heldout_documents
 
 
 def _log_says_disk_full(log_file: Path) -> bool:

@@ -204,3 +204,28 @@ def test_packing_is_greedy_ordered_and_within_the_window(chapters_lengths: list[
 def _verse_labels(passage: tm.Passage) -> list[tuple[int, int]]:
     labels = dict.fromkeys(passage.text.split())
     return [(int(c), int(v)) for c, v in (label[1:].split("v") for label in labels)]
+
+
+def test_installing_the_shipped_model_copies_its_bytes_and_measures_its_perplexity(tmp_path: Path) -> None:
+    manifest = tm.shipped_manifest()
+    assets = tm.build_tiny_assets(tmp_path)
+    assert assets.weights_sha256 == manifest["weights_sha256"] == tm.sha256_file(assets.model_dir / tm.WEIGHTS_FILE)
+    assert assets.info["source"].startswith("shipped")
+    assert assets.info["heldout_perplexity"] == pytest.approx(manifest["heldout_perplexity"], rel=1e-3)
+    assert assets.root.name == tm.asset_name(tm.TinyBuildParams(), manifest["weights_sha256"])
+    assert len(tm.read_texts(assets.eval_file)) >= tm.TinyBuildParams().eval_passages
+
+
+def test_a_damaged_shipped_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "shipped"
+    fake.mkdir()
+    for name in (*tm.SHIPPED_FILES, tm.SHIPPED_MANIFEST):
+        (fake / name).write_bytes((tm.shipped_dir() / name).read_bytes())
+    with (fake / tm.WEIGHTS_FILE).open("r+b") as handle:
+        handle.seek(-1, 2)
+        last = handle.read(1)[0]
+        handle.seek(-1, 2)
+        handle.write(bytes([last ^ 0xFF]))
+    monkeypatch.setattr(tm, "shipped_dir", lambda: fake)
+    with pytest.raises(tm.ShippedWeightsError, match="damaged"):
+        tm.build_tiny_assets(tmp_path / "cache")

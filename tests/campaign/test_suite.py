@@ -32,8 +32,11 @@ def test_every_shipped_suite_loads_with_the_seed_shapes() -> None:
     b200 = load_suite("b200")
     assert [m.name for m in b200.models][:3] == ["mistral-7b", "llama-2-13b", "qwen2.5-14b"]
     assert len(b200.models) == 8
-    # The seed's ~71 tasks per model: 5 calibration, 4x3 clean, 4x2 stress, 10 errors, 4 x (1 + 8) benchmarks.
-    assert len(build_items(b200)) == 8 * (5 + 12 + 8 + 10 + 36)
+    # The B200 documents' ~71 tasks per model: 5 calibration, 4x3 clean, 4x2 stress, 5 errors, 4 x (1 + 8) benchmarks.
+    assert len(build_items(b200)) == 8 * (5 + 12 + 8 + 5 + 36)
+    assert [s.name for s in b200.scenarios if s.kind == "error"] == [
+        "nan_injection", "inf_injection", "extreme_quant", "scale_explosion", "zero_layer",
+    ]  # fmt: skip
     ci = load_suite("ci")
     assert ci.runs["calibration"] == 2 and all(s.kind != "error" for s in ci.scenarios)
     seventy = load_suite("full").model("qwen1.5-72b").settings
@@ -46,12 +49,12 @@ def test_every_shipped_suite_loads_with_the_seed_shapes() -> None:
 def test_item_ids_are_readable_and_map_back_from_nodeids() -> None:
     items = build_items(load_suite("full"))
     ids = [i.param_id for i in items]
-    assert "mistral-7b-quant_rtn_8bit_clean-run2" in ids
-    assert "qwen2.5-14b-prune_10pct_clean-hellaswag" in ids
+    assert "mistral-7b-quant_rtn_clean-run2" in ids
+    assert "qwen2.5-14b-prune_clean-hellaswag" in ids
     assert len(set(ids)) == len(ids)
     index = index_items(items)
-    item = item_from_nodeid("validation/test_certify.py::test_edit[mistral-7b-quant_rtn_8bit_clean-run2]", index)
-    assert item is not None and item.run == 2 and item.scenario.spec == "quant_rtn:8:128:ffn"
+    item = item_from_nodeid("validation/test_certify.py::test_edit[mistral-7b-quant_rtn_clean-run2]", index)
+    assert item is not None and item.run == 2 and item.scenario.spec == "quant_rtn:8:128:ffn"  # the tuned default
     assert item_from_nodeid("validation/test_certify.py::test_edit[nope-run1]", index) is None
 
 

@@ -65,7 +65,7 @@ def test_report_renders_in_chromium_without_console_errors(
     assert len(set(re.findall(r'id="timeline-bar-(\d+)"', html))) == len(records)  # one bar per item run
     heat = set(re.findall(r'id="heat-cell-(\d+)"', html))
     assert len(heat) == models * scenarios  # models x scenarios
-    assert re.search(r'id="shown">46<|id="shown">426<', html)
+    assert re.search(r'id="shown">46<|id="shown">438<', html)
     shot = tmp_path / "report.png"
     result = chromium(page, tmp_path, f"--screenshot={shot}", "--window-size=1300,2400")
     assert result.returncode == 0 and shot.stat().st_size > 50_000, result.stderr[-2000:]

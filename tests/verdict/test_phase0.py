@@ -442,6 +442,15 @@ def test_informational_scenarios_are_judged_by_the_minimum_signal_fraction() -> 
         phase0_verdict([], [], min_signal_fraction=1.5)
 
 
+def test_an_informational_scenario_below_its_minimum_fails_the_campaign() -> None:
+    # The evidence-pack seed's criterion: informational scenarios are judged by a minimum signal fraction.
+    quiet = [EditOutcome("m", "info", run, False, None, True, False, True, signal=False) for run in (1, 2)]
+    assert phase0_verdict(cells(tp=32, tn=32), errors(16, 16)).status == "PHASE0_VALIDATED"
+    verdict = phase0_verdict(cells(tp=32, tn=32) + quiet, errors(16, 16), min_signal_fraction=0.5)
+    assert verdict.informational_met is False and not verdict.passed and verdict.status == "PHASE0_FAILED"
+    assert phase0_verdict(cells(tp=32, tn=32) + quiet, errors(16, 16), min_signal_fraction=0.0).status == "PHASE0_VALIDATED"
+
+
 def test_noop_false_alarms_are_reported_with_their_gates() -> None:
     noops = [
         NoopOutcome("m", 1, False),

@@ -3,7 +3,8 @@
 ``apply_spec`` looks the spec's kind up in ``edits.catalogue`` and imports its kernel from the
 ``"module:function"`` string there, so only the family module an edit needs is loaded. Kernels
 are grouped by family: ``quant`` (quant_rtn, fp8, fp4), ``prune``, ``lowrank``, ``errors`` (the ten
-injections); ``common`` holds what they share (module roles by scope, row-chunked rewriting).
+must-detect injections), ``informational`` (three mild ones aimed at one guard each); ``common``
+holds what they share (module roles by scope, row-chunked rewriting).
 
 Conventions every kernel follows: everything happens in place, under no_grad, on the device and
 in the dtype where each weight lives. Matrix kernels walk a matrix in row chunks of at most
