@@ -26,6 +26,7 @@ from pytest_invarlock.campaign.presets import (
     VARIANCE_QUANTILE,
 )
 from pytest_invarlock.campaign.suite import Suite
+from pytest_invarlock.campaign.tuned import is_tuned
 from pytest_invarlock.edits.catalogue import max_caps_for, parse_spec
 
 PROFILE = "ci"  # the InvarLock profile every evaluate runs under (worker.certifier.PROFILE)
@@ -209,6 +210,6 @@ def _max_caps(suite: Suite) -> str:
     kinds: dict[int, set[str]] = {}
     for scenario in suite.scenarios:
         if scenario.kind != "calibration":
-            kind = parse_spec(scenario.spec).kind
+            kind = scenario.spec.split(":")[0] if is_tuned(scenario.spec) else parse_spec(scenario.spec).kind
             kinds.setdefault(max_caps_for(kind), set()).add(kind)
     return "; ".join(f"{caps}: {', '.join(sorted(names))}" for caps, names in sorted(kinds.items())) or "-"

@@ -80,7 +80,8 @@ def recompute_phase0(records: Sequence[Mapping[str, Any]], verdict: Mapping[str,
 def contradictions(record: Mapping[str, Any], certificate: Mapping[str, Any]) -> list[str]:
     """Where a record says something its certificate does not (empty when they agree). An informational
     injection's probe (its RMT or VE sidecar, `probe_signal`) adds a signal no certificate shows."""
-    certificate = {**certificate, "signal": bool(certificate.get("signal")) or bool(record.get("probe_signal"))}
+    if record.get("probe_signal"):
+        certificate = {**certificate, "signal": True}
     found = [
         f"{name} is {normal(record.get(name))!r} in the record, {normal(certificate.get(source))!r} in the certificate"
         for name, source in COMPARED.items()

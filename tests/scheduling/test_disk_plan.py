@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import REPO, VALIDATION
+from pytest_invarlock.campaign.items import build_items
+from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.scheduling.disk_plan import (
     GIB,
     ModelDisk,
@@ -143,4 +145,8 @@ def test_perf_edit_disk_replays_the_budget_on_the_schedulers_timeline():
     assert found, done.stdout + done.stderr
     budget, peak, keep_all, builds, rebuilds, edits = map(int, found.groups())
     print(found.group(0))
-    assert peak <= budget < keep_all and builds == edits + rebuilds and edits == 108
+    suite_items = build_items(load_suite("full"))
+    distinct = {
+        (i.model.name, i.scenario.spec) for i in suite_items if i.scenario and i.kind != "calibration" and not i.benchmark
+    }
+    assert peak <= budget < keep_all and builds == edits + rebuilds and edits == len(distinct)

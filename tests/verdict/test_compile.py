@@ -423,7 +423,7 @@ def test_a_degraded_informational_edit_does_not_make_the_campaign_degraded() -> 
     assert compile_records(records).phase0.status == "PHASE0_DEGRADED"
 
 
-def test_the_informational_rule_is_reported_and_leaves_the_status_alone() -> None:
+def test_the_informational_rule_is_a_criterion_of_the_status_and_cannot_fail_while_items_are_missing() -> None:
     # The tiny suite on this machine: neither informational scenario shows a signal (0/2 below the 50% minimum).
     records = [
         certify("m", "calibration", "calibration", 1),
@@ -434,9 +434,21 @@ def test_the_informational_rule_is_reported_and_leaves_the_status_alone() -> Non
         certify("m", "nan", "error", 1, flagged=True, detected=True, ratio=None),
     ]
     p0 = compile_records(records, items=[r["param_id"] for r in records]).phase0
-    assert p0.informational_met is False and p0.status == "PHASE0_VALIDATED"
+    assert p0.informational_met is False and p0.status == "PHASE0_FAILED"
     assert "signal 0/2 (0.0%); minimum 50.0% per scenario: NOT met" in p0.render_text()
-    assert [c.name for c in p0.criteria] == ["accuracy", "error detection"]
+    assert [c.name for c in p0.criteria] == ["accuracy", "error detection", "informational scenarios at the minimum signal fraction"]
+    # A second run of one scenario not measured yet could still lift it: not FAILED for certain, INCOMPLETE.
+    missing = compile_records(records, items=[*(r["param_id"] for r in records), "m-rtn4-run2"]).phase0
+    assert missing.status == "PHASE0_INCOMPLETE"
+    # With a signal in every informational scenario the rule is met and the campaign VALIDATED.
+    signalled = [{**r, "signal": True} if r.get("expectation") == "signal" else r for r in records]
+    assert compile_records(signalled, items=[r["param_id"] for r in records]).phase0.status == "PHASE0_VALIDATED"
+    # Without informational scenarios the rule is not a criterion at all.
+    gating = [r for r in records if r.get("expectation") != "signal"]
+    assert [c.name for c in compile_records(gating, items=[r["param_id"] for r in gating]).phase0.criteria] == [
+        "accuracy",
+        "error detection",
+    ]
 
 
 def test_campaign_options_take_exactly_the_verdict_inputs() -> None:
