@@ -3,6 +3,8 @@
 - `gpu`: needs a CUDA GPU that NVML sees (a --gpus simulation does not count); skipped elsewhere.
 - `slow`: minutes of CPU; runs only when selected with `-m slow`.
 - `campaign`: imports torch or InvarLock, runs models, lm-eval or a browser; `./dev.sh test --fast` leaves these out.
+- `sessions`: starts pytest sessions (pytester, subprocesses) or other processes; `./dev.sh test --fast` leaves
+  these out too (tests/conftest.py marks them from what they call, modules whose helpers start them say so).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: minutes of CPU time; opt in with -m slow")
     config.addinivalue_line(
         "markers", "campaign: imports torch or InvarLock, runs models, lm-eval or a browser (left out of ./dev.sh test --fast)"
+    )
+    config.addinivalue_line(
+        "markers", "sessions: starts pytest sessions or other processes, seconds each (left out of ./dev.sh test --fast)"
     )
 
 

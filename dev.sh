@@ -3,8 +3,8 @@
 #
 #   ./dev.sh suite [pytest args]   # pytest validation/ --suite tiny [args]
 #   ./dev.sh test  [pytest args]   # pytest tests/ [args]
-#   ./dev.sh test --fast [args]    # the pure, hypothesis and pytester tests only (no model runs): under a minute
-#   ./dev.sh lowest [pytest args]  # the fast tests on the lowest pytest and pytest-xdist pyproject.toml allows
+#   ./dev.sh test --fast [args]    # the pure and hypothesis tests only (no sessions, no model runs): under a minute
+#   ./dev.sh lowest [pytest args]  # the pure, hypothesis and pytester tests on the lowest pytest and pytest-xdist allowed
 #   ./dev.sh rehearse [--models A,B]  # the GPU suites' path on CPU: miniatures on a local hub, online then offline
 #   ./dev.sh lint                  # ruff check, ruff format --check, mypy --strict, import contracts
 #   ./dev.sh setup                 # only create .venv and install the pinned set
@@ -73,7 +73,7 @@ case "$command" in
     setup
     if [ "${1:-}" = "--fast" ]; then
       shift
-      exec .venv/bin/python -m pytest tests/ -ra -m "not campaign and not slow and not gpu" "$@"
+      exec .venv/bin/python -m pytest tests/ -ra -m "not campaign and not slow and not gpu and not sessions" "$@"
     fi
     exec .venv/bin/python -m pytest tests/ -ra "$@" ;;
   lowest) setup; PYTHONPATH="$PWD/.venv/lowest" exec .venv/bin/python -m pytest tests/ -ra -m "not campaign and not slow and not gpu" "$@" ;;

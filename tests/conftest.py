@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", "error::pytest_invarlock.campaign.window_planner.UnderpoweredWindows")
 
 
+# What a test calls to start a pytest session or another process (helpers.py and the stdlib).
+SESSION_STARTERS = ("run_pytest(", "run_suite(", "start_suite(", "fake_suite_", "subprocess.", "Popen(", "pytester.")
+
+
+def starts_sessions(item: pytest.Item) -> bool:
+    """Whether a test starts pytest sessions or other processes (seconds each, not milliseconds)."""
+    if "pytester" in getattr(item, "fixturenames", ()):
+        return True
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        return False
+    return any(starter in source for starter in SESSION_STARTERS)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use the warmed tiny campaign run models: they are `campaign` tests."""
+    """Tests that use the warmed tiny campaign run models: they are `campaign` tests. Tests that start sessions
+    or processes are `sessions` tests (./dev.sh test --fast leaves both out)."""
     for item in items:
         if "warm_campaign" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.campaign)
+        if starts_sessions(item):
+            item.add_marker(pytest.mark.sessions)
 
 
 @dataclass(frozen=True)
