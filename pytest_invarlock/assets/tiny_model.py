@@ -188,7 +188,8 @@ def load_chapters(limit: int | None = None) -> list[list[str]]:
 
 def split_chapters(chapters: list[list[str]], params: TinyBuildParams) -> tuple[list[list[str]], list[list[str]]]:
     """Hold out whole chapters by index so no held-out verse has a neighbour in training."""
-    train, heldout = [], []
+    train: list[list[str]] = []
+    heldout: list[list[str]] = []
     for index, chapter in enumerate(chapters):
         (heldout if index % params.heldout_modulus in params.heldout_residues else train).append(chapter)
     return train, heldout
@@ -256,7 +257,11 @@ def assign_passages(passages: list[Passage], params: TinyBuildParams) -> tuple[l
     are dropped: InvarLock refuses duplicate windows.
     """
     seen: set[str] = set()
-    distinct = [p for p in passages if not (p.text in seen or seen.add(p.text))]
+    distinct: list[Passage] = []
+    for passage in passages:
+        if passage.text not in seen:
+            seen.add(passage.text)
+            distinct.append(passage)
     eval_slots = max(1, -(-params.eval_passages // params.calibration_passages))
     cycle = eval_slots + params.calibration_sets
     evaluation: list[Passage] = []

@@ -216,7 +216,8 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
-        return cls(**{k: tuple(v) if k in _TUPLE_FIELDS and v is not None else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if k in _TUPLE_FIELDS and v is not None else v for k, v in data.items()}
+        return cls(**values)
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any], *, report_path: str | None = None, elapsed_s: float | None = None) -> Verdict:
@@ -706,7 +707,7 @@ def _preserved_process_state(env: Mapping[str, str], workdir: Path) -> Iterator[
         os.environ.clear()
         os.environ.update(saved_environ)
         enforce_network_policy(True)
-        socket.socket, socket.create_connection = saved_sockets
+        vars(socket).update(socket=saved_sockets[0], create_connection=saved_sockets[1])  # undo InvarLock's patch
         torch.set_num_threads(saved_threads)
         torch.use_deterministic_algorithms(saved_determinism[0], warn_only=saved_determinism[1])
         cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved_backends
@@ -817,7 +818,7 @@ def variance_probe(subject_model: Any, batches: list[Any], *, tier: str, min_eff
     from invarlock.guards.variance import VarianceGuard
 
     policy = {**dict(get_variance_policy(tier)), "min_effect_lognll": float(min_effect_lognll)}
-    guard = VarianceGuard(policy)  # type: ignore[arg-type]
+    guard = VarianceGuard(policy)
     prepared = guard.prepare(subject_model, calib=batches, policy=policy)
     metrics = _mapping(prepared.get("baseline_metrics"))
     gate = dict(_mapping(guard._stats.get("predictive_gate")))

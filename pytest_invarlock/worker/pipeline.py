@@ -24,15 +24,15 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_invarlock.campaign.failures import ErrorClass, Failure, Scope, classify, spec_of
+from pytest_invarlock.campaign.failures import TRANSIENT_RETRIES, ErrorClass, Failure, Scope, classify, spec_of
 from pytest_invarlock.campaign.items import Item
 from pytest_invarlock.campaign.judging import Judgement, judge
-from pytest_invarlock.campaign.suite import Model, Scenario
+from pytest_invarlock.campaign.suite import Model, Scenario, Suite
 from pytest_invarlock.edit_lifecycle import read_needs
 from pytest_invarlock.edits.catalogue import parse_spec
 from pytest_invarlock.failure_memory import FailureMemory
@@ -61,6 +61,15 @@ from pytest_invarlock.worker.artifacts import (
     edit_key,
 )
 from pytest_invarlock.worker.resources import remaining_s
+
+if TYPE_CHECKING:  # annotations only: at run time these load where used (certifier imports InvarLock, nn torch)
+    from torch import nn
+
+    from pytest_invarlock.campaign.window_planner import WindowPlan
+    from pytest_invarlock.scheduling.device_map import DevicePlan
+    from pytest_invarlock.worker.certifier import EvaluateSettings, Verdict
+    from pytest_invarlock.worker.lm_eval_scoring import BenchmarkResult
+    from pytest_invarlock.worker.windows import Pool, WindowDraw
 
 log = logging.getLogger("pytest_invarlock")
 RESULT_FILE = "verdict.json"
@@ -151,12 +160,13 @@ class Worker:
 
     # ----------------------------------------------------------------- shared artifacts
 
-    def _once(self, kind: str, name: str, make):
+    def _once[T](self, kind: str, name: str, make: Callable[[], T]) -> T:
         """Memoise per worker process; the store already makes it once per run directory."""
         key = (kind, name)
         if key not in self._memo:
             self._memo[key] = make()
-        return self._memo[key]
+        made: T = self._memo[key]
+        return made
 
     def limit_s(self, kind: str, model: Model) -> float:
         """The time limit of `kind` work on `model` (campaign.time_limits; the command line's exact figures win)."""
@@ -209,20 +219,20 @@ class Worker:
 
         return self._once("baseline", model.name, make)
 
-    def window_pool(self, model: Model):
+    def window_pool(self, model: Model) -> Pool:
         """The local corpus (or the suite's `eval_data`) packed into full windows for the model's tokenizer."""
         from pytest_invarlock.worker import windows
 
         baseline = self.baseline(model)
         identity, documents = _evaluation_text(model)
 
-        def make():
+        def make() -> Pool:
             with self._shared(Scope.BASELINE, model, "prepare", f"evaluation windows of {model.name}"):
                 return windows.pool(self.store, baseline.path, identity, documents, seq_len=model.settings.seq_len)
 
         return self._once("window-pool", model.name, make)
 
-    def window_plan(self, model: Model):
+    def window_plan(self, model: Model) -> WindowPlan:
         """The model's window counts: planned (`windows: auto`) or assessed from a pilot pass of the baseline;
         written to state/window_plan.json; explicit counts that are underpowered warn with the numbers."""
         import warnings
@@ -230,7 +240,7 @@ class Worker:
         from pytest_invarlock.campaign.window_planner import UnderpoweredWindows
         from pytest_invarlock.worker import windows
 
-        def make():
+        def make() -> WindowPlan:
             source, baseline = self.window_pool(model), self.baseline(model)
             with self._shared(Scope.BASELINE, model, "prepare", f"pilot pass of {model.name}"):
                 with self._baseline_on_device(model) as load:
@@ -252,17 +262,17 @@ class Worker:
 
         return self._once("window-plan", model.name, make)
 
-    def windows(self, model: Model, run: int):
+    def windows(self, model: Model, run: int) -> WindowDraw:
         """Run `run`'s evaluation windows of a local-corpus model: its own random draw from the packed pool."""
         from pytest_invarlock.worker import windows
 
         plan = self.window_plan(model)
 
-        def score(ids):
+        def score(ids: Sequence[Sequence[int]]) -> list[float]:
             with self._baseline_on_device(model) as load:
                 return windows.window_nll(load(), ids, self.state.device)
 
-        def make():
+        def make() -> WindowDraw:
             pool, weights = self.window_pool(model), self.baseline(model).path.name
             with self._shared(Scope.BASELINE, model, "prepare", f"windows of run {run} of {model.name}"):
                 return windows.draw(self.store, pool, plan.preview_n, plan.final_n, run, weights=weights, score=score)
@@ -270,12 +280,12 @@ class Worker:
         return self._once("windows", f"{model.name}/{run}", make)
 
     @contextlib.contextmanager
-    def _baseline_on_device(self, model: Model):
+    def _baseline_on_device(self, model: Model) -> Iterator[Callable[[], nn.Module]]:
         """A loader of the cached baseline on the worker's device (for the pilot and the draws' difficulty scores);
         on a GPU the model goes back to host memory afterwards, leaving the GPU to the evaluates."""
         path, dtype = self.baseline(model).path, self.certifier.evaluation_dtype(model.dtype, self.state.device)
 
-        def load():
+        def load() -> nn.Module:
             return self.cache.get(path, dtype)[0].to(self.state.device)
 
         try:
@@ -293,7 +303,7 @@ class Worker:
             return {**fields, **self.windows(model, run).record_fields()}
         return {**fields, "window_digest": None, "window_seed": 41 + run}  # the hub provider draws by seed
 
-    def settings(self, model: Model, *, calibration_run: int | None = None, run: int | None = None):
+    def settings(self, model: Model, *, calibration_run: int | None = None, run: int | None = None) -> EvaluateSettings:
         """InvarLock settings of one evaluate. Run k (calibration or not) draws its own windows: a random block of
         the packed local corpus (worker.windows), or the hub dataset's seed 41 + k as the seed suite; its own
         bootstrap seed too."""
@@ -326,7 +336,7 @@ class Worker:
             snapshot_mode=s.snapshot_mode,
         )
 
-    def _settings_key(self, settings) -> dict[str, Any]:
+    def _settings_key(self, settings: EvaluateSettings) -> dict[str, Any]:
         data = {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items() if k != "threads"}
         if settings.dataset_file is not None:
             data["dataset_sha"] = content_sha256(settings.dataset_file)
@@ -382,7 +392,7 @@ class Worker:
         artifact = self._once("baseline-report", f"{model.name}/{run}", make)
         return artifact.path / self.store.metadata(artifact.path)["report"], artifact.reused
 
-    def calibration(self, model: Model, run: int, item: Item | None = None) -> tuple[Any, Artifact]:
+    def calibration(self, model: Model, run: int, item: Item | None = None) -> tuple[Verdict, Artifact]:
         """One calibration run: the baseline against itself on run `run`'s windows. Shared work (the preset and
         run `run`'s baseline report need it): an evaluate that cannot load the baseline fails the baseline."""
         baseline = self.baseline(model)
@@ -406,7 +416,12 @@ class Worker:
                 who = self._item.param_id if self._item is not None else self.worker_id
                 raise DependencyFailed(self.failures.record(Failure(Scope.BASELINE, model.name, who, str(error)))) from error
 
-    def _verdict_artifact(self, key: str, evaluate, after=None) -> tuple[Any, Artifact]:
+    def _verdict_artifact(
+        self,
+        key: str,
+        evaluate: Callable[[Path], Verdict],
+        after: Callable[[Path, Verdict], None] | None = None,
+    ) -> tuple[Verdict, Artifact]:
         """One evaluate's verdict, stored under `key`; `after(tmp, verdict)` adds files (a probe sidecar) to it."""
 
         def build(tmp: Path) -> dict[str, Any]:
@@ -545,7 +560,7 @@ class Worker:
 
         attempt = 0
         while True:
-            self._last_attempt = attempt >= execution.TRANSIENT_RETRIES
+            self._last_attempt = attempt >= TRANSIENT_RETRIES
             try:
                 with deadline(limit, f"{item.kind} item {item.param_id}", note=self._timeout_note(item)):
                     with self.certifier.interrupts_kept():  # a Ctrl-C swallowed by torch/InvarLock still stops the session
@@ -652,6 +667,7 @@ class Worker:
     def _certify(self, item: Item) -> ItemResult:
         from pytest_invarlock.campaign.presets import edit_preset
 
+        assert item.scenario is not None  # a certify item always has one
         model = item.model
         reused: list[str] = []
         baseline = self.baseline(model)
@@ -745,7 +761,9 @@ class Worker:
             reused.append(f"edit:{item.model.name}/{item.scenario.name}")
         return edited
 
-    def _probe(self, kind: str, model: Model, baseline: Path, edited: Path, report: Path, preset, out: Path) -> None:
+    def _probe(
+        self, kind: str, model: Model, baseline: Path, edited: Path, report: Path, preset: Mapping[str, Any], out: Path
+    ) -> None:
         """Write the probe sidecar of an informational injection (worker.probes) on fresh copies of both models."""
         from transformers import AutoModelForCausalLM
 
@@ -772,7 +790,7 @@ class Worker:
     def _result(
         self,
         item: Item,
-        verdict,
+        verdict: Verdict,
         judgement: Judgement,
         reused: list[str],
         preset_path: Path | None,
@@ -810,10 +828,13 @@ class Worker:
     def _benchmark(self, item: Item) -> ItemResult:
         from pytest_invarlock.worker.lm_eval_scoring import run_benchmark
 
+        benchmark = item.benchmark
+        assert benchmark is not None  # a benchmark item names its task
         model = item.model
         baseline = self.baseline(model)
-        on_baseline = item.variant == "baseline" or item.scenario is None
-        directory = baseline.path if on_baseline else self.edit_dir(model, item.scenario)  # an edit is made on demand
+        scenario = None if item.variant == "baseline" else item.scenario  # None: scored on the baseline
+        on_baseline = scenario is None
+        directory = baseline.path if scenario is None else self.edit_dir(model, scenario)  # an edit is made on demand
         suite = self.state.suite
         key = digest(
             "benchmark",
@@ -840,13 +861,13 @@ class Worker:
                         loading.enter_context(self._shared(Scope.BASELINE, model, "prepare", f"loading {model.name}"))
                     hf_model, tokenizer, loaded = self.cache.get(directory, model.dtype)
 
-                def score(batch):
+                def score(batch: int | str) -> BenchmarkResult:
                     hf_model.to(self.state.device)
                     try:
                         return run_benchmark(
                             hf_model,
                             tokenizer,
-                            item.benchmark,
+                            benchmark,
                             num_fewshot=suite.benchmarks.num_fewshot,
                             batch_size=batch,
                             limit=suite.benchmarks.limit,
@@ -882,12 +903,13 @@ class Worker:
         )
         return ItemResult(record, met, explanation, junit_properties(record))
 
-    def _score_placed(self, item: Item, directory: Path, plan, batch, tmp: Path):
+    def _score_placed(self, item: Item, directory: Path, plan: DevicePlan, batch: int | str, tmp: Path) -> BenchmarkResult:
         """lm-eval in a child process that sees exactly the placed GPUs and loads with their device map."""
         from pytest_invarlock.scheduling.device_map import load_kwargs
         from pytest_invarlock.scheduling.placement import cuda_env
         from pytest_invarlock.worker.lm_eval_scoring import BenchmarkOutOfMemory, run_benchmark_subprocess
 
+        assert item.benchmark is not None  # a benchmark item names its task
         suite = self.state.suite
         left = remaining_s()
         remaining = None if left is None else max(1.0, left)
@@ -913,7 +935,7 @@ class Worker:
         return result
 
 
-def _evaluation_text(model: Model):
+def _evaluation_text(model: Model) -> tuple[str, Callable[[], list[list[str]]]]:
     """(identity, documents) of the text a local-corpus model is evaluated on: its `eval_data`, else the held-out KJV."""
     from functools import partial
 
@@ -935,7 +957,7 @@ def _log_says_disk_full(log_file: Path) -> bool:
     return is_disk_full(OSError(text[-20000:])) or "ENOSPC" in text
 
 
-def calibration_runs(suite) -> int:
+def calibration_runs(suite: Suite) -> int:
     """Calibration runs of a model: the calibration scenario's own run count (suite default otherwise)."""
     scenario = next((s for s in suite.scenarios if s.kind == "calibration"), None)
     return suite.runs_for(scenario) if scenario is not None else int(suite.runs["calibration"])

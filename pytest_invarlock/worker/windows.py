@@ -33,9 +33,12 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_invarlock.store import Store, digest
+
+if TYPE_CHECKING:
+    from pytest_invarlock.campaign.window_planner import WindowPlan
 
 PACKER_VERSION = 1
 DRAW_VERSION = 3  # 3: unequal arms matched too, pilot residual by root mean square; 2: matched on the baseline's NLL
@@ -397,7 +400,7 @@ def pilot(
     return store.metadata(store.produce("windows", key, build).path)
 
 
-def plan(settings: Any, pilot_meta: dict[str, Any], pool_windows: int | None, runs: int) -> Any:
+def plan(settings: Any, pilot_meta: dict[str, Any], pool_windows: int | None, runs: int) -> WindowPlan:
     """The model's window plan (``campaign.window_planner``): planned under ``windows: auto``, else assessed."""
     from invarlock.core.auto_tuning import get_tier_policies
 
@@ -429,7 +432,7 @@ def plan(settings: Any, pilot_meta: dict[str, Any], pool_windows: int | None, ru
     return assess(inputs, settings.preview_windows, settings.final_windows)
 
 
-def record_plan(run_dir: Path, model_name: str, window_plan: Any) -> Path:
+def record_plan(run_dir: Path, model_name: str, window_plan: WindowPlan) -> Path:
     """Add the model's plan to ``state/window_plan.json`` (read by ``--gpu-plan`` and the report)."""
     from pytest_invarlock.campaign.window_planner import PLAN_FILE
     from pytest_invarlock.store import ArtifactLock, write_json_atomic

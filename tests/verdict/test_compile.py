@@ -436,7 +436,11 @@ def test_the_informational_rule_is_a_criterion_of_the_status_and_cannot_fail_whi
     p0 = compile_records(records, items=[r["param_id"] for r in records]).phase0
     assert p0.informational_met is False and p0.status == "PHASE0_FAILED"
     assert "signal 0/2 (0.0%); minimum 50.0% per scenario: NOT met" in p0.render_text()
-    assert [c.name for c in p0.criteria] == ["accuracy", "error detection", "informational scenarios at the minimum signal fraction"]
+    assert [c.name for c in p0.criteria] == [
+        "accuracy",
+        "error detection",
+        "informational scenarios at the minimum signal fraction",
+    ]
     # A second run of one scenario not measured yet could still lift it: not FAILED for certain, INCOMPLETE.
     missing = compile_records(records, items=[*(r["param_id"] for r in records), "m-rtn4-run2"]).phase0
     assert missing.status == "PHASE0_INCOMPLETE"

@@ -7,7 +7,7 @@ entry whose kernel uses it, or cached edits go stale.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -162,6 +162,11 @@ def noop(model: nn.Module, *, chunk_elems: int) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------
 # Row chunks
+
+
+def no_grad[**P, R](kernel: Callable[P, R]) -> Callable[P, R]:
+    """``@torch.no_grad()`` with the kernel's signature kept for mypy (which does not follow torch)."""
+    return cast("Callable[P, R]", torch.no_grad()(kernel))
 
 
 def row_slices(matrix: Tensor, chunk_elems: int) -> Iterator[slice]:

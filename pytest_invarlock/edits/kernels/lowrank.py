@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pytest_invarlock.edits.kernels.common import DEFAULT_CHUNK_ELEMS, edit_matrices, row_slices
+from pytest_invarlock.edits.kernels.common import DEFAULT_CHUNK_ELEMS, edit_matrices, no_grad, row_slices
 
 EXACT_SVD_MAX_DIM = 1024  # above this, randomized SVD (seeded) instead of a full decomposition
 RANDOMIZED_OVERSAMPLING, RANDOMIZED_POWER_ITERATIONS = 16, 4
@@ -40,7 +40,7 @@ def _write_product_(matrix: Tensor, left: Tensor, right: Tensor, chunk_elems: in
         matrix[rows].copy_(left[rows] @ right)
 
 
-@torch.no_grad()
+@no_grad
 def lowrank_svd_(matrix: Tensor, rank: int, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> bool:
     """Replace the matrix by its best rank-``rank`` approximation; False (untouched) if already that thin."""
     if rank >= min(matrix.shape):
@@ -50,7 +50,7 @@ def lowrank_svd_(matrix: Tensor, rank: int, *, chunk_elems: int = DEFAULT_CHUNK_
     return True
 
 
-@torch.no_grad()
+@no_grad
 def rank_one_collapse_(matrix: Tensor, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
     """Replace the matrix by a rank-1 outer product (top singular pair) with the same Frobenius norm."""
     norm = torch.zeros((), dtype=torch.float32, device=matrix.device)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pytest_invarlock.edits.kernels.common import DEFAULT_CHUNK_ELEMS, edit_matrices, row_slices
+from pytest_invarlock.edits.kernels.common import DEFAULT_CHUNK_ELEMS, edit_matrices, no_grad, row_slices
 
 _RADIX_DIGITS = ((20, 11), (10, 10), (0, 10))  # (shift, width): the 31 bits of a non-negative float32
 
@@ -42,10 +42,10 @@ def _kth_smallest_magnitude_bits(matrix: Tensor, k: int, chunk_elems: int) -> tu
     return prefix, below
 
 
-@torch.no_grad()
+@no_grad
 def magnitude_prune_(matrix: Tensor, fraction: float, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> int:
     """Zero exactly round(fraction * numel) smallest-|w| entries; ties fall in row-major order. Returns the count."""
-    k = round(fraction * matrix.numel())
+    k: int = round(fraction * matrix.numel())
     if k == 0:
         return 0
     threshold, below = _kth_smallest_magnitude_bits(matrix, k, chunk_elems)

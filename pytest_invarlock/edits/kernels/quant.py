@@ -13,6 +13,7 @@ from pytest_invarlock.edits.kernels.common import (
     abs_max,
     edit_matrices,
     grouped,
+    no_grad,
     rewrite_rows_,
     ungrouped,
     usable_scale,
@@ -36,7 +37,7 @@ def _pow2_ceil_scale(peak: Tensor, top: float) -> Tensor:
     return usable_scale(torch.ldexp(torch.ones_like(peak), exponent) * (peak > 0))
 
 
-@torch.no_grad()
+@no_grad
 def rtn_quantize_(matrix: Tensor, bits: int, group: int, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
     """Symmetric round-to-nearest, group-wise along the input dim of each output row.
 
@@ -59,7 +60,7 @@ def rtn_quantize_(matrix: Tensor, bits: int, group: int, *, chunk_elems: int = D
     rewrite_rows_(matrix, chunk_elems, per_group)
 
 
-@torch.no_grad()
+@no_grad
 def fp8_round_trip_(matrix: Tensor, fmt: str, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
     """Cast to float8 (e4m3fn or e5m2) and back, with one power-of-two scale per matrix.
 
@@ -87,7 +88,7 @@ def _pow2_floor_scale(reference: Tensor) -> Tensor:
     return usable_scale(torch.ldexp(torch.ones_like(reference), exponent - 3) * (reference > 0))
 
 
-@torch.no_grad()
+@no_grad
 def fp4_round_trip_(matrix: Tensor, variant: str, *, chunk_elems: int = DEFAULT_CHUNK_ELEMS) -> None:
     """Simulated FP4 E2M1 with power-of-two scales.
 
