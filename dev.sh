@@ -73,7 +73,7 @@ case "$command" in
     setup
     if [ "${1:-}" = "--fast" ]; then
       shift
-      exec .venv/bin/python -m pytest tests/ -ra -m "not campaign and not slow and not gpu and not sessions" "$@"
+      exec .venv/bin/python -m pytest tests/ -ra -n auto -m "not campaign and not slow and not gpu and not sessions" "$@"
     fi
     exec .venv/bin/python -m pytest tests/ -ra "$@" ;;
   lowest) setup; PYTHONPATH="$PWD/.venv/lowest" exec .venv/bin/python -m pytest tests/ -ra -m "not campaign and not slow and not gpu" "$@" ;;

@@ -15,6 +15,8 @@ import pytest
 
 from helpers import fake_suite_command
 
+pytestmark = pytest.mark.sessions  # every test here starts pytest sessions (through this module's helpers)
+
 TESTS = """
 import time
 def test_calibration(invarlock_item): time.sleep({slow})

@@ -20,6 +20,8 @@ import pytest
 from helpers import fake_suite_session
 from pytest_invarlock.progress import Progress, fmt_duration
 
+pytestmark = pytest.mark.sessions  # every test here starts pytest sessions (through this module's helpers)
+
 FAKE_SUITE_TESTS = """
 import time
 def test_calibration(invarlock_item): time.sleep({slow})

@@ -58,6 +58,7 @@ def test_scan_reads_tasks_groups_and_tags_as_lm_eval_indexes_them(tmp_path: Path
     }
 
 
+@pytest.mark.campaign  # walks lm-eval's installed task tree (seconds)
 def test_the_installed_lm_eval_tasks_are_indexed_and_cached(fresh_index: Path) -> None:
     if task_index.lm_eval_tasks_dir() is None:
         pytest.skip("lm-eval is not installed")

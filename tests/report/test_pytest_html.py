@@ -15,6 +15,8 @@ import pytest
 
 from helpers import fake_suite_session
 
+pytestmark = pytest.mark.sessions  # every test here starts pytest sessions (through this module's helpers)
+
 pytest.importorskip("pytest_html", reason="pytest-html is a test dependency (requirements.lock)")
 
 TESTS = """

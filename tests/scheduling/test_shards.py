@@ -95,6 +95,7 @@ def collected(*args: str, cwd: Path = ROOT) -> list[str]:
     return [line for line in result.stdout.splitlines() if "::" in line]
 
 
+@pytest.mark.sessions  # collects in pytest sessions
 def test_collect_only_over_k_lists_a_partition_of_the_suite(tmp_path):
     run_dir = str(tmp_path / "run")
     whole = collected("validation/", "--suite", "tiny", "--run-dir", run_dir)
@@ -103,6 +104,7 @@ def test_collect_only_over_k_lists_a_partition_of_the_suite(tmp_path):
     assert parts[1] == collected("validation/", "--suite", "tiny", "--run-dir", run_dir, "--shard", "2/3")  # stable
 
 
+@pytest.mark.sessions  # collects in pytest sessions
 def test_nodes_with_different_gpus_compute_the_same_partition(tmp_path):
     """The split never depends on the node's GPUs: an 8 x 80 GB node and an 8 x 180 GB node agree."""
     run_dir = str(tmp_path / "run")

@@ -20,6 +20,8 @@ import pytest
 
 from helpers import random_small_model, run_suite, small_model_suite
 
+pytestmark = pytest.mark.campaign  # two tiny-suite sessions that run a model
+
 REBUILT_KINDS = ("digests", "baselines", "windows", "edits", "results", "benchmarks")
 
 
