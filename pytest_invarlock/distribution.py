@@ -237,6 +237,7 @@ class ControllerDistribution:
             log=log.gpusched,
             probe=probe_gpus if state.gpus and not config.getoption("invarlock_gpus") else None,  # the driver, never a simulation
             handback=FailureMemory(state.run_dir, state.session).take_handback_of,
+            rerun_dead=config.getoption("maxworkerrestart", None) not in (0, "0"),  # xdist keeps it as text
             on_retry=partial(report_retry, config, state),
             **_campaign_claims(node, state),
         )

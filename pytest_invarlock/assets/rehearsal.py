@@ -40,7 +40,7 @@ SUITE = "full"
 # and no guard-overhead pass, which would evaluate every subject twice.
 REHEARSAL_SETTINGS: dict[str, Any] = {
     "seq_len": 128,
-    "stride": 64,
+    "stride": 128,
     "preview_windows": 200,
     "final_windows": 200,
     "bootstrap_replicates": 1200,

@@ -608,6 +608,13 @@ def _model(where: _Where, entry: Any, key: str, suite_invarlock: Mapping[str, An
     problem = tier_floor_problem(model)
     if problem:
         raise where.error(f"{key}.invarlock", problem, _FLOOR_FIX)
+    if model.settings.stride < model.settings.seq_len:
+        raise where.error(
+            f"{key}.invarlock.stride",
+            f"stride {model.settings.stride} < seq_len {model.settings.seq_len}: overlapping windows, which InvarLock "
+            "0.12's evaluate refuses ([INVARLOCK:E001] PAIRING-SCHEDULE-MISMATCH: window_overlap_fraction > 0)",
+            f"Set stride to seq_len ({model.settings.seq_len}) or more.",
+        )
     problem = eval_data_problem(model)
     if problem:
         raise where.error(f"{key}.invarlock.eval_data", problem, "Fix the file or point eval_data at another.")

@@ -15,7 +15,8 @@ Dead workers: the item a worker was running when it died runs once more, on anot
 is one (`Policy.worker_lost(retry_running=True)`); xdist then reports nothing for it. A note the
 worker left first (`handback`) changes that: an item given back after an OOM runs once more on a
 larger placement, one that timed out so hard its worker had to end is reported crashed at once.
-A second death reports the item crashed (xdist's "worker crashed while running"). Items whose shared
+A second death reports the item crashed (xdist's "worker crashed while running"), and so does a first one
+under `--max-worker-restart 0` (`rerun_dead`). Items whose shared
 work failed are dropped before dispatch (`drop`); the caller reports them.
 
 Live memory: with `probe` (`probe.probe_gpus`, the driver's reading on a real node; none for a --gpus
@@ -113,13 +114,14 @@ class GpuScheduling:
         probe_interval_s: float = PROBE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         handback: Callable[[Item], dict[str, Any] | None] = lambda item: None,
+        rerun_dead: bool = True,
         on_retry: Callable[[str, str], None] = lambda nodeid, why: None,
         claims: Board | None = None,
         not_here: Callable[[Item], str | None] = lambda item: None,
         claim_poll_s: float = CLAIM_POLL_S,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._handback, self._on_retry = handback, on_retry
+        self._handback, self._on_retry, self._rerun_dead = handback, on_retry, rerun_dead
         self._index_of, self._skip_reason, self._on_placed = index, skip_reason, on_placed
         self._devices, self._homes = list(devices), homes
         self._numnodes, self._fallback, self._on_unplaceable, self._log = numnodes, fallback, on_unplaceable, log
@@ -256,8 +258,9 @@ class GpuScheduling:
     # ------------------------------------------------------------------ internals
 
     def _retry_plan(self, worker: str, running: int | None) -> tuple[bool, float | None]:
-        """Whether the item its dead worker was running runs once more, and with which memory need."""
-        if running is None:
+        """Whether the item its dead worker was running runs once more, and with which memory need (never with
+        `--max-worker-restart 0`: xdist then reports it crashed and stops, as it documents)."""
+        if running is None or not self._rerun_dead:
             return False, None
         item, task_id, nodeid = self._items[running], self._ids[running], self._collection[running]
         note = self._handback(item) if item is not None else None

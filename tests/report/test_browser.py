@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import synthetic_records
+from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.report import render_report
 from pytest_invarlock.verdict.compile import compile_records
 
@@ -49,10 +50,10 @@ def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProc
     )
 
 
-@pytest.mark.parametrize(("suite", "lanes", "models", "scenarios"), [("tiny", 2, 1, 20), ("full", 8, 6, 19)])
-def test_report_renders_in_chromium_without_console_errors(
-    tmp_path: Path, suite: str, lanes: int, models: int, scenarios: int
-) -> None:
+@pytest.mark.parametrize(("suite", "lanes"), [("tiny", 2), ("full", 8)])
+def test_report_renders_in_chromium_without_console_errors(tmp_path: Path, suite: str, lanes: int) -> None:
+    shape = load_suite(suite)
+    models, scenarios = len(shape.models), len(shape.scenarios)
     records = synthetic_records(suite, lanes=lanes)
     compiled = compile_records(records, items=[r["param_id"] for r in records])
     page = tmp_path / "report.html"
@@ -65,7 +66,7 @@ def test_report_renders_in_chromium_without_console_errors(
     assert len(set(re.findall(r'id="timeline-bar-(\d+)"', html))) == len(records)  # one bar per item run
     heat = set(re.findall(r'id="heat-cell-(\d+)"', html))
     assert len(heat) == models * scenarios  # models x scenarios
-    assert re.search(r'id="shown">46<|id="shown">438<', html)
+    assert f'id="shown">{len(records)}<' in html
     shot = tmp_path / "report.png"
     result = chromium(page, tmp_path, f"--screenshot={shot}", "--window-size=1300,2400")
     assert result.returncode == 0 and shot.stat().st_size > 50_000, result.stderr[-2000:]

@@ -406,6 +406,20 @@ def test_an_item_whose_worker_died_runs_once_more_on_another_gpu_and_a_second_de
     assert cluster.sched._started.stats.retried == 1
 
 
+def test_with_worker_restarts_disabled_a_dead_workers_item_is_reported_crashed_at_once(workdir):
+    """`--max-worker-restart 0` (rerun_dead=False): xdist reports the item crashed and stops, as it documents."""
+    gpus = parse_gpu_spec("2x80")
+    state = make_state(workdir, "crash", gpus)
+    collection = [nodeid(i) for i in state.items if i.model.name == "small"]
+    cluster = Cluster(state, gpus, collection, rerun_dead=False)
+    cluster.start_heads()
+    victim = next(n for n in cluster.nodes if n.running is not None)
+    index = victim.running
+    cluster.crash(victim)
+    assert cluster.crashed == [collection[index]]
+    assert cluster.sched._started.stats.retried == 0
+
+
 @pytest.mark.parametrize("reason", ["oom", "timeout"])
 def test_a_note_left_by_a_dead_worker_decides_how_its_item_runs_again(workdir, reason):
     """Given back after an OOM on one GPU: it runs once more on two. Timed out so hard its worker ended: reported."""

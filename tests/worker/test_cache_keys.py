@@ -8,6 +8,7 @@ reads the key a product would be stored under.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,7 +34,7 @@ class Stored(Exception):
         self.key = key
 
 
-def store_at(key: str, *_: object) -> None:
+def store_at(key: str, *_: object, **__: object) -> None:
     raise Stored(key)
 
 
@@ -48,10 +49,12 @@ def stand_in(determinism: str, device: str = "cuda") -> SimpleNamespace:
         edited_model=lambda model, scenario, item: SimpleNamespace(path=Path("/store/edits/e-cdef"), reused=False),
         settings=lambda model, **run: SimpleNamespace(seq_len=128, **run),
         _settings_key=lambda settings: dict(vars(settings)),
+        edit_dir=lambda model, scenario: Path("/store/edits/e-cdef"),
+        weights_digest=lambda model: "0" * 64,
+        _shared=lambda *what: contextlib.nullcontext(),
         _once=lambda kind, name, make: make(),
         _verdict_artifact=store_at,
         store=SimpleNamespace(produce=lambda kind, key, build: store_at(key)),
-        invarlock_version="0.12.1",  # the key part the code before versions were keyed read
     )
 
 
