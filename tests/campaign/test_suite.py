@@ -40,7 +40,7 @@ def test_every_shipped_suite_loads_with_the_seed_shapes() -> None:
     ci = load_suite("ci")
     assert ci.runs["calibration"] == 2 and all(s.kind != "error" for s in ci.scenarios)
     seventy = load_suite("full").model("qwen1.5-72b").settings
-    assert (seventy.seq_len, seventy.stride, seventy.eval_batch) == (128, 64, 2)
+    assert (seventy.seq_len, seventy.stride, seventy.eval_batch) == (128, 128, 2)  # stride: no overlap (InvarLock 0.12)
     # InvarLock 0.12's balanced-tier floors (180+180 windows, 1200 replicates) bind every size class.
     for model in load_suite("b200").models:
         assert model.settings.preview_windows >= 180 and model.settings.bootstrap_replicates >= 1200
@@ -117,12 +117,12 @@ def test_inline_models_and_scenarios_override_size_class_settings(tmp_path: Path
         scenarios:
           - calibration
           - {name: q6, spec: "quant_rtn:6:64:attn", kind: stress, gating: false}
-        invarlock: {stride: 128, acceptance: [0.95, 1.10]}
+        invarlock: {stride: 512, acceptance: [0.95, 1.10]}
     """,
     )
     suite = load_suite(str(path))
     settings_ = suite.models[0].settings
-    assert (settings_.seq_len, settings_.stride, settings_.acceptance_min, settings_.acceptance_max) == (256, 128, 0.95, 1.10)
+    assert (settings_.seq_len, settings_.stride, settings_.acceptance_min, settings_.acceptance_max) == (256, 512, 0.95, 1.10)
     assert suite.scenarios[1].expectation == "signal"
     assert suite.scenarios[0].expectation == "pass"
 
@@ -138,3 +138,11 @@ def test_model_from_source_reads_sizes_from_hub_ids() -> None:
     assert model_from_source("mistralai/Mixtral-8x7B-v0.1")["size_class"] == "moe"
     assert model_from_source("Qwen/Qwen2.5-0.5B")["params_b"] == 0.5
     assert model_from_source("HuggingFaceTB/SmolLM2-135M")["params_b"] == 0.135
+
+
+def test_a_stride_shorter_than_seq_len_is_a_usage_error(tmp_path: Path) -> None:
+    path = write_suite(
+        tmp_path, "name: overlap\nmodels: [gpt2]\nscenarios: [calibration]\ninvarlock: {seq_len: 1024, stride: 512}\n"
+    )
+    with pytest.raises(SuiteError, match=r"stride 512 < seq_len 1024: overlapping windows.*Set stride to seq_len \(1024\)"):
+        load_suite(str(path))
