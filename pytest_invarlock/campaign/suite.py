@@ -502,6 +502,8 @@ def _settings(size_class: str, *layers: Mapping[str, Any]) -> Settings:
     merged.update(_catalogue("size_classes.yaml")[size_class])
     for layer in layers:
         merged.update(layer)
+    if not any("stride" in layer for layer in layers):  # a seq_len of one's own keeps the windows apart
+        merged["stride"] = merged["seq_len"]
     merged["lm_eval_batch"] = str(merged["lm_eval_batch"])
     if merged.get("eval_data"):  # a user's own text is evaluated through the local windows path
         merged["dataset"] = "local"

@@ -140,7 +140,9 @@ def test_model_from_source_reads_sizes_from_hub_ids() -> None:
     assert model_from_source("HuggingFaceTB/SmolLM2-135M")["params_b"] == 0.135
 
 
-def test_a_stride_shorter_than_seq_len_is_a_usage_error(tmp_path: Path) -> None:
+def test_a_seq_len_of_ones_own_strides_by_itself_and_a_shorter_stride_is_a_usage_error(tmp_path: Path) -> None:
+    path = write_suite(tmp_path, "name: own\nmodels: [gpt2]\nscenarios: [calibration]\ninvarlock: {seq_len: 768}\n")
+    assert load_suite(str(path)).models[0].settings.stride == 768
     path = write_suite(
         tmp_path, "name: overlap\nmodels: [gpt2]\nscenarios: [calibration]\ninvarlock: {seq_len: 1024, stride: 512}\n"
     )

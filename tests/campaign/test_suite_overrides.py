@@ -27,8 +27,10 @@ def test_a_hub_model_with_a_size_in_its_name_keeps_the_block_but_its_own_size() 
 
 
 def test_min_signal_fraction_is_suite_configurable(tmp_path: Path) -> None:
-    assert load_suite("tiny").min_signal_fraction == 0.5
+    assert load_suite("tiny").min_signal_fraction == 0.0  # tracked, not required there (suites/tiny.yaml)
     path = tmp_path / "s.yaml"
+    path.write_text("name: s\nmodels: [tiny-kjv]\nscenarios: [calibration]\n")
+    assert load_suite(str(path)).min_signal_fraction == 0.5  # the default
     path.write_text("name: s\nmodels: [tiny-kjv]\nscenarios: [calibration]\nmin_signal_fraction: 0.8\n")
     assert load_suite(str(path)).min_signal_fraction == 0.8
     path.write_text("name: s\nmodels: [tiny-kjv]\nscenarios: [calibration]\nmin_signal_fraction: 2\n")
