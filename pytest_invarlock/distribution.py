@@ -34,7 +34,8 @@ import pytest
 
 from pytest_invarlock import campaign_node
 from pytest_invarlock.campaign.items import item_from_nodeid
-from pytest_invarlock.campaign.suite import SuiteError, load_suite
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.checks import SuiteError
 from pytest_invarlock.compat import runtestprotocol
 from pytest_invarlock.failure_memory import FailureMemory
 from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, split_busy

@@ -26,7 +26,7 @@ import pytest
 from pytest_invarlock import campaign_node, collection, distribution, evidence_writer, knobs, preflight, progress, reliability
 from pytest_invarlock import state as session_state
 from pytest_invarlock.campaign.kinds import KIND_HELP
-from pytest_invarlock.campaign.suite import SuiteError
+from pytest_invarlock.campaign.suite.checks import SuiteError
 from pytest_invarlock.state import STATE_KEY, SUITE_INI, ConfigState, build_state, declared_suite
 
 pytest_plugins = ["pytest_invarlock.fixtures", "pytest_invarlock.distribution"]

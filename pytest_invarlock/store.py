@@ -27,7 +27,7 @@ on one core, so a tiny-suite edit (8 MB) costs ~6 ms and a 7B bf16 edit (14.5 GB
   locks when its lease expires, 90 s by default), NFSv3 through lockd/NLM, Lustre with `-o flock`,
   CephFS and GPFS. `flock()` (what `filelock.UnixFileLock` uses) is emulated with these same locks on
   Linux NFS clients but stays host-local on some other filesystems (and older kernels).
-- O_EXCL lock files (`filelock.SoftFileLock`, mkdir locks like the seed's) survive a SIGKILL: they need
+- O_EXCL lock files (`filelock.SoftFileLock`, mkdir locks like the B200 bash harness's) survive a SIGKILL: they need
   stale-lock detection by pid, host and heartbeat, which guesses wrong across hosts and clocks.
 - The one trap of POSIX locks, that they belong to the process (a second open of the same file in the
   process, closed, drops the lock; threads of one process never exclude each other), is closed by a
@@ -399,61 +399,98 @@ def verify(directory: Path, *, full: bool | None = None) -> str | None:
     Sizes, links and the file set are checked every time; the hashes when `full` is True, or (None) when
     this process has not verified the directory at its current stat signature.
     """
-    checksums = directory / CHECKSUMS
     if not directory.is_dir():
         return "missing"
     if (directory / EVICTED).is_file():
         return EVICTED
     try:
+        files = _listed_files(directory / CHECKSUMS)
+        present = dict(_walk(directory))
+        _check_file_set(files, present)
+        signature = _checked_sizes(files, present)
+        _check_hashes(directory, files, present, signature, full=full)
+    except DamagedError as exc:
+        return str(exc)
+    return None
+
+
+def _listed_files(checksums: Path) -> dict[str, Any]:
+    """The `files` listing of `checksums.json`, once it parses and matches its own checksum."""
+    try:
         text = checksums.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return f"{CHECKSUMS} is missing (unfinished, or written by a version without checksums)"
+        raise DamagedError(f"{CHECKSUMS} is missing (unfinished, or written by a version without checksums)") from None
     except OSError as exc:
-        return f"{CHECKSUMS} cannot be read ({exc.strerror})"
+        raise DamagedError(f"{CHECKSUMS} cannot be read ({exc.strerror})") from None
     try:
         listing = json.loads(text)
         files: dict[str, Any] = listing["files"]
-        if listing.get("listing_sha256") != _listing_checksum(files):
-            return f"{CHECKSUMS} does not match its own checksum"
+        intact = listing.get("listing_sha256") == _listing_checksum(files)
     except (ValueError, KeyError, TypeError, AttributeError):
-        return f"{CHECKSUMS} does not parse ({len(text)} bytes)"
-    present = dict(_walk(directory))
+        raise DamagedError(f"{CHECKSUMS} does not parse ({len(text)} bytes)") from None
+    if not intact:
+        raise DamagedError(f"{CHECKSUMS} does not match its own checksum")
+    return files
+
+
+def _check_file_set(files: dict[str, Any], present: dict[str, Path]) -> None:
+    """No file was added that the listing does not name."""
     extra = sorted(set(present) - set(files))
     if extra:
-        return f"unlisted file {extra[0]}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else "")
+        raise DamagedError(f"unlisted file {extra[0]}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+
+
+def _checked_sizes(files: dict[str, Any], present: dict[str, Path]) -> tuple[Any, ...]:
+    """Every listed file there with its size, every link to its target; the files' stat signature."""
     signature: list[Any] = []
     for rel, entry in sorted(files.items()):
         path = present.get(rel)
         if path is None:
-            return f"{rel} is missing"
+            raise DamagedError(f"{rel} is missing")
         if "link" in entry:
-            if not path.is_symlink() or os.readlink(path) != entry["link"]:
-                return f"{rel} no longer links to {entry['link']}"
-            if entry.get("size") is not None:
-                if not path.exists():
-                    return f"{rel} links to {entry['link']}, which is gone"
-                if path.stat().st_size != entry["size"]:
-                    return f"{rel}'s target has {path.stat().st_size} bytes, {entry['size']} expected"
-            continue
-        try:
-            stat = path.stat()
-        except OSError:
-            return f"{rel} cannot be read"
-        if path.is_symlink() or stat.st_size != entry["size"]:
-            return f"{rel} has {stat.st_size} bytes, {entry['size']} expected (truncated or replaced)"
-        signature.append((rel, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+            _check_link(rel, entry, path)
+        else:
+            signature.append(_checked_size(rel, entry, path))
+    return tuple(signature)
+
+
+def _check_link(rel: str, entry: dict[str, Any], path: Path) -> None:
+    if not path.is_symlink() or os.readlink(path) != entry["link"]:
+        raise DamagedError(f"{rel} no longer links to {entry['link']}")
+    if entry.get("size") is None:
+        return
+    if not path.exists():
+        raise DamagedError(f"{rel} links to {entry['link']}, which is gone")
+    if path.stat().st_size != entry["size"]:
+        raise DamagedError(f"{rel}'s target has {path.stat().st_size} bytes, {entry['size']} expected")
+
+
+def _checked_size(rel: str, entry: dict[str, Any], path: Path) -> tuple[str, int, int, int]:
+    """(rel, size, mtime, inode) of a listed regular file whose size is the sealed one."""
+    try:
+        stat = path.stat()
+    except OSError:
+        raise DamagedError(f"{rel} cannot be read") from None
+    if path.is_symlink() or stat.st_size != entry["size"]:
+        raise DamagedError(f"{rel} has {stat.st_size} bytes, {entry['size']} expected (truncated or replaced)")
+    return (rel, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+def _check_hashes(
+    directory: Path, files: dict[str, Any], present: dict[str, Path], signature: tuple[Any, ...], *, full: bool | None
+) -> None:
+    """Every file's sha256, when `full` (None: unless this process verified `directory` at `signature`)."""
     key = str(directory.absolute())
-    sig = tuple(signature)
     if full is None:
         with _VERIFIED_GUARD:
-            full = _VERIFIED.get(key) != sig
-    if full:
-        for rel, entry in files.items():
-            if "sha256" in entry and _sha256(present[rel]) != entry["sha256"]:
-                return f"{rel} does not match its sha256 (corrupted or edited)"
-        with _VERIFIED_GUARD:
-            _VERIFIED[key] = sig
-    return None
+            full = _VERIFIED.get(key) != signature
+    if not full:
+        return
+    for rel, entry in files.items():
+        if "sha256" in entry and _sha256(present[rel]) != entry["sha256"]:
+            raise DamagedError(f"{rel} does not match its sha256 (corrupted or edited)")
+    with _VERIFIED_GUARD:
+        _VERIFIED[key] = signature
 
 
 # --------------------------------------------------------------------------- the store

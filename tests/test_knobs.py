@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from pytest_invarlock import knobs
-from pytest_invarlock.campaign.suite import SuiteError, load_suite
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.checks import SuiteError
 
 PRESET = {
     "drift_band": [0.97, 1.03],

@@ -17,7 +17,8 @@ from typing import Any
 
 from pytest_invarlock.campaign import tuned
 from pytest_invarlock.campaign.kinds import AFTER_CALIBRATION, EDIT_KINDS, Kind
-from pytest_invarlock.campaign.suite import Model, Scenario, Suite, SuiteError
+from pytest_invarlock.campaign.suite.checks import SuiteError
+from pytest_invarlock.campaign.suite.types import Model, Scenario, Suite
 from pytest_invarlock.edits.catalogue import SpecError, parse_spec
 
 __all__ = ["AFTER_CALIBRATION", "BENCHMARK_TEST", "CERTIFY_TESTS", "Item", "Kind", "build_items", "item_from_nodeid"]

@@ -24,7 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pytest_invarlock.campaign.suite import Suite, SuiteError
+from pytest_invarlock.campaign.suite.checks import SuiteError
+from pytest_invarlock.campaign.suite.types import Suite
 
 REVISIONS_FILE = Path("state") / "model_revisions.json"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")

@@ -114,9 +114,20 @@ def _left_out(root: Path) -> list[str]:
 
 
 def check(root: Path, *, expected_fingerprint: str | None, trust_store: Path | None, integrity_only: bool) -> Outcome:
+    """Both layers on the unpacked pack `root`: InvarLock's verifier, then the campaign checks."""
     if not (root / MANIFEST).is_file():
         return Outcome(DIFFERS, [f"DIFFERS: {root}: no {MANIFEST} (not an evidence pack, or it was removed)"])
     native = invarlock_verify(root, expected_fingerprint=expected_fingerprint, trust_store=trust_store)
+    findings: Findings = audit(root, parse_certificate)
+    lines = [*_native_lines(native), *_campaign_lines(findings)]
+    lines += [f"  left out when packed: {reason}" for reason in _left_out(root)]
+    if integrity_only:
+        lines.append("integrity only: the pack is intact, but who signed it was NOT checked (no --public-key)")
+    return Outcome(OK if native.get("ok") and not findings.problems else DIFFERS, lines)
+
+
+def _native_lines(native: Mapping[str, Any]) -> list[str]:
+    """InvarLock's verdict on the pack: pass or fail, who signed it, its errors and warnings, its nested verify."""
     lines = [
         "InvarLock evidence-pack verify --strict: " + ("PASS" if native.get("ok") else "FAIL"),
         f"  signer {native.get('signer_fingerprint') or 'unknown'}: {AUTHENTICITY.get(str(native.get('authenticity')), '?')}",
@@ -125,30 +136,34 @@ def check(root: Path, *, expected_fingerprint: str | None, trust_store: Path | N
     lines += [f"  warning: {w}" for w in native.get("warnings", [])]
     nested = native.get("verify") or {}
     if nested:
-        summary = nested.get("summary") or {}
-        provenance = Counter(
-            str(((r.get("verification") or {}).get("runtime_provenance") or {}).get("status"))
-            for r in nested.get("results") or []
-        )
-        lines.append(
-            f"  nested invarlock verify of {(nested.get('evaluation_report') or {}).get('count')} reports: "
-            + ("ok" if summary.get("ok") else f"FAILED ({summary.get('reason')})")
-            + "; runtime provenance "
-            + ", ".join(f"{status} {n}" for status, n in sorted(provenance.items()))
-            + (f" {HOST_PROVENANCE}" if provenance.get("skipped") else "")
-        )
-    findings: Findings = audit(root, parse_certificate)
-    lines.append(
+        lines.append(_nested_line(nested))
+    return lines
+
+
+def _nested_line(nested: Mapping[str, Any]) -> str:
+    """InvarLock's nested `verify` of the bundled reports: ok or why not, and their runtime provenance."""
+    summary = nested.get("summary") or {}
+    provenance = Counter(
+        str(((r.get("verification") or {}).get("runtime_provenance") or {}).get("status")) for r in nested.get("results") or []
+    )
+    return (
+        f"  nested invarlock verify of {(nested.get('evaluation_report') or {}).get('count')} reports: "
+        + ("ok" if summary.get("ok") else f"FAILED ({summary.get('reason')})")
+        + "; runtime provenance "
+        + ", ".join(f"{status} {n}" for status, n in sorted(provenance.items()))
+        + (f" {HOST_PROVENANCE}" if provenance.get("skipped") else "")
+    )
+
+
+def _campaign_lines(findings: Findings) -> list[str]:
+    """The campaign checks' summary and each difference they found."""
+    summary = (
         "campaign checks: "
         + ("PASS" if not findings.problems else f"FAIL ({len(findings.problems)})")
         + f": {findings.records} sealed records, {findings.certificates} certificates compared, "
         f"Phase 0 recomputed: {findings.phase0 or 'n/a'}"
     )
-    lines += [f"  DIFFERS: {problem}" for problem in findings.problems]
-    lines += [f"  left out when packed: {reason}" for reason in _left_out(root)]
-    if integrity_only:
-        lines.append("integrity only: the pack is intact, but who signed it was NOT checked (no --public-key)")
-    return Outcome(OK if native.get("ok") and not findings.problems else DIFFERS, lines)
+    return [summary, *(f"  DIFFERS: {problem}" for problem in findings.problems)]
 
 
 def verify_pack(

@@ -82,7 +82,7 @@ def _campaign(run_dir: Path, suite: str | None) -> tuple[dict[str, Any] | None, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from pytest_invarlock.campaign.suite import SuiteError
+    from pytest_invarlock.campaign.suite.checks import SuiteError
     from pytest_invarlock.claims import read_manifest
     from pytest_invarlock.store import DamagedError
 

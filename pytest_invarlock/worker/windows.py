@@ -405,7 +405,7 @@ def plan(settings: Any, pilot_meta: dict[str, Any], pool_windows: int | None, ru
     from invarlock.core.auto_tuning import get_tier_policies
 
     from pytest_invarlock.campaign.presets import DEFAULT_DRIFT_BAND
-    from pytest_invarlock.campaign.suite import TIER_FLOORS
+    from pytest_invarlock.campaign.suite.settings import TIER_FLOORS
     from pytest_invarlock.campaign.window_planner import PlanInputs, assess, plan_windows, sigma_upper_bound
 
     floors = TIER_FLOORS.get(settings.tier, {"preview": 1, "final": 1})

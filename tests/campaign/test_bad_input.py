@@ -24,18 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import REPO, VALIDATION
-from pytest_invarlock.campaign import suite as suite_module
-from pytest_invarlock.campaign.suite import (
-    DETECTORS,
-    MAX_RUNS,
-    MAX_SUITE_BYTES,
-    TIER_FLOORS,
-    TIERS,
-    Suite,
-    SuiteError,
-    load_suite,
-    override_suite,
-)
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.checks import SuiteError
+from pytest_invarlock.campaign.suite.files import MAX_SUITE_BYTES
+from pytest_invarlock.campaign.suite.loading import SUITE_KEYS as LOADER_SUITE_KEYS
+from pytest_invarlock.campaign.suite.overrides import override_suite
+from pytest_invarlock.campaign.suite.scenarios import DETECTORS, MAX_RUNS
+from pytest_invarlock.campaign.suite.settings import TIER_FLOORS, TIERS
+from pytest_invarlock.campaign.suite.types import Suite
 from pytest_invarlock.scheduling.inventory import parse_gpu_spec
 from pytest_invarlock.state import run_dir_problem
 
@@ -193,7 +189,7 @@ def test_a_directory_and_an_oversized_file_are_refused(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- random structures
 
-SUITE_KEYS = list(suite_module._SUITE_KEYS)  # the real top-level keys: a key the loader gains is fuzzed too
+SUITE_KEYS = list(LOADER_SUITE_KEYS)  # the real top-level keys: a key the loader gains is fuzzed too
 INNER_KEYS = [
     "name",
     "source",

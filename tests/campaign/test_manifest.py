@@ -13,7 +13,8 @@ import pytest
 from pytest_invarlock.campaign import eval_data, tuned
 from pytest_invarlock.campaign.items import build_items
 from pytest_invarlock.campaign.presets import read_preset, reused_preset
-from pytest_invarlock.campaign.suite import SuiteError, load_suite
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.checks import SuiteError
 
 EVIDENCE_PACK = {
     "calibration": ("calibration", "pass"),

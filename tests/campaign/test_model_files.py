@@ -20,7 +20,8 @@ from pytest_invarlock.campaign.model_files import (
     safetensors_parameters,
     weights_directory,
 )
-from pytest_invarlock.campaign.suite import load_suite, override_suite
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.overrides import override_suite
 from pytest_invarlock.scheduling.memory import GIB, ModelProfile
 from pytest_invarlock.scheduling.tasks import model_profile
 

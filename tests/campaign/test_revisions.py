@@ -9,7 +9,8 @@ import pytest
 
 from helpers import offline_options
 from pytest_invarlock.campaign.revisions import REVISIONS_FILE, read_revisions, resolve_revisions
-from pytest_invarlock.campaign.suite import SuiteError, load_suite
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.checks import SuiteError
 from pytest_invarlock.state import ConfigState
 
 SHA = "607a30d783dfa663caf39e06633721c8d4cfcd7e"

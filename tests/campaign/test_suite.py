@@ -10,15 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_invarlock.campaign.items import build_items, index_items, item_from_nodeid
-from pytest_invarlock.campaign.suite import (
-    DEFAULT_RUNS,
-    SuiteError,
-    infer_size_class,
-    load_suite,
-    model_from_source,
-    override_suite,
-    shipped_suites,
-)
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.checks import SuiteError
+from pytest_invarlock.campaign.suite.files import shipped_suites
+from pytest_invarlock.campaign.suite.loading import DEFAULT_RUNS
+from pytest_invarlock.campaign.suite.models import model_from_source
+from pytest_invarlock.campaign.suite.overrides import override_suite
+from pytest_invarlock.campaign.suite.size_classes import infer_size_class
 
 
 def write_suite(tmp_path: Path, body: str) -> Path:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_invarlock.campaign.suite import SuiteError, load_suite, override_suite
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.checks import SuiteError
+from pytest_invarlock.campaign.suite.overrides import override_suite
 
 
 def test_a_local_model_dir_keeps_the_tiny_suites_settings(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_invarlock.campaign import task_index
-from pytest_invarlock.campaign.suite import DEFAULT_BENCHMARKS
+from pytest_invarlock.campaign.suite.benchmarks import DEFAULT_BENCHMARKS
 
 
 @pytest.fixture

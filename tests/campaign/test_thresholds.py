@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_invarlock.campaign.suite import load_suite, shipped_suites
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.files import shipped_suites
 from pytest_invarlock.campaign.thresholds import DOCS, deviations, stock_runtime
 
 REPO = Path(__file__).resolve().parents[2]

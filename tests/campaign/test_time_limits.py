@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from pytest_invarlock.campaign.suite import SuiteError, load_suite
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.checks import SuiteError
 from pytest_invarlock.campaign.time_limits import (
     DOWNLOAD_BASE_S,
     DOWNLOAD_S_PER_GB,

@@ -181,7 +181,8 @@ def test_gpu_plan_lines_show_the_recorded_plan_or_what_will_happen(tmp_path) -> 
 
 
 def test_a_suite_accepts_windows_auto_and_refuses_anything_else(tmp_path) -> None:
-    from pytest_invarlock.campaign.suite import SuiteError, load_suite
+    from pytest_invarlock.campaign.suite import load_suite
+    from pytest_invarlock.campaign.suite.checks import SuiteError
 
     assert load_suite("tiny").models[0].settings.windows == "auto"
     bad = tmp_path / "bad.yaml"

@@ -18,7 +18,8 @@ import pytest
 
 from helpers import MI300X_VRAM_BYTES, MIB, MIG_SLICE_BYTES, mi300x_node, mig_node, mig_uuid
 from pytest_invarlock.campaign.items import build_items
-from pytest_invarlock.campaign.suite import SuiteError, load_suite
+from pytest_invarlock.campaign.suite import load_suite
+from pytest_invarlock.campaign.suite.checks import SuiteError
 from pytest_invarlock.scheduling import probe
 from pytest_invarlock.scheduling.inventory import ROCM, Gpu
 from pytest_invarlock.scheduling.memory import GIB
