@@ -102,7 +102,7 @@ def smaller_batch(batch: int | str) -> int | None:
 
     None when the batch is already 1 (nothing smaller to try). lm-eval's "auto" batch already probes
     down from its maximum, so an OOM under it happened later, on a longer request: a fixed 8 is the
-    seed's next step.
+    B200 bash harness's next step.
     """
     text = str(batch).strip().lower()
     if text.startswith("auto"):

@@ -46,7 +46,7 @@ POOL_FILE = "pool.jsonl"
 DRAW_FILE = "windows.jsonl"
 SCORES_FILE = "scores.json"
 WINDOW_SEED = 20240611  # the permutation seed of epoch 0; epoch e uses WINDOW_SEED + e
-BOOTSTRAP_SEED_BASE = 41  # the seed suite's calibration seeds were 41 + run; bootstrap seeds follow it
+BOOTSTRAP_SEED_BASE = 41  # the B200 bash harness's calibration seeds were 41 + run; bootstrap seeds follow it
 SEGMENT_JOINER = " "
 _MAX_EXTEND = 64  # segments appended to a window whose estimate fell short before giving up on it
 
@@ -87,7 +87,7 @@ class WindowDraw:
 
 
 def bootstrap_seed(run: int) -> int:
-    """InvarLock's bootstrap seed for run ``run`` (1-based): a fresh resampling per run, 41 + run as the seed suite."""
+    """InvarLock's bootstrap seed for run ``run`` (1-based): a fresh resampling per run, 41 + run as in the B200 bash harness."""
     return BOOTSTRAP_SEED_BASE + int(run)
 
 
