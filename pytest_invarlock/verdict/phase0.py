@@ -1,6 +1,6 @@
 """Phase 0 verdict math: confusion matrix, Wilson interval, confidence score, status.
 
-The formulas are the B200 bash harness's result compiler (shared/reference/verdict.md),
+The formulas are the B200 bash harness's result compiler (docs/verdict.md, "The formulas"),
 kept as pure functions over plain records so the torch-free controller can
 compile the verdict and hypothesis can test it. Standard library only: no torch,
 no pytest, no invarlock.
