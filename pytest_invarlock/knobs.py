@@ -1,4 +1,4 @@
-"""The seeds' environment knobs as options and suite settings: recorded, validated, and in the cache keys.
+"""The earlier harnesses' environment knobs as options and suite settings: recorded, validated, and in the cache keys.
 
 The B200 and evidence-pack harnesses read these from the environment; here each is an option whose
 default is that variable, and a suite setting too:
@@ -16,7 +16,7 @@ default is that variable, and a suite setting too:
 An option wins over its variable, which wins over the suite. Each value reaches the cache key of
 what it shapes (settings enter every evaluate's key, the edit spec the edit's, the preset the
 certificate's), and the controller logs where each came from. Reusing presets sets the calibration
-runs to 0 unless --runs-calibration says otherwise (the seed skipped preset derivation).
+runs to 0 unless --runs-calibration says otherwise (the evidence-pack harness skipped preset derivation).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ TUNED_COPY = "state/tuned_edit_params.json"
 
 
 def add_options(group: pytest.OptionGroup) -> None:
-    """The seeds' environment knobs (defaults: the variables named in each help text)."""
+    """The earlier harnesses' environment knobs (defaults: the variables named in each help text)."""
     group.addoption(
         "--tuned-edit-params",
         dest="invarlock_tuned_edit_params",
@@ -181,7 +181,7 @@ def apply(config: pytest.Config, suite: Suite) -> tuple[Suite, dict[str, str]]:
 
 
 def record_inputs(suite: Suite, run_dir: Path) -> None:
-    """state/tuned_edit_params.json: a copy of the tuned-params file a campaign with tuned specs used (the seed's)."""
+    """state/tuned_edit_params.json: a copy of the tuned-params file a campaign with tuned specs used (the evidence-pack harness's)."""
     if any(is_tuned(scenario.spec) for scenario in suite.scenarios):
         target = run_dir / TUNED_COPY
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Live progress of a validation session, on the controller (or the single process).
 
 `ProgressTracker`, registered in every validation session that runs items, keeps the counts and writes
-them to `state/progress.json` every few seconds while items run and at the end: the seeds' way for
+them to `state/progress.json` every few seconds while items run and at the end: the earlier harnesses' way for
 another shell or a dashboard to follow a campaign (`watch cat <run-dir>/state/progress.json`). The
 display below reads the tracker.
 
@@ -9,27 +9,9 @@ What it shows: items done/total, failures and errors so far, elapsed time and an
 worker (one xdist worker per GPU, so one line per GPU; `main` without -n) with its current item and
 how long it has been running.
 
-ETA: every item starts with a prior from a cost model by kind and model size (the scheduling
-simulator's seconds per GB of weights, `perf/simulate.py`, with a floor measured on the tiny suite
-on 2 CPU cores: 16 s per calibration run, 9 s per other item). Once items finish, the priors are
-scaled by measured/prior (per kind once two items of that kind finished, overall before), so a
-second run that reuses everything converges to seconds within a few items. Remaining work (the
-unstarted items plus what is left of the running ones) is divided by the number of workers.
-
-Where each item runs: with our GPU scheduler the placement callback names the worker before the item
-is sent (exact); with xdist's own schedulers the item goes to an idle worker at its start and to the
-worker its first report names (`report.node`) from then on; without -n everything runs on `main`.
-
-Two displays:
-- on a terminal (stdout a tty, TERM not dumb, output captured, no live logging): a status block
-  drawn with rich below pytest's own output and updated in place, once a second. It is drawn only
-  while pytest is not writing: each hook in which pytest's terminal reporter (or xdist's) writes is
-  bracketed, erasing the block first (tryfirst) and drawing it again last (trylast). When pytest's
-  cursor sits mid-line (the progress dots), the block starts on the next line and erasing it puts
-  the cursor back where pytest left it, so pytest's output reads exactly as without the block.
-- otherwise (CI logs, `| tee`): a plain line `[invarlock] ...` at most every `--progress-interval`
-  seconds (default 30) and at each further 10% of the items, written between pytest's lines when an item starts.
-`-q` turns both displays off, as does `--progress-interval 0`; state/progress.json is written anyway.
+The ETA (a cost-model prior per item, scaled by measured durations), how items are attributed to workers,
+and how the terminal block stays out of pytest's way: docs/run-directory.md, "How the progress display
+works". `-q` or `--progress-interval 0` turns the display off; state/progress.json is written anyway.
 Nothing here changes reports, junit or --lf.
 """
 
@@ -181,7 +163,7 @@ class Progress:
         return ", ".join(parts) + f"; elapsed {fmt_duration(self.clock() - self.started)}, ETA {fmt_duration(eta)}"
 
     def snapshot(self) -> dict[str, Any]:
-        """The counts as state/progress.json holds them (the seeds' queue states: pending, running, completed, failed)."""
+        """The counts as state/progress.json holds them (the earlier harnesses' queue states: pending, running, completed, failed)."""
         now = self.clock()
         outcomes = {o: self.count(o) for o in ("passed", "failed", "error", "skipped")}
         running = [
@@ -359,7 +341,7 @@ class ProgressTracker:
 
 
 class ProgressReporter:
-    """The controller's progress display over the tracker's counts; see the module docstring."""
+    """The controller's progress display over the tracker's counts; docs/run-directory.md says how it is drawn."""
 
     def __init__(self, config: pytest.Config, tracker: ProgressTracker, *, live: bool, interval: float) -> None:
         self.config, self.tracker = config, tracker

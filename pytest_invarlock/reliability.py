@@ -43,7 +43,7 @@ def add_options(group: pytest.OptionGroup) -> None:
         default=[],
         metavar="KIND=SECONDS",
         help="time limit of one kind of work, taken as given (repeat, or comma-separate); SECONDS alone sets "
-        f"every kind. Kinds: {', '.join(LIMIT_KINDS)}. Defaults per kind and size class: README 'Reliability'",
+        f"every kind. Kinds: {', '.join(LIMIT_KINDS)}. Defaults per kind and size class: docs/reliability.md",
     )
     group.addoption(
         "--invarlock-edit-budget",

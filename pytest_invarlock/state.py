@@ -187,7 +187,7 @@ class ConfigState:
     host_cache_bytes: int = field(default_factory=lambda: host_cache_share(1))
     # --gpus on a host without NVML GPUs and device auto: plan as on that node, so no CPU-size skip.
     simulated_gpu_node: bool = False
-    knobs: dict[str, str] = field(default_factory=dict)  # the seeds' knobs given here -> option or $VARIABLE
+    knobs: dict[str, str] = field(default_factory=dict)  # the earlier harnesses' knobs given here -> option or $VARIABLE
 
     @cached_property
     def index(self) -> dict[tuple[str, str], Item]:

@@ -1,4 +1,4 @@
-"""Readable paths into the content-addressed store, where the seeds' documents send people looking.
+"""Readable paths into the content-addressed store, where the earlier harnesses' documents send people looking.
 
     presets/calibrated_preset_<model>.{yaml,json}
     <model>/certificates/calibration/run_<k>/evaluation.report.json

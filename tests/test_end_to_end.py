@@ -72,7 +72,7 @@ def test_second_run_reuses_everything_and_agrees(campaign: dict) -> None:
     first_verdict = first.output[first.output.index("Phase 0 verdict") :].splitlines()[:12]
     second_verdict = second.output[second.output.index("Phase 0 verdict") :].splitlines()[:12]
     assert first_verdict == second_verdict
-    # Speed is measured, not asserted (README quotes the figures); the fixture prints both run times.
+    # Speed is measured, not asserted (README and docs/tiny-model.md quote the figures); the fixture prints both run times.
 
 
 def test_user_tests_get_the_campaigns_artifacts_from_the_fixtures(campaign: dict, tmp_path: Path) -> None:

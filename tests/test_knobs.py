@@ -1,4 +1,4 @@
-"""The seeds' environment knobs as options: option over variable over suite, each value checked and recorded."""
+"""The earlier harnesses' environment knobs as options: option over variable over suite, each value checked and recorded."""
 
 from __future__ import annotations
 

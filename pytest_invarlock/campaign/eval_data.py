@@ -1,4 +1,4 @@
-"""A user's own evaluation text (`eval_data`, the seeds' INVARLOCK_LOCAL_JSONL_FILE): read and checked, torch-free.
+"""A user's own evaluation text (`eval_data`, the earlier harnesses' INVARLOCK_LOCAL_JSONL_FILE): read and checked, torch-free.
 
 Read as InvarLock's `local_jsonl` provider reads such a file (one JSON object per line, the text in
 `eval_text_field`). Each line is a document, cut into sentences so that `worker.windows` can start

@@ -5,8 +5,7 @@ calibration run, the preset, one edit) or a model whose circuit breaker opened; 
 which items needed it, and `message` is what each of them reports (the failed item's id and its
 cause). `classify` sorts an error's text into transient (network, hub 5xx/429, filesystem hiccups:
 retried with `backoff_s`), out of memory, disk full, or permanent (everything else: never retried
-within the session). The retry counts and the breaker's default are explained in README.md,
-"Reliability".
+within the session). The retry counts and the breaker's default are explained in docs/reliability.md.
 """
 
 from __future__ import annotations

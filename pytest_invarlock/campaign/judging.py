@@ -1,7 +1,7 @@
 """Judge one InvarLock verdict against its scenario's expectation, and explain it in words.
 
 Pure: it reads a `Verdict` (the certifier's plain dataclass) and a `Scenario`. The rules are the
-seed suite's per-certificate rules (shared/reference/verdict.md): a run is flagged when overall pass
+B200 bash harness's per-certificate rules (docs/verdict.md, "The formulas"): a run is flagged when overall pass
 is false or the primary metric is degraded or invalid (the suite's stricter overall pass); an error is detected when flagged or invariants fail;
 a gating stress edit must be flagged by one of its detectors (any gate when none are listed); an
 informational scenario records a signal (a gate flip, a remediation such as spectral caps applied, or

@@ -1,4 +1,4 @@
-"""Calibrated presets: the seed suite's GENERATE_PRESET math, as pure functions.
+"""Calibrated presets: the B200 bash harness's GENERATE_PRESET math, as pure functions.
 
 Pure module: no torch and no invarlock import, so the controller, the unit tests
 and hypothesis can use it freely. A preset here is a plain JSON-ready dict in our
@@ -78,7 +78,7 @@ class CalibrationStats:
 
 
 def quantile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default), as the seed suite computes it."""
+    """Linear-interpolation quantile (numpy's default), as the B200 bash harness computes it."""
     if not values:
         raise ValueError("quantile() needs at least one value.")
     ordered = sorted(values)
@@ -252,7 +252,7 @@ def _rmt_epsilon(stats: Sequence[CalibrationStats], existing: Mapping[str, float
 
 def _variance_min_effect(stats: Sequence[CalibrationStats], existing: float) -> float:
     """q95 of the measured delta-CI half-widths, never below the floor 0.0009; without any measured
-    half-width the tier's value, still never below the floor (the seed applies it either way)."""
+    half-width the tier's value, still never below the floor (the B200 bash harness applies it either way)."""
     widths = [s.delta_ci_half_width for s in stats if s.delta_ci_half_width is not None and math.isfinite(s.delta_ci_half_width)]
     if not widths:
         return max(existing, VARIANCE_MIN_EFFECT_FLOOR)
@@ -262,7 +262,7 @@ def _variance_min_effect(stats: Sequence[CalibrationStats], existing: float) -> 
 def read_preset(path: Path) -> dict[str, Any]:
     """A calibrated preset written by an earlier run (`presets/calibrated_preset_<model>.yaml|json`), checked.
 
-    What the seeds' PACK_CALIBRATION_PRESET_DIR/FILE reused: the preset replaces the calibration runs.
+    What the evidence-pack harness's PACK_CALIBRATION_PRESET_DIR/FILE reused: the preset replaces the calibration runs.
     ValueError names the file and what is wrong.
     """
     import yaml

@@ -1,6 +1,6 @@
 """Pinned hub revisions: which commit of each hub model a campaign evaluated.
 
-The seed's evidence-pack suite writes `state/model_revisions.json` when it runs online and refuses
+The evidence-pack harness writes `state/model_revisions.json` when it runs online and refuses
 offline runs without it. Same here, torch-free (the controller resolves revisions before any worker
 starts, so every worker and every record agree):
 

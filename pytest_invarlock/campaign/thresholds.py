@@ -91,7 +91,7 @@ def deviations(suite: Suite, profile: Mapping[str, Any], tiers: Mapping[str, Any
             "drift band of calibration runs",
             f"{stock_drift} (ci profile)",
             _band(DEFAULT_DRIFT_BAND),
-            "reference: the seed's band before calibration; the plugin writes its own ci profile",
+            "reference: the B200 bash harness's band before calibration; the plugin writes its own ci profile",
         ),
         Deviation(
             "drift_band_calibrated",
@@ -109,7 +109,7 @@ def deviations(suite: Suite, profile: Mapping[str, Any], tiers: Mapping[str, Any
             "primary-metric acceptance range",
             f"no lower bound, ratio <= {_per_model({k: f'{v:g}' for k, v in limits.items()})} (tier {tier})",
             _per_model(acceptance),
-            "the suite's `acceptance:` (reference [0.9, 1.2]; tiny [0.95, 1.1], measured: README)",
+            "the suite's `acceptance:` (reference [0.9, 1.2]; tiny [0.95, 1.1], measured: docs/tiny-model.md)",
         )
     )
     stock_windows = f"{_get(profile, 'dataset', 'preview_n')} + {_get(profile, 'dataset', 'final_n')}"
@@ -126,7 +126,7 @@ def deviations(suite: Suite, profile: Mapping[str, Any], tiers: Mapping[str, Any
                 "preview + final windows",
                 f"{stock_windows} (ci profile)",
                 _per_model(windows),
-                "reference size-class settings, raised to the tier's floors; auto: planned from a pilot (README)",
+                "reference size-class settings, raised to the tier's floors; auto: planned from a pilot (docs/tiny-model.md)",
             )
         )
     stock_replicates = _get(profile, "eval", "bootstrap", "replicates")

@@ -1,6 +1,6 @@
 """Tuned clean edits: the evidence-pack suites' `KIND:clean:SCOPE` specs, resolved per model from a tuned-params file.
 
-The evidence-pack seed runs its four clean edits with parameters tuned per model (RTN bits and group
+The evidence-pack harness runs its four clean edits with parameters tuned per model (RTN bits and group
 size, FP8 format, prune level, SVD rank), read from PACK_TUNED_EDIT_PARAMS_FILE; its scenario manifest
 writes `quant_rtn:clean:ffn` and resolves the sentinel at run time. Here the file is JSON in the same
 shape (`models` by hub id or model name, plus our `defaults`); `suites/tuned_edit_params.json` ships

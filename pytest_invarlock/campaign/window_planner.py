@@ -1,38 +1,10 @@
 """How many evaluation windows a model needs, from the spread of its per-window log-perplexity. Pure.
 
-InvarLock's primary metric is perplexity over the preview and final windows; with full windows (every
-window ``seq_len`` real tokens, see ``worker.windows``) the log-perplexity of an arm is the mean of the
-per-window mean NLLs ``x_i``. A short *pilot* pass of the baseline over tens of windows estimates their
-standard deviation ``sigma``; from it:
-
-- **no-op drift.** A no-op's drift is ``final / preview = exp(mean_F(x) - mean_P(x))``. The draw
-  (``worker.windows.matched_split``) sorts a run's candidate windows by the baseline's own NLL, pairs
-  neighbours and sends one of each pair to each arm at random, as InvarLock's WikiText-2 provider stratifies
-  its windows by difficulty; with unequal arms the ``|n_P - n_F|`` extra windows, picked at random, go to the
-  larger arm unpaired. So ``mean_F(x) - mean_P(x)`` ~ N(0, sd^2), for arms of ``s <= l`` windows
-  ``sd^2 = (s + l) / (2 s l^2) * (sigma_plain^2 (l - s) + sigma^2 (l + s))`` (``drift_sd``, derived in
-  docs/windows.md): ``sigma`` is the pairs' residual (``matched_sigma``: the root mean square of within-pair
-  differences over sqrt(2), plus the difference between the scoring pass and InvarLock's own pass),
-  ``sigma_plain`` the plain per-window spread. Equal arms give ``sigma^2 (1/n_P + 1/n_F)``; an unmatched random
-  split is ``sigma = sigma_plain``. The probability that an unchanged model fails the drift gate ``[lo, hi]``
-  is ``P_fa = Phi(ln(lo)/sd) + 1 - Phi(ln(hi)/sd)``. The planner picks the smallest equal arms with
-  ``P_fa <= false_alarm`` (default 1e-2 per run: 99% of no-ops pass), with both spreads at the pilot's
-  one-sided 90% upper bounds (``sigma_upper_bound``). The pilot pairs its own windows by difficulty, far
-  coarser than a draw of hundreds, so its residual is an overestimate. Unmatched random halves would need
-  ``sigma`` = the plain spread (SmolLM2 on the KJV pool: 0.41 nats, 731+731 windows of 128 tokens at this
-  target); matched, the drift need falls under the floors below.
-- **the ratio's CI at the acceptance edge.** The ratio is paired (edited vs baseline on the final windows),
-  so its CI half-width in log space is ``z * sigma_d / sqrt(n_F)`` with ``sigma_d`` the per-window spread of
-  the paired log difference. That spread grows with the edit: measured on the tiny model (README
-  figures of 0.12, 260 final windows) ``sigma_d / |mean_d|`` was 0.27-1.27 for edits with ratios 1.01-1.47.
-  Up front the planner can only ask that an edit sitting *at the acceptance edge* (``mean_d = ln(max)``)
-  gets a CI half-width of at most ``resolution`` (default 0.25) of its distance from 1; with
-  ``sigma_d = edit_cv * mean_d`` (default cv 1.5, above every measured value) that needs
-  ``n_F >= (z * edit_cv / resolution)^2`` whatever the edge: clean edits below ``max^(1-resolution)`` and gating
-  edits above ``max^(1+resolution)`` are then told apart by their CIs.
-- **floors.** The tier's window floor (balanced: 180 + 180, else the ci profile aborts) and the token floor
-  of the primary-metric gate (``min_tokens``, summed over both arms; a window contributes ``seq_len - 1``
-  predicted tokens, the conservative count).
+A short *pilot* pass of the baseline estimates the spread of the per-window mean NLLs; from it the planner
+takes the smallest equal arms for which a no-op's preview/final drift stays inside the drift gate with
+probability ``1 - false_alarm`` (at the pilot's one-sided 90% upper bounds), an edit at the acceptance edge
+gets a ratio CI within ``resolution`` of its distance from 1, and the tier's window floor and the token
+floor hold. The derivation and the measured figures behind the defaults: docs/windows.md.
 
 ``plan_windows`` returns the plan with every number it used; ``assess`` gives the same numbers for explicit
 counts, and ``WindowPlan.underpowered`` says which promise they break (the suite then warns).
@@ -67,7 +39,7 @@ def normal_cdf(x: float) -> float:
 
 
 def drift_sd(sigma: float, preview_n: int, final_n: int, sigma_plain: float | None = None) -> float:
-    """Standard deviation of a no-op's log drift under the matched draw (see the module docstring): ``sigma`` the
+    """Standard deviation of a no-op's log drift under the matched draw (docs/windows.md): ``sigma`` the
     pairs' residual, ``sigma_plain`` the spread of the windows unequal arms leave unpaired (None: ``sigma``, an
     unmatched random split)."""
     if preview_n < 1 or final_n < 1:

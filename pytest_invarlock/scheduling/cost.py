@@ -3,7 +3,7 @@ policy (`timed_tasks`) and perf/simulate.py.
 
 Seconds per GB of weights per kind (create + certify for edits), benchmarks in proportion to their
 size (mmlu's 14042 questions: 2.8 s per GB of weights). These are the simulator's figures, scaled from
-the seed's B200 logs; only their ratios matter to a split, and they never depend on the machine, so
+the B200 bash harness's logs; only their ratios matter to a split, and they never depend on the machine, so
 every node of a sharded campaign computes the same costs.
 """
 

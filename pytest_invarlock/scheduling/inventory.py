@@ -118,7 +118,7 @@ def host_ram_bytes() -> int:
 def host_cache_share(workers: int, total_bytes: int | None = None, fraction: float = HOST_CACHE_FRACTION) -> int:
     """Bytes of host RAM one worker's model cache may hold: a node-wide budget split evenly.
 
-    The seed's lesson: host memory while loading, not GPU concurrency, limited small nodes. Half the
+    The GPU cluster notes' lesson: host memory while loading, not GPU concurrency, limited small nodes. Half the
     RAM goes to the caches of all workers together; the rest is for loading (a from_pretrained peak
     is about twice the weights), the page cache and the controller. Per-worker fractions of RAM
     (8 workers x a third each) overcommitted the node.

@@ -2,7 +2,8 @@
 
 The controller places items before any weights are on its disk and must never import torch, so a
 profile comes from the model's files once they are here (`campaign.model_files`: config.json and the
-safetensors headers), from a HF `config.json` dict, or, until then, from the size a suite declares. The formulas are the seed suite's (shared/reference/verdict.md, "Memory planning").
+safetensors headers), from a HF `config.json` dict, or, until then, from the size a suite declares. The formulas are the B200 bash harness's
+(docs/gpu-nodes.md, "The memory plan").
 GB means 2**30 bytes throughout, the unit NVML totals are converted with.
 """
 
@@ -159,7 +160,7 @@ def kv_cache_gb(profile: ModelProfile, *, seq_len: int, batch: int) -> float:
 
 
 def item_memory_gb(profile: ModelProfile, kind: str, *, seq_len: int, batch: int) -> float:
-    """Peak GB one item of `kind` needs: weights plus the seed's per-kind overhead.
+    """Peak GB one item of `kind` needs: weights plus the B200 bash harness's per-kind overhead.
 
     An edit or error item creates its model once and then certifies it, one after the other, so
     it needs the larger of the two peaks.
@@ -193,7 +194,7 @@ class MarginRule:
     The budget of a device is its *free* memory as last read (NVML's `free`, or the `:FREE` part of a
     `--gpus` spec; never more than its total) less
 
-    - a safety margin: a fraction of the total, larger on smaller devices (the seed's 2% / 5% / 10%),
+    - a safety margin: a fraction of the total, larger on smaller devices (the B200 bash harness's 2% / 5% / 10%),
       for fragmentation and for readings that move while items start;
     - the allocator residue: what an idle worker process keeps on its home GPU between models (CUDA
       context ~0.5 GB, cuBLAS workspaces and what the caching allocator cannot return after

@@ -16,7 +16,7 @@ from pytest_invarlock.scheduling.inventory import Gpu
 from pytest_invarlock.scheduling.memory import ModelProfile, item_memory_gb
 from pytest_invarlock.scheduling.policy import Policy, Task
 
-EVAL_BASELINE = "eval_baseline"  # the policy's kind for an lm-eval benchmark of the baseline (the seed's priority 80)
+EVAL_BASELINE = "eval_baseline"  # the policy's kind for an lm-eval benchmark of the baseline (B200 priority 80)
 FREE_MODEL, FREE_KIND = "", "setup"  # plain tests and items workers skip: no model, no memory, first
 CPU_DEVICE_GB = 1e6  # a CPU worker's stand-in device: deps and affinity still apply, memory never binds
 

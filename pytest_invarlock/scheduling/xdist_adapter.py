@@ -2,33 +2,9 @@
 
 Free of xdist imports (the fallback scheduler comes in from `distribution`), so the controller
 stays light and the adapter is tested with fake nodes. The controller only receives nodeids:
-every item's needs come from the suite through the item index, never from markers.
-
-Held items: an xdist worker runs an item only once the next one (or a shutdown) has arrived. When
-the policy leaves a worker with a single item (its model's last calibration, say, with every edit
-waiting on it), the adapter sends a *spacer* behind it: the index one past the collection, which
-workers append to their items and run as a silent no-op (`distribution.WorkerSpacer`). Workers
-are never shut down one by one: a crash can hand work back to the policy at any time, so shutdown
-comes for all of them at once, from xdist, when `tests_finished` says nothing real is left.
-
-Dead workers: the item a worker was running when it died runs once more, on another GPU where there
-is one (`Policy.worker_lost(retry_running=True)`); xdist then reports nothing for it. A note the
-worker left first (`handback`) changes that: an item given back after an OOM runs once more on a
-larger placement, one that timed out so hard its worker had to end is reported crashed at once.
-A second death reports the item crashed (xdist's "worker crashed while running"), and so does a first one
-under `--max-worker-restart 0` (`rerun_dead`). Items whose shared
-work failed are dropped before dispatch (`drop`); the caller reports them.
-
-Live memory: with `probe` (`probe.probe_gpus`, the driver's reading on a real node; none for a --gpus
-simulation) the adapter re-reads every GPU's free memory when it dispatches, at most once per
-`probe_interval_s`, and hands the readings to the policy, which keeps those of idle GPUs.
-
-A node of a campaign (`claims`, the node's `claim_policy.Board`): the policy claims an item before it
-assigns it (`NodeCampaign`), one queued item per worker; each dispatch first reads what the other nodes
-run and finished; an item's claim is finished once it completes (its record is written by then), and
-an item this node cannot hold is left to the others. When nothing of this node runs and what is left is
-held by other nodes, the adapter looks again every `claim_poll_s` until that changes: a node that dies
-frees its items, and a waiting node takes them.
+every item's needs come from the suite through the item index, never from markers. What it adds to
+the policy (spacer items behind held items, dead workers and hand-back notes, live memory readings,
+claims in a campaign) and why: docs/scheduling.md.
 """
 
 from __future__ import annotations

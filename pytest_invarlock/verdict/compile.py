@@ -222,7 +222,7 @@ def lm_eval_truth(
     configured: Mapping[str, set[str]] | None = None,
     absent: Mapping[tuple[str, str, str], tuple[str, bool]] | None = None,
 ) -> dict[tuple[str, str], LmEvalTruth]:
-    """Per (model, edit): regressed on any benchmark (the seed's rule) over every configured task, or unknown.
+    """Per (model, edit): regressed on any benchmark (the B200 bash harness's rule) over every configured task, or unknown.
 
     rows: `benchmark_rows`. edits: (model, edit) pairs to judge besides those with rows. configured: model ->
     the tasks the suite scores on its baseline and on every edit (default: the tasks of its rows). absent:

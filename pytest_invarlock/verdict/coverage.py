@@ -1,10 +1,10 @@
 """Coverage of a Phase 0 verdict: which suite items its evidence covers, and how far each criterion was measured.
 
-Pure, standard library only. A verdict is the campaign's only when every criterion of the seed's rule was
+Pure, standard library only. A verdict is the campaign's only when every criterion of the B200 bash harness's rule was
 measured on every item the suite defines for it. `Accounting` says where each suite item went (a verdict,
 errored, skipped, not run, not selected by this session) and its role; `Criterion` is one criterion as far
 as it was measured: its value on the items measured, the best value the missing items could still give,
-and why items are missing. README "How to read the verdict" gives the status rules built on these.
+and why items are missing. docs/verdict.md gives the status rules built on these.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Accounting:
 
 @dataclass(frozen=True)
 class Criterion:
-    """One criterion of the seed's rule, as far as it was measured.
+    """One criterion of the B200 bash harness's rule, as far as it was measured.
 
     value: on the outcomes measured (None: nothing measured). best: the value if every missing item came
     out right (and every edit whose lm-eval truth waits for items not run turned out right); below the

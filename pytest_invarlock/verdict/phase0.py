@@ -1,22 +1,22 @@
 """Phase 0 verdict math: confusion matrix, Wilson interval, confidence score, status.
 
-The formulas are the seed suite's result compiler (shared/reference/verdict.md),
+The formulas are the B200 bash harness's result compiler (docs/verdict.md, "The formulas"),
 kept as pure functions over plain records so the torch-free controller can
 compile the verdict and hypothesis can test it. Standard library only: no torch,
 no pytest, no invarlock.
 
-Where this module deliberately differs from the seed, the docstring says why:
+Where this module deliberately differs from the B200 bash harness, the docstring says why:
 an empty sample gets the maximal Wilson interval (0, 1) instead of (0, 0); the
 truth is chosen per edit (lm-eval where every configured task scored for that edit
 and its baseline, its expectation otherwise) instead of one switch for the whole
 campaign; a run without a verdict (crash, timeout) counts against its expectation
 instead of vanishing; PHASE0_FAILED, PHASE0_DEGRADED and PHASE0_INCOMPLETE carry no
-confidence qualifier (the seed names one only for VALIDATED); VALIDATED needs every
+confidence qualifier (the B200 bash harness names one only for VALIDATED); VALIDATED needs every
 criterion measured on every suite item it applies to (`verdict.coverage`): otherwise
 the status is INCOMPLETE, or FAILED when a criterion fails whatever the missing items
-give; and informational scenarios are judged only by their minimum signal fraction,
-which is reported and, like the seed's formula, has no say in the status.
-Runs are counted one per certificate, as the seed counts them; `verdict.compile`
+give; and informational scenarios are judged only by their minimum signal fraction, the
+evidence-pack harness's rule and a criterion of the status (the B200 formula has no such term).
+Runs are counted one per certificate, as the B200 bash harness counts them; `verdict.compile`
 merges results that are copies (same scenario, weights and evaluation windows) before
 they get here.
 """
@@ -65,7 +65,7 @@ def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float,
     """Wilson score interval for successes/n, clipped to [0, 1].
 
     n == 0 returns (0.0, 1.0): with no observations every rate is possible. The
-    seed returned (0, 0), a zero-width interval that awarded an empty run the
+    B200 bash harness returned (0, 0), a zero-width interval that awarded an empty run the
     full 25 "narrow interval" points of the confidence score.
     """
     if n < 0 or not 0 <= successes <= n:
@@ -103,7 +103,7 @@ def regression_se(baseline_acc: float, n: int) -> float:
 
 
 def benchmark_size(task: str) -> int:
-    """Number of items the seed assumed for a benchmark (1000 when unknown)."""
+    """Number of items the B200 bash harness assumed for a benchmark (1000 when unknown)."""
     return BENCHMARK_SIZES.get(task, DEFAULT_BENCHMARK_SIZE)
 
 
@@ -122,7 +122,7 @@ def regressed_tasks(
     An edit regressed when this list is non-empty; when the maps share no task
     there is no lm-eval result to judge by, which callers record as None.
     `sizes` gives the number of items actually scored per task (a local task's
-    own size, or a --limit); tasks missing from it use the seed's sizes.
+    own size, or a --limit); tasks missing from it use the B200 bash harness's sizes.
     """
     sizes = sizes or {}
     return sorted(
@@ -225,7 +225,7 @@ class Confusion:
     """Confusion matrix with "regression" as the positive class and "flagged" as the prediction.
 
     excluded counts outcomes that had no truth value (truth="regression" without lm-eval scores) and
-    so sit in no cell. Every rate is 0.0 when its denominator is 0, as in the seed.
+    so sit in no cell. Every rate is 0.0 when its denominator is 0, as in the B200 bash harness.
     """
 
     tp: int
@@ -293,7 +293,7 @@ def cell(outcome: EditOutcome, truth: TruthMode = "per-edit") -> str:
 
 
 def confidence_score(total: int, error_total: int, accuracy_ci_width: float, f1: float) -> float:
-    """Seed confidence score, 0-100: four 25-point parts.
+    """The B200 bash harness's confidence score, 0-100: four 25-point parts.
 
     Sample size (log-scaled, full at 64 scored edits), error runs (full at 16),
     narrowness of the accuracy interval, and F1.
@@ -630,7 +630,7 @@ class Phase0:
 
     @property
     def verdict_confidence(self) -> str | None:
-        """The seed's qualifier, which exists only for PHASE0_VALIDATED: HIGH (accuracy >= 0.8 and
+        """The B200 bash harness's qualifier, which exists only for PHASE0_VALIDATED: HIGH (accuracy >= 0.8 and
         score >= 75), MEDIUM (score >= 60), else LOW. The other statuses carry none."""
         if self.status != "PHASE0_VALIDATED":
             return None
@@ -839,7 +839,7 @@ def phase0_verdict(
     Informational edits are kept out of the confusion matrix and judged by their signal fraction
     against min_signal_fraction. The truth is chosen per edit (lm-eval regression where it is known,
     the scenario expectation otherwise). Every degraded scored edit or no-op run counts towards
-    DEGRADED (as in the seed); degraded_other adds runs described by a count only. Without
+    DEGRADED (as in the B200 bash harness); degraded_other adds runs described by a count only. Without
     `accounting` the outcomes define the campaign: a criterion without outcomes is not measured.
     """
     if degraded_other < 0:

@@ -1,4 +1,4 @@
-"""The seeds' analysis summaries, from the compiled records: what users of the earlier harnesses look for.
+"""The earlier harnesses' analysis summaries, from the compiled records: what their users look for.
 
 B200 result compiler (analysis/): `guard_sensitivity_matrix.csv` (per scenario, how often each guard's
 gate held), `policy_digest_summary.json` (per model, which threshold sets judged its certificates) and
@@ -52,7 +52,7 @@ def _has_report(record: Mapping[str, Any]) -> bool:
 
 
 def guard_flags(record: Mapping[str, Any]) -> dict[str, bool]:
-    """Which guard signalled on one certificate (the evidence-pack seed's vocabulary)."""
+    """Which guard signalled on one certificate (the evidence-pack harness's vocabulary)."""
     flags = record.get("flags") or {}
     probe = record.get("probe") or {}
     return {

@@ -148,7 +148,7 @@ def weights_digest(source: Path, store: Store) -> str:
     names sorted) of every file its baseline links, weights, config and tokenizer alike.
 
     Hub snapshots are hashed too: their path already names the commit, but one meaning for every record is worth
-    one read (README, "Content-addressed baselines", has the cost).
+    one read (docs/run-directory.md, "Content-addressed baselines", has the cost).
     """
     listing = "".join(f"{_file_sha256(path, store)}  {path.name}\n" for path in _model_files(source))
     return hashlib.sha256(listing.encode()).hexdigest()
@@ -277,7 +277,7 @@ def _torch_dtype(name: str) -> Any:
 
 
 def default_cache_bytes() -> int:
-    """A third of host RAM: the seed's lesson is that host memory, not the GPU, limits small nodes."""
+    """A third of host RAM: the GPU cluster notes' lesson is that host memory, not the GPU, limits small nodes."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 3
     except (ValueError, OSError):

@@ -5,7 +5,7 @@
 - the item's placement (`placement_devices`) becomes a `DevicePlan` and the load kwargs that spread
   a multi-GPU model over exactly those GPUs (`scheduling.device_map`);
 - an evaluate that dies of CUDA OOM is retried after the memory is released, with jittered
-  exponential backoff (the seed's `OOM gets fewer retries`: 2; InvarLock 0.12.1 evaluates one window
+  exponential backoff (the GPU cluster notes' `OOM gets fewer retries`: 2; InvarLock 0.12.1 evaluates one window
   per batch, so there is no smaller batch to try); lm-eval is retried with half the batch. When that
   is exhausted, a worker under the GPU scheduler gives the item back for a larger placement once
   (`hand_back`: it leaves a note in the failure memory and ends its process; the scheduler re-queues
@@ -37,7 +37,7 @@ from pytest_invarlock.worker.resources import is_oom, memory_snapshot, release_m
 
 log = logging.getLogger("pytest_invarlock")
 GIB = 2**30
-OOM_RETRIES = 2  # evaluate: retries after the first OOM (the seed gives OOM fewer retries than other failures)
+OOM_RETRIES = 2  # evaluate: retries after the first OOM (the GPU cluster notes give OOM fewer retries than other failures)
 BATCH_RETRIES = 4  # lm-eval: halvings of the batch after an OOM
 BACKOFF_BASE_S = 5.0
 EXIT_HANDED_BACK = 71  # a worker that gave its item back for a larger placement
@@ -178,7 +178,7 @@ def benchmark_with_oom_retries(
     retries: int = BATCH_RETRIES,
     backoff_base_s: float | None = None,
 ) -> Any:
-    """Run `score(batch)`; on a CUDA OOM release memory and retry with a smaller batch (the seed's rule)."""
+    """Run `score(batch)`; on a CUDA OOM release memory and retry with a smaller batch (the GPU cluster notes' rule)."""
     tried = [str(batch)]
     while True:
         failure = None

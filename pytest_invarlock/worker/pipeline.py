@@ -1,10 +1,11 @@
 """Worker side: turn one item into a verdict, reusing every artifact the run directory already has.
 
-One `Worker` per pytest process (per xdist worker). Its methods are the fixtures' bodies:
-`baseline(model)`, `baseline_report(model)`, `preset(model)` (which runs missing calibration runs
-itself, e.g. after `-k` deselected them), `edited_model(item)`, `certify(item)`, `benchmark(item)`.
-Each product is content-addressed in the store (see `store`), produced once under a file lock and
-reused by every worker and by the next run. Imports torch (through `models`) only when needed.
+One `Worker` per pytest process (per xdist worker). `run(item)` turns one test item into its result (a
+certificate or a benchmark score); `baseline(model)`, `preset(model)` (which runs missing calibration runs
+itself, e.g. after `-k` deselected them) and `edited_model(model, scenario)` are the bodies of the
+`invarlock_baseline/preset/edited_model` fixtures. Each product is content-addressed in the store (see
+`store`), produced once under a file lock and reused by every worker and by the next run. torch,
+InvarLock (`worker.certifier`) and lm-eval (`worker.lm_eval_scoring`) are imported only where used.
 
 Shared work (a model's baseline and evaluation windows, each calibration run, the preset, each edit)
 runs through `_shared`: under its own time limit (the item's clock is paused meanwhile), and when it
@@ -305,7 +306,7 @@ class Worker:
 
     def settings(self, model: Model, *, calibration_run: int | None = None, run: int | None = None) -> EvaluateSettings:
         """InvarLock settings of one evaluate. Run k (calibration or not) draws its own windows: a random block of
-        the packed local corpus (worker.windows), or the hub dataset's seed 41 + k as the seed suite; its own
+        the packed local corpus (worker.windows), or the hub dataset's seed 41 + k as in the B200 bash harness; its own
         bootstrap seed too."""
         from pytest_invarlock.worker.windows import bootstrap_seed
 
@@ -322,7 +323,7 @@ class Worker:
             bootstrap_seed=bootstrap_seed(run),
             dtype=self.certifier.evaluation_dtype(model.dtype, self.state.device),
             seq_len=s.seq_len,
-            stride=s.seq_len if calibration_run is not None else s.stride,  # the seed: no window overlap in calibration
+            stride=s.seq_len if calibration_run is not None else s.stride,  # as the B200 harness: no overlap in calibration
             preview_n=preview_n,
             final_n=final_n,
             bootstrap_replicates=s.bootstrap_replicates,
@@ -447,7 +448,7 @@ class Worker:
         return verdict, artifact
 
     def preset(self, model: Model) -> tuple[dict[str, Any], Path, bool]:
-        """The calibrated preset: calibration runs 1..N (running any that are missing), then the seed's derivation."""
+        """The calibrated preset: calibration runs 1..N (running any that are missing), then the B200 bash harness's derivation."""
         from pytest_invarlock.campaign.presets import DERIVATION_VERSION, derive_preset
 
         def make() -> tuple[dict[str, Any], Path, bool]:
@@ -982,7 +983,7 @@ def _threads_per_worker() -> int:
 
 
 def apply_determinism(mode: str, device: str) -> None:
-    """The seed's modes: throughput (TF32, cuDNN benchmark) or strict (off, deterministic cuBLAS)."""
+    """The B200 bash harness's modes: throughput (TF32, cuDNN benchmark) or strict (off, deterministic cuBLAS)."""
     if device != "cuda":
         return
     if mode == "strict":

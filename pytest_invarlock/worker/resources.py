@@ -7,24 +7,9 @@
   of one (its loader wraps the error as MODEL-LOAD-FAILED; the message keeps "out of memory").
 - `deadline(seconds, what)` bounds an item; a `deadline` nested inside it bounds a piece of shared
   work the item triggered (a download, an edit build) and pauses the item's own clock meanwhile, so
-  shared work is charged to itself. Chosen design, and why:
-  * An evaluate in a subprocess is bounded by the subprocess itself (`certify(timeout_s=...)` kills
-    the child); the worker goes on with its next item.
-  * Work in the worker's own process (an in-process evaluate, lm-eval on the cached model, an edit)
-    cannot be bounded that way without giving up the in-process speed (15-25% per evaluate, and the
-    model cache). The main thread gets SIGALRM at the limit and raises `ItemTimeout` (a
-    BaseException, so `except Exception` handlers let it through); the item becomes an error
-    "timed out after N s", the stack unwinds (models dropped, process state restored), and the
-    worker takes its next item. This is pytest-timeout's signal method. Some code catches even
-    BaseException (InvarLock 0.12.1's loader wraps whatever interrupts `from_pretrained` as
-    MODEL-LOAD-FAILED and tries a second loader): the interruption is raised once only (a repeat
-    could land in cleanup code), and when the block ends after the limit, however it ends, it is
-    reported as timed out.
-  * Backstop, for a hang in C code that never returns to Python (a CUDA or NCCL wait): a watchdog
-    thread writes the reason to the worker log and `logs/timeouts.log`, then ends the worker
-    process (`os._exit(EXIT_TIMED_OUT)`) when it runs under xdist, which reports the item as a
-    crash and starts a replacement worker. Without xdist nothing could replace the process, so the
-    watchdog only logs.
+  shared work is charged to itself. A subprocess evaluate is bounded by its child; in-process work by
+  SIGALRM raising `ItemTimeout`; a hang in C code by a watchdog that ends the xdist worker. Why this
+  design: docs/reliability.md, "How a time limit is enforced".
 """
 
 from __future__ import annotations
@@ -102,7 +87,7 @@ def smaller_batch(batch: int | str) -> int | None:
 
     None when the batch is already 1 (nothing smaller to try). lm-eval's "auto" batch already probes
     down from its maximum, so an OOM under it happened later, on a longer request: a fixed 8 is the
-    seed's next step.
+    B200 bash harness's next step.
     """
     text = str(batch).strip().lower()
     if text.startswith("auto"):
@@ -143,7 +128,7 @@ def remaining_s() -> float | None:
 def deadline(
     seconds: float | None, what: str, *, note: Callable[[str], None] | None = None, grace_s: float | None = None
 ) -> Iterator[None]:
-    """Run the block with a time limit (see the module docstring); None or <= 0 means no limit.
+    """Run the block with a time limit (docs/reliability.md, "How a time limit is enforced"); None or <= 0 means no limit.
 
     Nested inside another `deadline`, the block is charged to its own limit: the enclosing one is
     paused until it ends. `note(message)` is called by the watchdog before it ends the process (to

@@ -1,27 +1,16 @@
 """Evaluation windows of a local corpus: packed full windows, exchangeable preview/final halves, one draw per run.
 
-InvarLock's ``local_jsonl`` provider tokenises each line on its own (truncated and padded to ``seq_len``)
-and takes the first ``preview_n`` lines as preview windows and the next ``final_n`` as final windows.
-Two facts follow, both measured on SmolLM2 with the old one-passage-per-line files (issue 13):
+The corpus is *packed* into windows of exactly ``seq_len`` tokens, as InvarLock's own tokenizer for the model
+produces them (BOS included where it adds one): documents (lists of segments such as verses) are joined
+segment by segment with a space, documents with the tokenizer's separator (``sep_token``, else ``eos_token``);
+each window starts at a segment start. The pool is cached per tokenizer and ``seq_len`` (``pool``). Why packed
+windows and matched halves rather than InvarLock's one padded line per window: docs/windows.md.
 
-- a short passage padded into its own window is a noisy, short window (KJV passages: 29-112 tokens in
-  128), so the per-window spread is large for the tokens spent;
-- contiguous blocks of a corpus are not exchangeable: a no-op's preview/final drift of 6% was ordinary
-  sampling noise between two blocks of uneven text, and the drift gate failed on data, not on the model.
-
-So this module *packs* the corpus into windows of exactly ``seq_len`` tokens, as InvarLock's own tokenizer
-for the model produces them (BOS included where it adds one): documents (lists of segments such as verses)
-are joined segment by segment with a space, documents with the tokenizer's separator (``sep_token``, else
-``eos_token``); each window starts at a segment start and runs to the first full ``seq_len`` tokens (the tail
-of the segment it cuts is skipped, so every window begins with natural text). The pool is cached per
-tokenizer and ``seq_len`` (``pool``: one JSON line per window with its ``text`` and token ``ids``).
-
-A *draw* for run ``k`` takes a block of ``preview_n + final_n`` candidate windows from a seeded permutation
-of the pool: run k gets block k, so the first ``pool // n`` runs see disjoint windows (later runs reshuffle
-with the next seed). The baseline scores the candidates (per-window NLL) and ``matched_split`` pairs them by
-difficulty across the two arms, which stay exchangeable (with unequal arms the extra windows go unpaired).
-``window_digest`` is the sha256 of the token ids of preview then final windows (JSON list of lists, no
-spaces): two results with the same weights and digest are the same evidence. Pure Python apart from the tokenizer the caller passes in.
+A *draw* for run ``k`` takes block k of a seeded permutation of the pool (disjoint across runs while the pool
+lasts); the baseline scores the candidates (per-window NLL) and ``matched_split`` pairs them by difficulty
+across the two arms, which stay exchangeable. ``window_digest`` is the sha256 of the token ids of preview then
+final windows: two results with the same weights and digest are the same evidence. Pure Python apart from the
+tokenizer the caller passes in.
 """
 
 from __future__ import annotations
@@ -46,7 +35,7 @@ POOL_FILE = "pool.jsonl"
 DRAW_FILE = "windows.jsonl"
 SCORES_FILE = "scores.json"
 WINDOW_SEED = 20240611  # the permutation seed of epoch 0; epoch e uses WINDOW_SEED + e
-BOOTSTRAP_SEED_BASE = 41  # the seed suite's calibration seeds were 41 + run; bootstrap seeds follow it
+BOOTSTRAP_SEED_BASE = 41  # the B200 bash harness's calibration seeds were 41 + run; bootstrap seeds follow it
 SEGMENT_JOINER = " "
 _MAX_EXTEND = 64  # segments appended to a window whose estimate fell short before giving up on it
 
@@ -87,7 +76,7 @@ class WindowDraw:
 
 
 def bootstrap_seed(run: int) -> int:
-    """InvarLock's bootstrap seed for run ``run`` (1-based): a fresh resampling per run, 41 + run as the seed suite."""
+    """InvarLock's bootstrap seed for run ``run`` (1-based): a fresh resampling per run, 41 + run as in the B200 bash harness."""
     return BOOTSTRAP_SEED_BASE + int(run)
 
 

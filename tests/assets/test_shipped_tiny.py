@@ -1,4 +1,4 @@
-"""The shipped tiny model: the bytes every machine evaluates, and README's figures checked against them.
+"""The shipped tiny model: the bytes every machine evaluates, and docs/tiny-model.md's figures checked against them.
 
 Torch-free (hashes and text), so it runs in the fast lane; tests/assets/test_tiny_model.py installs the
 weights and measures the perplexity again.
@@ -11,13 +11,11 @@ from pathlib import Path
 
 from pytest_invarlock.assets import tiny_model as tm
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+TINY_PAGE = Path(__file__).resolve().parents[2] / "docs" / "tiny-model.md"
 
 
 def tiny_section() -> str:
-    text = README.read_text(encoding="utf-8")
-    start = text.index("## The tiny model and what the tiny suite measures")
-    return text[start : text.index("\n## ", start + 1)]
+    return TINY_PAGE.read_text(encoding="utf-8")
 
 
 def test_shipped_weights_match_their_manifest() -> None:
@@ -27,10 +25,10 @@ def test_shipped_weights_match_their_manifest() -> None:
     assert tm.TinyBuildParams(**{**manifest["params"], "heldout_residues": (1, 3)}) == tm.TinyBuildParams()
 
 
-def test_readme_states_the_shipped_hash_perplexity_and_size() -> None:
+def test_docs_state_the_shipped_hash_perplexity_and_size() -> None:
     manifest, section = tm.shipped_manifest(), tiny_section()
     hashes = set(re.findall(r"\b[0-9a-f]{64}\b", section))
-    assert hashes == {manifest["weights_sha256"]}, "README's tiny-model hash is the shipped weights' sha256"
+    assert hashes == {manifest["weights_sha256"]}, "docs/tiny-model.md's hash is the shipped weights' sha256"
     assert f"held-out perplexity {manifest['heldout_perplexity']}" in section
     assert f"{manifest['parameters'] / 1e6:.2f} M parameters" in section
 

@@ -1,4 +1,4 @@
-"""The seeds' scenario manifests and settings in suite files: scenario sets, tuned clean specs, informational
+"""The earlier harnesses' scenario manifests and settings in suite files: scenario sets, tuned clean specs, informational
 error injections, the knob settings (guard_order, snapshot_mode, eval_data) and reused presets. Pure."""
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ def test_calibration_stats_round_trip():
 
 def test_min_effect_floor_applies_without_measured_half_widths():
     # Issue 12: the old derivation returned the base value (here 0.0) untouched when no run measured
-    # a delta CI; the seed's floor 0.0009 applies either way.
+    # a delta CI; the B200 bash harness's floor 0.0009 applies either way.
     assert (
         derive_preset([CalibrationStats(drift=1.0), CalibrationStats(drift=1.01)], BASE)["variance_min_effect_lognll"] == 0.0009
     )

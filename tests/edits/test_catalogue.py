@@ -64,7 +64,7 @@ def test_every_entry_is_complete_and_its_example_parses_to_it(kind: str) -> None
 
 
 def test_the_error_injections_and_the_noop_are_catalogued() -> None:
-    # the ten must-detect injections, then the evidence-pack seed's three informational ones
+    # the ten must-detect injections, then the evidence-pack harness's three informational ones
     assert len(ERROR_KINDS) == 13 and "nan_injection" in ERROR_KINDS and "weight_tying_break" in ERROR_KINDS
     assert ERROR_KINDS[-3:] == ("rmt_norm_noise", "spectral_moderate_scale", "ve_mlp_scale_skew")
     assert [kind for kind, entry in CATALOGUE.items() if entry.family == "noop"] == ["noop"]

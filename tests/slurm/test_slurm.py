@@ -1,4 +1,4 @@
-"""A campaign on a real Slurm, run as README's "Several nodes" says: the OS packages (slurmctld, two slurmd, munge),
+"""A campaign on a real Slurm, run as docs/several-nodes.md says: the OS packages (slurmctld, two slurmd, munge),
 CPU only, brought up by examples/slurm/local-cluster.sh.
 
 Submitted from outside the repository with examples/slurm/submit.sh (a reduced tiny campaign: 2 calibrations and

@@ -415,7 +415,7 @@ def test_a_crashed_error_injection_is_not_detected() -> None:
 
 
 def test_without_error_runs_detection_is_not_measured_and_the_campaign_not_validated() -> None:
-    # The ci suite has no error injections: the seed's rule read 0% detection and always FAILED; citizen's code
+    # The ci suite has no error injections: the B200 bash harness's rule read 0% detection and always FAILED; citizen's code
     # skipped the criterion and read VALIDATED. A criterion not measured is never VALIDATED: INCOMPLETE, saying why.
     verdict = phase0_verdict(cells(tp=32, tn=32), [])
     assert verdict.error_detection_rate is None and not verdict.error_measured
@@ -443,7 +443,7 @@ def test_informational_scenarios_are_judged_by_the_minimum_signal_fraction() -> 
 
 
 def test_an_informational_scenario_below_its_minimum_fails_the_campaign() -> None:
-    # The evidence-pack seed's criterion: informational scenarios are judged by a minimum signal fraction.
+    # The evidence-pack harness's criterion: informational scenarios are judged by a minimum signal fraction.
     quiet = [EditOutcome("m", "info", run, False, None, True, False, True, signal=False) for run in (1, 2)]
     assert phase0_verdict(cells(tp=32, tn=32), errors(16, 16)).status == "PHASE0_VALIDATED"
     verdict = phase0_verdict(cells(tp=32, tn=32) + quiet, errors(16, 16), min_signal_fraction=0.5)

@@ -1,4 +1,4 @@
-"""The seeds' analysis summaries from synthetic records: every number traced to the records that make it."""
+"""The earlier harnesses' analysis summaries from synthetic records: every number traced to the records that make it."""
 
 from __future__ import annotations
 

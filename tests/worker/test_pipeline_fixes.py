@@ -16,7 +16,7 @@ pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh
 
 
 def test_calibration_runs_use_stride_equal_to_seq_len() -> None:
-    # The seed's CALIBRATION_RUN uses stride = seq_len (no window overlap), whatever the model's own stride;
+    # The B200 bash harness's CALIBRATION_RUN uses stride = seq_len (no window overlap), whatever the model's own stride;
     # certify runs take the model's (never shorter than seq_len: InvarLock 0.12 refuses overlapping windows).
     model = load_suite("ci").models[0]
     model = replace(model, settings=replace(model.settings, stride=2 * model.settings.seq_len))
