@@ -12,9 +12,17 @@ import pytest
 from helpers import Run, restore_run_dir, run_suite
 
 
+# What pytest-xdist tells the code of its workers; the sessions our tests start are not those workers' code.
+XDIST_WORKER_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Our own warnings are errors in our tests (a test that expects one says so with pytest.warns).
     config.addinivalue_line("filterwarnings", "error::pytest_invarlock.campaign.window_planner.UnderpoweredWindows")
+    # Under `./dev.sh test` (-n 2) this process is an xdist worker: a validation session a test starts must see
+    # what a user's terminal gives it, not that it runs inside one.
+    for variable in XDIST_WORKER_VARIABLES:
+        os.environ.pop(variable, None)
 
 
 # What a test calls to start a pytest session or another process (helpers.py and the stdlib).
@@ -33,19 +41,34 @@ def starts_sessions(item: pytest.Item) -> bool:
     return any(starter in source for starter in SESSION_STARTERS)
 
 
+def xdist_group(item: pytest.Item) -> str:
+    """Which worker line a test runs in under `--dist loadgroup` (./dev.sh test runs two workers).
+
+    The tests of the warmed tiny campaign share one run directory: one line. The other tests that run models
+    form a second line, beside it, so two model runs overlap at most. Every other module is a unit of its own
+    (its module fixtures set up once), spread over whichever worker is free.
+    """
+    if "warm_campaign" in getattr(item, "fixturenames", ()):
+        return "warm-campaign"
+    if item.get_closest_marker("campaign") is not None:
+        return "models"
+    return item.nodeid.split("::", 1)[0]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use the warmed tiny campaign run models: they are `campaign` tests. Tests that start sessions
-    or processes are `sessions` tests (./dev.sh test --fast leaves both out)."""
+    or processes are `sessions` tests (./dev.sh test --fast leaves both out). Each test gets its xdist group."""
     for item in items:
         if "warm_campaign" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.campaign)
         if starts_sessions(item):
             item.add_marker(pytest.mark.sessions)
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
 
 @dataclass(frozen=True)
 class WarmCampaign:
-    """One uninterrupted tiny-suite run, made once per test session and shared by e2e and fault tests.
+    """One uninterrupted tiny-suite run (-n 2), made once per test session and shared by e2e and fault tests.
 
     `run_dir` is where tests work (always the same absolute path: InvarLock's baseline report pins the
     baseline's path); `pristine` a copy of it right after the first run; `restore()` puts that copy back.
@@ -62,7 +85,8 @@ class WarmCampaign:
 
 @pytest.fixture(scope="session")
 def warm_campaign(tmp_path_factory: pytest.TempPathFactory) -> WarmCampaign:
-    """The tiny suite run once from scratch (minutes on 2 cores), then kept as a pristine copy.
+    """The tiny suite run once from scratch with two xdist workers (as GPU nodes run it; 4-5 minutes on 2 cores),
+    then kept as a pristine copy.
 
     Developers iterating on tests can set INVARLOCK_WARM_RUN_DIR to a finished tiny-suite run directory:
     it is used in place (tests restore it from a copy) instead of warming a new one.
@@ -74,8 +98,8 @@ def warm_campaign(tmp_path_factory: pytest.TempPathFactory) -> WarmCampaign:
         summary = (Path(existing) / "reports" / "final_verdict.txt").read_text()
         return WarmCampaign(root, Path(existing), pristine, Run(0, summary + "\n46 passed", 0.0))
     run_dir = root / "run"
-    first = run_suite(run_dir, "--junitxml", str(root / "first.xml"))
-    print(f"tiny suite, first run from scratch: {first.seconds:.0f} s")
+    first = run_suite(run_dir, "-n", "2", "--junitxml", str(root / "first.xml"))
+    print(f"tiny suite, first run from scratch (-n 2): {first.seconds:.0f} s")
     pristine = root / "pristine"
     restore_run_dir(run_dir, pristine)
     return WarmCampaign(root, run_dir, pristine, first)
