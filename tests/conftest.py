@@ -11,7 +11,6 @@ import pytest
 
 from helpers import Run, restore_run_dir, run_suite
 
-
 # What pytest-xdist tells the code of its workers; the sessions our tests start are not those workers' code.
 XDIST_WORKER_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 
