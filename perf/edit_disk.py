@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from simulate import build_workload, simulate, suite_items
 
 from pytest_invarlock.campaign.failures import spec_of
-from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.scheduling.disk_plan import GIB, ModelDisk, OnDisk, edits_in_flight, eviction_order
 from pytest_invarlock.scheduling.inventory import Gpu
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
@@ -67,7 +67,7 @@ class Recording(Policy):
         super().finished(worker, task_id, ok)
 
 
-def replay(items: dict[str, Item], recording: Recording, budget: int) -> dict[str, int]:
+def replay(items: dict[str, SuiteItem], recording: Recording, budget: int) -> dict[str, int]:
     """The edit lifecycle on the recorded timeline: peak bytes on disk, builds and rebuilds."""
     edit_of = {tid: spec for tid, item in items.items() if (spec := spec_of(item)) is not None}
     name_of = {tid: f"{items[tid].model.name}|{spec}" for tid, spec in edit_of.items()}

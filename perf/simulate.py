@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from pytest_invarlock.campaign.items import BENCHMARK_TEST, CERTIFY_TESTS, Item, build_items, items_for_test
+from pytest_invarlock.campaign.items import BENCHMARK_TEST, CERTIFY_TESTS, SuiteItem, build_items, items_for_test
 from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.scheduling.claim_policy import Claim
 from pytest_invarlock.scheduling.cost import item_seconds, load_seconds, timed_tasks
@@ -95,7 +95,7 @@ class Workload:
         return required_gpus(task.mem_gb, max(margin.usable_gb(g.total_gb, g.free_gb) for g in self.gpus))
 
 
-def suite_items(suite_name: str) -> list[Item]:
+def suite_items(suite_name: str) -> list[SuiteItem]:
     """The suite's items in pytest's collection order: test function by test function."""
     built = build_items(load_suite(suite_name))
     return [item for test in (*CERTIFY_TESTS, BENCHMARK_TEST) for item in items_for_test(built, test)]
@@ -110,7 +110,7 @@ def realistic_gpus(spec: str) -> list[Gpu]:
 
 
 def build_workload(
-    suite_name: str, gpu_spec: str, seed: int, *, realistic: bool = False, items: Sequence[Item] | None = None
+    suite_name: str, gpu_spec: str, seed: int, *, realistic: bool = False, items: Sequence[SuiteItem] | None = None
 ) -> Workload:
     items = list(items if items is not None else suite_items(suite_name))
     tasks = tasks_from_items(items)

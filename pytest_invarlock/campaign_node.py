@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.claims import CampaignError, ClaimBoard, manifest_items, read_claims
 from pytest_invarlock.collection import campaign_items, suite_item
 from pytest_invarlock.report.command import load_records
@@ -116,7 +116,7 @@ def manifest(state: ConfigState, mode: str, nodes: int) -> dict[str, Any]:
     return made
 
 
-def _work_item(item: Item, deps: frozenset[str], cost: float) -> WorkItem:
+def _work_item(item: SuiteItem, deps: frozenset[str], cost: float) -> WorkItem:
     return WorkItem(item.param_id, item.model.name, str(item.kind), tuple(sorted(deps)), round(cost, 3))
 
 
@@ -306,7 +306,7 @@ class CampaignNode:
                 states[row.id], held = Claim.DONE, row.model
 
 
-def _item_of(state: ConfigState, nodeid: str) -> Item | None:
+def _item_of(state: ConfigState, nodeid: str) -> SuiteItem | None:
     from pytest_invarlock.campaign.items import item_from_nodeid
 
     return item_from_nodeid(nodeid, state.index)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_invarlock.campaign.items import BENCHMARK_TEST, CERTIFY_TESTS, Item, Kind, items_for_test
+from pytest_invarlock.campaign.items import BENCHMARK_TEST, CERTIFY_TESTS, Kind, SuiteItem, items_for_test
 from pytest_invarlock.scheduling.claim_policy import parse_node
 from pytest_invarlock.scheduling.shards import parse_shard, split_items
 from pytest_invarlock.state import ConfigState
@@ -63,19 +63,19 @@ def parametrize(metafunc: pytest.Metafunc, state: ConfigState) -> None:
     metafunc.parametrize("invarlock_item", params)
 
 
-def suite_item(test_item: pytest.Item) -> Item | None:
+def suite_item(test_item: pytest.Item) -> SuiteItem | None:
     callspec = getattr(test_item, "callspec", None)
     item = callspec.params.get("invarlock_item") if callspec else None
-    return item if isinstance(item, Item) else None  # an empty parameter set gives NOTSET
+    return item if isinstance(item, SuiteItem) else None  # an empty parameter set gives NOTSET
 
 
-def _excluded_by_options(item: Item, state: ConfigState) -> bool:
+def _excluded_by_options(item: SuiteItem, state: ConfigState) -> bool:
     return (state.options.calibrate_only and item.kind != Kind.CALIBRATION) or (
         state.options.no_benchmarks and item.kind == Kind.BENCHMARK
     )
 
 
-def campaign_items(state: ConfigState) -> list[Item]:
+def campaign_items(state: ConfigState) -> list[SuiteItem]:
     """The suite's items that the options keep: what a sharded or claimed campaign divides among its nodes."""
     return [item for item in state.items if not _excluded_by_options(item, state)]
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from pytest_invarlock.campaign.failures import CircuitBreaker, Failure
-from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.compat import runtestprotocol
 from pytest_invarlock.failure_memory import FailureMemory
 from pytest_invarlock.records import RECORD_PROPERTY, base_record, report_reason
@@ -39,7 +39,7 @@ class FailFast:
         self.config, self.state = config, state
         self.memory = FailureMemory(state.run_dir, state.session)
         self.breaker = CircuitBreaker(state.options.limits.max_model_failures)
-        self.pending: dict[str, Item] = {}  # nodeid -> suite item collected to run here and not ended yet
+        self.pending: dict[str, SuiteItem] = {}  # nodeid -> suite item collected to run here and not ended yet
         self.ended_early: set[str] = set()  # reported here before their turn
 
     # ------------------------------------------------------------------ collection
@@ -100,7 +100,7 @@ class FailFast:
             self._report(nodeid, self.pending.pop(nodeid), failure)
         return ended
 
-    def _report(self, nodeid: str, item: Item, failure: Failure) -> None:
+    def _report(self, nodeid: str, item: SuiteItem, failure: Failure) -> None:
         message = f"not run: {failure.message}"
         record = {
             **base_record(item),

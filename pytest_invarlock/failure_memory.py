@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_invarlock.campaign.failures import Failure, Scope
-from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.store import write_json_atomic
 
 FAILURES_DIR = Path("state") / "failures"
@@ -65,7 +65,7 @@ class FailureMemory:
                 found.append((_mtime(path), path.name, failure))
         return [failure for *_, failure in sorted(found, key=lambda entry: (entry[0], entry[1]))]
 
-    def blocking(self, item: Item) -> Failure | None:
+    def blocking(self, item: SuiteItem) -> Failure | None:
         """The first remembered failure that ends `item` before it starts (it cannot succeed in this session);
         a failed edit is met only by items that need its weights (`Failure.ends_dependents_at_once`)."""
         return next((f for f in self.all() if f.ends_dependents_at_once and f.affects(item) and f.item != item.param_id), None)
@@ -89,7 +89,7 @@ class FailureMemory:
             path.unlink()
         return note
 
-    def take_handback_of(self, item: Item) -> dict[str, Any] | None:
+    def take_handback_of(self, item: SuiteItem) -> dict[str, Any] | None:
         return self.take_handback(item.param_id)
 
     @staticmethod

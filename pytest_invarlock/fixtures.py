@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.campaign.suite.types import Model, Scenario, Suite
 from pytest_invarlock.state import STATE_KEY, ConfigState
 
@@ -72,7 +72,7 @@ def invarlock_edited_model(invarlock_worker: Worker) -> Callable[[Model, Scenari
 
 
 @pytest.fixture
-def invarlock_item() -> Item:
+def invarlock_item() -> SuiteItem:
     """The suite item of the test; the plugin parametrizes it for test_calibration/edit/error/benchmark."""
     raise pytest.UsageError(
         "invarlock_item is only available to the validation tests test_calibration, test_edit, test_error "
@@ -81,7 +81,7 @@ def invarlock_item() -> Item:
 
 
 @pytest.fixture
-def invarlock_result(invarlock_item: Item, invarlock_worker: Worker, request: pytest.FixtureRequest) -> ItemResult:
+def invarlock_result(invarlock_item: SuiteItem, invarlock_worker: Worker, request: pytest.FixtureRequest) -> ItemResult:
     """Run (or reuse) the item's certify or benchmark and record its numbers for junit and the verdict.
 
     The numbers go to the item's user_properties, which xdist forwards to the controller and

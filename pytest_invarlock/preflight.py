@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pytest_invarlock.campaign.failures import spec_of
-from pytest_invarlock.campaign.items import Item, item_from_nodeid
+from pytest_invarlock.campaign.items import SuiteItem, item_from_nodeid
 from pytest_invarlock.campaign.suite.types import Model
 from pytest_invarlock.records import record_path
 from pytest_invarlock.scheduling.disk_plan import DiskPlan, ModelDisk, Volume, plan_disk
@@ -107,7 +107,7 @@ def _volume(path: Path) -> Volume:
     return Volume(str(path), os.stat(where).st_dev, usage.free, usage.total)
 
 
-def campaign_disk_plan(state: ConfigState, items: Sequence[Item], *, workers: int) -> DiskPlan:
+def campaign_disk_plan(state: ConfigState, items: Sequence[SuiteItem], *, workers: int) -> DiskPlan:
     """The disk plan of `items` on this node (the same function for --gpu-plan and the preflight)."""
     run_volume = _volume(state.run_dir)
     cache = hub_cache()
@@ -147,7 +147,7 @@ def campaign_disk_plan(state: ConfigState, items: Sequence[Item], *, workers: in
     )
 
 
-def runnable(state: ConfigState, nodeids: Iterable[str]) -> dict[str, Item]:
+def runnable(state: ConfigState, nodeids: Iterable[str]) -> dict[str, SuiteItem]:
     """nodeid -> suite item, for the suite items among `nodeids` that will run here (not skipped)."""
     found = {nodeid: item_from_nodeid(nodeid, state.index) for nodeid in nodeids}
     return {nodeid: item for nodeid, item in found.items() if item is not None and state.skip_reason(item) is None}

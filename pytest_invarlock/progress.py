@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from pytest_invarlock.campaign.items import Item, item_from_nodeid
+from pytest_invarlock.campaign.items import SuiteItem, item_from_nodeid
 from pytest_invarlock.state import ConfigState
 from pytest_invarlock.store import StoreError, write_json_atomic
 
@@ -46,7 +46,7 @@ PLAIN_TEST_SECONDS = 0.1  # a collected test that is not a suite item
 MIN_KIND_SAMPLES = 2
 
 
-def prior_seconds(item: Item | None) -> float:
+def prior_seconds(item: SuiteItem | None) -> float:
     """The cost model's guess for one item, before anything was measured."""
     if item is None:
         return PLAIN_TEST_SECONDS
@@ -252,7 +252,7 @@ class ProgressTracker:
     def pytest_testnodeready(self, node: Any) -> None:
         self.progress.add_lane(node.gateway.id)
 
-    def placed(self, item: Item, worker: str, devices: Sequence[int]) -> None:
+    def placed(self, item: SuiteItem, worker: str, devices: Sequence[int]) -> None:
         """The GPU scheduler sent `item` to `worker` (called before the item is sent)."""
         nodeid = next((n for n in self.progress.priors if n.endswith(f"::{item.test}[{item.param_id}]")), None)
         if nodeid is not None:
@@ -260,8 +260,10 @@ class ProgressTracker:
         if self.state.gpus:
             self.homes.setdefault(worker, devices[0] if devices else None)
 
-    def wrap_placed(self, on_placed: Callable[[Item, str, Sequence[int]], None]) -> Callable[[Item, str, Sequence[int]], None]:
-        def both(item: Item, worker: str, devices: Sequence[int]) -> None:
+    def wrap_placed(
+        self, on_placed: Callable[[SuiteItem, str, Sequence[int]], None]
+    ) -> Callable[[SuiteItem, str, Sequence[int]], None]:
+        def both(item: SuiteItem, worker: str, devices: Sequence[int]) -> None:
             on_placed(item, worker, devices)
             self.placed(item, worker, devices)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.items import SuiteItem
 
 RECORD_PROPERTY = "invarlock"
 RECORDS_DIR = "records"
@@ -33,7 +33,7 @@ JUNIT_FIELDS = (
 )
 
 
-def base_record(item: Item) -> dict[str, Any]:
+def base_record(item: SuiteItem) -> dict[str, Any]:
     """The fields every record has, whatever happened to the item."""
     return {
         "param_id": item.param_id,
@@ -50,7 +50,7 @@ def base_record(item: Item) -> dict[str, Any]:
     }
 
 
-def campaign_block(items: list[Item], *, min_signal_fraction: float, selection: set[str] | None = None) -> dict[str, Any]:
+def campaign_block(items: list[SuiteItem], *, min_signal_fraction: float, selection: set[str] | None = None) -> dict[str, Any]:
     """The verdict inputs of a campaign (`verdict.compile.VERDICT_INPUTS`): its items with their definition keys and
     the fields that say what each is for, the items a session did not select (None outside a session), and the
     informational minimum. final_verdict.json keeps it, so the report command and a pack's verifier recompile alike."""
@@ -81,7 +81,7 @@ def report_reason(report: pytest.TestReport) -> str:
     return (errors[-1][2:] if errors else lines[-1] if lines else "").strip()
 
 
-def record_from_report(item: Item, report: pytest.TestReport, *, has_record: bool) -> dict[str, Any] | None:
+def record_from_report(item: SuiteItem, report: pytest.TestReport, *, has_record: bool) -> dict[str, Any] | None:
     """The item's record after this report phase, or None when the phase adds nothing.
 
     `has_record`: the item already has a record this session (a teardown error then keeps the call's).
@@ -103,11 +103,13 @@ def record_from_report(item: Item, report: pytest.TestReport, *, has_record: boo
     return record
 
 
-def record_path(run_dir: Path, item: Item) -> Path:
+def record_path(run_dir: Path, item: SuiteItem) -> Path:
     return run_dir / RECORDS_DIR / f"{item.param_id}.json"
 
 
-def earlier_records(run_dir: Path, items: list[Item], skip: set[str], warnings: list[str] | None = None) -> list[dict[str, Any]]:
+def earlier_records(
+    run_dir: Path, items: list[SuiteItem], skip: set[str], warnings: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Records of earlier sessions for the items not in `skip`, where the item's definition is unchanged.
 
     A record that is cut short, does not parse or fails its checksum is never used: one line per such

@@ -25,7 +25,7 @@ import pytest
 
 from pytest_invarlock import knobs
 from pytest_invarlock.campaign.failures import DEFAULT_MAX_MODEL_FAILURES
-from pytest_invarlock.campaign.items import Item, build_items, index_items
+from pytest_invarlock.campaign.items import SuiteItem, build_items, index_items
 from pytest_invarlock.campaign.kinds import SCENARIO_KINDS
 from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
 from pytest_invarlock.campaign.revisions import HOW_TO_PIN, REVISIONS_FILE, resolve_revisions
@@ -174,7 +174,7 @@ class Options:
 @dataclass
 class ConfigState:
     suite: Suite
-    items: list[Item]
+    items: list[SuiteItem]
     options: Options
     run_dir: Path
     device: str
@@ -190,7 +190,7 @@ class ConfigState:
     knobs: dict[str, str] = field(default_factory=dict)  # the earlier harnesses' knobs given here -> option or $VARIABLE
 
     @cached_property
-    def index(self) -> dict[tuple[str, str], Item]:
+    def index(self) -> dict[tuple[str, str], SuiteItem]:
         """(test, param id) -> item: how the controller maps a nodeid back to its item."""
         return index_items(self.items)
 
@@ -204,7 +204,7 @@ class ConfigState:
         recompute = frozenset({"presets", "edits", "reports", "results", "benchmarks"}) if self.options.recompute else frozenset()
         return Store(self.run_dir / "store", session=self.session, recompute=recompute)
 
-    def skip_reason(self, item: Item) -> str | None:
+    def skip_reason(self, item: SuiteItem) -> str | None:
         """Why an item cannot run here, or None. Checked at collection, before anything loads."""
         reason = self._model_unavailable(item.model)
         if reason:

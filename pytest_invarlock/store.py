@@ -1,7 +1,7 @@
 """Content-addressed artifacts in the run directory, shared by xdist workers, racing pytest processes and later runs.
 
 Every expensive product (baseline copy, baseline report, preset, edited weights, certify result, benchmark
-score) is stored under a key that digests everything that determines it, as `<root>/<kind>/<k>-<key>/`.
+score) is stored under a key that digests everything that determines it, as `<root>/<category>/<k>-<key>/`.
 
 **Built once.** An artifact is built under its lock, in a temporary sibling directory
 (`.<name>.tmp-*`), sealed, and renamed into place; whoever waited on the lock then finds it and reuses it.
@@ -601,7 +601,7 @@ def _exclusive_use(use_file: Path) -> Iterator[bool]:
 
 
 class Store:
-    """Artifacts as `<root>/<kind>/<prefix>-<key>/` directories with `artifact.json` and `checksums.json`.
+    """Artifacts as `<root>/<category>/<prefix>-<key>/` directories with `artifact.json` and `checksums.json`.
 
     Directory names are neutral hex keys on purpose: InvarLock infers the model family from
     substrings of the model path, so a directory named after a model would change its behaviour.
@@ -617,16 +617,16 @@ class Store:
         self.warnings: list[str] = []
         self.rebuilt: list[str] = []
 
-    def path(self, kind: str, key: str) -> Path:
-        return self.root / kind / f"{kind[0]}-{key}"
+    def path(self, category: str, key: str) -> Path:
+        return self.root / category / f"{category[0]}-{key}"
 
     def lock(self, path: Path) -> ArtifactLock:
         return ArtifactLock(path.parent / (path.name + LOCK_SUFFIX))
 
-    def _problem(self, path: Path, kind: str) -> str | None:
+    def _problem(self, path: Path, category: str) -> str | None:
         """None when the artifact can be reused; "missing"; EVICTED; "stale" (recompute); else what is damaged."""
         problem = verify(path)
-        if problem not in (None, EVICTED) or kind not in self.recompute:
+        if problem not in (None, EVICTED) or category not in self.recompute:
             return problem
         try:
             session = json.loads((path / _META).read_text()).get("session")
@@ -644,17 +644,17 @@ class Store:
         except ValueError:
             return str(path)
 
-    def lookup(self, kind: str, key: str) -> Path | None:
-        path = self.path(kind, key)
-        return path if self._problem(path, kind) is None else None
+    def lookup(self, category: str, key: str) -> Path | None:
+        path = self.path(category, key)
+        return path if self._problem(path, category) is None else None
 
-    def produce(self, kind: str, key: str, build: Callable[[Path], dict[str, Any] | None]) -> Artifact:
+    def produce(self, category: str, key: str, build: Callable[[Path], dict[str, Any] | None]) -> Artifact:
         """Return the artifact, building it once under its lock if it is missing, damaged (or stale under recompute).
 
         `build(tmpdir)` fills a fresh directory and may return metadata to store in artifact.json.
         """
-        path = self.path(kind, key)
-        if self._problem(path, kind) is None:
+        path = self.path(category, key)
+        if self._problem(path, category) is None:
             return Artifact(path, reused=True)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -663,7 +663,7 @@ class Store:
         lock = self.lock(path)
         lock.on_wait = lambda message: log.info("%s: %s", self._rel(path), message)
         with lock:
-            problem = self._problem(path, kind)  # another process may have built or repaired it meanwhile
+            problem = self._problem(path, category)  # another process may have built or repaired it meanwhile
             if problem is None:
                 return Artifact(path, reused=True)
             if problem not in ("missing", "stale", EVICTED):
@@ -674,7 +674,7 @@ class Store:
             try:
                 tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{_TMP_MARK}"))
                 meta = build(tmp) or {}
-                write_json_atomic(tmp / _META, {**meta, "key": key, "kind": kind, "session": self.session})
+                write_json_atomic(tmp / _META, {**meta, "key": key, "kind": category, "session": self.session})
                 listing = seal(tmp)
                 if problem == EVICTED:
                     self._check_rebuild(path, listing)
@@ -722,10 +722,12 @@ class Store:
         """Hold `path` in use (a context manager): `evict` leaves it alone until the hold ends."""
         return UseHold(path.parent / (path.name + USE_SUFFIX))
 
-    def produce_in_use(self, kind: str, key: str, build: Callable[[Path], dict[str, Any] | None], holds: ExitStack) -> Artifact:
+    def produce_in_use(
+        self, category: str, key: str, build: Callable[[Path], dict[str, Any] | None], holds: ExitStack
+    ) -> Artifact:
         """`produce`, then hold the artifact in use (until `holds` closes), checked intact under its build lock."""
         while True:
-            artifact = self.produce(kind, key, build)
+            artifact = self.produce(category, key, build)
             with self.lock(artifact.path):
                 if verify(artifact.path, full=False) is None:
                     holds.enter_context(self.in_use(artifact.path))
@@ -771,10 +773,10 @@ class Store:
         finally:
             lock.release()
 
-    def held(self, kind: str, removable: Callable[[str], bool]) -> list[Held]:
-        """The intact artifacts of `kind` on disk: their removable bytes, when last used, and metadata."""
+    def held(self, category: str, removable: Callable[[str], bool]) -> list[Held]:
+        """The intact artifacts of `category` on disk: their removable bytes, when last used, and metadata."""
         out: list[Held] = []
-        for path in sorted((self.root / kind).glob("?-*")):
+        for path in sorted((self.root / category).glob("?-*")):
             if not path.is_dir() or (path / EVICTED).exists():
                 continue
             try:
@@ -811,14 +813,14 @@ class Store:
         removed: list[Path] = []
         if not self.root.is_dir():
             return removed
-        for kind_dir in self.root.iterdir():
-            if not kind_dir.is_dir():
+        for category_dir in self.root.iterdir():
+            if not category_dir.is_dir():
                 continue
-            for leftover in kind_dir.glob(".*"):
+            for leftover in category_dir.glob(".*"):
                 if not leftover.is_dir() or (_TMP_MARK not in leftover.name and _DAMAGED_MARK not in leftover.name):
                     continue
                 name = leftover.name[1:].split(_TMP_MARK)[0].split(_DAMAGED_MARK)[0]
-                lock = self.lock(kind_dir / name)
+                lock = self.lock(category_dir / name)
                 if not lock.acquire(blocking=False):
                     continue  # being built right now by another process
                 try:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.campaign.kinds import AFTER_CALIBRATION
 from pytest_invarlock.edits.catalogue import SpecError, parse_spec
 
@@ -105,7 +105,7 @@ def backoff_s(
     return step / 2 + jitter
 
 
-def spec_of(item: Item) -> str | None:
+def spec_of(item: SuiteItem) -> str | None:
     """The canonical spec of the edited model an item needs (None: it needs the baseline only)."""
     if item.scenario is None or item.variant == "baseline":
         return None
@@ -153,7 +153,7 @@ class Failure:
         """What every item that needed this work reports."""
         return f"{self.what} failed in item {self.item}: {self.cause}"
 
-    def affects(self, item: Item) -> bool:
+    def affects(self, item: SuiteItem) -> bool:
         """Whether `item` needed the failed work (and so cannot succeed in this session)."""
         if item.model.name != self.model:
             return False

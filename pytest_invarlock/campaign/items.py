@@ -21,7 +21,7 @@ from pytest_invarlock.campaign.suite.checks import SuiteError
 from pytest_invarlock.campaign.suite.types import Model, Scenario, Suite
 from pytest_invarlock.edits.catalogue import SpecError, parse_spec
 
-__all__ = ["AFTER_CALIBRATION", "BENCHMARK_TEST", "CERTIFY_TESTS", "Item", "Kind", "build_items", "item_from_nodeid"]
+__all__ = ["AFTER_CALIBRATION", "BENCHMARK_TEST", "CERTIFY_TESTS", "Kind", "SuiteItem", "build_items", "item_from_nodeid"]
 
 # Certify test function name -> the scenario kinds it runs; benchmark items go to BENCHMARK_TEST.
 CERTIFY_TESTS = {
@@ -35,7 +35,9 @@ _PARAM = re.compile(r"::(test_\w+)\[(.+)\]$")
 
 
 @dataclass(frozen=True)
-class Item:
+class SuiteItem:
+    """One item of the suite: a test function for a model, a scenario and a run (pytest's `Item` runs it)."""
+
     test: str
     model: Model
     scenario: Scenario | None
@@ -95,30 +97,30 @@ def as_run_by(suite: Suite, model: Model, scenario: Scenario) -> Scenario:
     return replace(scenario, spec=spec)
 
 
-def build_items(suite: Suite) -> list[Item]:
+def build_items(suite: Suite) -> list[SuiteItem]:
     """All items of a suite, in a stable order: per model, calibration first, then edits, errors, benchmarks."""
-    items: list[Item] = []
+    items: list[SuiteItem] = []
     for model in suite.models:
         scenarios = [as_run_by(suite, model, scenario) for scenario in suite.scenarios]
         for test, kinds in CERTIFY_TESTS.items():
             for scenario in scenarios:
                 if scenario.kind in kinds:
-                    items.extend(Item(test, model, scenario, run) for run in range(1, suite.runs_for(scenario) + 1))
+                    items.extend(SuiteItem(test, model, scenario, run) for run in range(1, suite.runs_for(scenario) + 1))
         edits = [s for s in scenarios if s.kind in EDIT_KINDS and suite.runs_for(s) > 0]
         for edited in [None, *edits]:
-            items.extend(Item(BENCHMARK_TEST, model, edited, 1, task) for task in suite.benchmarks.tasks)
+            items.extend(SuiteItem(BENCHMARK_TEST, model, edited, 1, task) for task in suite.benchmarks.tasks)
     return items
 
 
-def items_for_test(items: list[Item], test: str) -> list[Item]:
+def items_for_test(items: list[SuiteItem], test: str) -> list[SuiteItem]:
     return [item for item in items if item.test == test]
 
 
-def item_from_nodeid(nodeid: str, index: dict[tuple[str, str], Item]) -> Item | None:
+def item_from_nodeid(nodeid: str, index: dict[tuple[str, str], SuiteItem]) -> SuiteItem | None:
     """Map a nodeid such as 'validation/test_certify.py::test_edit[m-s-run2]' to its item, or None."""
     match = _PARAM.search(nodeid)
     return index.get((match.group(1), match.group(2))) if match else None
 
 
-def index_items(items: list[Item]) -> dict[tuple[str, str], Item]:
+def index_items(items: list[SuiteItem]) -> dict[tuple[str, str], SuiteItem]:
     return {(item.test, item.param_id): item for item in items}

@@ -210,6 +210,6 @@ def _max_caps(suite: Suite) -> str:
     kinds: dict[int, set[str]] = {}
     for scenario in suite.scenarios:
         if scenario.kind != "calibration":
-            kind = scenario.spec.split(":")[0] if is_tuned(scenario.spec) else parse_spec(scenario.spec).kind
+            kind = scenario.spec.split(":")[0] if is_tuned(scenario.spec) else parse_spec(scenario.spec).type_name
             kinds.setdefault(max_caps_for(kind), set()).add(kind)
     return "; ".join(f"{caps}: {', '.join(sorted(names))}" for caps, names in sorted(kinds.items())) or "-"

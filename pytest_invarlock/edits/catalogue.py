@@ -94,29 +94,29 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
 class EditType:
     """One kind of edit: grammar, family, kernel, cap budget and code version (see the module docstring)."""
 
-    kind: str
+    name: str
     family: str
     kernel: str  # "module:function", imported only by load_kernel()
     summary: str
     params: tuple[Param, ...] = ()
-    example: str = ""  # a valid spec; the bare kind when empty
+    example: str = ""  # a valid spec; the bare name when empty
     max_caps: int = DEFAULT_MAX_CAPS
     code_version: int = 1
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
-            raise ValueError(f"edit type {self.kind!r}: family must be one of {FAMILIES}, got {self.family!r}")
+            raise ValueError(f"edit type {self.name!r}: family must be one of {FAMILIES}, got {self.family!r}")
         if self.kernel.count(":") != 1:
-            raise ValueError(f"edit type {self.kind!r}: kernel must read 'module:function', got {self.kernel!r}")
+            raise ValueError(f"edit type {self.name!r}: kernel must read 'module:function', got {self.kernel!r}")
 
     @property
     def form(self) -> str:
         """The spec's shape with placeholders, e.g. ``quant_rtn:BITS:GROUP:SCOPE``."""
-        return ":".join([self.kind, *(p.label for p in self.params)])
+        return ":".join([self.name, *(p.label for p in self.params)])
 
     @property
     def example_spec(self) -> str:
-        return self.example or self.kind
+        return self.example or self.name
 
     def load_kernel(self) -> Callable[..., dict[str, Any]]:
         """Import the kernel's module (torch and all) and return the function."""
@@ -134,7 +134,7 @@ def _error(kind: str, summary: str, code_version: int = 1, module: str = "errors
 
 
 CATALOGUE: Mapping[str, EditType] = {
-    entry.kind: entry
+    entry.name: entry
     for entry in (
         EditType("noop", "noop", f"{_KERNELS}.common:noop", "no change: calibration certifies the baseline against itself"),
         EditType(
@@ -231,8 +231,8 @@ class EditSpec:
     equal by value; ``str()`` is the canonical spec string.
     """
 
-    __slots__ = ("kind", "params")
-    kind: str
+    __slots__ = ("params", "type_name")
+    type_name: str
     params: tuple[tuple[str, object], ...]  # (name, value) in the catalogue's field order
 
     def __init__(self, kind: str, **params: object) -> None:
@@ -240,7 +240,7 @@ class EditSpec:
         names = [p.name for p in entry.params]
         if set(params) != set(names):
             raise TypeError(f"EditSpec({kind!r}) takes parameters {names}, got {sorted(params)}")
-        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "type_name", kind)
         object.__setattr__(self, "params", tuple((name, params[name]) for name in names))
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -255,24 +255,24 @@ class EditSpec:
         raise AttributeError(f"EditSpec has no parameter {name!r}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild_spec, (self.kind, self.params)
+        return _rebuild_spec, (self.type_name, self.params)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, EditSpec) and (self.kind, self.params) == (other.kind, other.params)
+        return isinstance(other, EditSpec) and (self.type_name, self.params) == (other.type_name, other.params)
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.params))
+        return hash((self.type_name, self.params))
 
     def __repr__(self) -> str:
         args = "".join(f", {name}={value!r}" for name, value in self.params)
-        return f"EditSpec({self.kind!r}{args})"
+        return f"EditSpec({self.type_name!r}{args})"
 
     def __str__(self) -> str:
-        return ":".join([self.kind, *(_format_value(value) for _, value in self.params)])
+        return ":".join([self.type_name, *(_format_value(value) for _, value in self.params)])
 
     @property
     def edit_type(self) -> EditType:
-        return CATALOGUE[self.kind]
+        return CATALOGUE[self.type_name]
 
     @property
     def family(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from pytest_invarlock.campaign.items import Item, Kind
+from pytest_invarlock.campaign.items import Kind, SuiteItem
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
 from pytest_invarlock.scheduling.policy import Task
 from pytest_invarlock.scheduling.tasks import item_need_gb, model_profile
@@ -23,7 +23,7 @@ BENCHMARK_SECONDS_PER_GB_PER_ITEM = 2.0 / 10_000
 REFERENCE_GPU_GB = 80.0  # the GPU size a split assumes when it is given none
 
 
-def item_seconds(item: Item) -> float:
+def item_seconds(item: SuiteItem) -> float:
     """Estimated run time of an item, without the model load and without noise."""
     if item.kind == Kind.BENCHMARK:
         per_gb = BENCHMARK_SECONDS_PER_GB_PER_ITEM * benchmark_size(item.benchmark or "")
@@ -32,12 +32,12 @@ def item_seconds(item: Item) -> float:
     return per_gb * model_profile(item.model).weights_gb
 
 
-def item_width(item: Item, gpu_gb: float, margin: MarginRule = MarginRule()) -> int:
+def item_width(item: SuiteItem, gpu_gb: float, margin: MarginRule = MarginRule()) -> int:
     """GPUs the item holds on a node of `gpu_gb` GPUs (their total size: free memory moves, totals do not)."""
     return required_gpus(item_need_gb(item), margin.usable_gb(gpu_gb))
 
 
-def item_cost(item: Item, gpu_gb: float = REFERENCE_GPU_GB) -> float:
+def item_cost(item: SuiteItem, gpu_gb: float = REFERENCE_GPU_GB) -> float:
     """GPU-seconds: run time x GPUs held."""
     return item_seconds(item) * item_width(item, gpu_gb)
 
@@ -47,7 +47,7 @@ def load_seconds(weights_gb: float) -> float:
     return 10.0 + weights_gb / 2.0
 
 
-def timed_tasks(tasks: Sequence[Task], items: Sequence[Item]) -> list[Task]:
+def timed_tasks(tasks: Sequence[Task], items: Sequence[SuiteItem]) -> list[Task]:
     """The tasks of `items` (in the same order) with their estimated run and load times, for a campaign's node."""
     return [
         replace(task, seconds=item_seconds(item), load_seconds=load_seconds(model_profile(item.model).weights_gb))

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.scheduling.inventory import ROCM, Gpu
 from pytest_invarlock.store import write_json_atomic
 
@@ -60,15 +60,15 @@ class GpuHomes:
         self._freed = self._home.pop(worker, None)
 
 
-def placement_path(run_dir: Path, item: Item) -> Path:
+def placement_path(run_dir: Path, item: SuiteItem) -> Path:
     return run_dir / PLACEMENT_DIR / f"{item.test}.{item.param_id}.json"
 
 
-def write_placement(run_dir: Path, session: str, item: Item, worker: str, devices: Sequence[int]) -> None:
+def write_placement(run_dir: Path, session: str, item: SuiteItem, worker: str, devices: Sequence[int]) -> None:
     write_json_atomic(placement_path(run_dir, item), {"session": session, "worker": worker, "devices": list(devices)})
 
 
-def placement_devices(run_dir: Path, session: str, item: Item) -> list[int] | None:
+def placement_devices(run_dir: Path, session: str, item: SuiteItem) -> list[int] | None:
     """The GPUs (inventory indices, home first) this session's scheduler gave the item; None when it placed none.
 
     A multi-GPU item runs in its worker's process, which sees only its home GPU: start the code that

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from pytest_invarlock.campaign.items import Item, Kind, item_from_nodeid
+from pytest_invarlock.campaign.items import Kind, SuiteItem, item_from_nodeid
 from pytest_invarlock.scheduling.inventory import ROCM, Gpu, capacity_gb
 from pytest_invarlock.scheduling.memory import MarginRule, kv_cache_gb, required_gpus
 from pytest_invarlock.scheduling.tasks import item_need_gb, model_profile
@@ -35,10 +35,10 @@ class PlanRow:
 
 
 def plan_rows(
-    index: dict[tuple[str, str], Item],
+    index: dict[tuple[str, str], SuiteItem],
     gpus: Sequence[Gpu],
     nodeids: Iterable[str],
-    skip_reason: Callable[[Item], str | None],
+    skip_reason: Callable[[SuiteItem], str | None],
     margin: MarginRule = MarginRule(),
 ) -> list[PlanRow]:
     """The memory plan of the suite items among `nodeids`, in their order; `skip_reason` fills the note.

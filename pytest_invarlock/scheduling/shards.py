@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pytest_invarlock.campaign.items import Item, Kind
+from pytest_invarlock.campaign.items import Kind, SuiteItem
 from pytest_invarlock.scheduling.cost import REFERENCE_GPU_GB, item_cost
 
 TOLERANCE = 0.05  # the heaviest shard may exceed total / N by this fraction before models are cut further
@@ -50,12 +50,12 @@ class Unit:
     """Items that go to one shard together: a whole model, or a chunk of one."""
 
     name: str
-    items: tuple[Item, ...]
+    items: tuple[SuiteItem, ...]
     cost: float
 
 
 def split_items(
-    items: Sequence[Item], n: int, gpu_gb: float = REFERENCE_GPU_GB, cost: Callable[[Item], float] | None = None
+    items: Sequence[SuiteItem], n: int, gpu_gb: float = REFERENCE_GPU_GB, cost: Callable[[SuiteItem], float] | None = None
 ) -> dict[str, int]:
     """param_id -> shard (0-based) for every item; see the module docstring for the rule."""
     if n < 1:
@@ -63,7 +63,7 @@ def split_items(
     costs = {item.param_id: (cost or (lambda i: item_cost(i, gpu_gb)))(item) for item in items}
     if len(costs) != len(items):
         raise ValueError("two items share a param id; a split needs every item's own id.")
-    by_model: dict[str, list[Item]] = defaultdict(list)
+    by_model: dict[str, list[SuiteItem]] = defaultdict(list)
     for item in items:
         by_model[item.model.name].append(item)
     total = sum(costs.values())
@@ -88,7 +88,7 @@ def split_items(
     return {item.param_id: owner[unit.name] for unit in units for item in unit.items}
 
 
-def shard_loads(items: Sequence[Item], assignment: dict[str, int], n: int, gpu_gb: float = REFERENCE_GPU_GB) -> list[float]:
+def shard_loads(items: Sequence[SuiteItem], assignment: dict[str, int], n: int, gpu_gb: float = REFERENCE_GPU_GB) -> list[float]:
     """GPU-seconds per shard under `assignment`."""
     loads = [0.0] * n
     for item in items:
@@ -96,13 +96,13 @@ def shard_loads(items: Sequence[Item], assignment: dict[str, int], n: int, gpu_g
     return loads
 
 
-def _chunks(model: str, items: list[Item], costs: dict[str, float], share: float) -> list[Unit]:
+def _chunks(model: str, items: list[SuiteItem], costs: dict[str, float], share: float) -> list[Unit]:
     """The model whole, or cut in collection order (calibrations first) into pieces of about `share`."""
     whole = sum(costs[i.param_id] for i in items)
     if whole <= share or len(items) == 1:
         return [Unit(model, tuple(items), whole)]
-    pieces: list[list[Item]] = []
-    current: list[Item] = []
+    pieces: list[list[SuiteItem]] = []
+    current: list[SuiteItem] = []
     acc = 0.0
     for item in items:
         if current and acc + costs[item.param_id] > share:

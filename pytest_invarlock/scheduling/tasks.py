@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from pytest_invarlock.campaign.items import AFTER_CALIBRATION, BASELINE, Item, Kind
+from pytest_invarlock.campaign.items import AFTER_CALIBRATION, BASELINE, Kind, SuiteItem
 from pytest_invarlock.campaign.model_files import ModelFilesError, read_model_files, weights_directory
 from pytest_invarlock.campaign.suite.types import Model
 from pytest_invarlock.scheduling.inventory import Gpu
@@ -21,7 +21,7 @@ FREE_MODEL, FREE_KIND = "", "setup"  # plain tests and items workers skip: no mo
 CPU_DEVICE_GB = 1e6  # a CPU worker's stand-in device: deps and affinity still apply, memory never binds
 
 
-def task_id(item: Item) -> str:
+def task_id(item: SuiteItem) -> str:
     return f"{item.test}[{item.param_id}]"
 
 
@@ -37,12 +37,12 @@ def model_profile(model: Model) -> ModelProfile:
     return ModelProfile.from_declared(model.params_b, model.dtype, is_moe=model.size_class == "moe", **model.architecture)
 
 
-def item_need_gb(item: Item) -> float:
+def item_need_gb(item: SuiteItem) -> float:
     settings = item.model.settings
     return item_memory_gb(model_profile(item.model), item.kind, seq_len=settings.seq_len, batch=settings.eval_batch)
 
 
-def tasks_from_items(items: Sequence[Item], ids: Sequence[str] | None = None) -> list[Task]:
+def tasks_from_items(items: Sequence[SuiteItem], ids: Sequence[str] | None = None) -> list[Task]:
     """One task per item (ids default to test[param_id]); edits and errors wait for their model's calibrations."""
     ids = [task_id(item) for item in items] if ids is None else list(ids)
     calibrations: dict[str, set[str]] = defaultdict(set)
@@ -58,7 +58,7 @@ def tasks_from_items(items: Sequence[Item], ids: Sequence[str] | None = None) ->
     return tasks
 
 
-def unplaceable_items(items: Sequence[Item], gpus: Sequence[Gpu]) -> dict[str, str]:
+def unplaceable_items(items: Sequence[SuiteItem], gpus: Sequence[Gpu]) -> dict[str, str]:
     """Task id -> why no set of these GPUs can hold the item (the policy's own rule); empty without GPUs."""
     if not gpus:
         return {}

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from pytest_invarlock.campaign.items import Item, item_from_nodeid
+from pytest_invarlock.campaign.items import SuiteItem, item_from_nodeid
 from pytest_invarlock.scheduling.claim_policy import Board, Claim
 from pytest_invarlock.scheduling.cost import timed_tasks
 from pytest_invarlock.scheduling.inventory import Gpu
@@ -76,9 +76,9 @@ class GpuScheduling:
 
     def __init__(
         self,
-        index: dict[tuple[str, str], Item],
-        skip_reason: Callable[[Item], str | None],
-        on_placed: Callable[[Item, str, Sequence[int]], None],
+        index: dict[tuple[str, str], SuiteItem],
+        skip_reason: Callable[[SuiteItem], str | None],
+        on_placed: Callable[[SuiteItem, str, Sequence[int]], None],
         devices: Sequence[Gpu],
         homes: GpuHomes,
         *,
@@ -89,11 +89,11 @@ class GpuScheduling:
         probe: Callable[[], Sequence[Gpu]] | None = None,
         probe_interval_s: float = PROBE_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
-        handback: Callable[[Item], dict[str, Any] | None] = lambda item: None,
+        handback: Callable[[SuiteItem], dict[str, Any] | None] = lambda item: None,
         rerun_dead: bool = True,
         on_retry: Callable[[str, str], None] = lambda nodeid, why: None,
         claims: Board | None = None,
-        not_here: Callable[[Item], str | None] = lambda item: None,
+        not_here: Callable[[SuiteItem], str | None] = lambda item: None,
         claim_poll_s: float = CLAIM_POLL_S,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -107,7 +107,7 @@ class GpuScheduling:
         self._pending: dict[Node, list[int]] = {}  # indices sent and not completed, spacers included
         self._admitted: dict[str, Node] = {}  # worker id -> node the policy knows
         self._collection: list[str] = []
-        self._items: list[Item | None] = []  # suite item per index
+        self._items: list[SuiteItem | None] = []  # suite item per index
         self._ids: list[str] = []  # task id per index
         self._index: dict[str, int] = {}
         self._policy: Policy | None = None
@@ -412,7 +412,7 @@ class NodeCampaign:
     """The policy's view of the campaign (`policy.Campaign`) for this node: claims keyed by item, not task id."""
 
     def __init__(
-        self, board: Board, index: dict[str, int], items: Sequence[Item | None], not_here: Callable[[Item], str | None]
+        self, board: Board, index: dict[str, int], items: Sequence[SuiteItem | None], not_here: Callable[[SuiteItem], str | None]
     ) -> None:
         self._board, self._index, self._items, self._not_here = board, index, items, not_here
 

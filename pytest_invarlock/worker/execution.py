@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_invarlock.campaign.failures import TRANSIENT_RETRIES, backoff_s
-from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.failure_memory import FailureMemory
 from pytest_invarlock.records import base_record
 from pytest_invarlock.scheduling.device_map import DevicePlan, device_plan
@@ -84,7 +84,7 @@ class ItemStats:
         return {**out, **self.extra}
 
 
-def item_device_plan(state: Any, item: Item) -> DevicePlan | None:
+def item_device_plan(state: Any, item: SuiteItem) -> DevicePlan | None:
     """The item's placement as a device plan with per-GPU budgets; None without a placement."""
     from pytest_invarlock.scheduling.placement import placement_devices
     from pytest_invarlock.scheduling.tasks import item_need_gb, model_profile
@@ -112,7 +112,7 @@ def memory_fields(cache: Any) -> dict[str, Any]:
     }
 
 
-def _oom_numbers(stats: ItemStats, item: Item) -> str:
+def _oom_numbers(stats: ItemStats, item: SuiteItem) -> str:
     from pytest_invarlock.scheduling.tasks import item_need_gb, model_profile
 
     where = f"GPU(s) {stats.placement}" if stats.placement else "its device"
@@ -132,7 +132,7 @@ def evaluate_with_oom_retries(
     evaluate: Callable[[Path], Any],
     tmp: Path,
     log_name: str,
-    item: Item | None,
+    item: SuiteItem | None,
     stats: ItemStats,
     *,
     retries: int = OOM_RETRIES,
@@ -172,7 +172,7 @@ def _verdict_is_oom(verdict: Any, log_file: Path) -> bool:
 def benchmark_with_oom_retries(
     score: Callable[[int | str], Any],
     batch: int | str,
-    item: Item,
+    item: SuiteItem,
     stats: ItemStats,
     *,
     retries: int = BATCH_RETRIES,
@@ -207,7 +207,7 @@ def benchmark_with_oom_retries(
 
 
 def error_record(
-    item: Item, message: str, stats: ItemStats, extra: dict[str, Any], environment: dict[str, Any]
+    item: SuiteItem, message: str, stats: ItemStats, extra: dict[str, Any], environment: dict[str, Any]
 ) -> dict[str, Any]:
     """The record of an item that ends in error: what it is, why, what it cost, and what produced it
     (`provenance.environment`)."""
@@ -222,7 +222,7 @@ def transient_wait_s(attempt: int, stats: ItemStats, *, retries: int = TRANSIENT
     return backoff_s(attempt, base_s=BACKOFF_BASE_S)
 
 
-def no_larger_placement(state: Any, item: Item, stats: ItemStats, memory: FailureMemory, *, scheduled: bool) -> str | None:
+def no_larger_placement(state: Any, item: SuiteItem, stats: ItemStats, memory: FailureMemory, *, scheduled: bool) -> str | None:
     """Why the GPU scheduler cannot give this item more GPUs than it has, or None when it can."""
     placed = len(stats.placement or ()) or 1
     if not scheduled or "PYTEST_XDIST_WORKER" not in os.environ:
@@ -234,7 +234,7 @@ def no_larger_placement(state: Any, item: Item, stats: ItemStats, memory: Failur
     return None
 
 
-def hand_back(memory: FailureMemory, item: Item, stats: ItemStats, reason: str) -> None:
+def hand_back(memory: FailureMemory, item: SuiteItem, stats: ItemStats, reason: str) -> None:
     """Give the item back for a larger placement: leave the note, end this worker (xdist replaces it)."""
     memory.hand_back(item.param_id, {"reason": "oom", "placement": stats.placement or [], "message": reason[-500:]})
     message = (

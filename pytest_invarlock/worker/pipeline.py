@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_invarlock.campaign.failures import TRANSIENT_RETRIES, ErrorClass, Failure, Scope, classify, spec_of
-from pytest_invarlock.campaign.items import Item
+from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.campaign.judging import Judgement, judge
 from pytest_invarlock.campaign.suite.types import Model, Scenario, Suite
 from pytest_invarlock.edit_lifecycle import read_needs
@@ -147,7 +147,7 @@ class Worker:
         self.cache = ModelCache(execution.cache_budget_bytes(state, default_cache_bytes()))
         self.stats = execution.ItemStats()  # the running item's retries and placement (execution.py)
         self.failures = FailureMemory(state.run_dir, state.session)
-        self._item: Item | None = None  # the running item: shared work it triggers runs on its placement
+        self._item: SuiteItem | None = None  # the running item: shared work it triggers runs on its placement
         self._last_attempt = True  # whether a transient failure now is final (the item's retries are spent)
         self._holds = contextlib.ExitStack()  # artifacts the running item holds in use (closed when it ends)
         self._session_holds = contextlib.ExitStack()  # those fixtures handed out outside items: held until exit
@@ -343,7 +343,7 @@ class Worker:
             data["dataset_sha"] = content_sha256(settings.dataset_file)
         return data
 
-    def evaluate_options(self, item: Item | None) -> dict[str, Any]:
+    def evaluate_options(self, item: SuiteItem | None) -> dict[str, Any]:
         """How to run evaluate for an item: in-process unless isolation is needed (a multi-GPU placement)."""
         from pytest_invarlock.scheduling.device_map import load_kwargs
         from pytest_invarlock.scheduling.placement import cuda_env
@@ -366,7 +366,7 @@ class Worker:
             options["timeout_s"] = max(1.0, round(left, 1))
         return options
 
-    def baseline_report(self, model: Model, item: Item | None = None) -> tuple[Path, bool]:
+    def baseline_report(self, model: Model, item: SuiteItem | None = None) -> tuple[Path, bool]:
         """The baseline's own report on the item's run's windows (InvarLock checks the window plan strictly)."""
         baseline = self.baseline(model)
         run = item.run if item is not None else 1
@@ -393,7 +393,7 @@ class Worker:
         artifact = self._once("baseline-report", f"{model.name}/{run}", make)
         return artifact.path / self.store.metadata(artifact.path)["report"], artifact.reused
 
-    def calibration(self, model: Model, run: int, item: Item | None = None) -> tuple[Verdict, Artifact]:
+    def calibration(self, model: Model, run: int, item: SuiteItem | None = None) -> tuple[Verdict, Artifact]:
         """One calibration run: the baseline against itself on run `run`'s windows. Shared work (the preset and
         run `run`'s baseline report need it): an evaluate that cannot load the baseline fails the baseline."""
         baseline = self.baseline(model)
@@ -490,7 +490,7 @@ class Worker:
         """Where the scenario's edited weights live in the store (whether or not they are on disk now)."""
         return self.store.path("edits", edit_key(model, scenario, self.baseline(model)))
 
-    def edited_model(self, model: Model, scenario: Scenario, item: Item | None = None) -> Artifact:
+    def edited_model(self, model: Model, scenario: Scenario, item: SuiteItem | None = None) -> Artifact:
         """The scenario's edited weights, built (or rebuilt from the recipe) if they are not on disk, and held in
         use until the item ends (outside an item: until the session ends). Edits run where the model fits: on the
         worker's GPU, or in host RAM when the item's placement shards the model over several GPUs."""
@@ -507,7 +507,7 @@ class Worker:
 
     # ----------------------------------------------------------------- items
 
-    def run(self, item: Item) -> ItemResult:
+    def run(self, item: SuiteItem) -> ItemResult:
         """One item under its time limit, with OOM and transient retries; an error carries its record
         (`ItemError.record`). Work this item needed that already failed in this session fails it at once."""
         from pytest_invarlock.worker.resources import release_memory
@@ -555,7 +555,7 @@ class Worker:
         result.record.update({**self.stats.fields(), **extra})
         return result
 
-    def _attempts(self, item: Item, limit: float) -> tuple[ItemResult | None, str | None, Failure | None]:
+    def _attempts(self, item: SuiteItem, limit: float) -> tuple[ItemResult | None, str | None, Failure | None]:
         """Run the item, again after each transient error (backoff), until it ends: (result, failure, failed work)."""
         from pytest_invarlock.worker.resources import ItemTimeout, deadline
 
@@ -589,7 +589,7 @@ class Worker:
                 time.sleep(wait)
                 attempt += 1
 
-    def _timeout_note(self, item: Item) -> Callable[[str], None]:
+    def _timeout_note(self, item: SuiteItem) -> Callable[[str], None]:
         """What the watchdog leaves before it ends this worker: the reason in logs/timeouts.log, and a note that
         the item must not be re-queued (it would only time out again)."""
         from pytest_invarlock.worker.resources import timeout_note
@@ -602,7 +602,7 @@ class Worker:
 
         return note
 
-    def _wait_for_disk(self, item: Item) -> float:
+    def _wait_for_disk(self, item: SuiteItem) -> float:
         """Before an item starts: wait (not charged to it) while its filesystem lacks room for what it adds plus the
         headroom; edits no running item uses are evicted first. Returns the seconds waited; an ItemError after
         the disk_wait limit."""
@@ -645,7 +645,7 @@ class Worker:
             log.info("%s: disk space is back after %.0f s; starting %s", self.worker_id, waited, item.param_id)
         return waited
 
-    def _edit_need(self, item: Item) -> int:
+    def _edit_need(self, item: SuiteItem) -> int:
         """Bytes the item's edit adds if it has to be built: 0 when it needs none or it is on disk (known only
         once this worker has the baseline; before that the suite's declared size counts)."""
         from pytest_invarlock.scheduling.tasks import model_profile
@@ -665,7 +665,7 @@ class Worker:
             return int(limit * GIB)
         return default_headroom(shutil.disk_usage(existing_ancestor(self.state.run_dir)).total)
 
-    def _certify(self, item: Item) -> ItemResult:
+    def _certify(self, item: SuiteItem) -> ItemResult:
         from pytest_invarlock.campaign.presets import edit_preset
 
         assert item.scenario is not None  # a certify item always has one
@@ -699,7 +699,7 @@ class Worker:
             edited = self.edit_dir(model, item.scenario)  # made only if the certificate has to be computed
             extra["weights"] = edited.name
             spec = parse_spec(item.scenario.spec)
-            preset = edit_preset(preset, spec.kind)
+            preset = edit_preset(preset, spec.type_name)
             settings = self.settings(model, run=item.run)
             key = digest(
                 "certify",
@@ -711,7 +711,7 @@ class Worker:
                 item.run,
                 _computed_by(self.state, CERTIFICATE_PACKAGES),
             )
-            sidecar = probes.probe_file(spec.kind)
+            sidecar = probes.probe_file(spec.type_name)
             if sidecar:  # its probe is part of the result
                 key = digest(key, "probe", probes.VERSION)
             verdict, artifact = self._verdict_artifact(
@@ -728,7 +728,7 @@ class Worker:
                 ),
                 after=(
                     lambda tmp, _: self._probe(
-                        spec.kind, model, baseline.path, self._edit_for(item, reused).path, report, preset, tmp / sidecar
+                        spec.type_name, model, baseline.path, self._edit_for(item, reused).path, report, preset, tmp / sidecar
                     )
                 )
                 if sidecar
@@ -755,7 +755,7 @@ class Worker:
             "files": sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()),
         }
 
-    def _edit_for(self, item: Item, reused: list[str]) -> Artifact:
+    def _edit_for(self, item: SuiteItem, reused: list[str]) -> Artifact:
         assert item.scenario is not None
         edited = self.edited_model(item.model, item.scenario, item)
         if edited.reused and f"edit:{item.model.name}/{item.scenario.name}" not in reused:
@@ -790,7 +790,7 @@ class Worker:
 
     def _result(
         self,
-        item: Item,
+        item: SuiteItem,
         verdict: Verdict,
         judgement: Judgement,
         reused: list[str],
@@ -826,7 +826,7 @@ class Worker:
         }
         return ItemResult(record, judgement.met, judgement.explanation, junit_properties(record))
 
-    def _benchmark(self, item: Item) -> ItemResult:
+    def _benchmark(self, item: SuiteItem) -> ItemResult:
         from pytest_invarlock.worker.lm_eval_scoring import run_benchmark
 
         benchmark = item.benchmark
@@ -904,7 +904,7 @@ class Worker:
         )
         return ItemResult(record, met, explanation, junit_properties(record))
 
-    def _score_placed(self, item: Item, directory: Path, plan: DevicePlan, batch: int | str, tmp: Path) -> BenchmarkResult:
+    def _score_placed(self, item: SuiteItem, directory: Path, plan: DevicePlan, batch: int | str, tmp: Path) -> BenchmarkResult:
         """lm-eval in a child process that sees exactly the placed GPUs and loads with their device map."""
         from pytest_invarlock.scheduling.device_map import load_kwargs
         from pytest_invarlock.scheduling.placement import cuda_env

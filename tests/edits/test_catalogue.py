@@ -46,7 +46,7 @@ def test_catalogue_does_not_import_torch() -> None:
         "from pytest_invarlock.edits.catalogue import CATALOGUE, max_caps_for, parse_spec\n"
         "for entry in CATALOGUE.values():\n"
         "    spec = parse_spec(entry.example_spec)\n"
-        "    spec.family, spec.edit_type.code_version, max_caps_for(entry.kind)\n"
+        "    spec.family, spec.edit_type.code_version, max_caps_for(entry.name)\n"
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -55,10 +55,10 @@ def test_catalogue_does_not_import_torch() -> None:
 @pytest.mark.parametrize("kind", CATALOGUE)
 def test_every_entry_is_complete_and_its_example_parses_to_it(kind: str) -> None:
     entry = CATALOGUE[kind]
-    assert entry.kind == kind and entry.family in FAMILIES and entry.summary
+    assert entry.name == kind and entry.family in FAMILIES and entry.summary
     assert entry.kernel.count(":") == 1 and entry.code_version >= 1 and entry.max_caps >= 1
     spec = parse_spec(entry.example_spec)
-    assert spec.kind == kind and spec.edit_type is entry and spec.family == entry.family
+    assert spec.type_name == kind and spec.edit_type is entry and spec.family == entry.family
     assert [name for name, _ in spec.params] == [p.name for p in entry.params]
     assert entry.form.count(":") == len(entry.params)
 
