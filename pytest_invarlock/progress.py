@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from pytest_invarlock.campaign.items import SuiteItem, item_from_nodeid
+from pytest_invarlock.option_types import non_negative_number
 from pytest_invarlock.state import ConfigState
 from pytest_invarlock.store import StoreError, write_json_atomic
 
@@ -527,19 +528,11 @@ class LiveStatus:
             self._stop.set()
 
 
-def _seconds(value: str) -> float:
-    """A non-negative, finite number of seconds (argparse turns the ValueError into a usage error)."""
-    seconds = float(value)
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(value)
-    return seconds
-
-
 def add_options(group: pytest.OptionGroup) -> None:
     group.addoption(
         "--progress-interval",
         dest="invarlock_progress_interval",
-        type=_seconds,
+        type=non_negative_number,
         default=DEFAULT_INTERVAL_S,
         metavar="SECONDS",
         help="without a terminal (CI logs, | tee): print a progress line at most this often and at "

@@ -17,22 +17,8 @@ import pytest
 from pytest_invarlock.campaign.failures import DEFAULT_MAX_MODEL_FAILURES, spec_of
 from pytest_invarlock.campaign.time_limits import LIMIT_KINDS
 from pytest_invarlock.edit_lifecycle import Needs, edit_id, make_room, write_needs
+from pytest_invarlock.option_types import non_negative_count, non_negative_number
 from pytest_invarlock.state import ConfigState
-
-
-def _gb(value: str) -> float:
-    """A non-negative, finite number of GB (argparse turns the ValueError into a usage error)."""
-    number = float(value)
-    if not 0 <= number < float("inf"):
-        raise ValueError(value)
-    return number
-
-
-def _count(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError(value)
-    return number
 
 
 def add_options(group: pytest.OptionGroup) -> None:
@@ -48,7 +34,7 @@ def add_options(group: pytest.OptionGroup) -> None:
     group.addoption(
         "--invarlock-edit-budget",
         dest="invarlock_edit_budget",
-        type=_gb,
+        type=non_negative_number,
         default=None,
         metavar="GB",
         help="disk the edited weights may take at once (default: the disk plan's edits in flight, one edited "
@@ -57,7 +43,7 @@ def add_options(group: pytest.OptionGroup) -> None:
     group.addoption(
         "--invarlock-disk-headroom",
         dest="invarlock_disk_headroom",
-        type=_gb,
+        type=non_negative_number,
         default=None,
         metavar="GB",
         help="free space to keep on each filesystem the run writes to (default: 2%% of its size, 1-200 GB); "
@@ -66,7 +52,7 @@ def add_options(group: pytest.OptionGroup) -> None:
     group.addoption(
         "--invarlock-max-model-failures",
         dest="invarlock_max_model_failures",
-        type=_count,
+        type=non_negative_count,
         default=None,
         metavar="N",
         help=f"after N item errors of one model its remaining items fail at once (default {DEFAULT_MAX_MODEL_FAILURES}; 0: never)",

@@ -49,7 +49,9 @@ def test_full_suite_collects_fast_with_readable_ids_and_without_torch() -> None:
         (("--suite", "  "), "--suite was given an empty name"),
         (("--models", "no-such-model"), "unknown model 'no-such-model'"),
         (("--runs-clean", "-1"), "--runs-clean must be >= 0"),
-        (("--progress-interval", "-1"), "argument --progress-interval: invalid _seconds value"),
+        (("--progress-interval", "-1"), "argument --progress-interval: invalid non_negative_number value"),
+        (("--invarlock-disk-headroom", "inf"), "argument --invarlock-disk-headroom: invalid non_negative_number value"),
+        (("--invarlock-max-model-failures", "-2"), "argument --invarlock-max-model-failures: invalid non_negative_count value"),
     ],
 )
 def test_bad_command_lines_are_usage_errors(args: tuple[str, ...], needle: str) -> None:
