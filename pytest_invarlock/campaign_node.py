@@ -32,6 +32,7 @@ import pytest
 from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.claims import CampaignError, ClaimBoard, manifest_items, read_claims
 from pytest_invarlock.collection import campaign_items, suite_item
+from pytest_invarlock.records import item_fields
 from pytest_invarlock.report.command import load_records
 from pytest_invarlock.scheduling.claim_policy import Claim, WorkItem, done_items, next_claim, parse_node, work_order
 from pytest_invarlock.scheduling.shards import parse_shard, split_items
@@ -109,6 +110,7 @@ def manifest(state: ConfigState, mode: str, nodes: int) -> dict[str, Any]:
             "no_benchmarks": options.no_benchmarks,
         },
         "definitions": {item.param_id: item.definition_key for item in items},
+        "item_fields": item_fields(items),
         "items": [row.to_json() for row in work_order(rows)],
     }
     if mode == "shards":

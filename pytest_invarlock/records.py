@@ -50,15 +50,20 @@ def base_record(item: SuiteItem) -> dict[str, Any]:
     }
 
 
+def item_fields(items: list[SuiteItem]) -> dict[str, dict[str, Any]]:
+    """Per item what it is for (`verdict.compile.ITEM_FIELDS`): the roles of items that have no record yet."""
+    from pytest_invarlock.verdict.compile import ITEM_FIELDS
+
+    return {item.param_id: {k: base_record(item)[k] for k in ITEM_FIELDS} for item in items}
+
+
 def campaign_block(items: list[SuiteItem], *, min_signal_fraction: float, selection: set[str] | None = None) -> dict[str, Any]:
     """The verdict inputs of a campaign (`verdict.compile.VERDICT_INPUTS`): its items with their definition keys and
     the fields that say what each is for, the items a session did not select (None outside a session), and the
     informational minimum. final_verdict.json keeps it, so the report command and a pack's verifier recompile alike."""
-    from pytest_invarlock.verdict.compile import ITEM_FIELDS
-
     return {
         "items": {item.param_id: item.definition_key for item in items},
-        "item_fields": {item.param_id: {k: base_record(item)[k] for k in ITEM_FIELDS} for item in items},
+        "item_fields": item_fields(items),
         "not_selected": None if selection is None else sorted(i.param_id for i in items if i.param_id not in selection),
         "min_signal_fraction": min_signal_fraction,
     }

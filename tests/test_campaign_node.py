@@ -132,6 +132,15 @@ def test_a_stopped_node_writes_its_partial_verdict_and_the_merge_says_what_is_mi
     assert (
         "node 1/2: stopped on" in merged.stdout and why in merged.stdout and "never claimed: no node reached it" in merged.stdout
     )
+    # Every item's role comes from the manifest, so the items without a record are charged to what they measure.
+    fields = json.loads((tmp_path / "run" / "reports" / "final_verdict.json").read_text())["campaign"]["item_fields"]
+    assert len(fields) == ITEMS and {f["kind"] for f in fields.values()} == {
+        "calibration",
+        "clean",
+        "stress",
+        "error",
+        "benchmark",
+    }
     cut = [item for item, c in claims(tmp_path).items() if not c["finished"]]
     for item in cut:  # items it was running when it stopped: no record counts for them
         assert f"{item}: claimed by node 1/2, which stopped before finishing it" in merged.stdout

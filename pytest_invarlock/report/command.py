@@ -114,7 +114,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _campaign_of(manifest: dict[str, Any]) -> dict[str, Any]:
     """The verdict header's campaign block from a campaign's manifest."""
-    return {"items": dict(manifest["definitions"]), "min_signal_fraction": manifest.get("min_signal_fraction")}
+    return {
+        "items": dict(manifest["definitions"]),
+        "item_fields": manifest.get("item_fields"),
+        "min_signal_fraction": manifest.get("min_signal_fraction"),
+    }
 
 
 def _merge(
