@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_invarlock.campaign.items import SuiteItem
-from pytest_invarlock.campaign.suite.types import Model, Scenario, Suite
+from pytest_invarlock.campaign.suite.definitions import Model, Scenario, Suite
 from pytest_invarlock.state import STATE_KEY, ConfigState
 
 if TYPE_CHECKING:

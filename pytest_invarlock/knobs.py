@@ -31,8 +31,8 @@ import pytest
 
 from pytest_invarlock.campaign.presets import reused_preset
 from pytest_invarlock.campaign.suite.checks import SuiteError, user_path
+from pytest_invarlock.campaign.suite.definitions import Suite
 from pytest_invarlock.campaign.suite.settings import GUARDS, SNAPSHOT_MODES, eval_data_problem
-from pytest_invarlock.campaign.suite.types import Suite
 from pytest_invarlock.campaign.tuned import is_tuned
 
 TRUE_WORDS = ("1", "true", "yes", "on")

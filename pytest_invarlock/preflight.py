@@ -23,7 +23,7 @@ import pytest
 
 from pytest_invarlock.campaign.failures import spec_of
 from pytest_invarlock.campaign.items import SuiteItem, item_from_nodeid
-from pytest_invarlock.campaign.suite.types import Model
+from pytest_invarlock.campaign.suite.definitions import Model
 from pytest_invarlock.records import record_path
 from pytest_invarlock.scheduling.disk_plan import DiskPlan, ModelDisk, Volume, plan_disk
 from pytest_invarlock.scheduling.memory import GIB, MarginRule, required_gpus

@@ -31,9 +31,9 @@ from pytest_invarlock.campaign.lm_eval_tasks import LOCAL_TASKS
 from pytest_invarlock.campaign.revisions import HOW_TO_PIN, REVISIONS_FILE, resolve_revisions
 from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.campaign.suite.checks import SuiteError, user_path
+from pytest_invarlock.campaign.suite.definitions import Model, Suite
 from pytest_invarlock.campaign.suite.overrides import override_suite
 from pytest_invarlock.campaign.suite.settings import HUB_DATASET_REPOS
-from pytest_invarlock.campaign.suite.types import Model, Suite
 from pytest_invarlock.campaign.time_limits import parse_command_line
 from pytest_invarlock.scheduling.inventory import Gpu, host_cache_share, parse_gpu_spec, split_busy
 from pytest_invarlock.scheduling.probe import probe_gpus

@@ -18,7 +18,7 @@ from typing import Any
 from pytest_invarlock.campaign import tuned
 from pytest_invarlock.campaign.kinds import AFTER_CALIBRATION, EDIT_KINDS, Kind
 from pytest_invarlock.campaign.suite.checks import SuiteError
-from pytest_invarlock.campaign.suite.types import Model, Scenario, Suite
+from pytest_invarlock.campaign.suite.definitions import Model, Scenario, Suite
 from pytest_invarlock.edits.catalogue import SpecError, parse_spec
 
 __all__ = ["AFTER_CALIBRATION", "BENCHMARK_TEST", "CERTIFY_TESTS", "Kind", "SuiteItem", "build_items", "item_from_nodeid"]

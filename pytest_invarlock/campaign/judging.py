@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_invarlock.campaign.suite.types import Scenario
+from pytest_invarlock.campaign.suite.definitions import Scenario
 
 if TYPE_CHECKING:  # the certifier imports invarlock; judging itself stays pure
     from pytest_invarlock.worker.certifier import Verdict

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_invarlock.campaign.suite.checks import SuiteError
-from pytest_invarlock.campaign.suite.types import Suite
+from pytest_invarlock.campaign.suite.definitions import Suite
 
 REVISIONS_FILE = Path("state") / "model_revisions.json"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")

@@ -25,7 +25,7 @@ from pytest_invarlock.campaign.presets import (
     VARIANCE_MIN_EFFECT_FLOOR,
     VARIANCE_QUANTILE,
 )
-from pytest_invarlock.campaign.suite.types import Suite
+from pytest_invarlock.campaign.suite.definitions import Suite
 from pytest_invarlock.campaign.tuned import is_tuned
 from pytest_invarlock.edits.catalogue import max_caps_for, parse_spec
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pytest_invarlock.campaign.items import AFTER_CALIBRATION, BASELINE, Kind, SuiteItem
 from pytest_invarlock.campaign.model_files import ModelFilesError, read_model_files, weights_directory
-from pytest_invarlock.campaign.suite.types import Model
+from pytest_invarlock.campaign.suite.definitions import Model
 from pytest_invarlock.scheduling.inventory import Gpu
 from pytest_invarlock.scheduling.memory import ModelProfile, item_memory_gb
 from pytest_invarlock.scheduling.policy import Policy, Task

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_invarlock.campaign.suite.types import Model, Scenario
+from pytest_invarlock.campaign.suite.definitions import Model, Scenario
 from pytest_invarlock.edit_lifecycle import Needs, make_room
 from pytest_invarlock.edits.catalogue import parse_spec
 from pytest_invarlock.store import Artifact, Store, content_sha256, digest, stat_signature, verify

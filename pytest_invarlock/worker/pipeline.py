@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_invarlock.campaign.failures import TRANSIENT_RETRIES, ErrorClass, Failure, Scope, classify, spec_of
 from pytest_invarlock.campaign.items import SuiteItem
 from pytest_invarlock.campaign.judging import Judgement, judge
-from pytest_invarlock.campaign.suite.types import Model, Scenario, Suite
+from pytest_invarlock.campaign.suite.definitions import Model, Scenario, Suite
 from pytest_invarlock.edit_lifecycle import read_needs
 from pytest_invarlock.edits.catalogue import parse_spec
 from pytest_invarlock.failure_memory import FailureMemory

@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 from helpers import REPO, VALIDATION
 from pytest_invarlock.campaign.suite import load_suite
 from pytest_invarlock.campaign.suite.checks import SuiteError
+from pytest_invarlock.campaign.suite.definitions import Suite
 from pytest_invarlock.campaign.suite.files import MAX_SUITE_BYTES
 from pytest_invarlock.campaign.suite.loading import SUITE_KEYS as LOADER_SUITE_KEYS
 from pytest_invarlock.campaign.suite.overrides import override_suite
 from pytest_invarlock.campaign.suite.scenarios import DETECTORS, MAX_RUNS
 from pytest_invarlock.campaign.suite.settings import TIER_FLOORS, TIERS
-from pytest_invarlock.campaign.suite.types import Suite
 from pytest_invarlock.scheduling.inventory import parse_gpu_spec
 from pytest_invarlock.state import run_dir_problem
 

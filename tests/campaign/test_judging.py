@@ -6,7 +6,7 @@ import pytest
 
 from helpers import synthetic_report
 from pytest_invarlock.campaign.judging import judge
-from pytest_invarlock.campaign.suite.types import Scenario
+from pytest_invarlock.campaign.suite.definitions import Scenario
 from pytest_invarlock.worker.certifier import Verdict
 
 pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast

@@ -2,7 +2,7 @@
 
 A suite names models, scenarios, run counts and InvarLock settings. It is read on the torch-free
 controller (collection must stay fast and must not import torch), so this package is pure: YAML in,
-frozen dataclasses out (`types`), and every mistake becomes a `checks.SuiteError` that names the
+frozen dataclasses out (`definitions`), and every mistake becomes a `checks.SuiteError` that names the
 file, the key and the fix. `loading.load_suite` reads a file, `overrides.override_suite` applies the
 command line; `files`, `settings`, `size_classes`, `models`, `scenarios` and `benchmarks` check
 their parts. `load_suite` is also importable from here, as most callers use it alone.

@@ -13,11 +13,11 @@ from typing import Any
 from pytest_invarlock.campaign.kinds import Kind
 from pytest_invarlock.campaign.suite.benchmarks import BENCHMARK_KEYS, task_names
 from pytest_invarlock.campaign.suite.checks import Where, user_path
+from pytest_invarlock.campaign.suite.definitions import DEFAULT_MIN_SIGNAL_FRACTION, Benchmarks, Model, Scenario, Suite
 from pytest_invarlock.campaign.suite.files import read_yaml, resolve_suite_path
 from pytest_invarlock.campaign.suite.models import model_entry
 from pytest_invarlock.campaign.suite.scenarios import KINDS, MAX_RUNS, default_scenarios, scenario_entry, scenario_set
 from pytest_invarlock.campaign.suite.settings import invarlock_block
-from pytest_invarlock.campaign.suite.types import DEFAULT_MIN_SIGNAL_FRACTION, Benchmarks, Model, Scenario, Suite
 from pytest_invarlock.campaign.time_limits import DEFAULT_KEY, LIMIT_KINDS
 
 DEFAULT_RUNS: dict[str, int] = {Kind.CALIBRATION: 5, Kind.CLEAN: 3, Kind.STRESS: 2, Kind.ERROR: 1}

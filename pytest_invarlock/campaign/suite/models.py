@@ -15,6 +15,7 @@ from typing import Any
 
 from pytest_invarlock.campaign.model_files import ModelFiles, ModelFilesError, read_model_files
 from pytest_invarlock.campaign.suite.checks import Where, show, user_path
+from pytest_invarlock.campaign.suite.definitions import Model
 from pytest_invarlock.campaign.suite.files import catalogue
 from pytest_invarlock.campaign.suite.settings import (
     FLOOR_FIX,
@@ -24,7 +25,6 @@ from pytest_invarlock.campaign.suite.settings import (
     tier_floor_problem,
 )
 from pytest_invarlock.campaign.suite.size_classes import infer_size_class, params_from_name, size_classes
-from pytest_invarlock.campaign.suite.types import Model
 
 DTYPES = ("float32", "float16", "bfloat16")
 MODEL_KEYS = ("name", "source", "revision", "size_class", "dtype", "params_b", "architecture", "invarlock")

@@ -13,12 +13,12 @@ from dataclasses import replace
 
 from pytest_invarlock.campaign.suite.benchmarks import TASK_FIX, unknown_task_problem
 from pytest_invarlock.campaign.suite.checks import SLUG, CommandLine, SuiteError, show, user_path
+from pytest_invarlock.campaign.suite.definitions import Model, Suite
 from pytest_invarlock.campaign.suite.files import catalogue
 from pytest_invarlock.campaign.suite.models import model_entry, model_from_source
 from pytest_invarlock.campaign.suite.scenarios import MAX_RUNS
 from pytest_invarlock.campaign.suite.settings import FLOOR_FIX, TIERS, tier_floor_problem
 from pytest_invarlock.campaign.suite.size_classes import params_from_name
-from pytest_invarlock.campaign.suite.types import Model, Suite
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 

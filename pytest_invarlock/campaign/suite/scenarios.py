@@ -12,8 +12,8 @@ from typing import Any
 
 from pytest_invarlock.campaign.kinds import SCENARIO_KINDS
 from pytest_invarlock.campaign.suite.checks import Where, show
+from pytest_invarlock.campaign.suite.definitions import Scenario
 from pytest_invarlock.campaign.suite.files import catalogue
-from pytest_invarlock.campaign.suite.types import Scenario
 from pytest_invarlock.campaign.tuned import is_tuned, sentinel_problem
 from pytest_invarlock.edits.catalogue import SCOPES, SpecError, parse_spec
 

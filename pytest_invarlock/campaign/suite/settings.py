@@ -13,8 +13,8 @@ from typing import Any
 
 from pytest_invarlock.campaign import eval_data
 from pytest_invarlock.campaign.suite.checks import Where, show, user_path
+from pytest_invarlock.campaign.suite.definitions import Model, Settings
 from pytest_invarlock.campaign.suite.size_classes import class_defaults
-from pytest_invarlock.campaign.suite.types import Model, Settings
 
 DEFAULT_INVARLOCK = {
     "tier": "balanced",
