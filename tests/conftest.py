@@ -18,7 +18,7 @@ XDIST_WORKER_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "P
 def pytest_configure(config: pytest.Config) -> None:
     # Our own warnings are errors in our tests (a test that expects one says so with pytest.warns).
     config.addinivalue_line("filterwarnings", "error::pytest_invarlock.campaign.window_planner.UnderpoweredWindows")
-    # Under `./dev.sh test` (-n 2) this process is an xdist worker: a validation session a test starts must see
+    # Under `./dev.sh lowest` (-n 2) this process is an xdist worker: a validation session a test starts must see
     # what a user's terminal gives it, not that it runs inside one.
     for variable in XDIST_WORKER_VARIABLES:
         os.environ.pop(variable, None)
@@ -40,29 +40,14 @@ def starts_sessions(item: pytest.Item) -> bool:
     return any(starter in source for starter in SESSION_STARTERS)
 
 
-def xdist_group(item: pytest.Item) -> str:
-    """Which worker line a test runs in under `--dist loadgroup` (./dev.sh test runs two workers).
-
-    The tests of the warmed tiny campaign share one run directory: one line. The other tests that run models
-    form a second line, beside it, so two model runs overlap at most. Every other module is a unit of its own
-    (its module fixtures set up once), spread over whichever worker is free.
-    """
-    if "warm_campaign" in getattr(item, "fixturenames", ()):
-        return "warm-campaign"
-    if item.get_closest_marker("campaign") is not None:
-        return "models"
-    return item.nodeid.split("::", 1)[0]
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use the warmed tiny campaign run models: they are `campaign` tests. Tests that start sessions
-    or processes are `sessions` tests (./dev.sh test --fast leaves both out). Each test gets its xdist group."""
+    or processes are `sessions` tests (./dev.sh test --fast leaves both out)."""
     for item in items:
         if "warm_campaign" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.campaign)
         if starts_sessions(item):
             item.add_marker(pytest.mark.sessions)
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ def _config(arch: str, vocab: int) -> Any:
 def test_every_tiny_scenario_ends_in_a_verdict(tmp_path: Path, arch: str) -> None:
     model = random_small_model(tmp_path / "model", config=lambda vocab: _config(arch, vocab))["m0"]
     run_dir = tmp_path / "run"
-    run = run_suite(run_dir, "--models", str(model), "--no-benchmarks", "--runs-calibration", "1", "--runs-clean", "1")
+    settings = ("--no-benchmarks", "--runs-calibration", "1", "--runs-clean", "1")
+    run = run_suite(run_dir, "--models", str(model), *settings, "-n", "2")  # two workers: 2 cores, as a GPU node runs it
     records = [json.loads(path.read_text()) for path in (run_dir / "records").glob("*.json")]
     assert len(records) == 20, run.output[-3000:]  # the tiny suite's 20 scenarios, one run each
     errors = {r["param_id"]: r.get("error") or r.get("reason") for r in records if r["outcome"] not in ("passed", "failed")}
