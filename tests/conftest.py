@@ -52,7 +52,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @dataclass(frozen=True)
 class WarmCampaign:
-    """One uninterrupted tiny-suite run (-n 2), made once per test session and shared by e2e and fault tests.
+    """One uninterrupted tiny-suite run, made once per test session and shared by e2e and fault tests.
 
     `run_dir` is where tests work (always the same absolute path: InvarLock's baseline report pins the
     baseline's path); `pristine` a copy of it right after the first run; `restore()` puts that copy back.
@@ -69,8 +69,7 @@ class WarmCampaign:
 
 @pytest.fixture(scope="session")
 def warm_campaign(tmp_path_factory: pytest.TempPathFactory) -> WarmCampaign:
-    """The tiny suite run once from scratch with two xdist workers (as GPU nodes run it; 4-5 minutes on 2 cores),
-    then kept as a pristine copy.
+    """The tiny suite run once from scratch (7 minutes on 2 cores), then kept as a pristine copy.
 
     Developers iterating on tests can set INVARLOCK_WARM_RUN_DIR to a finished tiny-suite run directory:
     it is used in place (tests restore it from a copy) instead of warming a new one.
@@ -82,8 +81,8 @@ def warm_campaign(tmp_path_factory: pytest.TempPathFactory) -> WarmCampaign:
         summary = (Path(existing) / "reports" / "final_verdict.txt").read_text()
         return WarmCampaign(root, Path(existing), pristine, Run(0, summary + "\n46 passed", 0.0))
     run_dir = root / "run"
-    first = run_suite(run_dir, "-n", "2", "--junitxml", str(root / "first.xml"))
-    print(f"tiny suite, first run from scratch (-n 2): {first.seconds:.0f} s")
+    first = run_suite(run_dir, "--junitxml", str(root / "first.xml"))
+    print(f"tiny suite, first run from scratch: {first.seconds:.0f} s")
     pristine = root / "pristine"
     restore_run_dir(run_dir, pristine)
     return WarmCampaign(root, run_dir, pristine, first)
