@@ -6,9 +6,9 @@
     .venv/bin/python perf/simulate.py --suite b200 --cluster 2*8x80+2*8x180 --realistic
 
 It drives the plugin's own `Policy` (the one the xdist adapter drives) with simulated GPUs and item
-durations, and compares it on the same workloads with three baselines: the B200 bash harness's small_first greedy
+durations, and compares it on the same workloads with three baselines: the seed's small_first greedy
 (the same policy with affinity off), pytest-xdist's own `--dist worksteal` (blind to memory and
-dependencies) and the harness's static layout (each model owns a GPU, or a GPU group, and runs all its
+dependencies) and the seed's static layout (each model owns a GPU, or a GPU group, and runs all its
 items there). The workloads are the suites' own items (`load_suite` + `build_items`).
 
 Model of time (`pytest_invarlock.scheduling.cost`, shared with the shard split): an item takes
@@ -273,7 +273,7 @@ class XdistWorksteal:
 
 
 class StaticPerModel:
-    """The B200 bash harness's static layout: each model owns a GPU (a group of them when its largest item needs
+    """The seed's static layout: each model owns a GPU (a group of them when its largest item needs
     more) and runs its items there one after another; when GPUs run out, a model shares the group
     with the least work so far."""
 
@@ -361,7 +361,7 @@ class SimBoard:
         self.holder: dict[str, int] = {}
         self.finished: set[str] = set()
         self.starts: Counter[str] = Counter()
-        self.node_gpus = [[g.total_gb for g in gpus] for gpus in node_gpus]
+        self.gpu_sizes = [max(g.total_gb for g in gpus) for gpus in node_gpus]
         self._open: dict[int, Counter[str]] = defaultdict(Counter)  # node -> model -> unfinished claims
 
     def node(self, k: int) -> SimNode:
@@ -402,8 +402,8 @@ class SimNode:
     def workers_on(self, model: str) -> int:
         return sum(models[model] for other, models in self.board._open.items() if other != self.k)
 
-    def node_gpus(self) -> list[list[float]]:
-        return [gpus for j, gpus in enumerate(self.board.node_gpus) if j != self.k]
+    def gpu_sizes(self) -> list[float]:
+        return [gb for j, gb in enumerate(self.board.gpu_sizes) if j != self.k]
 
 
 def run_nodes(
@@ -584,9 +584,9 @@ STRATEGIES: dict[str, Callable[[Workload], Callable[[Callable[[], float]], Sched
 }
 DESCRIPTIONS = {
     "invarlock": "invarlock policy",
-    "small_first": "harness small_first (no affinity)",
+    "small_first": "seed small_first (no affinity)",
     "xdist_worksteal": "xdist worksteal",
-    "static_per_model": "harness static (model per GPU)",
+    "static_per_model": "seed static (model per GPU)",
 }
 
 

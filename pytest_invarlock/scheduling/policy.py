@@ -14,13 +14,12 @@ against the home GPU's budget (`MarginRule`: its free memory as last read while 
 ran there, less the safety margin and the allocator residue; the same rule plans and dispatches,
 so a plan made on a node whose free memory is below its total holds when dispatching); model
 affinity (a worker keeps to the model it holds, so each model is loaded about once per worker);
-then work stealing by the B200 bash harness's small_first priority, preferring models the worker has not held
+then work stealing by the seed's small_first priority, preferring models the worker has not held
 before. A task larger than every single GPU runs sharded on a set of GPUs owned by one worker:
 the other GPUs of the set are idle when it is placed and take no work until it ends. MIG slices
 are never part of a set (CUDA shows a process one MIG device at most). When no such
 set is idle the worker gathers one: it lends itself and the GPUs that will drain soonest, which
-take nothing new until the set is complete. A worker whose sharded task just ended picks first and
-keeps its set when its next task is sharded too, so a set is not gathered again for every task. A gather whose set no longer holds its task (a
+take nothing new until the set is complete. A gather whose set no longer holds its task (a
 later reading came in lower) is dissolved and the task picks a set again.
 
 Giving up: a task larger than the whole node's budget is unplaceable from the start. When nothing
@@ -45,13 +44,8 @@ workers queue one task each (queue_depth=1: a claim is taken only by a worker fr
 the order changes, because on a cluster one long item started late decides the makespan: a worker
 keeps to its model; switching, it joins the model whose work left per worker (here and on the other
 nodes) plus twice the item's own time, less the load, is largest, so large models start first and
-end with their short items; a worker does not switch to a task that needs more GPUs here than on
-a node with larger GPUs while anything else is left, unless the larger nodes need help: all their
-workers are on such models and, split so that every node ends together, that work is more than they can
-do (then this node's switching workers take it like any other, early, and end with short work of their
-own); and a worker does not switch to a model whose ready work is under two loads per worker sharing
-it when a busy worker here holding that model is due to be free within one load. The estimates are the
-tasks' `seconds` and `load_seconds` (`cost.timed_tasks`).
+end with their short items; and a worker does not switch to a task that needs more GPUs here than on
+another node while anything else is left. The estimates are the tasks' `seconds` and `load_seconds` (`cost.timed_tasks`).
 perf/simulate.py measures it.
 """
 
@@ -67,8 +61,8 @@ from pytest_invarlock.scheduling.claim_policy import Claim
 from pytest_invarlock.scheduling.inventory import Gpu, capacity_gb
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
 
-# The B200 bash harness's small_first priorities (verdict.md, "Priorities"), keyed by item kind.
-# Our kinds map onto the harness's tasks: setup (free tasks) = SETUP 90; calibration = CALIBRATION_RUN 85;
+# The seed's small_first priorities (verdict.md, "Priorities"), keyed by item kind.
+# Our kinds map onto the seed's tasks: setup (free tasks) = SETUP 90; calibration = CALIBRATION_RUN 85;
 # eval_baseline (an lm-eval benchmark of the baseline) = EVAL_BASELINE 80; clean/stress (create +
 # certify an edit) and benchmark (of an edit) = EVAL/CERTIFY_EDIT 65; error (create + certify an
 # injected fault) = CERTIFY_ERROR 55. GENERATE_PRESET has no task here (the preset fixture makes it),
@@ -118,8 +112,8 @@ class Campaign(Protocol):
         """Workers of the other nodes running or holding a claim on `model` now."""
         ...
 
-    def node_gpus(self) -> Sequence[Sequence[float]]:
-        """The GPUs (total GB of each) of every other node working now."""
+    def gpu_sizes(self) -> Sequence[float]:
+        """The largest GPU (total GB) of each other node working now."""
         ...
 
 
@@ -209,7 +203,7 @@ class Policy:
         affinity: bool = True,
         campaign: Campaign | None = None,
     ) -> None:
-        """`affinity=False` is the B200 bash harness's plain small_first greedy, kept to benchmark against; `campaign`:
+        """`affinity=False` is the seed's plain small_first greedy, kept to benchmark against; `campaign`:
         this node shares its tasks with other nodes (see the module docstring; pass queue_depth=1)."""
         if queue_depth < 1:
             raise ValueError(f"queue_depth must be at least 1, got {queue_depth}.")
@@ -233,9 +227,6 @@ class Policy:
         self._holding: dict[str, str] = {}
         self._history: dict[str, set[str]] = defaultdict(set)
         self._gathers: dict[str, tuple[str, tuple[int, ...]]] = {}  # primary worker -> (task id, devices)
-        self._last_set: dict[str, tuple[int, ...]] = {}  # idle worker -> the GPU set of the sharded task it just ran
-        self._due: dict[str, float] = {}  # worker -> when its queue should be done, by the tasks' estimates
-        self._helping = False  # a campaign node takes work a larger node's GPUs run narrower (`_larger_nodes_need_help`)
         self._in_flight: Counter[str] = Counter()  # model -> tasks queued on workers
         self._loads: dict[str, Counter[str]] = defaultdict(Counter)
         self._failed: set[str] = set()
@@ -297,10 +288,7 @@ class Policy:
         position = next((i for i, a in enumerate(queue) if a.task.id == task_id), None)
         if position is None:
             raise ValueError(f"worker {worker!r} reports task {task_id!r}, which is not queued on it.")
-        ended = queue.pop(position)
-        task = ended.task
-        if len(ended.devices) > 1 and not queue:
-            self._last_set[worker] = ended.devices
+        task = queue.pop(position).task
         self._in_flight[task.model] -= 1
         if not ok:
             self._failed.add(task_id)
@@ -319,8 +307,6 @@ class Policy:
         if not self._workers_on(home):
             self._orphaned.add(home)
         self._holding.pop(worker, None)
-        self._last_set.pop(worker, None)
-        self._due.pop(worker, None)
         gather = self._gathers.pop(worker, None)
         if gather:
             self._ready.add(gather[0])
@@ -533,73 +519,15 @@ class Policy:
         return False
 
     def _campaign_key(self, campaign: Campaign, worker: str, task: Task, tier: int) -> tuple[float, ...]:
-        """A campaign node's order: a model new to the worker whose task needs more GPUs here than on a larger node
-        last (unless the larger nodes need help); then the worker's own model; then the most work left per worker."""
-        larger = self._larger(campaign)
-        wider = bool(larger) and self._width_here(task) > self._width_on(task, larger)
+        """A campaign node's order: a model new to the worker whose task needs more GPUs here than on another node
+        last; then the worker's own model; then the most work left per worker."""
+        here = required_gpus(task.mem_gb, max(map(self._budget, self._gpus)) or 1e-9)
+        sizes = campaign.gpu_sizes()
+        wider = bool(sizes) and here > min(required_gpus(task.mem_gb, self._margin.usable_gb(gb) or 1e-9) for gb in sizes)
         others = sum(1 for w, queue in self._queues.items() if w != worker and queue and self._holding.get(w) == task.model)
         per_worker = self._left_s[task.model] / (1 + others + campaign.workers_on(task.model))
         need = per_worker + TAIL_WEIGHT * task.seconds - (task.load_seconds if tier else 0.0)
-        return (float(wider and tier > 0 and not self._helping), float(min(tier, 1)), -need)
-
-    def _larger(self, campaign: Campaign) -> list[Sequence[float]]:
-        """The other nodes working now whose largest GPU is larger than this node's."""
-        mine = max(gpu.total_gb for gpu in self._gpus.values())
-        return [gpus for gpus in campaign.node_gpus() if gpus and max(gpus) > mine]
-
-    def _width_here(self, task: Task) -> int:
-        return required_gpus(task.mem_gb, max(map(self._budget, self._gpus)) or 1e-9)
-
-    def _width_on(self, task: Task, nodes: Sequence[Sequence[float]]) -> int:
-        """The fewest GPUs the task needs on any of `nodes` (by their totals: their free memory is not known here)."""
-        return min(required_gpus(task.mem_gb, self._margin.usable_gb(max(gpus)) or 1e-9) for gpus in nodes)
-
-    def _larger_nodes_need_help(self, campaign: Campaign) -> bool:
-        """Whether this node should take the work that needs fewer GPUs on a node with larger GPUs now.
-
-        The work no node runs yet splits in two: `wide`, the tasks that need more GPUs here than on a larger node
-        (GPU-seconds there and here), and the rest (GPU-seconds here, which the larger nodes need no fewer GPUs
-        for). Split so that the larger nodes (their GPUs) and the others (this node's and those no larger) end
-        together, the larger nodes' part is `there - excess`; they need help while the excess is positive and
-        the other nodes' workers on models with wide work are at least as many as the larger nodes' GPUs (they
-        have started on it: before, the split says nothing about who holds which model).
-        """
-        larger = self._larger(campaign)
-        if not larger:
-            return False
-        mine = max(gpu.total_gb for gpu in self._gpus.values())
-        large_gpus = sum(map(len, larger))
-        small_gpus = len(self._gpus) + sum(len(gpus) for gpus in campaign.node_gpus() if gpus and max(gpus) <= mine)
-        queued = self._queued()
-        there = wide_here = rest = 0.0
-        wide_models: set[str] = set()
-        for task in self._tasks.values():
-            if task.id in self._settled or task.id in self._taken or task.id in queued:
-                continue
-            here, far = self._width_here(task), self._width_on(task, larger)
-            if here > far:
-                there += task.seconds * far
-                wide_here += task.seconds * here
-                wide_models.add(task.model)
-            else:
-                rest += task.seconds * here
-        if there <= 0.0:
-            return False
-        ratio = wide_here / there
-        end = (rest + there * ratio) / (small_gpus + large_gpus * ratio)
-        started = sum(campaign.workers_on(model) for model in wide_models) >= large_gpus
-        return started and there > large_gpus * end
-
-    def _left_to_holder(self, worker: str, task: Task) -> bool:
-        """Whether `worker`, switching models, leaves `task` to a busy worker here that holds its model: the model's
-        ready work is under two loads per worker sharing it and that worker is due to be free within one load."""
-        holders = [w for w, queue in self._queues.items() if w != worker and queue and self._holding.get(w) == task.model]
-        if not holders:
-            return False
-        ready_s = sum(self._tasks[t].seconds for t in self._ready if self._tasks[t].model == task.model)
-        if ready_s >= 2 * task.load_seconds * (1 + len(holders)):
-            return False
-        return min(self._due.get(w, 0.0) for w in holders) < self._clock() + task.load_seconds
+        return (float(wider and tier > 0), float(min(tier, 1)), -need)
 
     # ------------------------------------------------------------------ devices
 
@@ -679,8 +607,7 @@ class Policy:
         if any(self._queues[w] for w in self._workers_on(home) if w != worker):
             return None
         idle = [d for d in self._gpus if d != home and not self._gpus[d].mig and self._idle(d) and self._lender_to(d) is None]
-        last = self._last_set.get(worker, ())
-        idle.sort(key=lambda d: (d not in last, bool(self._workers_on(d)), -self._budget(d), d))
+        idle.sort(key=lambda d: (bool(self._workers_on(d)), -self._budget(d), d))
         return self._grow_set(home, idle, task.mem_gb)
 
     def _open_gather(self, worker: str, task: Task) -> bool:
@@ -717,14 +644,13 @@ class Policy:
         return made
 
     def _fill_queues(self) -> list[Assignment]:
-        """Round-robin over workers, emptiest queue first (of those, one whose sharded task just ended), one task
-        each per pass."""
+        """Round-robin over workers, emptiest queue first, one task each per pass."""
         ready = self._rank_ready()
         made: list[Assignment] = []
         progress = True
         while progress:
             progress = False
-            for worker in sorted(self._queues, key=lambda w: (len(self._queues[w]), w not in self._last_set, w)):
+            for worker in sorted(self._queues, key=lambda w: (len(self._queues[w]), w)):
                 if not self._can_receive(worker):
                     continue
                 choice = self._pick(worker, ready)
@@ -759,8 +685,6 @@ class Policy:
             order = sorted(self._ready, key=lambda t: (-ranked.score[t], self._tasks[t].model_size_gb, t))
         else:  # a model's calibrations first (they unblock the rest), then its longest tasks: its short ones end it
             order = sorted(self._ready, key=lambda t: (self._tasks[t].kind != "calibration", -self._tasks[t].seconds, t))
-        if self._campaign is not None:
-            self._helping = self._larger_nodes_need_help(self._campaign)
         for task_id in order:
             task = self._tasks[task_id]
             (ranked.sharded if task.id in self._wide else ranked.single)[task.model].append(task)
@@ -802,8 +726,6 @@ class Policy:
             sharded = next((t for t in ready.sharded[model] if self._may_take(worker, t)), None)
             for task in filter(None, (single, sharded)):
                 tier = self._tier(worker, model)
-                if self._campaign is not None and tier > 0 and self._left_to_holder(worker, task):
-                    continue
                 first = (float(tier),) if self._campaign is None else self._campaign_key(self._campaign, worker, task, tier)
                 key = (*first, fairness - ready.score[task.id], self._other_group(worker, task))
                 options.append(((*key, task.model_size_gb, task.id), task))
@@ -842,10 +764,6 @@ class Policy:
         self._queues[worker].append(assignment)
         self._in_flight[task.model] += 1
         self._last_group[worker] = task.group
-        self._last_set.pop(worker, None)
-        now = self._clock()
-        load = task.load_seconds if self._holding.get(worker) != task.model else 0.0
-        self._due[worker] = max(now, self._due.get(worker, now)) + load + task.seconds
         if self._holding.get(worker) != task.model:
             self._loads[task.model][worker] += 1
             self._holding[worker] = task.model

@@ -36,12 +36,11 @@ def task(task_id: str, model: str = "m", kind: str = "clean", mem: float = 10.0,
 class Board:
     """The run directory's claims in memory; `view(k)` is node k's `policy.Campaign`."""
 
-    def __init__(self, gpus: dict[int, list[float]] | None = None) -> None:
+    def __init__(self, sizes: dict[int, float] | None = None) -> None:
         self.holder: dict[str, int] = {}
         self.finished: set[str] = set()
         self.claims: Counter[str] = Counter()
-        self.gpus = gpus or {}  # node -> its GPUs (total GB), as its node file publishes them
-        self.workers: Counter[str] = Counter()  # model -> workers of the other nodes on it
+        self.sizes = sizes or {}
 
     def view(self, k: int) -> NodeView:
         return NodeView(self, k)
@@ -65,14 +64,14 @@ class NodeView:
         return Claim.MINE
 
     def workers_on(self, model: str) -> int:
-        return self.board.workers[model]
+        return 0
 
-    def node_gpus(self) -> list[list[float]]:
-        return [gpus for k, gpus in self.board.gpus.items() if k != self.k]
+    def gpu_sizes(self) -> list[float]:
+        return [gb for k, gb in self.board.sizes.items() if k != self.k]
 
 
-def node(board: Board, k: int, tasks: list[Task], spec: str = "2x80", clock=lambda: 0.0) -> Policy:
-    made = Policy(tasks, parse_gpu_spec(spec), queue_depth=1, campaign=board.view(k), clock=clock)
+def node(board: Board, k: int, tasks: list[Task], spec: str = "2x80") -> Policy:
+    made = Policy(tasks, parse_gpu_spec(spec), queue_depth=1, campaign=board.view(k))
     for gpu in parse_gpu_spec(spec):
         made.add_worker(f"n{k}w{gpu.index}", gpu.index)
     return made
@@ -208,51 +207,9 @@ def test_a_node_that_cannot_hold_a_task_leaves_it_to_the_others():
 
 def test_a_task_wider_here_than_on_another_node_waits_until_nothing_else_is_left():
     tasks = [task("wide", model="big", mem=120.0), task("narrow", model="small", mem=10.0)]
-    board = Board(gpus={1: [80.0, 80.0], 2: [180.0, 180.0]})
+    board = Board(sizes={1: 80.0, 2: 180.0})
     policy = node(board, 1, tasks, "2x80")
     assert [a.task.id for a in policy.schedule()][:1] == ["narrow"]
-
-
-@pytest.mark.parametrize(
-    ("wide_tasks", "larger_node_workers", "first"),
-    [
-        (8, 1, "big"),  # 800 s on the 180 GB GPU, where ending together means 475 s each: help it
-        (8, 0, "small"),  # the same, but the larger node has not started on it: who holds what is open
-        (1, 1, "small"),  # 100 s there, under the 125 s each of ending together: it needs no help
-    ],
-)
-def test_a_node_with_smaller_gpus_helps_with_wide_work_only_when_the_larger_nodes_cannot_end_in_time(
-    wide_tasks, larger_node_workers, first
-):
-    tasks = [task(f"w{i}", model="big", mem=120.0, seconds=100.0) for i in range(wide_tasks)]
-    tasks += [task(f"n{i}", model="small", mem=10.0, seconds=100.0) for i in range(3)]
-    board = Board(gpus={2: [180.0]})
-    board.workers["big"] = larger_node_workers
-    policy = node(board, 1, tasks, "2x80")
-    assert policy.schedule()[0].task.model == first
-
-
-def test_a_switching_worker_leaves_a_models_last_short_task_to_its_holder_due_within_a_load():
-    now = [0.0]
-    tasks = [task("m1", model="m", seconds=100.0), task("m2", model="m", seconds=5.0), task("n1", model="n", seconds=96.0)]
-    policy = node(Board(), 1, tasks, "2x80", clock=lambda: now[0])
-    assert sorted((a.worker, a.task.id) for a in policy.schedule()) == [("n1w0", "m1"), ("n1w1", "n1")]
-    now[0] = 101.0  # n1w1 is free; n1w0 is due at 105 (load 5 + 100 s): within one load (5 s)
-    policy.finished("n1w1", "n1")
-    assert policy.schedule() == []
-    now[0] = 104.0
-    policy.finished("n1w0", "m1")
-    assert [(a.worker, a.task.id) for a in policy.schedule()] == [("n1w0", "m2")]
-
-
-def test_a_switching_worker_takes_a_models_short_task_when_its_holder_is_not_due_soon():
-    now = [0.0]
-    tasks = [task("m1", model="m", seconds=100.0), task("m2", model="m", seconds=5.0), task("n1", model="n", seconds=96.0)]
-    policy = node(Board(), 1, tasks, "2x80", clock=lambda: now[0])
-    policy.schedule()
-    now[0] = 50.0
-    policy.finished("n1w1", "n1")
-    assert [(a.worker, a.task.id) for a in policy.schedule()] == [("n1w1", "m2")]
 
 
 def test_a_worker_switching_models_joins_the_one_with_most_work_left():

@@ -326,24 +326,6 @@ def test_a_worker_gathers_gpus_for_a_sharded_task():
     assert [a.task.id for a in p.schedule()] == ["s2"]
 
 
-def test_a_worker_whose_sharded_task_ended_picks_first_and_keeps_its_set():
-    """Without it w0 (first by name) would take s2 on GPU 0 and w1 would gather GPU 0 again for big2."""
-    tasks = [
-        task("s1", model="x", size=10),
-        task("big1", model="y", mem=150, size=75),
-        task("s2", model="x", kind="error", size=10),
-        task("big2", model="y", kind="error", mem=150, size=75),
-    ]
-    p = policy(tasks, "2x80", queue_depth=1)
-    assert placed(p.schedule()) == [("w0", "s1", (0,))]  # w1 chose big1 and waits for GPU 0
-    p.finished("w0", "s1")
-    assert placed(p.schedule()) == [("w1", "big1", (1, 0))]
-    p.finished("w1", "big1")
-    assert placed(p.schedule()) == [("w1", "big2", (1, 0))]
-    p.finished("w1", "big2")
-    assert [a.task.id for a in p.schedule()] == ["s2"]
-
-
 # --------------------------------------------------------------------------- crashes
 
 
