@@ -5,8 +5,8 @@
 - `campaign`: imports torch or InvarLock, runs models, lm-eval or a browser; `./dev.sh test --fast` leaves these out.
 - `sessions`: starts pytest sessions (pytester, subprocesses) or other processes; `./dev.sh test --fast` leaves
   these out too (tests/conftest.py marks them from what they call, modules whose helpers start them say so).
-- `pytest_api`: checks pytest's or pytest-xdist's own API as the plugin uses it; `./dev.sh lowest` runs these and
-  the `sessions` tests on the lowest versions we allow.
+- `pytest_api`: runs pytest or pytest-xdist, through their API or in sessions of the plugin; `./dev.sh lowest`
+  runs these on the lowest versions we allow (a test starting pytest sessions is marked so from what it calls).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sessions: starts pytest sessions or other processes, seconds each (left out of ./dev.sh test --fast)"
     )
-    config.addinivalue_line("markers", "pytest_api: checks pytest's or xdist's API as the plugin uses it (./dev.sh lowest)")
+    config.addinivalue_line("markers", "pytest_api: runs pytest or xdist, their API or sessions of the plugin (./dev.sh lowest)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,9 +2,9 @@
 # Set up (idempotently) and run: the validation suite, or the plugin's own tests.
 #
 #   ./dev.sh suite [pytest args]   # pytest validation/ --suite tiny [args]
-#   ./dev.sh test  [pytest args]   # pytest tests/ [args]
+#   ./dev.sh test  [pytest args]   # pytest tests/ [args]; without args: model-free tests on two workers, then the model tests
 #   ./dev.sh test --fast [args]    # the pure and hypothesis tests only (no sessions, no model runs): under a minute
-#   ./dev.sh lowest [pytest args]  # the plugin-level tests (pytester and other sessions) on the lowest pytest and pytest-xdist allowed
+#   ./dev.sh lowest [pytest args]  # the tests that run pytest (pytester, plugin sessions, its API) on the lowest pytest and pytest-xdist allowed
 #   ./dev.sh rehearse [--models A,B]  # the GPU suites' path on CPU: miniatures on a local hub, online then offline
 #   ./dev.sh lint                  # ruff check, ruff format --check, mypy --strict, import contracts
 #   ./dev.sh setup                 # only create .venv and install the pinned set
@@ -62,6 +62,22 @@ lint() {
   return "$status"
 }
 
+# The project's tests. Without arguments (CI), in two passes: the tests that run no model on two workers (they
+# spend their time starting processes), then the model tests in one process (their torch already uses both cores;
+# a second line of them only slowed both). Each pass prints its slowest tests, for CI's time budget. With
+# arguments, one session with them (a pass's own -m would otherwise meet the caller's).
+project_tests() {
+  if [ $# -gt 0 ]; then
+    .venv/bin/python -m pytest tests/ -ra --durations 15 "$@"
+    return
+  fi
+  local first=0 second=0
+  .venv/bin/python -m pytest tests/ -ra --durations 10 -n 2 -m "not campaign" || first=$?
+  .venv/bin/python -m pytest tests/ -ra --durations 15 -m campaign || second=$?
+  [ "$first" -eq 0 ] || return "$first"
+  return "$second"
+}
+
 # Offline by construction: nothing here may reach a model hub.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_EVALUATE_OFFLINE=1
 command=${1:-}
@@ -75,8 +91,8 @@ case "$command" in
       shift
       exec .venv/bin/python -m pytest tests/ -ra -n auto -m "not campaign and not slow and not gpu and not sessions" "$@"
     fi
-    exec .venv/bin/python -m pytest tests/ -ra --durations 15 "$@" ;;  # the slowest, for CI's time budget
-  lowest) setup; PYTHONPATH="$PWD/.venv/lowest" exec .venv/bin/python -m pytest tests/ -ra -n 2 --dist loadscope -m "(sessions or pytest_api) and not campaign and not slow and not gpu" "$@" ;;
+    project_tests "$@" ;;
+  lowest) setup; PYTHONPATH="$PWD/.venv/lowest" exec .venv/bin/python -m pytest tests/ -ra -n 2 --dist loadscope -m "pytest_api and not campaign and not slow and not gpu" "$@" ;;
   # The local hub listens on 127.0.0.1 only; its sessions set their own HF variables (online, then offline).
   rehearse) setup; exec .venv/bin/python -m pytest_invarlock.assets.rehearsal "$@" ;;
   lint)  setup; lint ;;

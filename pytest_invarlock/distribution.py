@@ -240,10 +240,17 @@ class ControllerDistribution:
             handback=FailureMemory(state.run_dir, state.session).take_handback_of,
             rerun_dead=config.getoption("maxworkerrestart", None) not in (0, "0"),  # xdist keeps it as text
             on_retry=partial(report_retry, config, state),
+            stopping=partial(_session_stopping, config),
             **_campaign_claims(node, state),
         )
         config.pluginmanager.register(scheduler, "invarlock-scheduler")
         return scheduler
+
+
+def _session_stopping(config: pytest.Config) -> bool:
+    """Whether xdist's controller is stopping the session (a worker's Ctrl-C, -x, --maxfail): it sets `shouldstop`
+    before it hands the interrupted worker to the scheduler, and shuts the other workers down only afterwards."""
+    return bool(getattr(config.pluginmanager.get_plugin("dsession"), "shouldstop", False))
 
 
 def _campaign_claims(node: campaign_node.CampaignNode | None, state: ConfigState) -> dict[str, Any]:

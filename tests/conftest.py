@@ -24,29 +24,32 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.pop(variable, None)
 
 
-# What a test calls to start a pytest session or another process (helpers.py and the stdlib).
-SESSION_STARTERS = ("run_pytest(", "run_suite(", "start_suite(", "fake_suite_", "subprocess.", "Popen(", "pytester.")
+# What a test calls to start a pytest session (helpers.py, pytester), or another process (the stdlib).
+PYTEST_STARTERS = ("run_pytest(", "run_suite(", "start_suite(", "fake_suite_", "pytester.", 'sys.executable, "-m", "pytest"')
+PROCESS_STARTERS = ("subprocess.", "Popen(")
 
 
-def starts_sessions(item: pytest.Item) -> bool:
-    """Whether a test starts pytest sessions or other processes (seconds each, not milliseconds)."""
-    if "pytester" in getattr(item, "fixturenames", ()):
-        return True
+def source_of(item: pytest.Item) -> str:
     function = getattr(item, "function", None)
     try:
-        source = inspect.getsource(function) if function is not None else ""
+        return inspect.getsource(function) if function is not None else ""
     except (OSError, TypeError):
-        return False
-    return any(starter in source for starter in SESSION_STARTERS)
+        return ""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use the warmed tiny campaign run models: they are `campaign` tests. Tests that start sessions
-    or processes are `sessions` tests (./dev.sh test --fast leaves both out)."""
+    """Tests that use the warmed tiny campaign run models: they are `campaign` tests. Tests that start processes
+    are `sessions` tests (./dev.sh test --fast leaves both out); those that start pytest sessions are `pytest_api`
+    tests too (./dev.sh lowest runs them on the lowest pytest and pytest-xdist we allow)."""
     for item in items:
-        if "warm_campaign" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "warm_campaign" in fixtures:
             item.add_marker(pytest.mark.campaign)
-        if starts_sessions(item):
+        source = source_of(item)
+        if "pytester" in fixtures or any(starter in source for starter in PYTEST_STARTERS):
+            item.add_marker(pytest.mark.sessions)
+            item.add_marker(pytest.mark.pytest_api)
+        elif any(starter in source for starter in PROCESS_STARTERS):
             item.add_marker(pytest.mark.sessions)
 
 
@@ -69,7 +72,8 @@ class WarmCampaign:
 
 @pytest.fixture(scope="session")
 def warm_campaign(tmp_path_factory: pytest.TempPathFactory) -> WarmCampaign:
-    """The tiny suite run once from scratch (7 minutes on 2 cores), then kept as a pristine copy.
+    """The tiny suite run once from scratch on two xdist workers (4.4 minutes on 2 cores, against 7.2 in one
+    process), then kept as a pristine copy.
 
     Developers iterating on tests can set INVARLOCK_WARM_RUN_DIR to a finished tiny-suite run directory:
     it is used in place (tests restore it from a copy) instead of warming a new one.
@@ -81,8 +85,8 @@ def warm_campaign(tmp_path_factory: pytest.TempPathFactory) -> WarmCampaign:
         summary = (Path(existing) / "reports" / "final_verdict.txt").read_text()
         return WarmCampaign(root, Path(existing), pristine, Run(0, summary + "\n46 passed", 0.0))
     run_dir = root / "run"
-    first = run_suite(run_dir, "--junitxml", str(root / "first.xml"))
-    print(f"tiny suite, first run from scratch: {first.seconds:.0f} s")
+    first = run_suite(run_dir, "-n", "2", "--junitxml", str(root / "first.xml"))
+    print(f"tiny suite, first run from scratch (-n 2): {first.seconds:.0f} s")
     pristine = root / "pristine"
     restore_run_dir(run_dir, pristine)
     return WarmCampaign(root, run_dir, pristine, first)

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import fake_suite_command
 
-pytestmark = pytest.mark.sessions  # every test here starts pytest sessions (through this module's helpers)
+pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]  # every test here starts pytest sessions (through this module's helpers)
 
 TESTS = """
 import time
@@ -79,14 +79,14 @@ def test_two_nodes_claim_every_item_exactly_once_and_the_merge_is_complete(tmp_p
 
 
 def test_a_killed_node_leaves_its_item_to_the_other_which_finishes_the_campaign(tmp_path):
-    first = start(tmp_path, "--campaign-node", "1/2", slow=1.0, fast=0.5)
+    first = start(tmp_path, "--campaign-node", "1/2", slow=0.5, fast=0.1)
 
     def mid_run() -> bool:
         mine = [c for c in claims(tmp_path).values() if c["node"] == 1] if (tmp_path / "run" / "campaign").is_dir() else []
         return any(c["finished"] for c in mine) and any(not c["finished"] for c in mine)
 
     wait_for(mid_run, "node 1 to run its second item")
-    second = start(tmp_path, "--campaign-node", "2/2", slow=1.0, fast=0.5)
+    second = start(tmp_path, "--campaign-node", "2/2", slow=0.5, fast=0.1)
     cut = next(item for item, c in claims(tmp_path).items() if c["node"] == 1 and not c["finished"])
     first.send_signal(signal.SIGKILL)  # no cleanup at all: only the kernel releases its locks
     first.wait(30)

@@ -1,7 +1,7 @@
 """The tiny suite end to end on CPU: real tiny model, real InvarLock, real lm-eval, real xdist workers.
 
 One campaign per test session (the `warm_campaign` fixture of tests/conftest.py, shared with tests/faults):
-the first run certifies everything; the second, with -n 2, must reuse every artifact and reach the same
+the first run (-n 2) certifies everything; the second, in one process, must reuse every artifact and reach the same
 verdict; then a cached certificate is rewritten (a gate flipped in its report, and resealed as InvarLock
 would have written it) and the item it belongs to must turn red with a readable message.
 """
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh
 @pytest.fixture(scope="module")
 def campaign(warm_campaign) -> dict:
     root, run_dir = warm_campaign.root, warm_campaign.restore()
-    second = run_suite(run_dir, "-n", "2", "--junitxml", str(root / "second.xml"))
-    print(f"tiny suite: first run {warm_campaign.first.seconds:.0f} s, second run (-n 2, cached) {second.seconds:.0f} s")
+    second = run_suite(run_dir, "--junitxml", str(root / "second.xml"))
+    print(f"tiny suite: first run (-n 2) {warm_campaign.first.seconds:.0f} s, second run (one process, cached) {second.seconds:.0f} s")
     return {"root": root, "run_dir": run_dir, "first": warm_campaign.first, "second": second}
 
 
@@ -52,7 +52,7 @@ def test_first_run_passes_every_item_and_validates(campaign: dict) -> None:
 
 
 def test_junit_carries_each_items_numbers(campaign: dict) -> None:
-    for xml in ("first.xml", "second.xml"):  # the second comes from xdist workers
+    for xml in ("first.xml", "second.xml"):  # the first comes from xdist workers, the second from one process
         cases = ET.parse(campaign["root"] / xml).getroot().iter("testcase")
         certify = [c for c in cases if c.get("name", "").startswith(("test_edit[", "test_calibration["))]
         assert certify

@@ -96,6 +96,7 @@ class GpuScheduling:
         not_here: Callable[[SuiteItem], str | None] = lambda item: None,
         claim_poll_s: float = CLAIM_POLL_S,
         sleep: Callable[[float], None] = time.sleep,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._handback, self._on_retry, self._rerun_dead = handback, on_retry, rerun_dead
         self._index_of, self._skip_reason, self._on_placed = index, skip_reason, on_placed
@@ -118,6 +119,7 @@ class GpuScheduling:
         self._probed_at: float | None = None
         self._claims, self._not_here, self._claim_poll_s, self._sleep = claims, not_here, claim_poll_s, sleep
         self._others_read_at: float | None = None
+        self._stopping = stopping
 
     @property
     def _started(self) -> Policy:
@@ -197,6 +199,9 @@ class GpuScheduling:
         if self._policy is None:
             self._departed.append(node)  # a fallback chosen later must hear of it too
         if self._admitted.pop(worker, None) is None:
+            return None
+        if self._stopping():  # Ctrl-C or -x: the item was interrupted, not crashed; it runs in the next session
+            self._started.worker_lost(worker, running=False)
             return None
         # A worker runs its pending items in order: the head is what ran, unless it was the spacer.
         running = pending[0] if pending and pending[0] != self._spacer else None
@@ -318,7 +323,11 @@ class GpuScheduling:
                 self._started.observe_free(gpu.index, gpu.free_gb)
 
     def _dispatch(self) -> None:
-        """Send what the policy assigns; report what it gives up on; keep no worker holding a lone item."""
+        """Send what the policy assigns; report what it gives up on; keep no worker holding a lone item.
+        Once the session is stopping (Ctrl-C, -x), nothing new is sent: xdist shuts each worker down only after
+        the event that stopped it, and a worker runs what it was sent before its shutdown."""
+        if self._stopping():
+            return
         self._observe_free()
         self._watch_other_nodes()
         batches: dict[Node, list[int]] = defaultdict(list)

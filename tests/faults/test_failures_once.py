@@ -22,7 +22,7 @@ import yaml
 from helpers import OFFLINE_ENV, REPO, forget, phase0, record, run_suite, suite_command
 
 BROKEN = "broken-kjv"
-HEALTHY_WORK = "tiny-kjv-quant_rtn_8bit_clean-run1"  # its certificate is forgotten: evaluated for real meanwhile
+HEALTHY_WORK = "tiny-kjv-quant_rtn_8bit_clean-run1"  # its certificate is forgotten under -n 2: evaluated for real meanwhile
 
 
 def truncate(weights: Path) -> None:
@@ -74,7 +74,8 @@ def test_a_broken_model_fails_all_its_items_at_once_and_the_campaign_goes_on(
     import re
 
     run_dir = warm_campaign.restore()
-    forget(run_dir, HEALTHY_WORK)
+    if xdist:  # on two workers, the healthy model's work is done for real while the broken model fails
+        forget(run_dir, HEALTHY_WORK)
     run = run_suite(run_dir, *xdist, suite=str(two_model_suite(tmp_path, damage)))
     assert run.returncode == 1, run.output[-3000:]
     records = [json.loads(p.read_text()) for p in (run_dir / "records").glob("*.json")]
@@ -93,7 +94,7 @@ def test_a_broken_model_fails_all_its_items_at_once_and_the_campaign_goes_on(
     )
     assert spread < 5
     assert all(r["outcome"] == "passed" for r in healthy) and len(healthy) == 46
-    assert record(run_dir, HEALTHY_WORK)["outcome"] == "passed"  # evaluated for real while the broken model failed
+    assert record(run_dir, HEALTHY_WORK)["outcome"] == "passed"  # with -n 2: evaluated for real meanwhile
     assert f"{BROKEN}" in run.output and "PHASE0" in run.output  # the verdict is still printed
 
 

@@ -420,6 +420,27 @@ def test_with_worker_restarts_disabled_a_dead_workers_item_is_reported_crashed_a
     assert cluster.sched._started.stats.retried == 0
 
 
+def test_a_worker_interrupted_while_the_session_stops_is_neither_crashed_nor_rerun_and_nothing_new_starts(workdir):
+    """Ctrl-C reaches every worker: xdist marks the session stopping, then hands over the first worker that ended.
+    Its item was interrupted, not crashed (the next session runs it), and no other worker may be sent anything,
+    or an idle one would run it during the shutdown."""
+    gpus = parse_gpu_spec("2x80")
+    state = make_state(workdir, "stop", gpus)
+    collection = [nodeid(i) for i in state.items if i.model.name == "small"]
+    stopping = [False]
+    cluster = Cluster(state, gpus, collection, stopping=lambda: stopping[0])
+    cluster.start_heads()
+    victim = next(n for n in cluster.nodes if n.running is not None)
+    sent = {n.worker: list(n.queue) for n in cluster.nodes if n is not victim}
+    stopping[0] = True
+    cluster.crash(victim)
+    assert cluster.crashed == [None]
+    assert cluster.sched._started.stats.retried == 0
+    cluster.arrive(cluster.arriving[0])
+    assert {n.worker: list(n.queue) for n in cluster.nodes if n.worker in sent} == sent
+    assert all(not n.queue for n in cluster.nodes if n.worker not in sent)
+
+
 @pytest.mark.parametrize("reason", ["oom", "timeout"])
 def test_a_note_left_by_a_dead_worker_decides_how_its_item_runs_again(workdir, reason):
     """Given back after an OOM on one GPU: it runs once more on two. Timed out so hard its worker ended: reported."""
