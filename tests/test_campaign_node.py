@@ -15,7 +15,8 @@ import pytest
 
 from helpers import fake_suite_command
 
-pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]  # every test here starts pytest sessions (through this module's helpers)
+# Every test here starts pytest sessions (through this module's helpers).
+pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]
 
 TESTS = """
 import time

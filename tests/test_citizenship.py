@@ -20,7 +20,8 @@ import pytest
 from helpers import OFFLINE_ENV, REPO, VALIDATION
 from pytest_invarlock.plugin import OPTION_OWNERS
 
-pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]  # every test here starts pytest sessions (through this module's helpers)
+# Every test here starts pytest sessions (through this module's helpers).
+pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]
 
 SURVEY = Path(__file__).parent / "data" / "peer_options.json"
 PEERS = REPO / ".venv" / "peers"

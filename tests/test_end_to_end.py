@@ -26,7 +26,9 @@ pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh
 def campaign(warm_campaign) -> dict:
     root, run_dir = warm_campaign.root, warm_campaign.restore()
     second = run_suite(run_dir, "--junitxml", str(root / "second.xml"))
-    print(f"tiny suite: first run (-n 2) {warm_campaign.first.seconds:.0f} s, second run (one process, cached) {second.seconds:.0f} s")
+    print(
+        f"tiny suite: first run (-n 2) {warm_campaign.first.seconds:.0f} s, second run (one process, cached) {second.seconds:.0f} s"
+    )
     return {"root": root, "run_dir": run_dir, "first": warm_campaign.first, "second": second}
 
 

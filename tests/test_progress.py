@@ -20,7 +20,8 @@ import pytest
 from helpers import fake_suite_session
 from pytest_invarlock.progress import Progress, fmt_duration
 
-pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]  # every test here starts pytest sessions (through this module's helpers)
+# Every test here starts pytest sessions (through this module's helpers).
+pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]
 
 FAKE_SUITE_TESTS = """
 import time
