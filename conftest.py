@@ -5,8 +5,6 @@
 - `campaign`: imports torch or InvarLock, runs models, lm-eval or a browser; `./dev.sh test --fast` leaves these out.
 - `sessions`: starts pytest sessions (pytester, subprocesses) or other processes; `./dev.sh test --fast` leaves
   these out too (tests/conftest.py marks them from what they call, modules whose helpers start them say so).
-- `pytest_api`: runs pytest or pytest-xdist, through their API or in sessions of the plugin; `./dev.sh lowest`
-  runs these on the lowest versions we allow (a test starting pytest sessions is marked so from what it calls).
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sessions: starts pytest sessions or other processes, seconds each (left out of ./dev.sh test --fast)"
     )
-    config.addinivalue_line("markers", "pytest_api: runs pytest or xdist, their API or sessions of the plugin (./dev.sh lowest)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

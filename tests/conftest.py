@@ -18,15 +18,14 @@ XDIST_WORKER_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "P
 def pytest_configure(config: pytest.Config) -> None:
     # Our own warnings are errors in our tests (a test that expects one says so with pytest.warns).
     config.addinivalue_line("filterwarnings", "error::pytest_invarlock.campaign.window_planner.UnderpoweredWindows")
-    # Under `./dev.sh lowest` (-n 2) this process is an xdist worker: a validation session a test starts must see
+    # Under `./dev.sh test` (-n 2) this process is an xdist worker: a validation session a test starts must see
     # what a user's terminal gives it, not that it runs inside one.
     for variable in XDIST_WORKER_VARIABLES:
         os.environ.pop(variable, None)
 
 
-# What a test calls to start a pytest session (helpers.py, pytester), or another process (the stdlib).
-PYTEST_STARTERS = ("run_pytest(", "run_suite(", "start_suite(", "fake_suite_", "pytester.", 'sys.executable, "-m", "pytest"')
-PROCESS_STARTERS = ("subprocess.", "Popen(")
+# What a test calls to start a pytest session (helpers.py, pytester) or another process (the stdlib).
+STARTERS = ("run_pytest(", "run_suite(", "start_suite(", "fake_suite_", "pytester.", "subprocess.", "Popen(")
 
 
 def source_of(item: pytest.Item) -> str:
@@ -39,17 +38,13 @@ def source_of(item: pytest.Item) -> str:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use the warmed tiny campaign run models: they are `campaign` tests. Tests that start processes
-    are `sessions` tests (./dev.sh test --fast leaves both out); those that start pytest sessions are `pytest_api`
-    tests too (./dev.sh lowest runs them on the lowest pytest and pytest-xdist we allow)."""
+    are `sessions` tests (./dev.sh test --fast leaves both out)."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "warm_campaign" in fixtures:
             item.add_marker(pytest.mark.campaign)
         source = source_of(item)
-        if "pytester" in fixtures or any(starter in source for starter in PYTEST_STARTERS):
-            item.add_marker(pytest.mark.sessions)
-            item.add_marker(pytest.mark.pytest_api)
-        elif any(starter in source for starter in PROCESS_STARTERS):
+        if "pytester" in fixtures or any(starter in source for starter in STARTERS):
             item.add_marker(pytest.mark.sessions)
 
 

@@ -16,7 +16,7 @@ import pytest
 from helpers import fake_suite_command
 
 # Every test here starts pytest sessions (through this module's helpers).
-pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]
+pytestmark = pytest.mark.sessions
 
 TESTS = """
 import time

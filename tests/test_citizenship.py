@@ -21,7 +21,7 @@ from helpers import OFFLINE_ENV, REPO, VALIDATION
 from pytest_invarlock.plugin import OPTION_OWNERS
 
 # Every test here starts pytest sessions (through this module's helpers).
-pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]
+pytestmark = pytest.mark.sessions
 
 SURVEY = Path(__file__).parent / "data" / "peer_options.json"
 PEERS = REPO / ".venv" / "peers"

@@ -11,8 +11,6 @@ import pytest
 
 from pytest_invarlock import compat
 
-pytestmark = pytest.mark.pytest_api  # ./dev.sh lowest runs it on the lowest pytest and pytest-xdist we allow
-
 
 def test_runtestprotocol_takes_the_item_the_next_item_and_log() -> None:
     parameters = inspect.signature(compat.runtestprotocol).parameters

@@ -21,7 +21,7 @@ from helpers import fake_suite_session
 from pytest_invarlock.progress import Progress, fmt_duration
 
 # Every test here starts pytest sessions (through this module's helpers).
-pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]
+pytestmark = pytest.mark.sessions
 
 FAKE_SUITE_TESTS = """
 import time

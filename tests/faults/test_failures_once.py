@@ -64,9 +64,9 @@ def two_model_suite(tmp_path: Path, damage) -> Path:
             ["-n", "2"],
         ),
         (overwrite_header, "does not parse as JSON", []),
-        (drop_config, "config.json cannot be read as JSON", ["-n", "2"]),
+        (drop_config, "config.json cannot be read as JSON", []),
     ],
-    ids=["truncated-xdist", "garbage-header-single", "bad-config-xdist"],
+    ids=["truncated-xdist", "garbage-header-single", "bad-config-single"],
 )
 def test_a_broken_model_fails_all_its_items_at_once_and_the_campaign_goes_on(
     warm_campaign, tmp_path: Path, damage, cause: str, xdist: list[str]

@@ -96,7 +96,7 @@ def reference(warm_campaign) -> dict:
 def test_ctrl_c_stops_within_seconds_leaves_nothing_and_the_same_command_resumes(
     run_dir: Path, reference: dict, xdist: list[str]
 ) -> None:
-    forget(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1", "tiny-kjv-prune_10pct_clean-run1")
+    forget(run_dir, "tiny-kjv-quant_rtn_8bit_clean-run1")  # under -n 2 the other worker is idle when Ctrl-C comes
     args = ["-k", EDIT_ITEMS, *xdist]
     proc = start_suite(run_dir, *args)
     wait_for_evaluate(run_dir, proc)
@@ -126,9 +126,9 @@ def test_ctrl_c_stops_within_seconds_leaves_nothing_and_the_same_command_resumes
     resumed = run_suite(run_dir, *args)
     assert resumed.returncode == 0, resumed.output[-3000:]
     assert "failed" not in closing_line(resumed.output)
-    rebuilt = builds(run_dir)[before:]  # the interrupted certificates, and their edits where those were evicted
+    rebuilt = builds(run_dir)[before:]  # the interrupted certificate, and its edit where that was evicted
     results = [b for b in rebuilt if b.startswith("store/results/")]
-    assert 1 <= len(results) <= 2 and all(b.startswith(("store/results/", "store/edits/")) for b in rebuilt), rebuilt
+    assert len(results) == 1 and all(b.startswith(("store/results/", "store/edits/")) for b in rebuilt), rebuilt
     verdict = json.loads((run_dir / "reports" / "final_verdict.json").read_text())
     assert verdict["partial"] is False
     assert verdict["phase0"] == reference

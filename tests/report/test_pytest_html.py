@@ -16,7 +16,7 @@ import pytest
 from helpers import fake_suite_session
 
 # Every test here starts pytest sessions (through this module's helpers).
-pytestmark = [pytest.mark.sessions, pytest.mark.pytest_api]
+pytestmark = pytest.mark.sessions
 
 pytest.importorskip("pytest_html", reason="pytest-html is a test dependency (requirements.lock)")
 

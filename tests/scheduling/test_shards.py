@@ -96,7 +96,6 @@ def collected(*args: str, cwd: Path = ROOT) -> list[str]:
 
 
 @pytest.mark.sessions  # collects in pytest sessions
-@pytest.mark.pytest_api
 def test_collect_only_over_k_lists_a_partition_of_the_suite(tmp_path):
     run_dir = str(tmp_path / "run")
     whole = collected("validation/", "--suite", "tiny", "--run-dir", run_dir)
@@ -106,7 +105,6 @@ def test_collect_only_over_k_lists_a_partition_of_the_suite(tmp_path):
 
 
 @pytest.mark.sessions  # collects in pytest sessions
-@pytest.mark.pytest_api
 def test_nodes_with_different_gpus_compute_the_same_partition(tmp_path):
     """The split never depends on the node's GPUs: an 8 x 80 GB node and an 8 x 180 GB node agree."""
     run_dir = str(tmp_path / "run")
