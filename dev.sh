@@ -2,7 +2,7 @@
 # Set up (idempotently) and run: the validation suite, or the plugin's own tests.
 #
 #   ./dev.sh suite [pytest args]   # pytest validation/ --suite tiny [args]
-#   ./dev.sh test  [pytest args]   # pytest tests/ [args]; without args: model-free tests on two workers, then the model tests
+#   ./dev.sh test  [pytest args]   # pytest [args] (tests/ unless paths are given); without args: model-free tests on two workers, then the model tests
 #   ./dev.sh test --fast [args]    # the pure and hypothesis tests only (no sessions, no model runs): under a minute
 #   ./dev.sh rehearse [--models A,B]  # the GPU suites' path on CPU: miniatures on a local hub, online then offline
 #   ./dev.sh lint                  # ruff check, ruff format --check, mypy --strict, import contracts
@@ -36,11 +36,8 @@ setup() {
     "$(find_python)" -m venv .venv
   fi
   .venv/bin/python -m pip install --quiet --upgrade "pip>=24"
-  # --no-compile: byte-compiling every file of torch and the rest took about 60 of the 150 s; Python compiles
-  # the modules it imports on first use instead (a first `import torch, transformers, lm_eval` measured 8.6 s
-  # against 8.0 s).
-  .venv/bin/python -m pip install --quiet --no-compile -r requirements.lock
-  .venv/bin/python -m pip install --quiet --no-compile --no-deps -r requirements-nodeps.lock
+  .venv/bin/python -m pip install --quiet -r requirements.lock
+  .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.lock
   .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
   # Popular pytest plugins, beside ours only in the sessions of tests/test_citizenship.py (PYTHONPATH=.venv/peers).
   rm -rf .venv/peers
@@ -68,7 +65,8 @@ lint() {
 # arguments, one session with them (a pass's own -m would otherwise meet the caller's).
 project_tests() {
   if [ $# -gt 0 ]; then
-    .venv/bin/python -m pytest tests/ -ra --durations 15 "$@"
+    # No tests/ here: the paths given select (pyproject's testpaths is tests/ when none is given).
+    .venv/bin/python -m pytest -ra --durations 15 "$@"
     return
   fi
   local first=0 second=0
@@ -89,7 +87,7 @@ case "$command" in
     setup
     if [ "${1:-}" = "--fast" ]; then
       shift
-      exec .venv/bin/python -m pytest tests/ -ra -n auto -m "not campaign and not slow and not gpu and not sessions" "$@"
+      exec .venv/bin/python -m pytest -ra -n auto -m "not campaign and not slow and not gpu and not sessions" "$@"
     fi
     project_tests "$@" ;;
   # The local hub listens on 127.0.0.1 only; its sessions set their own HF variables (online, then offline).

@@ -6,9 +6,9 @@
     .venv/bin/python perf/simulate.py --suite b200 --cluster 2*8x80+2*8x180 --realistic
 
 It drives the plugin's own `Policy` (the one the xdist adapter drives) with simulated GPUs and item
-durations, and compares it on the same workloads with three baselines: the seed's small_first greedy
+durations, and compares it on the same workloads with three baselines: the B200 bash harness's small_first greedy
 (the same policy with affinity off), pytest-xdist's own `--dist worksteal` (blind to memory and
-dependencies) and the seed's static layout (each model owns a GPU, or a GPU group, and runs all its
+dependencies) and its static layout (each model owns a GPU, or a GPU group, and runs all its
 items there). The workloads are the suites' own items (`load_suite` + `build_items`).
 
 Model of time (`pytest_invarlock.scheduling.cost`, shared with the shard split): an item takes
@@ -273,7 +273,7 @@ class XdistWorksteal:
 
 
 class StaticPerModel:
-    """The seed's static layout: each model owns a GPU (a group of them when its largest item needs
+    """The B200 bash harness's static layout: each model owns a GPU (a group of them when its largest item needs
     more) and runs its items there one after another; when GPUs run out, a model shares the group
     with the least work so far."""
 

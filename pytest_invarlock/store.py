@@ -607,7 +607,7 @@ class Store:
     substrings of the model path, so a directory named after a model would change its behaviour.
     `session` marks artifacts made in this pytest session; with `recompute=True` only those count.
     `warnings` collects one line per damaged artifact this process found (and rebuilt); `rebuilt` the
-    evicted artifacts it rebuilt from their recipe.
+    evicted artifacts it rebuilt from their recipe; `built` counts the artifacts it built.
     """
 
     def __init__(self, root: Path, *, session: str = "", recompute: frozenset[str] = frozenset()) -> None:
@@ -616,6 +616,7 @@ class Store:
         self.recompute = recompute
         self.warnings: list[str] = []
         self.rebuilt: list[str] = []
+        self.built = 0
 
     def path(self, category: str, key: str) -> Path:
         return self.root / category / f"{category[0]}-{key}"
@@ -695,6 +696,7 @@ class Store:
                 _VERIFIED.pop(str(path.absolute()), None)
             verify(path, full=False)
             self._log_build(path, time.monotonic() - started)
+            self.built += 1
             if problem == EVICTED:
                 self.rebuilt.append(self._rel(path))
         return Artifact(path, reused=False)

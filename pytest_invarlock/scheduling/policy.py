@@ -14,7 +14,7 @@ against the home GPU's budget (`MarginRule`: its free memory as last read while 
 ran there, less the safety margin and the allocator residue; the same rule plans and dispatches,
 so a plan made on a node whose free memory is below its total holds when dispatching); model
 affinity (a worker keeps to the model it holds, so each model is loaded about once per worker);
-then work stealing by the seed's small_first priority, preferring models the worker has not held
+then work stealing by the B200 bash harness's small_first priority, preferring models the worker has not held
 before. A task larger than every single GPU runs sharded on a set of GPUs owned by one worker:
 the other GPUs of the set are idle when it is placed and take no work until it ends. MIG slices
 are never part of a set (CUDA shows a process one MIG device at most). When no such
@@ -61,8 +61,8 @@ from pytest_invarlock.scheduling.claim_policy import Claim
 from pytest_invarlock.scheduling.inventory import Gpu, capacity_gb
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
 
-# The seed's small_first priorities (verdict.md, "Priorities"), keyed by item kind.
-# Our kinds map onto the seed's tasks: setup (free tasks) = SETUP 90; calibration = CALIBRATION_RUN 85;
+# The B200 bash harness's small_first priorities (docs/verdict.md, "The harnesses this project replaces"), keyed by
+# item kind. Our kinds map onto its tasks: setup (free tasks) = SETUP 90; calibration = CALIBRATION_RUN 85;
 # eval_baseline (an lm-eval benchmark of the baseline) = EVAL_BASELINE 80; clean/stress (create +
 # certify an edit) and benchmark (of an edit) = EVAL/CERTIFY_EDIT 65; error (create + certify an
 # injected fault) = CERTIFY_ERROR 55. GENERATE_PRESET has no task here (the preset fixture makes it),
@@ -203,7 +203,7 @@ class Policy:
         affinity: bool = True,
         campaign: Campaign | None = None,
     ) -> None:
-        """`affinity=False` is the seed's plain small_first greedy, kept to benchmark against; `campaign`:
+        """`affinity=False` is the B200 bash harness's plain small_first greedy, kept to benchmark against; `campaign`:
         this node shares its tasks with other nodes (see the module docstring; pass queue_depth=1)."""
         if queue_depth < 1:
             raise ValueError(f"queue_depth must be at least 1, got {queue_depth}.")

@@ -512,7 +512,7 @@ class Worker:
         (`ItemError.record`). Work this item needed that already failed in this session fails it at once."""
         from pytest_invarlock.worker.resources import release_memory
 
-        started, warned, rebuilt = time.perf_counter(), len(self.store.warnings), len(self.store.rebuilt)
+        started, warned, rebuilt, built = time.perf_counter(), len(self.store.warnings), len(self.store.rebuilt), self.store.built
         limit = self.limit_s(item.kind, item.model)
         plan = execution.item_device_plan(self.state, item)
         self.stats = execution.ItemStats(
@@ -522,6 +522,7 @@ class Worker:
         failed_work: Failure | None = self.failures.blocking(item)
         failure = f"not run: {failed_work.message}" if failed_work is not None else None
         waited = 0.0
+        result: ItemResult | None = None
         if failure is None:
             self._item = item
             self._holds = contextlib.ExitStack()
@@ -533,7 +534,8 @@ class Worker:
             finally:
                 self._holds.close()
                 self._item = None
-                release_memory()
+                if result is None or self.store.built != built:  # a full collection takes ~0.15 s: not after reused work
+                    release_memory()
         extra = {
             "seconds": round(time.perf_counter() - started, 2),
             "worker": self.worker_id,
