@@ -95,6 +95,7 @@ def manifest(state: ConfigState, mode: str, nodes: int) -> dict[str, Any]:
     tasks = tasks_from_items(items, [item.param_id for item in items])
     rows = [_work_item(item, task.deps, item_cost(item)) for item, task in zip(items, tasks)]
     options = state.options
+    definitions = {item.param_id: item.definition_key for item in items}
     made: dict[str, Any] = {
         "mode": mode,
         "suite": state.suite.name,
@@ -109,8 +110,11 @@ def manifest(state: ConfigState, mode: str, nodes: int) -> dict[str, Any]:
             "calibrate_only": options.calibrate_only,
             "no_benchmarks": options.no_benchmarks,
         },
-        "definitions": {item.param_id: item.definition_key for item in items},
-        "item_fields": item_fields(items),
+        "definitions": definitions,
+        # The suite's items the options leave out: outside the work, inside the verdict's scope (a --no-benchmarks
+        # campaign is not the whole suite, as a --no-benchmarks session is not).
+        "left_out": {item.param_id: item.definition_key for item in state.items if item.param_id not in definitions},
+        "item_fields": item_fields(state.items),
         "items": [row.to_json() for row in work_order(rows)],
     }
     if mode == "shards":

@@ -184,3 +184,21 @@ def test_a_shard_alone_says_its_verdict_is_partial_and_the_merge_names_the_missi
     assert merged.stdout.rstrip().endswith(
         f"INCOMPLETE: {len(missing)} of {ITEMS} item(s) have no record; nodes not finished: 2/2 (never started)"
     )
+
+
+def test_a_campaign_whose_options_leave_items_out_is_complete_but_its_verdict_is_not_the_whole_suite(tmp_path):
+    """--no-benchmarks leaves the benchmark items out of the work: the merge says the campaign is complete, and its
+    verdict is over part of the suite (never VALIDATED), as a --no-benchmarks session's is."""
+    code, output = finish(start(tmp_path, "--campaign-node", "1/1", "--no-benchmarks"))
+    assert code == 0, output[-3000:]
+    manifest = json.loads((tmp_path / "run" / "campaign" / "manifest.json").read_text())
+    left_out = manifest["left_out"]
+    kinds = {pid: fields["kind"] for pid, fields in manifest["item_fields"].items()}
+    assert left_out and {kinds[pid] for pid in left_out} == {"benchmark"} and not set(left_out) & set(manifest["definitions"])
+    work = ITEMS - len(left_out)
+    merged = merge(tmp_path)
+    assert merged.returncode == 0, merged.stdout[-3000:]
+    assert merged.stdout.rstrip().endswith(f"COMPLETE: every one of the {work} item(s) has a record")
+    verdict = json.loads((tmp_path / "run" / "reports" / "final_verdict.json").read_text())
+    assert verdict["phase0"]["scope"]["suite_items"] == ITEMS and verdict["phase0"]["scope"]["measured"] == work
+    assert verdict["phase0"]["status"] != "PHASE0_VALIDATED"

@@ -113,10 +113,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _campaign_of(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The verdict header's campaign block from a campaign's manifest."""
+    """The verdict header's campaign block from a campaign's manifest: the suite's items the campaign's options
+    left out count as not selected (the verdict's scope), not as missing work."""
+    left_out = dict(manifest.get("left_out") or {})
     return {
-        "items": dict(manifest["definitions"]),
+        "items": {**manifest["definitions"], **left_out},
         "item_fields": manifest.get("item_fields"),
+        "not_selected": sorted(left_out),
         "min_signal_fraction": manifest.get("min_signal_fraction"),
     }
 
@@ -156,11 +159,15 @@ def _merge(
             print("\n".join(nodes.lines))
         print(f"INCOMPLETE: {len(campaign['items']) if campaign else 'all'} item(s) have no record.")
         return 1
-    if campaign is not None:  # the campaign as a whole, not the session that last wrote its verdict
+    if campaign is not None and manifest is None:  # the campaign as a whole, not the session that last wrote its verdict
         campaign = {**campaign, "not_selected": None}
     compiled = compile_records(records, **campaign_options(campaign or {}))
     accounting = compiled.phase0.accounting
-    missing = list(accounting.not_run) if accounting is not None and campaign is not None else []
+    missing = (
+        [pid for pid in accounting.not_run if pid not in accounting.not_selected]
+        if accounting is not None and campaign is not None
+        else []
+    )
     status = _status_line(campaign, missing, nodes)
     header: dict[str, Any] = {
         "suite": suite_name or "?",
@@ -201,10 +208,11 @@ def _status_line(campaign: dict[str, Any] | None, missing: list[str], nodes: Nod
             "INCOMPLETE: unknown campaign: the run directory holds no campaign manifest and no earlier verdict, so the "
             "records alone cannot say what is missing; pass --suite (and the options the run used)"
         )
+    work = len(campaign["items"]) - len(campaign.get("not_selected") or ())
     if missing:
         unfinished = f"; nodes not finished: {', '.join(nodes.unfinished)}" if nodes is not None and nodes.unfinished else ""
-        return f"INCOMPLETE: {len(missing)} of {len(campaign['items'])} item(s) have no record{unfinished}"
-    return f"COMPLETE: every one of the {len(campaign['items'])} item(s) has a record"
+        return f"INCOMPLETE: {len(missing)} of {work} item(s) have no record{unfinished}"
+    return f"COMPLETE: every one of the {work} item(s) has a record"
 
 
 @dataclass(frozen=True)
