@@ -42,7 +42,8 @@ class Accounting:
     """Where every suite item went. Lists hold (item id, reason) pairs, sorted by id.
 
     not_selected: the items of `not_run` that this session did not select (-k, -m, --shard,
-    --calibrate-only, --no-benchmarks, a path); empty outside a session. roles: suite item -> role
+    --calibrate-only, --no-benchmarks, a path), or that a merged campaign's options left out; empty
+    otherwise. roles: suite item -> role
     (`ROLES`) where known, so a missing item can be charged to the criterion it would have measured.
     """
 
