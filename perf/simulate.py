@@ -22,7 +22,7 @@ Realistic mode (realistic=1), what a real node does to the scheduler:
 - allocator residue: a worker keeps 0.3-0.9 GB on its GPU after its first item, while it lives;
 - NVML re-read at dispatch (every 5 s at most, as the adapter does), each reading up to 0.2 GB low;
 - an item's real peak is 80-100% of its plan; durations +-30% (uniform);
-- one worker crash at 30% of the lower bound (its running item is lost; a replacement comes 60 s
+- one worker crash at 30% of the item seconds over the GPUs (its running item is lost; a replacement comes 60 s
   later on the same GPU) and one CUDA OOM (an item fails at 40% of its run and is retried once).
 
 Each case prints its table, then one last line per strategy:
@@ -149,56 +149,115 @@ def cluster_bound(workload: Workload, node_gpus: Sequence[Sequence[Gpu]]) -> flo
     """A lower bound on any schedule of the workload on these nodes: max(longest dependency chain, the
     makespan of the best *fractional* split of the GPU-seconds over the node types).
 
-    An item costs seconds x the GPUs it holds on a node type, a model's load is counted once, at its
-    cheapest, and every other GPU's first load at the cheapest load there is; on one node type that is
-    all GPU-seconds / all GPUs. On two types (say 8 x 80 and
-    8 x 180 GB nodes, where a 70B model's items hold two 80 GB GPUs and one 180 GB GPU) the best split
-    gives the smaller type the items it runs at the least extra cost: a binary search on the makespan,
-    each step filling the first type in order of relative cost (exact for the fractional relaxation).
+    An item costs its seconds x the GPUs it holds on a node type (items no node type holds are left out: no
+    schedule runs them). Loads are counted two ways, each a lower bound on its own, so the makespan must pass
+    both: (a) each model's first load, and every GPU its first loads do not hold loading at the cheapest load; (b) a
+    worker runs at most makespan - load seconds of a model's items, so items of D seconds need at least
+    D / (makespan - load) workers, each of which loads the model: every second of an item carries
+    load / (makespan - load) seconds of loading (and each model at least one load). A load holds at least
+    the GPUs of the model's narrowest item on that node type. On one node type the split is all GPU-seconds / all GPUs. On
+    two (say 8 x 80 and 8 x 180 GB nodes, where a 70B model's items hold two 80 GB GPUs and one 180 GB GPU)
+    the best split gives the smaller type the items it runs at the least extra cost: a binary search on
+    the makespan, each step filling the first type in order of relative cost (exact for the relaxation).
     """
     kinds: dict[str, tuple[dict[str, int | None], int]] = {}
     for gpus in node_gpus:
         spec = format_gpu_spec(list(gpus))
         widths, count = kinds.get(spec, (node_widths(workload, gpus), 0))
         kinds[spec] = (widths, count + len(gpus))
-    costs: list[list[float]] = []  # per job (task or model load): GPU-seconds on each kind (inf: cannot run)
-    for task in workload.tasks:
-        costs.append([workload.seconds[task.id] * (widths[task.id] or math.inf) for widths, _ in kinds.values()])
-    for model, load in workload.load_seconds.items():
-        ids = [t.id for t in workload.tasks if t.model == model]
-        costs.append([load * max((widths[i] or math.inf for i in ids), default=1) for widths, _ in kinds.values()])
-    capacity = [count for _, count in kinds.values()]
-    # Every GPU loads a model before it works: beyond the one load per model counted, at least the cheapest load
-    # on each of the others (with fewer GPUs working the bound is higher still).
-    extra = max(0, sum(capacity) - len(workload.load_seconds)) * min(workload.load_seconds.values(), default=0.0)
-    costs.append([extra] * len(kinds))
-    chain = _longest_chain(workload)
-    if len(kinds) == 1:
-        return max(sum(c[0] for c in costs) / capacity[0], chain)
-    if len(kinds) != 2:
+    if len(kinds) > 2:
         raise ValueError(f"the cluster bound handles one or two node types, got {len(kinds)}: {', '.join(kinds)}.")
+    capacity = [count for _, count in kinds.values()]
+    by_model: defaultdict[str, list[Task]] = defaultdict(list)
+    for task in workload.tasks:
+        if any(widths[task.id] for widths, _ in kinds.values()):
+            by_model[task.model].append(task)
+    narrowest = {  # per model and kind: the fewest GPUs one of its items holds there (its load holds at least those)
+        model: [min((widths[t.id] or math.inf for t in tasks), default=1) for widths, _ in kinds.values()]
+        for model, tasks in by_model.items()
+    }
+    loads = {model: workload.load_seconds[model] for model in by_model}
+    cheapest_load = min(loads.values(), default=0.0)
+    # GPUs beyond those the models' first loads hold (a sharded item's load holds its whole set): each loads too
+    first_loads = sum(max((n for n in narrowest[model] if n < math.inf), default=1) for model in by_model)
+    other_gpus = max(0, sum(capacity) - first_loads)
+
+    def jobs(makespan: float, amortized: bool) -> list[list[float]]:
+        """Per job (an item, or a model's load), its GPU-seconds on each node type (inf: cannot run there)."""
+        costs: list[list[float]] = []
+        for model, tasks in by_model.items():
+            load = loads[model]
+            per_second = load / (makespan - load) if amortized else 0.0
+            spread = 0.0
+            for task in tasks:
+                seconds = workload.seconds[task.id]
+                spread += seconds * per_second
+                costs.append(
+                    [
+                        seconds * (width + per_second * narrow) if (width := widths[task.id]) else math.inf
+                        for (widths, _), narrow in zip(kinds.values(), narrowest[model])
+                    ]
+                )
+            if amortized and spread < load:  # at least one load; its GPUs beyond the first are in `per_second`'s
+                costs.append([load - spread] * len(kinds))
+            elif not amortized:
+                costs.append([load * narrow for narrow in narrowest[model]])
+        if not amortized:
+            costs.append([other_gpus * cheapest_load] * len(kinds))
+        return costs
 
     def fits(makespan: float) -> bool:
-        room = capacity[0] * makespan
-        rest = 0.0
-        for first, second in sorted(costs, key=lambda c: c[0] / c[1] if c[1] < math.inf else -math.inf):
-            if first == math.inf:
-                rest += second
-                continue
-            share = 1.0 if second == math.inf else min(1.0, max(0.0, room / first))
-            room -= share * first
-            rest += (1 - share) * second
-        return room >= -1e-6 and rest <= capacity[1] * makespan + 1e-6
+        if makespan <= max(loads.values(), default=0.0):
+            return False  # every model is loaded before its items run
+        return all(_split_fits(jobs(makespan, amortized), capacity, makespan) for amortized in (False, True))
 
-    low, high = 0.0, sum(min(c) for c in costs)
+    chain = _longest_chain(workload, (task for tasks in by_model.values() for task in tasks))
+    if not by_model:
+        return chain
+    low, high = 0.0, 1.0
+    while not fits(high):
+        if high > 1e12:
+            raise ValueError("the cluster bound found no makespan that holds the work (a bug in the bound).")
+        high *= 2
     for _ in range(60):
         middle = (low + high) / 2
         low, high = (low, middle) if fits(middle) else (middle, high)
     return max(high, chain)
 
 
-def _longest_chain(workload: Workload) -> float:
-    tasks = {t.id: t for t in workload.tasks}
+def _split_fits(costs: Sequence[Sequence[float]], capacity: Sequence[int], makespan: float) -> bool:
+    """Whether the jobs fit `capacity` GPUs of each node type for `makespan` seconds, split fractionally: the first
+    type takes the jobs it runs at the least relative cost."""
+    if len(capacity) == 1:
+        return sum(c[0] for c in costs) <= capacity[0] * makespan + 1e-6
+    room, rest = capacity[0] * makespan, 0.0
+    for first, second in sorted(costs, key=_relative_cost):
+        if first == math.inf:
+            rest += second
+            continue
+        share = 1.0 if second == math.inf or first == 0 else min(1.0, max(0.0, room / first))
+        room -= share * first
+        rest += (1 - share) * second if share < 1 else 0.0  # (0 x inf is nan)
+    return room >= -1e-6 and rest <= capacity[1] * makespan + 1e-6
+
+
+def crash_time(workload: Workload, node_gpus: Sequence[Sequence[Gpu]]) -> float:
+    """When realistic mode crashes a worker: CRASH_AT of the item seconds spread over every GPU. Not the bound's
+    fraction, so that a better bound measures the same runs."""
+    return CRASH_AT * sum(workload.seconds.values()) / sum(map(len, node_gpus))
+
+
+def _relative_cost(costs: Sequence[float]) -> float:
+    """A job's cost on the first node type over its cost on the second (-inf: only the first runs it)."""
+    first, second = costs
+    if second == math.inf:
+        return -math.inf
+    return first / second if second > 0 else (math.inf if first > 0 else 1.0)
+
+
+def _longest_chain(workload: Workload, runnable: Iterable[Task]) -> float:
+    """The longest chain of dependencies among the tasks some node runs (an unplaceable one releases the rest)."""
+    tasks = {t.id: t for t in runnable}
     finish: dict[str, float] = {}
 
     def end(task_id: str) -> float:
@@ -344,7 +403,7 @@ class Outcome:
 
 def simulate(make: Callable[[Callable[[], float]], Scheduler], workload: Workload) -> Outcome:
     """Run a scheduler to completion on the workload's node: one worker per GPU, each running its queue in order."""
-    crash_at = CRASH_AT * lower_bound(workload) if workload.realistic else None
+    crash_at = crash_time(workload, [workload.gpus]) if workload.realistic else None
     (outcome,) = run_nodes(workload, [workload.gpus], lambda clock, node: make(clock), crash_at=crash_at)
     return outcome
 
@@ -669,7 +728,7 @@ def cluster_report(suite_name: str, nodes: Sequence[str], seed: int, *, realisti
         def make(clock: Callable[[], float], k: int) -> Scheduler:
             return Policy([t for t, i in zip(workload.tasks, items) if split[i.param_id] == k], node_gpus[k], clock=clock)
 
-    outcomes = run_nodes(workload, node_gpus, make, board=board, crash_at=CRASH_AT * bound if realistic else None)
+    outcomes = run_nodes(workload, node_gpus, make, board=board, crash_at=crash_time(workload, node_gpus) if realistic else None)
     makespan = max(o.makespan for o in outcomes)
     twice = sum(n - 1 for n in board.starts.values() if n > 1)
     skipped = sum(o.skipped for o in outcomes)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_invarlock.scheduling.inventory import parse_gpu_spec
+from pytest_invarlock.scheduling.policy import Policy, Task
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULT = re.compile(
@@ -65,3 +73,80 @@ def test_a_bad_cluster_spec_says_how_to_write_one():
         timeout=60,
     )
     assert result.returncode == 2 and "e.g. 2*8x80+2*8x180" in result.stderr
+
+
+def _simulator():
+    sys.path.insert(0, str(ROOT / "perf"))
+    try:
+        import simulate
+    finally:
+        sys.path.remove(str(ROOT / "perf"))
+    return simulate
+
+
+def test_the_bound_counts_a_load_for_every_worker_a_model_needs():
+    """One model of four 300 s items (a 100 s load) and one of four 30 s items (10 s) on four GPUs. A worker runs
+    at most T - 100 s of the first model, so it needs 1200 / (T - 100) workers, each loading it: the bound solves
+    4T = 1320 + 10 + 100 x 1200 / (T - 100), T = 424.85 s (the best schedule takes 440 s). Counting one load per
+    model and the cheapest load for every other GPU gives only 362.5 s."""
+    simulate = _simulator()
+    tasks = [Task(f"a{i}", "a", "clean", 10.0, 10.0) for i in range(4)] + [
+        Task(f"b{i}", "b", "clean", 1.0, 1.0) for i in range(4)
+    ]
+    seconds = {t.id: 300.0 if t.model == "a" else 30.0 for t in tasks}
+    gpus = parse_gpu_spec("4x80")
+    workload = simulate.Workload("hand", "4x80", False, gpus, tasks, seconds, {"a": 100.0, "b": 10.0})
+    bound = simulate.cluster_bound(workload, [gpus])
+    assert bound == pytest.approx((1730 + math.sqrt(1730**2 - 16 * 13000)) / 8, abs=0.01)
+    ours = simulate.simulate(simulate.STRATEGIES["invarlock"](workload), workload)
+    assert ours.makespan >= bound
+
+
+@pytest.mark.parametrize(("suite", "spec"), [("tiny", "80:79,24:23"), ("ci", "2x80"), ("ci", "4x24")])
+@pytest.mark.parametrize("realistic", [False, True])
+def test_no_schedule_ends_before_the_bound(suite: str, spec: str, realistic: bool):
+    """Every strategy that keeps to memory (xdist's worksteal does not) and claims on two node types end at or
+    after the bound: a bound above a real schedule would flatter every ratio printed against it."""
+    simulate = _simulator()
+    workload = simulate.build_workload(suite, spec, 3, realistic=realistic)
+    bound = simulate.lower_bound(workload)
+    for name in ("invarlock", "small_first", "static_per_model"):
+        assert simulate.simulate(simulate.STRATEGIES[name](workload), workload).makespan >= bound * (1 - 1e-9), name
+    lines, _ = simulate.cluster_report(suite, [spec, "2x180"], 3, realistic=realistic, strategy="claims")
+    assert float(re.search(r"makespan_over_bound=(\d+\.\d+)", lines[0]).group(1)) >= 1.0, lines
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(st.integers(0, 3), st.floats(5.0, 400.0), st.sampled_from([10.0, 60.0, 120.0])), min_size=1, max_size=24
+    ),
+    gpus=st.integers(1, 4),
+    second_node=st.sampled_from(["", "2x40", "1x180"]),
+)
+def test_random_workloads_never_beat_the_bound(items: list[tuple[int, float, float]], gpus: int, second_node: str):
+    """Random models, item times and sizes on one node or two of different GPUs: the policy's schedule (sharded
+    items included) never ends before the bound."""
+    simulate = _simulator()
+    tasks = [Task(f"t{i}", f"m{model}", "clean", mem, mem) for i, (model, _, mem) in enumerate(items)]
+    seconds = {task.id: length for task, (_, length, _) in zip(tasks, items)}
+    loads = {task.model: 10.0 + task.model_size_gb / 2 for task in tasks}
+    spec = f"{gpus}x80"
+    workload = simulate.Workload("random", spec, False, parse_gpu_spec(spec), tasks, seconds, loads)
+    nodes = [spec, second_node] if second_node else [spec]
+    node_gpus = [parse_gpu_spec(node) for node in nodes]
+    bound = simulate.cluster_bound(workload, node_gpus)
+    if len(nodes) == 1:
+        ends = [simulate.simulate(simulate.STRATEGIES["invarlock"](workload), workload).makespan]
+    else:
+        board = simulate.SimBoard(node_gpus)
+        ends = [
+            o.makespan
+            for o in simulate.run_nodes(
+                workload,
+                node_gpus,
+                lambda clock, k: Policy(tasks, node_gpus[k], clock=clock, queue_depth=1, campaign=board.node(k)),
+                board=board,
+            )
+        ]
+    assert max(ends) >= bound * (1 - 1e-9)
