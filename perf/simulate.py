@@ -206,10 +206,12 @@ def cluster_bound(workload: Workload, node_gpus: Sequence[Sequence[Gpu]]) -> flo
             costs.append([other_gpus * cheapest_load] * len(kinds))
         return costs
 
+    fixed = jobs(0.0, amortized=False)  # way (a) does not depend on the makespan
+
     def fits(makespan: float) -> bool:
         if makespan <= max(loads.values(), default=0.0):
             return False  # every model is loaded before its items run
-        return all(_split_fits(jobs(makespan, amortized), capacity, makespan) for amortized in (False, True))
+        return _split_fits(fixed, capacity, makespan) and _split_fits(jobs(makespan, amortized=True), capacity, makespan)
 
     chain = _longest_chain(workload, (task for tasks in by_model.values() for task in tasks))
     if not by_model:

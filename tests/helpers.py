@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -16,6 +17,15 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 VALIDATION = REPO / "validation"
+
+
+def perf_script(name: str) -> Any:
+    """perf/NAME.py imported as a module (perf/ is not a package): its functions, for the tests that call them."""
+    sys.path.insert(0, str(REPO / "perf"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "perf"))
 
 
 GATES = ["primary_metric_acceptable", "preview_final_drift_acceptable", "invariants_pass", "spectral_stable", "rmt_stable"]

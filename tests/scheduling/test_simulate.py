@@ -12,6 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import perf_script
+from pytest_invarlock.scheduling.cost import load_seconds
 from pytest_invarlock.scheduling.inventory import parse_gpu_spec
 from pytest_invarlock.scheduling.policy import Policy, Task
 
@@ -75,21 +77,12 @@ def test_a_bad_cluster_spec_says_how_to_write_one():
     assert result.returncode == 2 and "e.g. 2*8x80+2*8x180" in result.stderr
 
 
-def _simulator():
-    sys.path.insert(0, str(ROOT / "perf"))
-    try:
-        import simulate
-    finally:
-        sys.path.remove(str(ROOT / "perf"))
-    return simulate
-
-
 def test_the_bound_counts_a_load_for_every_worker_a_model_needs():
     """One model of four 300 s items (a 100 s load) and one of four 30 s items (10 s) on four GPUs. A worker runs
     at most T - 100 s of the first model, so it needs 1200 / (T - 100) workers, each loading it: the bound solves
     4T = 1320 + 10 + 100 x 1200 / (T - 100), T = 424.85 s (the best schedule takes 440 s). Counting one load per
     model and the cheapest load for every other GPU gives only 362.5 s."""
-    simulate = _simulator()
+    simulate = perf_script("simulate")
     tasks = [Task(f"a{i}", "a", "clean", 10.0, 10.0) for i in range(4)] + [
         Task(f"b{i}", "b", "clean", 1.0, 1.0) for i in range(4)
     ]
@@ -107,7 +100,7 @@ def test_the_bound_counts_a_load_for_every_worker_a_model_needs():
 def test_no_schedule_ends_before_the_bound(suite: str, spec: str, realistic: bool):
     """Every strategy that keeps to memory (xdist's worksteal does not) and claims on two node types end at or
     after the bound: a bound above a real schedule would flatter every ratio printed against it."""
-    simulate = _simulator()
+    simulate = perf_script("simulate")
     workload = simulate.build_workload(suite, spec, 3, realistic=realistic)
     bound = simulate.lower_bound(workload)
     for name in ("invarlock", "small_first", "static_per_model"):
@@ -127,10 +120,10 @@ def test_no_schedule_ends_before_the_bound(suite: str, spec: str, realistic: boo
 def test_random_workloads_never_beat_the_bound(items: list[tuple[int, float, float]], gpus: int, second_node: str):
     """Random models, item times and sizes on one node or two of different GPUs: the policy's schedule (sharded
     items included) never ends before the bound."""
-    simulate = _simulator()
+    simulate = perf_script("simulate")
     tasks = [Task(f"t{i}", f"m{model}", "clean", mem, mem) for i, (model, _, mem) in enumerate(items)]
     seconds = {task.id: length for task, (_, length, _) in zip(tasks, items)}
-    loads = {task.model: 10.0 + task.model_size_gb / 2 for task in tasks}
+    loads = {task.model: load_seconds(task.model_size_gb) for task in tasks}
     spec = f"{gpus}x80"
     workload = simulate.Workload("random", spec, False, parse_gpu_spec(spec), tasks, seconds, loads)
     nodes = [spec, second_node] if second_node else [spec]

