@@ -422,7 +422,7 @@ class SimBoard:
         self.holder: dict[str, int] = {}
         self.finished: set[str] = set()
         self.starts: Counter[str] = Counter()
-        self.gpu_sizes = [max(g.total_gb for g in gpus) for gpus in node_gpus]
+        self.node_gpus = [[g.total_gb for g in gpus] for gpus in node_gpus]
         self._open: dict[int, Counter[str]] = defaultdict(Counter)  # node -> model -> unfinished claims
 
     def node(self, k: int) -> SimNode:
@@ -463,8 +463,8 @@ class SimNode:
     def workers_on(self, model: str) -> int:
         return sum(models[model] for other, models in self.board._open.items() if other != self.k)
 
-    def gpu_sizes(self) -> list[float]:
-        return [gb for j, gb in enumerate(self.board.gpu_sizes) if j != self.k]
+    def node_gpus(self) -> list[list[float]]:
+        return [gpus for j, gpus in enumerate(self.board.node_gpus) if j != self.k]
 
 
 def run_nodes(

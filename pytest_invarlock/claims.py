@@ -252,7 +252,7 @@ class ClaimBoard:
 
     def others(self) -> Others:
         """The other nodes' files, read at most every READ_EVERY_S: what they run and finished, their workers per
-        model and the GPU size of those working now."""
+        model and the GPUs of those working now."""
         now = self._clock()
         if now - self._others.read_at < READ_EVERY_S:
             return self._others
@@ -272,7 +272,7 @@ class ClaimBoard:
                 seen.workers.update({m: int(n) for m, n in (data.get("models") or {}).items()})
                 runs = data.get("runs") or [{}]
                 if runs[-1].get("gpus"):
-                    seen.gpu_sizes.append(max(runs[-1]["gpus"]))
+                    seen.node_gpus.append([float(gb) for gb in runs[-1]["gpus"]])
         self._others = seen
         return seen
 

@@ -94,7 +94,7 @@ def test_nodes_publish_what_they_run_and_finished_and_how_they_ended(tmp_path):
     two = board(tmp_path, 2, gpus=[180.0])
     one.claim("a", "m")  # published at once
     seen = two.others()
-    assert seen.running == {"a": 1} and seen.workers["m"] == 1 and seen.gpu_sizes == [80.0]
+    assert seen.running == {"a": 1} and seen.workers["m"] == 1 and seen.node_gpus == [[80.0, 80.0]]
     one.finish("a", "passed")
     two._others.read_at = -1e18  # read again now, not after the publish interval
     seen = two.others()

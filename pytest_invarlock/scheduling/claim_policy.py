@@ -76,7 +76,7 @@ class Others:
     running: dict[str, int] = field(default_factory=dict)  # item -> the node running it
     finished: set[str] = field(default_factory=set)
     workers: Counter[str] = field(default_factory=Counter)  # model -> workers of other nodes on it
-    gpu_sizes: list[float] = field(default_factory=list)  # the largest GPU of each other node working now
+    node_gpus: list[list[float]] = field(default_factory=list)  # the GPUs (total GB) of each other node working now
     read_at: float = -1e18
 
 

@@ -18,8 +18,9 @@ then work stealing by the B200 bash harness's small_first priority, preferring m
 before. A task larger than every single GPU runs sharded on a set of GPUs owned by one worker:
 the other GPUs of the set are idle when it is placed and take no work until it ends. MIG slices
 are never part of a set (CUDA shows a process one MIG device at most). When no such
-set is idle the worker gathers one: it lends itself and the GPUs that will drain soonest, which
-take nothing new until the set is complete. A gather whose set no longer holds its task (a
+set is idle the worker gathers one: it lends itself and the GPUs that will drain soonest (by the
+tasks' estimated seconds and loads where they carry them, as a campaign's do; else the shortest
+queues), which take nothing new until the set is complete. A gather whose set no longer holds its task (a
 later reading came in lower) is dissolved and the task picks a set again.
 
 Giving up: a task larger than the whole node's budget is unplaceable from the start. When nothing
@@ -44,9 +45,11 @@ workers queue one task each (queue_depth=1: a claim is taken only by a worker fr
 the order changes, because on a cluster one long item started late decides the makespan: a worker
 keeps to its model; switching, it joins the model whose work left per worker (here and on the other
 nodes) plus twice the item's own time, less the load, is largest, so large models start first and
-end with their short items; and a worker does not switch to a task that needs more GPUs here than on
-another node while anything else is left. The estimates are the tasks' `seconds` and `load_seconds` (`cost.timed_tasks`).
-perf/simulate.py measures it.
+end with their short items. Where the nodes' GPUs differ, the rank of a task among the node types
+comes before all that (`node_mix`): a node of smaller GPUs starts the work that is wider on it only
+as far as the split of the work left says it owes some (then first), a node of larger GPUs starts
+the work that is narrower on it first. The estimates are the tasks' `seconds` and `load_seconds`
+(`cost.timed_tasks`). perf/simulate.py measures it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from typing import Protocol
 from pytest_invarlock.scheduling.claim_policy import Claim
 from pytest_invarlock.scheduling.inventory import Gpu, capacity_gb
 from pytest_invarlock.scheduling.memory import MarginRule, required_gpus
+from pytest_invarlock.scheduling.node_mix import NodeMix, Split
 
 # The B200 bash harness's small_first priorities (docs/verdict.md, "The harnesses this project replaces"), keyed by
 # item kind. Our kinds map onto its tasks: setup (free tasks) = SETUP 90; calibration = CALIBRATION_RUN 85;
@@ -112,8 +116,8 @@ class Campaign(Protocol):
         """Workers of the other nodes running or holding a claim on `model` now."""
         ...
 
-    def gpu_sizes(self) -> Sequence[float]:
-        """The largest GPU (total GB) of each other node working now."""
+    def node_gpus(self) -> Sequence[Sequence[float]]:
+        """The GPUs (total GB each) of every other node working now."""
         ...
 
 
@@ -214,6 +218,8 @@ class Policy:
         self._free = {gpu.index: gpu.free_gb for gpu in gpus}
         self._margin, self._depth, self._clock, self._affinity = margin, queue_depth, clock, affinity
         self._campaign = campaign
+        self._mix = NodeMix(tuple(gpu.total_gb for gpu in gpus), ())  # a campaign's node reads the others' each round
+        self._split = Split(0.0, 0.0, frozenset())
         self._taken: set[str] = set()  # held by another node of the campaign: neither ready nor waiting
         self._mine: set[str] = set()  # claimed by this node (a gather keeps its claim until it is placed)
         self._aside = 0  # tasks claims set aside so far (a round that sets one aside ranks again)
@@ -223,6 +229,7 @@ class Policy:
         for task in self._tasks.values():
             self._left_s[task.model] += task.seconds
         self._queues: dict[str, list[Assignment]] = {}
+        self._busy_until: dict[str, float] = {}  # worker -> when its queue should be done, by the tasks' estimates
         self._home: dict[str, int] = {}
         self._holding: dict[str, str] = {}
         self._history: dict[str, set[str]] = defaultdict(set)
@@ -267,6 +274,8 @@ class Policy:
     def schedule(self) -> list[Assignment]:
         """Every assignment to make now; queues are filled up to queue_depth."""
         made: list[Assignment] = []
+        if self._campaign is not None:
+            self._see_node_mix(self._campaign)
         while True:
             aside = self._aside
             made += self._complete_gathers()
@@ -518,16 +527,26 @@ class Policy:
             self._settle(task.id)
         return False
 
+    def _see_node_mix(self, campaign: Campaign) -> None:
+        """Read the other nodes' GPUs and, where they differ from ours, split the work left between the node types."""
+        self._mix = NodeMix(
+            tuple(gpu.total_gb for gpu in self._gpus.values()), tuple(map(tuple, campaign.node_gpus())), self._margin
+        )
+        if self._mix.mixed:
+            self._split = self._mix.split(
+                (task.model, task.seconds, task.mem_gb)
+                for task_id, task in self._tasks.items()
+                if task_id not in self._settled and task_id not in self._taken
+            )
+
     def _campaign_key(self, campaign: Campaign, worker: str, task: Task, tier: int) -> tuple[float, ...]:
-        """A campaign node's order: a model new to the worker whose task needs more GPUs here than on another node
-        last; then the worker's own model; then the most work left per worker."""
-        here = required_gpus(task.mem_gb, max(map(self._budget, self._gpus)) or 1e-9)
-        sizes = campaign.gpu_sizes()
-        wider = bool(sizes) and here > min(required_gpus(task.mem_gb, self._margin.usable_gb(gb) or 1e-9) for gb in sizes)
+        """A campaign node's order: the task's rank among node types (`node_mix.NodeMix.rank`); then the
+        worker's own model; then the most work left per worker."""
         others = sum(1 for w, queue in self._queues.items() if w != worker and queue and self._holding.get(w) == task.model)
         per_worker = self._left_s[task.model] / (1 + others + campaign.workers_on(task.model))
         need = per_worker + TAIL_WEIGHT * task.seconds - (task.load_seconds if tier else 0.0)
-        return (float(wider and tier > 0), float(min(tier, 1)), -need)
+        rank = self._mix.rank(task.model, task.mem_gb, self._split) if self._mix.mixed else 0
+        return (float(rank), float(min(tier, 1)), -need)
 
     # ------------------------------------------------------------------ devices
 
@@ -610,6 +629,10 @@ class Policy:
         idle.sort(key=lambda d: (bool(self._workers_on(d)), -self._budget(d), d))
         return self._grow_set(home, idle, task.mem_gb)
 
+    def _drain_s(self, device: int, now: float) -> float:
+        """Estimated seconds until the workers on `device` have run their queues (0 where tasks carry no estimates)."""
+        return max((max(0.0, self._busy_until[w] - now) for w in self._workers_on(device) if self._queues[w]), default=0.0)
+
     def _open_gather(self, worker: str, task: Task) -> bool:
         """Reserve the GPUs that drain soonest for `task`; they take nothing new until it is placed."""
         home = self._home[worker]
@@ -620,7 +643,10 @@ class Policy:
             for d in self._gpus
             if d != home and not self._gpus[d].mig and self._lender_to(d) is None and self._claim_owner(d) is None
         ]
-        spare.sort(key=lambda d: (sum(len(self._queues[w]) for w in self._workers_on(d)), -self._budget(d), d))
+        now = self._clock()
+        spare.sort(
+            key=lambda d: (self._drain_s(d, now), sum(len(self._queues[w]) for w in self._workers_on(d)), -self._budget(d), d)
+        )
         devices = self._grow_set(home, spare, task.mem_gb)
         if devices is None:
             return False
@@ -761,6 +787,10 @@ class Policy:
     def _assign(self, worker: str, task: Task, devices: tuple[int, ...]) -> Assignment:
         self._ready.discard(task.id)
         assignment = Assignment(worker, task, devices)
+        now = self._clock()
+        start = max(now, self._busy_until.get(worker, now)) if self._queues[worker] else now
+        switch = self._holding.get(worker) != task.model
+        self._busy_until[worker] = start + task.seconds + (task.load_seconds if switch else 0.0)
         self._queues[worker].append(assignment)
         self._in_flight[task.model] += 1
         self._last_group[worker] = task.group

@@ -438,5 +438,5 @@ class NodeCampaign:
     def workers_on(self, model: str) -> int:
         return self._board.others().workers[model]
 
-    def gpu_sizes(self) -> Sequence[float]:
-        return self._board.others().gpu_sizes
+    def node_gpus(self) -> Sequence[Sequence[float]]:
+        return self._board.others().node_gpus

@@ -36,11 +36,11 @@ def task(task_id: str, model: str = "m", kind: str = "clean", mem: float = 10.0,
 class Board:
     """The run directory's claims in memory; `view(k)` is node k's `policy.Campaign`."""
 
-    def __init__(self, sizes: dict[int, float] | None = None) -> None:
+    def __init__(self, gpus: dict[int, list[float]] | None = None) -> None:
         self.holder: dict[str, int] = {}
         self.finished: set[str] = set()
         self.claims: Counter[str] = Counter()
-        self.sizes = sizes or {}
+        self.gpus = gpus or {}  # node -> its GPUs (total GB)
 
     def view(self, k: int) -> NodeView:
         return NodeView(self, k)
@@ -66,8 +66,8 @@ class NodeView:
     def workers_on(self, model: str) -> int:
         return 0
 
-    def gpu_sizes(self) -> list[float]:
-        return [gb for k, gb in self.board.sizes.items() if k != self.k]
+    def node_gpus(self) -> list[list[float]]:
+        return [gpus for k, gpus in self.board.gpus.items() if k != self.k]
 
 
 def node(board: Board, k: int, tasks: list[Task], spec: str = "2x80") -> Policy:
@@ -205,11 +205,26 @@ def test_a_node_that_cannot_hold_a_task_leaves_it_to_the_others():
     assert policy.done and policy.unplaceable == {}  # left, not given up: another node may run it
 
 
-def test_a_task_wider_here_than_on_another_node_waits_until_nothing_else_is_left():
+def test_a_task_wider_here_than_on_another_node_waits_while_the_larger_nodes_can_take_it():
     tasks = [task("wide", model="big", mem=120.0), task("narrow", model="small", mem=10.0)]
-    board = Board(sizes={1: 80.0, 2: 180.0})
+    board = Board(gpus={1: [80.0, 80.0], 2: [180.0, 180.0]})
     policy = node(board, 1, tasks, "2x80")
     assert [a.task.id for a in policy.schedule()][:1] == ["narrow"]
+
+
+def test_a_smaller_node_starts_the_wide_work_it_owes_first_from_a_model_it_loads_anyway():
+    """One 180 GB GPU cannot end 350 s of wide work with the 10 s of equal-width work on two 80 GB GPUs: the
+    80 GB node owes some; less than the shared model's wide work, so it starts that, not the other model's."""
+    tasks = [
+        task("huge-w", model="huge", mem=120.0, seconds=150.0),
+        task("mid-eq", model="mid", mem=10.0, seconds=10.0),
+        *(task(f"mid-w{i}", model="mid", mem=120.0, seconds=100.0) for i in range(2)),
+    ]
+    board = Board(gpus={1: [80.0, 80.0], 2: [180.0]})
+    first = node(board, 1, tasks, "2x80").schedule()[0]
+    assert first.task.id.startswith("mid-w") and first.devices == (0, 1)
+    more = [*tasks, *(task(f"huge-w{i}", model="huge", mem=120.0, seconds=100.0) for i in range(2))]
+    assert node(Board(gpus=board.gpus), 1, more, "2x80").schedule()[0].task.model == "huge"  # owes more than mid's
 
 
 def test_a_worker_switching_models_joins_the_one_with_most_work_left():

@@ -326,6 +326,19 @@ def test_a_worker_gathers_gpus_for_a_sharded_task():
     assert [a.task.id for a in p.schedule()] == ["s2"]
 
 
+def test_a_gather_takes_the_gpu_whose_work_ends_soonest_by_the_estimates():
+    """GPU 0 runs a 500 s task, GPU 1 a 50 s one: the sharded task waits for GPU 1, not for the lower index."""
+    timed = [
+        Task("long", "x", "calibration", 10.0, 10.0, seconds=500.0),
+        Task("short", "x", "calibration", 10.0, 10.0, seconds=50.0),
+        Task("big", "y", "calibration", 150.0, 75.0, seconds=100.0),
+    ]
+    p = policy(timed, "3x80", queue_depth=1)
+    assert placed(p.schedule()) == [("w0", "long", (0,)), ("w1", "short", (1,))]  # w2 gathers for big
+    p.finished("w1", "short")
+    assert placed(p.schedule()) == [("w2", "big", (2, 1))]
+
+
 # --------------------------------------------------------------------------- crashes
 
 
