@@ -47,7 +47,8 @@ keeps to its model; switching, it joins the model whose work left per worker (he
 nodes) plus twice the item's own time, less the load, is largest, so large models start first and
 end with their short items. Where the nodes' GPUs differ, the rank of a task among the node types
 comes before all that (`node_mix`): a node of smaller GPUs starts the work that is wider on it only
-as far as the split of the work left says it owes some (then first), a node of larger GPUs starts
+as far as the split of the work left (a running task at half its estimate) says it owes some (then
+first), a node of larger GPUs starts
 the work that is narrower on it first. The estimates are the tasks' `seconds` and `load_seconds`
 (`cost.timed_tasks`). perf/simulate.py measures it.
 """
@@ -88,6 +89,7 @@ AGE_STEP_S, AGE_CAP = 300.0, 10
 FAIRNESS_PENALTY, FAIRNESS_CAP = 3, 15
 TAIL_WEIGHT = 2.0  # a campaign node adds this many times a task's own time to its model's work left per worker
 LAGGING_BOOST, LAGGING_RATIO = 15, 0.5  # a model whose settled share is below half the node's gets +15
+RUNNING_LEFT = 0.5  # a running task is half done on average: the split of a campaign's work counts half its estimate
 
 
 @dataclass(frozen=True)
@@ -533,10 +535,11 @@ class Policy:
             tuple(gpu.total_gb for gpu in self._gpus.values()), tuple(map(tuple, campaign.node_gpus())), self._margin
         )
         if self._mix.mixed:
+            running = self._taken | self._queued()
             self._split = self._mix.split(
-                (task.model, task.seconds, task.mem_gb)
+                (task.model, task.seconds * (RUNNING_LEFT if task_id in running else 1.0), task.mem_gb)
                 for task_id, task in self._tasks.items()
-                if task_id not in self._settled and task_id not in self._taken
+                if task_id not in self._settled
             )
 
     def _campaign_key(self, campaign: Campaign, worker: str, task: Task, tier: int) -> tuple[float, ...]:

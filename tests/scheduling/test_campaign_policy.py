@@ -227,6 +227,20 @@ def test_a_smaller_node_starts_the_wide_work_it_owes_first_from_a_model_it_loads
     assert node(Board(gpus=board.gpus), 1, more, "2x80").schedule()[0].task.model == "huge"  # owes more than mid's
 
 
+def test_work_running_on_another_node_counts_half_in_what_a_smaller_node_owes():
+    """Left alone, w2's 100 s on one 180 GB GPU end before the 210 s of equal-width work on two 80 GB GPUs; with
+    half of w1 (running on the 180 GB node) still to do, they do not: the 80 GB node starts w2 first."""
+    tasks = [
+        task("eq", model="small", mem=10.0, seconds=210.0),
+        *(task(f"w{i}", model="big", mem=120.0, seconds=100.0) for i in (1, 2)),
+    ]
+    board = Board(gpus={1: [80.0, 80.0], 2: [180.0]})
+    board.holder["w1"] = 2
+    policy = node(board, 1, tasks, "2x80")
+    policy.taken_elsewhere("w1")  # as the adapter does on reading node 2's file
+    assert [(a.task.id, a.devices) for a in policy.schedule()][:1] == [("w2", (0, 1))]
+
+
 def test_a_worker_switching_models_joins_the_one_with_most_work_left():
     tasks = [task(f"l{i}", model="large", seconds=100.0) for i in range(4)] + [
         task(f"s{i}", model="small", seconds=5.0) for i in range(4)
