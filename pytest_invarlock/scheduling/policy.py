@@ -20,8 +20,8 @@ the other GPUs of the set are idle when it is placed and take no work until it e
 are never part of a set (CUDA shows a process one MIG device at most). When no such
 set is idle the worker gathers one: it lends itself and the GPUs that will drain soonest (by the
 tasks' estimated seconds and loads where they carry them, as a campaign's do; else the shortest
-queues), which take nothing new until the set is complete. A gather whose set no longer holds its task (a
-later reading came in lower) is dissolved and the task picks a set again.
+queues), which take nothing new until the set is complete. A gather whose set no longer holds its
+task (a later reading came in lower) is dissolved and the task picks a set again.
 
 Giving up: a task larger than the whole node's budget is unplaceable from the start. When nothing
 of ours runs, every reading is of an idle GPU: a ready task that the node's budget cannot hold
@@ -48,9 +48,8 @@ nodes) plus twice the item's own time, less the load, is largest, so large model
 end with their short items. Where the nodes' GPUs differ, the rank of a task among the node types
 comes before all that (`node_mix`): a node of smaller GPUs starts the work that is wider on it only
 as far as the split of the work left (a running task at half its estimate) says it owes some (then
-first), a node of larger GPUs starts
-the work that is narrower on it first. The estimates are the tasks' `seconds` and `load_seconds`
-(`cost.timed_tasks`). perf/simulate.py measures it.
+first); a node of larger GPUs starts the work that is narrower on it first. The estimates are the
+tasks' `seconds` and `load_seconds` (`cost.timed_tasks`). perf/simulate.py measures it.
 """
 
 from __future__ import annotations
