@@ -47,9 +47,14 @@ class NodeMix:
         return [gpus for gpus in (self.mine, *self.others) if gpus]
 
     @property
+    def _sizes(self) -> set[float]:
+        """The nodes' largest GPUs: one per node type."""
+        return {max(gpus) for gpus in self._nodes}
+
+    @property
     def mixed(self) -> bool:
         """Whether the nodes' largest GPUs differ (only then does work suit one node more than another)."""
-        return len({max(gpus) for gpus in self._nodes}) > 1
+        return len(self._sizes) > 1
 
     def width(self, mem_gb: float, gpu_gb: float) -> int:
         """GPUs a task holds on a node whose largest GPU has gpu_gb in all (totals: free memory moves)."""
@@ -59,10 +64,10 @@ class NodeMix:
         """The split of `work` left ((model, seconds, GB) per task) between two node types: the smaller run the
         equal-width work plus owed_s of the wide work (at `ratio` times its GPU time there), the larger the rest
         (and what only they hold), both ending together. Nothing is owed with one node type, or more than two."""
-        nodes = self._nodes
-        if len({max(gpus) for gpus in nodes}) != 2:
+        nodes, sizes = self._nodes, self._sizes
+        if len(sizes) != 2:
             return Split(0.0, 0.0, frozenset())
-        smallest, largest = min(max(gpus) for gpus in nodes), max(max(gpus) for gpus in nodes)
+        smallest, largest = min(sizes), max(sizes)
         small_gpus = sum(len(gpus) for gpus in nodes if max(gpus) == smallest)
         large_gpus = sum(map(len, nodes)) - small_gpus
         most_small = max(len(gpus) for gpus in nodes if max(gpus) == smallest)

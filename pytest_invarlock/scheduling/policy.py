@@ -796,7 +796,7 @@ class Policy:
         self._queues[worker].append(assignment)
         self._in_flight[task.model] += 1
         self._last_group[worker] = task.group
-        if self._holding.get(worker) != task.model:
+        if switch:
             self._loads[task.model][worker] += 1
             self._holding[worker] = task.model
             self._history[worker].add(task.model)
